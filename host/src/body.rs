@@ -1,0 +1,107 @@
+//! Response bodies: one enum instead of a boxed trait object, so the common cases cost no allocation.
+
+use std::fs::File;
+use std::io::Read;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Frame, SizeHint};
+
+/// Largest piece of a file read at once while streaming it.
+const FILE_CHUNK: u64 = 256 * 1024;
+
+/// A response body.
+#[derive(Debug)]
+pub enum Body {
+    /// No body at all (HEAD, 204, 304, or a body the client will not see).
+    Empty,
+    /// A body already in memory, sent as one frame.
+    Full(Option<Bytes>),
+    /// A byte range of an open file, streamed in chunks of at most 256 KiB.
+    File(FileChunks),
+}
+
+impl Body {
+    /// A body from anything that becomes [`Bytes`].
+    pub fn full(bytes: impl Into<Bytes>) -> Body {
+        let bytes = bytes.into();
+        if bytes.is_empty() { Body::Empty } else { Body::Full(Some(bytes)) }
+    }
+}
+
+/// `len` bytes of a file starting at its current position.
+#[derive(Debug)]
+pub struct FileChunks {
+    file: File,
+    left: u64,
+}
+
+impl FileChunks {
+    /// Streams the next `len` bytes of `file` (already positioned at the range start).
+    pub fn new(file: File, len: u64) -> FileChunks {
+        FileChunks { file, left: len }
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        match self.get_mut() {
+            Body::Empty => Poll::Ready(None),
+            Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Body::File(chunks) => Poll::Ready(chunks.read_next().map(|r| r.map(Frame::data))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Empty => true,
+            Body::Full(bytes) => bytes.is_none(),
+            Body::File(chunks) => chunks.left == 0,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Empty => SizeHint::with_exact(0),
+            Body::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Body::File(chunks) => SizeHint::with_exact(chunks.left),
+        }
+    }
+}
+
+impl FileChunks {
+    /// Reads the next chunk synchronously. Like nginx without `aio`, this reads from the page cache on
+    /// the event-loop thread: a thread hand-off per chunk costs more than the copy for warm files.
+    fn read_next(&mut self) -> Option<std::io::Result<Bytes>> {
+        if self.left == 0 {
+            return None;
+        }
+        let want = self.left.min(FILE_CHUNK) as usize;
+        let mut buf = BytesMut::zeroed(want);
+        let mut filled = 0;
+        while filled < want {
+            match self.file.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.left = 0;
+                    return Some(Err(e));
+                }
+            }
+        }
+        if filled == 0 {
+            // The file shrank under us: end the stream short; the client sees a truncated body and the
+            // connection closes, which is the honest outcome.
+            self.left = 0;
+            return Some(Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file shrank while being sent")));
+        }
+        self.left -= filled as u64;
+        buf.truncate(filled);
+        Some(Ok(buf.freeze()))
+    }
+}

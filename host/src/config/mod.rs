@@ -1,0 +1,610 @@
+//! The one TOML file: parsed with serde, validated once into typed values.
+//!
+//! Every error names the file, the line and column, the key path, and what was expected. Anything that
+//! can be checked before the first request (unknown target names, duplicate listeners, missing
+//! directories) is checked here.
+
+pub mod units;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use units::{Bytes, Seconds};
+
+/// A validated configuration, ready to serve.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the configuration came from (a path, or `<string>`), for messages.
+    pub source: String,
+    /// Listeners, limits and shutdown.
+    pub server: ServerConfig,
+    /// Log level and access log.
+    pub log: LogConfig,
+    /// Named targets, in name order.
+    pub targets: BTreeMap<String, TargetConfig>,
+}
+
+/// `[server]`: listeners, the default target, limits.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Addresses to listen on, each at most once.
+    pub listen: Vec<ListenAddr>,
+    /// The target that receives a request nobody routed elsewhere.
+    pub default_target: String,
+    /// Request limits and timeouts.
+    pub limits: Limits,
+    /// How long in-flight requests may run after SIGTERM/SIGINT before the process exits anyway.
+    pub shutdown_timeout: Duration,
+}
+
+/// One listening socket.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ListenAddr {
+    /// A TCP address, IPv4 or IPv6; port 0 picks a free port.
+    Tcp(SocketAddr),
+    /// A Unix-domain socket path (`unix:/run/gatehouse.sock`).
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddr::Tcp(addr) => write!(f, "{addr}"),
+            ListenAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// `[server.limits]`: what one client may ask of the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Time allowed to send a whole request head (slowloris defence).
+    pub header_read_timeout: Duration,
+    /// How long an idle keep-alive connection stays open.
+    pub keepalive_timeout: Duration,
+    /// Time allowed to send the whole request body.
+    pub body_read_timeout: Duration,
+    /// Longest request target (path and query) in bytes; longer gets 414.
+    pub max_uri_length: usize,
+    /// Largest request head (request line and all headers) in bytes; larger gets 431.
+    pub max_header_size: usize,
+    /// Most header fields in one request; more gets 431.
+    pub max_headers: usize,
+    /// Largest request body in bytes; larger gets 413.
+    pub max_body_size: u64,
+    /// Most client connections open at once; further clients wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// Most concurrent HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(75),
+            body_read_timeout: Duration::from_secs(60),
+            max_uri_length: 8 * 1024,
+            max_header_size: 16 * 1024,
+            max_headers: 100,
+            max_body_size: 10 << 20,
+            max_connections: 10_000,
+            max_concurrent_streams: 128,
+        }
+    }
+}
+
+/// `[log]`: diagnostics and the access log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// A `tracing` filter such as `info` or `gatehouse=debug`; `RUST_LOG` wins when set.
+    pub level: String,
+    /// Access-log line format.
+    pub access_log: AccessLogFormat,
+    /// Where access-log lines go; standard output when absent.
+    pub access_log_path: Option<PathBuf>,
+}
+
+/// Access-log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    /// Nginx's `combined` format plus request time and target.
+    Combined,
+    /// One JSON object per line.
+    Json,
+    /// No access log.
+    Off,
+}
+
+/// A named target: where a routed request is finally answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetConfig {
+    /// Files under a directory.
+    Static(StaticConfig),
+}
+
+/// `static = "DIR"` target options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticConfig {
+    /// The directory served, absolute.
+    pub root: PathBuf,
+    /// URL path prefix the root is served at, without a trailing slash except for `/`.
+    pub mount: String,
+    /// File names tried for a directory, in order; empty turns index files off.
+    pub index: Vec<String>,
+    /// Whether a directory without an index file lists its entries.
+    pub autoindex: bool,
+    /// Whether names starting with `.` are served.
+    pub show_hidden: bool,
+    /// Whether `.br`/`.gz` siblings are served to clients that accept them.
+    pub precompressed: bool,
+}
+
+/// One problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}:{column}: `{key}`: {message}")]
+pub struct ConfigError {
+    /// The file (or `<string>`).
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// Dotted key path, such as `server.limits.max_body_size`.
+    pub key: String,
+    /// What was wrong and what was expected.
+    pub message: String,
+}
+
+/// Everything wrong with a config file, or why it could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("{file}: cannot read the config file: {source}")]
+    Read {
+        /// The path given.
+        file: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file was read but is not a valid configuration.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<ConfigError>),
+}
+
+impl Config {
+    /// Reads and validates a config file; relative paths inside it are relative to its directory.
+    pub fn load(path: &Path) -> Result<Config, LoadError> {
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+            file: path.display().to_string(),
+            source,
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+        Config::parse(&text, &path.display().to_string(), &base)
+    }
+
+    /// Validates config text; relative paths resolve against `base_dir`.
+    pub fn parse(text: &str, source: &str, base_dir: &Path) -> Result<Config, LoadError> {
+        let doc = Doc { text, file: source };
+        let raw: RawConfig = {
+            let deserializer = toml::Deserializer::parse(text).map_err(|e| LoadError::Invalid(vec![doc.toml_error("", &e)]))?;
+            serde_path_to_error::deserialize(deserializer)
+                .map_err(|e| LoadError::Invalid(vec![doc.toml_error(&e.path().to_string(), e.inner())]))?
+        };
+        let base_dir = std::path::absolute(base_dir).unwrap_or_else(|_| base_dir.to_path_buf());
+        let mut errors = Vec::new();
+        let config = raw.validate(&doc, &base_dir, &mut errors);
+        match config {
+            Some(config) if errors.is_empty() => Ok(config),
+            _ => Err(LoadError::Invalid(errors)),
+        }
+    }
+}
+
+impl std::str::FromStr for Config {
+    type Err = LoadError;
+
+    /// Parses config text with paths relative to the current directory (handy in tests).
+    fn from_str(text: &str) -> Result<Config, LoadError> {
+        Config::parse(text, "<string>", Path::new("."))
+    }
+}
+
+/// The text being validated, to turn byte spans into lines and columns.
+struct Doc<'a> {
+    text: &'a str,
+    file: &'a str,
+}
+
+impl Doc<'_> {
+    fn error(&self, span: std::ops::Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
+        let before = &self.text[..span.start.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        ConfigError {
+            file: self.file.to_string(),
+            line,
+            column,
+            key: if key.is_empty() || key == "." { "(document)".into() } else { key.to_string() },
+            message: message.into(),
+        }
+    }
+
+    fn toml_error(&self, key: &str, error: &toml::de::Error) -> ConfigError {
+        self.error(error.span().unwrap_or(0..0), key, error.message().trim())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: RawServer,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    targets: BTreeMap<Spanned<String>, Spanned<RawTarget>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Spanned<Vec<Spanned<String>>>,
+    default_target: Option<Spanned<String>>,
+    #[serde(default)]
+    limits: RawLimits,
+    shutdown_timeout: Option<Seconds>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    header_read_timeout: Option<Seconds>,
+    keepalive_timeout: Option<Seconds>,
+    body_read_timeout: Option<Seconds>,
+    max_uri_length: Option<Spanned<Bytes>>,
+    max_header_size: Option<Spanned<Bytes>>,
+    max_headers: Option<Spanned<u32>>,
+    max_body_size: Option<Bytes>,
+    max_connections: Option<Spanned<u32>>,
+    max_concurrent_streams: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: Option<String>,
+    access_log: Option<AccessLogFormat>,
+    access_log_path: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    #[serde(rename = "static")]
+    static_root: Option<Spanned<String>>,
+    mount: Option<Spanned<String>>,
+    index: Option<Vec<String>>,
+    autoindex: Option<bool>,
+    show_hidden: Option<bool>,
+    precompressed: Option<bool>,
+}
+
+impl RawConfig {
+    fn validate(self, doc: &Doc<'_>, base: &Path, errors: &mut Vec<ConfigError>) -> Option<Config> {
+        let listen = validate_listen(&self.server.listen, doc, base, errors);
+        let limits = self.server.limits.validate(doc, errors);
+
+        let mut targets = BTreeMap::new();
+        for (name, target) in &self.targets {
+            let key = format!("targets.{}", name.get_ref());
+            if name.get_ref().is_empty() || !name.get_ref().chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                errors.push(doc.error(name.span(), &key, "a target name uses only letters, digits, `_` and `-`"));
+            }
+            if let Some(t) = target.get_ref().validate(&key, target.span(), doc, base, errors) {
+                targets.insert(name.get_ref().clone(), t);
+            }
+        }
+
+        let default_target = match &self.server.default_target {
+            Some(name) if self.targets.keys().any(|k| k.get_ref() == name.get_ref()) => Some(name.get_ref().clone()),
+            Some(name) => {
+                let known: Vec<_> = self.targets.keys().map(|k| k.get_ref().as_str()).collect();
+                errors.push(doc.error(
+                    name.span(),
+                    "server.default_target",
+                    format!("no target named {:?} (defined: {})", name.get_ref(), list_or_none(&known)),
+                ));
+                None
+            }
+            None if self.targets.len() == 1 => self.targets.keys().next().map(|k| k.get_ref().clone()),
+            None if self.targets.is_empty() => {
+                errors.push(doc.error(0..0, "targets", "no targets defined: add one, e.g. [targets.site] static = \"./public\""));
+                None
+            }
+            None => {
+                errors.push(doc.error(
+                    self.server.listen.span(),
+                    "server.default_target",
+                    "several targets are defined: say which receives requests with server.default_target",
+                ));
+                None
+            }
+        };
+
+        let log = LogConfig {
+            level: self.log.level.unwrap_or_else(|| "info".into()),
+            access_log: self.log.access_log.unwrap_or(AccessLogFormat::Combined),
+            access_log_path: self.log.access_log_path.map(|p| base.join(p)),
+        };
+        Some(Config {
+            source: doc.file.to_string(),
+            server: ServerConfig {
+                listen,
+                default_target: default_target?,
+                limits,
+                shutdown_timeout: self.server.shutdown_timeout.map_or(Duration::from_secs(30), |s| s.0),
+            },
+            log,
+            targets,
+        })
+    }
+}
+
+fn list_or_none(names: &[&str]) -> String {
+    if names.is_empty() { "none".into() } else { names.join(", ") }
+}
+
+fn validate_listen(
+    listen: &Spanned<Vec<Spanned<String>>>,
+    doc: &Doc<'_>,
+    base: &Path,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<ListenAddr> {
+    if listen.get_ref().is_empty() {
+        errors.push(doc.error(listen.span(), "server.listen", "at least one address is required, e.g. [\"127.0.0.1:8000\"]"));
+    }
+    let mut seen = Vec::new();
+    for (i, entry) in listen.get_ref().iter().enumerate() {
+        let key = format!("server.listen[{i}]");
+        let text = entry.get_ref().trim();
+        let addr = if let Some(path) = text.strip_prefix("unix:") {
+            if path.is_empty() {
+                errors.push(doc.error(entry.span(), &key, "a unix socket needs a path, e.g. \"unix:/run/gatehouse.sock\""));
+                continue;
+            }
+            ListenAddr::Unix(base.join(path))
+        } else {
+            match text.parse::<SocketAddr>() {
+                Ok(addr) => ListenAddr::Tcp(addr),
+                Err(_) => {
+                    errors.push(doc.error(
+                        entry.span(),
+                        &key,
+                        format!("{text:?} is not an address: expected IP:PORT (\"127.0.0.1:8000\", \"[::1]:8000\") or \"unix:PATH\""),
+                    ));
+                    continue;
+                }
+            }
+        };
+        let clash = match &addr {
+            ListenAddr::Tcp(a) if a.port() != 0 => seen.iter().any(|s| s == &addr),
+            ListenAddr::Tcp(_) => false,
+            ListenAddr::Unix(_) => seen.contains(&addr),
+        };
+        if clash {
+            errors.push(doc.error(entry.span(), &key, format!("{addr} is listed twice")));
+            continue;
+        }
+        seen.push(addr);
+    }
+    seen
+}
+
+impl RawLimits {
+    fn validate(&self, doc: &Doc<'_>, errors: &mut Vec<ConfigError>) -> Limits {
+        let d = Limits::default();
+        let mut at_least = |value: &Option<Spanned<Bytes>>, key: &str, min: u64, default: usize| -> usize {
+            match value {
+                Some(v) if v.get_ref().0 < min => {
+                    errors.push(doc.error(v.span(), key, format!("must be at least {min} bytes")));
+                    default
+                }
+                Some(v) => usize::try_from(v.get_ref().0).unwrap_or(usize::MAX),
+                None => default,
+            }
+        };
+        let max_uri_length = at_least(&self.max_uri_length, "server.limits.max_uri_length", 64, d.max_uri_length);
+        let max_header_size = at_least(&self.max_header_size, "server.limits.max_header_size", 1024, d.max_header_size);
+        let mut positive = |value: &Option<Spanned<u32>>, key: &str, default: u32| -> u32 {
+            match value {
+                Some(v) if *v.get_ref() == 0 => {
+                    errors.push(doc.error(v.span(), key, "must be at least 1"));
+                    default
+                }
+                Some(v) => *v.get_ref(),
+                None => default,
+            }
+        };
+        let to_u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Limits {
+            header_read_timeout: self.header_read_timeout.map_or(d.header_read_timeout, |s| s.0),
+            keepalive_timeout: self.keepalive_timeout.map_or(d.keepalive_timeout, |s| s.0),
+            body_read_timeout: self.body_read_timeout.map_or(d.body_read_timeout, |s| s.0),
+            max_uri_length,
+            max_header_size,
+            max_headers: positive(&self.max_headers, "server.limits.max_headers", to_u32(d.max_headers)) as usize,
+            max_body_size: self.max_body_size.map_or(d.max_body_size, |b| b.0),
+            max_connections: positive(&self.max_connections, "server.limits.max_connections", to_u32(d.max_connections))
+                as usize,
+            max_concurrent_streams: positive(
+                &self.max_concurrent_streams,
+                "server.limits.max_concurrent_streams",
+                d.max_concurrent_streams,
+            ),
+        }
+    }
+}
+
+impl RawTarget {
+    fn validate(
+        &self,
+        key: &str,
+        span: std::ops::Range<usize>,
+        doc: &Doc<'_>,
+        base: &Path,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<TargetConfig> {
+        let Some(root) = &self.static_root else {
+            errors.push(doc.error(span, key, "a target needs a kind: `static = \"DIR\"` (wsgi and upstream targets come later)"));
+            return None;
+        };
+        let root_key = format!("{key}.static");
+        if root.get_ref().trim().is_empty() {
+            errors.push(doc.error(root.span(), &root_key, "the directory to serve must not be empty"));
+            return None;
+        }
+        let dir = base.join(root.get_ref());
+        let dir = match dir.canonicalize() {
+            Ok(dir) if dir.is_dir() => dir,
+            Ok(_) => {
+                errors.push(doc.error(root.span(), &root_key, format!("{} is not a directory", dir.display())));
+                return None;
+            }
+            Err(e) => {
+                errors.push(doc.error(root.span(), &root_key, format!("cannot open {}: {e}", dir.display())));
+                return None;
+            }
+        };
+        let mount = match &self.mount {
+            None => "/".to_string(),
+            Some(m) if m.get_ref().starts_with('/') => {
+                let trimmed = m.get_ref().trim_end_matches('/');
+                if trimmed.is_empty() { "/".into() } else { trimmed.to_string() }
+            }
+            Some(m) => {
+                errors.push(doc.error(m.span(), &format!("{key}.mount"), "a mount path starts with `/`, e.g. \"/static\""));
+                return None;
+            }
+        };
+        Some(TargetConfig::Static(StaticConfig {
+            root: dir,
+            mount,
+            index: self.index.clone().unwrap_or_else(|| vec!["index.html".into()]),
+            autoindex: self.autoindex.unwrap_or(false),
+            show_hidden: self.show_hidden.unwrap_or(false),
+            precompressed: self.precompressed.unwrap_or(true),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<ConfigError> {
+        match text.parse::<Config>() {
+            Err(LoadError::Invalid(e)) => e,
+            other => panic!("expected errors, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn minimal_static_config() {
+        let config: Config = "[server]\nlisten = [\"127.0.0.1:0\", \"[::1]:0\", \"unix:gh.sock\"]\n[targets.site]\nstatic = \".\"\n"
+            .parse()
+            .expect("valid");
+        assert_eq!(config.server.default_target, "site");
+        assert_eq!(config.server.listen.len(), 3);
+        assert!(matches!(config.server.listen[2], ListenAddr::Unix(ref p) if p.is_absolute()));
+        assert_eq!(config.server.limits, Limits::default());
+        let TargetConfig::Static(s) = &config.targets["site"];
+        assert_eq!(s.mount, "/");
+        assert_eq!(s.index, vec!["index.html".to_string()]);
+    }
+
+    #[test]
+    fn units_and_limits() {
+        let config: Config = r#"
+[server]
+listen = ["127.0.0.1:0"]
+shutdown_timeout = "5s"
+[server.limits]
+header_read_timeout = "500ms"
+max_body_size = "1MiB"
+max_headers = 20
+[targets.site]
+static = "."
+mount = "/static/"
+"#
+        .parse()
+        .expect("valid");
+        assert_eq!(config.server.shutdown_timeout, Duration::from_secs(5));
+        assert_eq!(config.server.limits.header_read_timeout, Duration::from_millis(500));
+        assert_eq!(config.server.limits.max_body_size, 1 << 20);
+        assert_eq!(config.server.limits.max_headers, 20);
+        let TargetConfig::Static(s) = &config.targets["site"];
+        assert_eq!(s.mount, "/static");
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_path() {
+        let e = errors("[server]\nlisten = [\"127.0.0.1:0\"]\n[server.limits]\nmax_body = \"1MiB\"\n[targets.a]\nstatic = \".\"\n");
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].line, 4);
+        assert_eq!(e[0].key, "server.limits.max_body");
+        assert!(e[0].message.contains("unknown field `max_body`"), "{}", e[0].message);
+    }
+
+    #[test]
+    fn bad_unit_names_line_column_and_key() {
+        let e = errors("[server]\nlisten = [\"127.0.0.1:0\"]\n[server.limits]\nkeepalive_timeout = \"5 parsecs\"\n[targets.a]\nstatic = \".\"\n");
+        assert_eq!((e[0].line, e[0].column), (4, 21));
+        assert_eq!(e[0].key, "server.limits.keepalive_timeout");
+        assert!(e[0].message.contains("duration unit"), "{}", e[0].message);
+        let text = e[0].to_string();
+        assert!(text.starts_with("<string>:4:21: `server.limits.keepalive_timeout`: "), "{text}");
+    }
+
+    #[test]
+    fn cross_references_are_checked_at_load() {
+        let e = errors(
+            "[server]\nlisten = [\"127.0.0.1:8000\", \"127.0.0.1:8000\", \"nonsense\"]\ndefault_target = \"nope\"\n[targets.a]\nstatic = \".\"\n[targets.b]\nstatic = \"/definitely/not/here\"\n",
+        );
+        let keys: Vec<_> = e.iter().map(|e| (e.key.as_str(), e.line)).collect();
+        assert!(keys.contains(&("server.listen[1]", 2)), "{keys:?}");
+        assert!(keys.contains(&("server.listen[2]", 2)), "{keys:?}");
+        assert!(keys.contains(&("targets.b.static", 7)), "{keys:?}");
+        assert!(keys.contains(&("server.default_target", 3)), "{keys:?}");
+        assert!(e.iter().any(|e| e.message.contains("no target named \"nope\" (defined: a, b)")));
+    }
+
+    #[test]
+    fn empty_required_fields() {
+        let e = errors("[server]\nlisten = []\n[targets.a]\nstatic = \"\"\n");
+        assert!(e.iter().any(|e| e.key == "server.listen" && e.message.contains("at least one")));
+        assert!(e.iter().any(|e| e.key == "targets.a.static" && e.message.contains("must not be empty")));
+        let e = errors("[server]\nlisten = [\"127.0.0.1:0\"]\n");
+        assert!(e.iter().any(|e| e.key == "targets"));
+        let e = errors("[targets.a]\nstatic = \".\"\n");
+        assert!(e[0].message.contains("missing field `server`"), "{:?}", e);
+    }
+
+    #[test]
+    fn several_targets_need_a_default() {
+        let e = errors("[server]\nlisten = [\"127.0.0.1:0\"]\n[targets.a]\nstatic = \".\"\n[targets.b]\nstatic = \".\"\n");
+        assert_eq!(e[0].key, "server.default_target");
+    }
+
+    #[test]
+    fn syntax_error_has_position() {
+        let e = errors("[server\nlisten = 1\n");
+        assert_eq!(e[0].line, 1);
+    }
+}

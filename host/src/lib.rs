@@ -1,0 +1,16 @@
+//! Gatehouse: the jobs of Nginx and Gunicorn in one binary.
+//!
+//! A request flows listener -> [`server`] (hyper, limits, wire checks) -> [`pipeline`] (admit, read
+//! body, route, serve, log) -> a [`target`] such as [`static_files`]. [`config`] turns the TOML file
+//! into the typed values all of these use.
+
+pub mod access_log;
+pub mod body;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod logging;
+pub mod pipeline;
+pub mod server;
+pub mod static_files;
+pub mod target;

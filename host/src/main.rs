@@ -1,0 +1,99 @@
+//! The `gatehouse` binary: parse the command line, then hand over to the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use gatehouse::access_log::AccessLog;
+use gatehouse::cli::{Cli, Command};
+use gatehouse::config::Config;
+use gatehouse::server::Server;
+use gatehouse::target::Targets;
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Check { config }) => check(&config),
+        None => serve(cli.config, cli.app, cli.ready_file),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("gatehouse: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{error}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    Targets::build(&config)?;
+    println!(
+        "{}: ok ({} listener(s), {} target(s))",
+        path.display(),
+        config.server.listen.len(),
+        config.targets.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn serve(config: Option<PathBuf>, app: Option<String>, ready_file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let path = match (config, app) {
+        (Some(path), None) => path,
+        (_, Some(app)) => bail!("quick mode ({app}) needs the WSGI target, which is not built yet; use -c FILE"),
+        (None, None) => bail!("nothing to serve: give a config file with -c FILE (see --help)"),
+    };
+    let config = Config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    gatehouse::logging::init(&config.log.level).map_err(anyhow::Error::msg)?;
+    let (access_log, flusher) = AccessLog::start(&config.log).context("opening the access log")?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+    runtime.block_on(async {
+        let server = Server::bind(&config, access_log)?;
+        let addrs = server.local_addrs();
+        for addr in &addrs {
+            tracing::info!("listening on {addr}");
+        }
+        if let Some(ready) = &ready_file {
+            write_ready_file(ready, &addrs).with_context(|| format!("writing {}", ready.display()))?;
+        }
+        let shutdown = CancellationToken::new();
+        tokio::spawn(watch_signals(shutdown.clone()));
+        server.run(shutdown).await;
+        anyhow::Ok(())
+    })?;
+    // Dropping the runtime drops every logger handle, so the writer thread can drain and exit.
+    drop(runtime);
+    flusher.finish();
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Written to a temporary name and renamed, so a reader never sees half a file.
+fn write_ready_file(path: &Path, addrs: &[String]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, addrs.iter().map(|a| format!("{a}\n")).collect::<String>())?;
+    std::fs::rename(tmp, path)
+}
+
+/// First SIGTERM/SIGINT: graceful shutdown. A second one: exit now.
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return;
+    };
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    shutdown.cancel();
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::warn!("second signal: exiting without waiting");
+    std::process::exit(1);
+}

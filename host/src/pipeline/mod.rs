@@ -1,0 +1,253 @@
+//! A request, phase by phase: admit -> read body -> route -> serve -> log.
+//!
+//! Each phase is a small function with typed input and output. Errors from any phase become a status
+//! in exactly one place ([`error_response`]).
+
+mod admit;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, REFERER, USER_AGENT};
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, Request, Response, Version};
+use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt;
+
+use crate::access_log::{AccessLog, Entry};
+use crate::body::Body;
+use crate::config::Limits;
+use crate::error::HttpError;
+use crate::server::conn::{Activity, RequestGuard};
+use crate::server::wire::Verdicts;
+use crate::target::{Route, Targets};
+
+pub use admit::admit;
+
+/// Everything a request needs that outlives it: targets, limits, the access log.
+#[derive(Debug)]
+pub struct Gateway {
+    /// The configured targets.
+    pub targets: Targets,
+    /// Request limits.
+    pub limits: Limits,
+    /// The access log.
+    pub access_log: AccessLog,
+}
+
+/// What the pipeline knows about the connection a request came on.
+#[derive(Debug)]
+pub struct ConnCtx {
+    /// The client's address; `None` on a Unix socket.
+    pub client: Option<SocketAddr>,
+    /// Byte-level verdicts for HTTP/1 heads, in request order.
+    pub verdicts: Verdicts,
+    /// In-flight requests and idle time, for the keep-alive timeout.
+    pub activity: Arc<Activity>,
+}
+
+/// Serves one request through all phases. Never fails: every error is a response.
+pub async fn handle<B>(gateway: Arc<Gateway>, conn: Arc<ConnCtx>, req: Request<B>) -> Result<Response<LoggedBody>, Infallible>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    let guard = conn.activity.begin();
+    let started = Instant::now();
+    let entry = gateway.access_log.enabled().then(|| entry_for(&req, conn.client));
+    let version = req.version();
+    let verdict = if version < Version::HTTP_2 { conn.verdicts.next() } else { None };
+
+    let mut route: Option<Route> = None;
+    let result = async {
+        admit(&req, verdict, &gateway.limits)?;
+        let (parts, body) = req.into_parts();
+        let _body = read_body(body, &gateway.limits).await?;
+        let chosen = route_request(&gateway.targets, &parts);
+        route = Some(chosen);
+        serve(&gateway.targets, chosen, &parts)
+    }
+    .await;
+
+    let response = result.unwrap_or_else(|e| error_response(&e, version));
+    let target = route.map_or_else(|| "-".to_string(), |r| gateway.targets.name(r.target).to_string());
+    let (parts, body) = response.into_parts();
+    let log = entry.map(|entry| PendingLog { entry, status: parts.status.as_u16(), target, started, log: gateway.access_log.clone() });
+    Ok(Response::from_parts(parts, LoggedBody { inner: body, sent: 0, log, _guard: guard }))
+}
+
+/// Read-body phase: the whole body, within the size and time limits; bad chunking or forbidden
+/// trailers are a 400.
+async fn read_body<B>(body: B, limits: &Limits) -> Result<Bytes, HttpError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    if body.is_end_stream() {
+        return Ok(Bytes::new());
+    }
+    let max = limits.max_body_size;
+    let collect = async move {
+        let mut body = body;
+        let mut buf = BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| HttpError::BadRequest("malformed or incomplete request body"))?;
+            match frame.into_data() {
+                Ok(data) => {
+                    if (buf.len() + data.len()) as u64 > max {
+                        return Err(HttpError::PayloadTooLarge);
+                    }
+                    buf.extend_from_slice(&data);
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        check_trailers(&trailers)?;
+                    }
+                }
+            }
+        }
+        Ok(buf.freeze())
+    };
+    tokio::time::timeout(limits.body_read_timeout, collect)
+        .await
+        .map_err(|_| HttpError::RequestTimeout)?
+}
+
+/// Fields that frame, route or authenticate a message may not arrive late in trailers (RFC 9110 6.5.1).
+fn check_trailers(trailers: &HeaderMap) -> Result<(), HttpError> {
+    const FORBIDDEN: [&str; 10] = [
+        "content-length", "transfer-encoding", "host", "content-type", "content-encoding", "content-range",
+        "trailer", "te", "authorization", "cookie",
+    ];
+    if trailers.keys().any(|k| FORBIDDEN.contains(&k.as_str())) {
+        return Err(HttpError::BadRequest("forbidden field in trailers"));
+    }
+    Ok(())
+}
+
+/// Route phase: which target answers. The plugin chain will set this; today it is the default target.
+fn route_request(targets: &Targets, _req: &Parts) -> Route {
+    targets.default_route()
+}
+
+/// Serve phase: hand the request to its target.
+fn serve(targets: &Targets, route: Route, req: &Parts) -> Result<Response<Body>, HttpError> {
+    targets.get(route.target).serve(req)
+}
+
+/// The one place an [`HttpError`] becomes a response.
+pub fn error_response(error: &HttpError, version: Version) -> Response<Body> {
+    let status = error.status();
+    if status.is_server_error() {
+        tracing::warn!(%error, "request failed");
+    } else {
+        tracing::debug!(%error, "request refused");
+    }
+    let text = format!("{} {}\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
+    let mut response = Response::new(Body::full(text.clone()));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(text.len()));
+    match error {
+        HttpError::MethodNotAllowed(allow) => {
+            headers.insert(ALLOW, HeaderValue::from_static(allow));
+        }
+        HttpError::RangeNotSatisfiable(len) => {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                headers.insert(CONTENT_RANGE, v);
+            }
+        }
+        _ => {}
+    }
+    if error.closes_connection() && version < Version::HTTP_2 {
+        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+fn entry_for<B>(req: &Request<B>, client: Option<SocketAddr>) -> Entry {
+    let header = |name| req.headers().get(name).map(|v: &HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    Entry {
+        client,
+        started: SystemTime::now(),
+        method: req.method().as_str().to_string(),
+        // HTTP/2 carries scheme and authority as pseudo-headers; log what an HTTP/1 request line would say.
+        uri: match (req.version(), req.uri().path_and_query()) {
+            (Version::HTTP_2, Some(pq)) => pq.as_str().to_string(),
+            _ => req.uri().to_string(),
+        },
+        version: match req.version() {
+            Version::HTTP_09 => "HTTP/0.9",
+            Version::HTTP_10 => "HTTP/1.0",
+            Version::HTTP_2 => "HTTP/2.0",
+            Version::HTTP_3 => "HTTP/3.0",
+            _ => "HTTP/1.1",
+        },
+        referer: header(REFERER),
+        user_agent: header(USER_AGENT),
+        status: 0,
+        bytes: 0,
+        duration: std::time::Duration::ZERO,
+        target: String::new(),
+    }
+}
+
+/// An access-log line waiting for the body to finish.
+#[derive(Debug)]
+struct PendingLog {
+    entry: Entry,
+    status: u16,
+    target: String,
+    started: Instant,
+    log: AccessLog,
+}
+
+/// A response body that counts what it sends, writes the access-log line when it is done (or the
+/// client goes away), and marks the request finished for the keep-alive timer.
+#[derive(Debug)]
+pub struct LoggedBody {
+    inner: Body,
+    sent: u64,
+    log: Option<PendingLog>,
+    _guard: RequestGuard,
+}
+
+impl http_body::Body for LoggedBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &poll {
+            if let Some(data) = frame.data_ref() {
+                this.sent += data.len() as u64;
+            }
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        if let Some(mut pending) = self.log.take() {
+            pending.entry.status = pending.status;
+            pending.entry.bytes = self.sent;
+            pending.entry.duration = pending.started.elapsed();
+            pending.entry.target = std::mem::take(&mut pending.target);
+            pending.log.record(&pending.entry);
+        }
+    }
+}

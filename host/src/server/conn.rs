@@ -1,0 +1,127 @@
+//! One client connection: HTTP/1.1 or HTTP/2 through hyper, the keep-alive timer, graceful close.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Limits;
+use crate::pipeline::{self, ConnCtx, Gateway};
+use crate::server::wire::WireGuard;
+
+/// Requests in flight on a connection and when the last one finished.
+#[derive(Debug)]
+pub struct Activity {
+    opened: Instant,
+    in_flight: AtomicUsize,
+    last_done_ms: AtomicU64,
+}
+
+/// Marks one request in flight until dropped.
+#[derive(Debug)]
+pub struct RequestGuard(Arc<Activity>);
+
+impl Activity {
+    fn new() -> Activity {
+        Activity { opened: Instant::now(), in_flight: AtomicUsize::new(0), last_done_ms: AtomicU64::new(0) }
+    }
+
+    /// Counts a request as in flight until the returned guard drops.
+    pub fn begin(self: &Arc<Self>) -> RequestGuard {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        RequestGuard(Arc::clone(self))
+    }
+
+    /// How long the connection has had nothing in flight; `None` while a request runs.
+    fn idle_for(&self, now: Instant) -> Option<Duration> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let last = self.opened + Duration::from_millis(self.last_done_ms.load(Ordering::Acquire));
+        Some(now.saturating_duration_since(last))
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        let ms = u64::try_from(self.0.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.0.last_done_ms.store(ms, Ordering::Release);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The hyper connection builder for a set of limits (HTTP/1.1 and HTTP/2 by prior knowledge).
+pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // The wire guard enforces the head timeout; hyper's would also cut idle keep-alive connections.
+        .header_read_timeout(None)
+        // hyper refuses buffers under 8 KiB; smaller head limits are enforced by the wire guard.
+        .max_buf_size(limits.max_header_size.max(8192))
+        .max_headers(limits.max_headers)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX));
+    builder
+}
+
+/// Serves one accepted connection until it closes, idles out, or shutdown closes it.
+pub async fn serve<I>(
+    io: I,
+    client: Option<SocketAddr>,
+    gateway: Arc<Gateway>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    shutdown: CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = &gateway.limits;
+    let keepalive = limits.keepalive_timeout;
+    let (io, verdicts) = WireGuard::new(io, limits.max_header_size, limits.max_headers, Some(limits.header_read_timeout));
+    let activity = Arc::new(Activity::new());
+    let ctx = Arc::new(ConnCtx { client, verdicts, activity: Arc::clone(&activity) });
+    let service = service_fn(move |req| pipeline::handle(Arc::clone(&gateway), Arc::clone(&ctx), req));
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+
+    let mut draining = false;
+    let idle_check = tokio::time::sleep(keepalive);
+    tokio::pin!(idle_check);
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(client = ?client, %error, "connection ended with an error");
+                }
+                return;
+            }
+            () = shutdown.cancelled(), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = &mut idle_check, if !draining => {
+                let now = Instant::now();
+                match activity.idle_for(now) {
+                    Some(idle) if idle >= keepalive => {
+                        draining = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    Some(idle) => idle_check.as_mut().reset(now + (keepalive - idle)),
+                    None => idle_check.as_mut().reset(now + keepalive),
+                }
+            }
+        }
+    }
+}

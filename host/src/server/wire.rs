@@ -1,0 +1,460 @@
+//! A raw-byte view of HTTP/1 request heads, for the checks hyper normalizes away.
+//!
+//! hyper quietly drops `Content-Length` when `Transfer-Encoding` is present, merges repeated equal
+//! `Content-Length` lines and accepts bare-LF line endings. Those are the shapes request smuggling is
+//! built from, so this wrapper watches the bytes hyper reads, follows message framing (fixed length or
+//! chunked) to find where each head starts, and queues one [`HeadVerdict`] per request head, in order.
+//! The request pipeline takes the verdicts in the same order hyper hands it the requests. An HTTP/2
+//! connection (prior-knowledge preface) is passed through untouched: HTTP/2 has its own framing.
+
+use std::io;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// What the raw bytes of one request head showed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadVerdict {
+    /// Nothing wrong at the byte level.
+    Clean,
+    /// A smuggling or framing shape; the reason is for the log.
+    Reject(&'static str),
+    /// The head is larger than the configured limit.
+    TooLarge,
+}
+
+/// The verdicts of one connection, shared between the reader and the request pipeline.
+#[derive(Debug, Clone, Default)]
+pub struct Verdicts(Arc<Mutex<Queue>>);
+
+#[derive(Debug, Default)]
+struct Queue {
+    pending: std::collections::VecDeque<HeadVerdict>,
+    /// Tracking stopped on bytes we could not follow: fail closed for any later request.
+    lost: bool,
+}
+
+impl Verdicts {
+    /// The verdict for the next request hyper dispatches; `None` on HTTP/2 connections.
+    pub fn next(&self) -> Option<HeadVerdict> {
+        let Ok(mut q) = self.0.lock() else {
+            return Some(HeadVerdict::Reject("internal lock poisoned"));
+        };
+        match q.pending.pop_front() {
+            Some(v) => Some(v),
+            None if q.lost => Some(HeadVerdict::Reject("request framing could not be followed")),
+            None => None,
+        }
+    }
+
+    fn push(&self, v: HeadVerdict) {
+        if let Ok(mut q) = self.0.lock() {
+            q.pending.push_back(v);
+        }
+    }
+
+    fn lose_track(&self) {
+        if let Ok(mut q) = self.0.lock() {
+            q.lost = true;
+        }
+    }
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+
+#[derive(Debug)]
+enum State {
+    /// Collecting a request head.
+    Head,
+    /// Skipping a fixed-length body.
+    Fixed(u64),
+    /// Inside a chunked body.
+    Chunked(Chunk),
+    /// HTTP/2, or framing hyper will reject anyway: stop looking.
+    PassThrough,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Chunk {
+    /// Reading the chunk-size line; `Some(n)` once a size digit was seen.
+    Size(Option<u64>, bool),
+    /// Skipping chunk data, then its CRLF.
+    Data(u64),
+    DataEnd,
+    /// Reading trailer lines; `true` while at the start of a line.
+    Trailers(bool),
+}
+
+/// Wraps a connection's byte stream and records a verdict for every HTTP/1 request head read.
+#[derive(Debug)]
+pub struct WireGuard<T> {
+    inner: T,
+    state: State,
+    head: Vec<u8>,
+    max_head: usize,
+    max_headers: usize,
+    verdicts: Verdicts,
+    /// Slowloris defence: a head must arrive whole within this time of its first byte (or of the
+    /// connection opening). hyper's own header timer also runs while a keep-alive connection is idle,
+    /// which would cut idle connections at the header timeout instead of the keep-alive timeout.
+    head_timeout: Option<Duration>,
+    head_deadline: Option<Pin<Box<Sleep>>>,
+    head_armed: bool,
+}
+
+impl<T> WireGuard<T> {
+    /// Watches `inner`; heads larger than `max_head` bytes get [`HeadVerdict::TooLarge`]; a head not
+    /// complete within `head_timeout` of its first byte fails the read (the connection closes).
+    pub fn new(inner: T, max_head: usize, max_headers: usize, head_timeout: Option<Duration>) -> (Self, Verdicts) {
+        let verdicts = Verdicts::default();
+        let mut guard = WireGuard {
+            inner,
+            state: State::Head,
+            head: Vec::new(),
+            max_head,
+            max_headers,
+            verdicts: verdicts.clone(),
+            head_timeout,
+            head_deadline: None,
+            head_armed: false,
+        };
+        guard.arm_head_timer();
+        (guard, verdicts)
+    }
+
+    fn arm_head_timer(&mut self) {
+        let Some(timeout) = self.head_timeout else { return };
+        let deadline = Instant::now() + timeout;
+        match &mut self.head_deadline {
+            Some(sleep) => sleep.as_mut().reset(deadline),
+            None => self.head_deadline = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+        self.head_armed = true;
+    }
+
+    fn observe(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            match &mut self.state {
+                State::PassThrough => return,
+                State::Head => {
+                    // Clients may send empty lines before a request (RFC 9112 section 2.2).
+                    if self.head.is_empty() {
+                        let skip = bytes.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+                        bytes = &bytes[skip..];
+                        if bytes.is_empty() {
+                            return;
+                        }
+                        if !self.head_armed {
+                            self.arm_head_timer();
+                        }
+                    }
+                    let start = self.head.len().saturating_sub(3);
+                    let take = bytes.len().min(self.max_head.saturating_add(4).saturating_sub(self.head.len()).max(1));
+                    self.head.extend_from_slice(&bytes[..take]);
+                    match find_head_end(&self.head[start..]) {
+                        Some(end) => {
+                            let end = start + end;
+                            let rest = self.head.len() - end;
+                            bytes = &bytes[take - rest..];
+                            self.head.truncate(end);
+                            self.finish_head();
+                        }
+                        None if self.head.len() > self.max_head => {
+                            // hyper will answer 431 or 400 and close; nothing more to follow.
+                            self.verdicts.push(HeadVerdict::TooLarge);
+                            self.verdicts.lose_track();
+                            self.state = State::PassThrough;
+                            return;
+                        }
+                        None => bytes = &bytes[take..],
+                    }
+                }
+                State::Fixed(left) => {
+                    let n = (*left).min(bytes.len() as u64);
+                    *left -= n;
+                    bytes = &bytes[n as usize..];
+                    if *left == 0 {
+                        self.state = State::Head;
+                    }
+                }
+                State::Chunked(chunk) => match step_chunked(chunk, bytes) {
+                    Some((used, done)) => {
+                        bytes = &bytes[used..];
+                        if done {
+                            self.state = State::Head;
+                        }
+                    }
+                    None => {
+                        self.verdicts.lose_track();
+                        self.state = State::PassThrough;
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    fn finish_head(&mut self) {
+        self.head_armed = false;
+        if self.head.starts_with(H2_PREFACE) {
+            // HTTP/2 with prior knowledge: the preface looks like a head; HTTP/2 frames follow.
+            self.state = State::PassThrough;
+            return;
+        }
+        let head = std::mem::take(&mut self.head);
+        let (verdict, next) = judge_head(&head, self.max_head, self.max_headers);
+        self.verdicts.push(verdict);
+        if matches!(next, State::PassThrough) {
+            self.verdicts.lose_track();
+        }
+        self.state = next;
+        self.head = head;
+        self.head.clear();
+    }
+}
+
+/// Index just past the blank line ending a head (`\r\n\r\n`, or `\n\n` which we then reject).
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while let Some(off) = buf[i..].iter().position(|&b| b == b'\n') {
+        let at = i + off;
+        match buf.get(at + 1) {
+            Some(b'\n') => return Some(at + 2),
+            Some(b'\r') if buf.get(at + 2) == Some(&b'\n') => return Some(at + 3),
+            _ => i = at + 1,
+        }
+    }
+    None
+}
+
+/// Judges one complete head and says how its body is framed.
+fn judge_head(head: &[u8], max_head: usize, max_headers: usize) -> (HeadVerdict, State) {
+    if head.len() > max_head {
+        return (HeadVerdict::TooLarge, State::PassThrough);
+    }
+    if has_bare_lf(head) {
+        return (HeadVerdict::Reject("bare LF line ending"), State::PassThrough);
+    }
+    let mut storage = vec![httparse::EMPTY_HEADER; max_headers.min(512)];
+    let mut req = httparse::Request::new(&mut storage);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        // hyper rejects it too; its status (400 or 431) wins.
+        _ => return (HeadVerdict::Clean, State::PassThrough),
+    }
+    let mut content_length: Option<&[u8]> = None;
+    let mut cl_lines = 0;
+    let mut te_lines = 0;
+    let mut te_chunked_last = false;
+    let mut chunked_count = 0;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            cl_lines += 1;
+            content_length = Some(h.value);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            te_lines += 1;
+            for coding in h.value.split(|&b| b == b',') {
+                let coding = coding.trim_ascii();
+                te_chunked_last = coding.eq_ignore_ascii_case(b"chunked");
+                chunked_count += usize::from(te_chunked_last);
+            }
+        }
+    }
+    let verdict = match () {
+        _ if cl_lines > 0 && te_lines > 0 => HeadVerdict::Reject("both Content-Length and Transfer-Encoding"),
+        _ if cl_lines > 1 => HeadVerdict::Reject("repeated Content-Length"),
+        _ if te_lines > 0 && req.version == Some(0) => HeadVerdict::Reject("Transfer-Encoding in HTTP/1.0"),
+        _ if te_lines > 0 && (!te_chunked_last || chunked_count != 1) => {
+            HeadVerdict::Reject("Transfer-Encoding must end with a single chunked")
+        }
+        _ => HeadVerdict::Clean,
+    };
+    if verdict != HeadVerdict::Clean {
+        return (verdict, State::PassThrough);
+    }
+    let next = if te_lines > 0 {
+        State::Chunked(Chunk::Size(None, false))
+    } else if let Some(cl) = content_length {
+        match std::str::from_utf8(cl).ok().filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())) {
+            Some(digits) => match digits.parse::<u64>() {
+                Ok(0) => State::Head,
+                Ok(n) => State::Fixed(n),
+                Err(_) => return (HeadVerdict::Reject("Content-Length out of range"), State::PassThrough),
+            },
+            None => return (HeadVerdict::Reject("Content-Length is not a plain number"), State::PassThrough),
+        }
+    } else {
+        State::Head
+    };
+    (HeadVerdict::Clean, next)
+}
+
+fn has_bare_lf(head: &[u8]) -> bool {
+    head.iter().enumerate().any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
+}
+
+/// Advances the chunked-body tracker over `bytes`; returns bytes used and whether the body ended.
+/// `None` means a shape hyper will reject; tracking stops.
+fn step_chunked(chunk: &mut Chunk, bytes: &[u8]) -> Option<(usize, bool)> {
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match chunk {
+            Chunk::Size(size, in_ext) => {
+                if b == b'\n' {
+                    let n = (*size)?;
+                    *chunk = if n == 0 { Chunk::Trailers(true) } else { Chunk::Data(n) };
+                } else if !*in_ext && b.is_ascii_hexdigit() {
+                    let digit = u64::from((b as char).to_digit(16)?);
+                    *size = Some(size.unwrap_or(0).checked_mul(16)?.checked_add(digit)?);
+                } else if size.is_some() {
+                    *in_ext = true;
+                } else {
+                    return None;
+                }
+                i += 1;
+            }
+            Chunk::Data(left) => {
+                let n = (*left).min((bytes.len() - i) as u64);
+                *left -= n;
+                i += n as usize;
+                if *left == 0 {
+                    *chunk = Chunk::DataEnd;
+                }
+            }
+            Chunk::DataEnd => {
+                if b == b'\n' {
+                    *chunk = Chunk::Size(None, false);
+                } else if b != b'\r' {
+                    return None;
+                }
+                i += 1;
+            }
+            Chunk::Trailers(line_start) => {
+                i += 1;
+                if b == b'\n' {
+                    if *line_start {
+                        return Some((i, true));
+                    }
+                    *line_start = true;
+                } else if b != b'\r' {
+                    *line_start = false;
+                }
+            }
+        }
+    }
+    Some((i, false))
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for WireGuard<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if !matches!(this.state, State::PassThrough) {
+            let fresh = &buf.filled()[before..];
+            if !fresh.is_empty() {
+                this.observe(fresh);
+            }
+        }
+        if poll.is_pending() && this.head_armed {
+            if let Some(deadline) = &mut this.head_deadline {
+                if deadline.as_mut().poll(cx).is_ready() {
+                    this.head_armed = false;
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "request head not received in time")));
+                }
+            }
+        }
+        poll
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for WireGuard<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdicts(chunks: &[&[u8]]) -> Vec<HeadVerdict> {
+        let (mut guard, v) = WireGuard::new((), 16 * 1024, 100, None);
+        for c in chunks {
+            guard.observe(c);
+        }
+        let drained = v.0.lock().expect("lock").pending.drain(..).collect();
+        drained
+    }
+
+    #[test]
+    fn pipelined_fixed_and_chunked_bodies_split_anywhere() {
+        let stream: &[u8] = b"POST /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloPOST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\nX-T: 1\r\n\r\nGET /c HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        for split in 1..stream.len() {
+            let (a, b) = stream.split_at(split);
+            let got = verdicts(&[a, b]);
+            assert_eq!(
+                got,
+                vec![
+                    HeadVerdict::Clean,
+                    HeadVerdict::Clean,
+                    HeadVerdict::Reject("both Content-Length and Transfer-Encoding")
+                ],
+                "split at {split}"
+            );
+        }
+    }
+
+    #[test]
+    fn smuggling_shapes() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"GET / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc", "repeated"),
+            (b"GET / HTTP/1.1\nHost: x\n\n", "bare LF"),
+            (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", "HTTP/1.0"),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", "single chunked"),
+            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n", "single chunked"),
+            (b"POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\nhello", "plain number"),
+        ];
+        for (bytes, why) in cases {
+            match verdicts(&[bytes]).first() {
+                Some(HeadVerdict::Reject(r)) => assert!(r.contains(why), "{r} vs {why}"),
+                other => panic!("{:?}: {other:?}", String::from_utf8_lossy(bytes)),
+            }
+        }
+    }
+
+    #[test]
+    fn oversized_head_and_h2_passthrough() {
+        let (mut guard, v) = WireGuard::new((), 1024, 100, None);
+        guard.observe(format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(2000)).as_bytes());
+        assert_eq!(v.next(), Some(HeadVerdict::TooLarge));
+        assert_eq!(verdicts(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"]), vec![]);
+        assert_eq!(verdicts(&[b"\r\n\r\nGET / HTTP/1.1\r\n\r\n"]), vec![HeadVerdict::Clean]);
+    }
+}

@@ -1,0 +1,289 @@
+//! The `static` target: files under a root directory, served the way nginx serves them.
+//!
+//! GET and HEAD; MIME type by extension; `ETag`/`Last-Modified` and 304s; one `Range`; index files;
+//! optional listings; precompressed `.br`/`.gz` siblings. Every file is opened relative to the root's
+//! directory handle with `openat2(RESOLVE_BENEATH)`, so neither `..` nor a symlink can leave the root.
+
+mod listing;
+mod path;
+mod validators;
+
+use std::fs::File;
+use std::io::{Seek, SeekFrom};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use http::header::{
+    ACCEPT_ENCODING, ACCEPT_RANGES, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, LAST_MODIFIED,
+    LOCATION, VARY,
+};
+use http::request::Parts;
+use http::{HeaderValue, Method, Response, StatusCode};
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+
+use crate::body::{Body, FileChunks};
+use crate::config::StaticConfig;
+use crate::error::HttpError;
+use validators::{RangeRequest, Version};
+
+/// A static directory, opened once at start.
+#[derive(Debug)]
+pub struct StaticFiles {
+    root: OwnedFd,
+    root_path: PathBuf,
+    mount: String,
+    index: Vec<String>,
+    autoindex: bool,
+    show_hidden: bool,
+    precompressed: bool,
+    beneath: Resolver,
+}
+
+/// How paths are resolved under the root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resolver {
+    /// `openat2` with `RESOLVE_BENEATH`: symlinks inside the root work, escaping ones fail.
+    Openat2,
+    /// Kernels without `openat2` (before 5.6, or filtered by seccomp): every component is opened
+    /// with `O_NOFOLLOW`, so no symlink is followed at all. Stricter, never looser.
+    NoFollow,
+}
+
+impl StaticFiles {
+    /// Opens the root directory of a `static` target.
+    pub fn open(config: &StaticConfig) -> std::io::Result<StaticFiles> {
+        let root = rustix::fs::open(&config.root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        let beneath = match rustix::fs::openat2(&root, ".", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty(), beneath_flags()) {
+            Ok(_) => Resolver::Openat2,
+            Err(e) if e == rustix::io::Errno::NOSYS || e == rustix::io::Errno::PERM => Resolver::NoFollow,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(StaticFiles {
+            root,
+            root_path: config.root.clone(),
+            mount: config.mount.clone(),
+            index: config.index.clone(),
+            autoindex: config.autoindex,
+            show_hidden: config.show_hidden,
+            precompressed: config.precompressed,
+            beneath,
+        })
+    }
+
+    /// Answers one request.
+    pub fn serve(&self, req: &Parts) -> Result<Response<Body>, HttpError> {
+        if req.method != Method::GET && req.method != Method::HEAD {
+            return Err(HttpError::MethodNotAllowed("GET, HEAD"));
+        }
+        let url_path = req.uri.path();
+        let rest = self.strip_mount(url_path).ok_or(HttpError::NotFound)?;
+        let rel = path::relative_path(rest, self.show_hidden).map_err(|_| HttpError::NotFound)?;
+
+        let file = self.open_beneath(&self.root, &rel)?;
+        let meta = file.metadata().map_err(|e| internal(&self.root_path, &rel, &e))?;
+        if meta.is_dir() {
+            if !url_path.ends_with('/') {
+                return Ok(redirect_to_dir(req));
+            }
+            for name in &self.index {
+                match self.open_beneath(&file, Path::new(name)) {
+                    Ok(index) => {
+                        let meta = index.metadata().map_err(|e| internal(&self.root_path, &rel, &e))?;
+                        if meta.is_file() {
+                            return self.file_response(req, &rel.join(name), index, meta);
+                        }
+                    }
+                    Err(HttpError::NotFound) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            if self.autoindex {
+                return listing::render(req, file, url_path, self.show_hidden)
+                    .map_err(|e| internal(&self.root_path, &rel, &e));
+            }
+            return Err(HttpError::Forbidden);
+        }
+        if !meta.is_file() {
+            return Err(HttpError::NotFound);
+        }
+        self.file_response(req, &rel, file, meta)
+    }
+
+    /// The part of the URL path below the mount, or `None` when the path is outside it.
+    fn strip_mount<'a>(&self, url_path: &'a str) -> Option<&'a str> {
+        if self.mount == "/" {
+            return Some(url_path);
+        }
+        let rest = url_path.strip_prefix(self.mount.as_str())?;
+        (rest.is_empty() || rest.starts_with('/')).then_some(rest)
+    }
+
+    /// Builds the response for a regular file, preferring a precompressed sibling the client accepts.
+    fn file_response(&self, req: &Parts, rel: &Path, file: File, meta: std::fs::Metadata) -> Result<Response<Body>, HttpError> {
+        let mime = mime_guess::from_path(rel).first_or_octet_stream();
+        let (file, meta, encoding) = match self.precompressed_sibling(req, rel)? {
+            Some((f, m, enc)) => (f, m, Some(enc)),
+            None => (file, meta, None),
+        };
+        let version = Version::of(&meta);
+        let mut builder = Response::builder()
+            .header(ETAG, version.etag())
+            .header(LAST_MODIFIED, version.last_modified());
+        if self.precompressed {
+            builder = builder.header(VARY, "Accept-Encoding");
+        }
+        if version.not_modified(&req.headers) {
+            return builder.status(StatusCode::NOT_MODIFIED).body(Body::Empty).map_err(|_| HttpError::Internal);
+        }
+        builder = builder
+            .header(CONTENT_TYPE, mime.as_ref())
+            .header(ACCEPT_RANGES, "bytes");
+        if let Some(encoding) = encoding {
+            builder = builder.header(CONTENT_ENCODING, encoding);
+        }
+        let (status, start, len) = match validators::range(&req.headers, &version) {
+            RangeRequest::Full => (StatusCode::OK, 0, version.len),
+            RangeRequest::Partial { start, end } => {
+                builder = builder.header(CONTENT_RANGE, format!("bytes {start}-{end}/{}", version.len));
+                (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
+            }
+            RangeRequest::Unsatisfiable => return Err(HttpError::RangeNotSatisfiable(version.len)),
+        };
+        let body = if req.method == Method::HEAD || len == 0 {
+            Body::Empty
+        } else {
+            let mut file = file;
+            if start > 0 {
+                file.seek(SeekFrom::Start(start)).map_err(|e| internal(&self.root_path, rel, &e))?;
+            }
+            Body::File(FileChunks::new(file, len))
+        };
+        builder
+            .status(status)
+            .header(CONTENT_LENGTH, len)
+            .body(body)
+            .map_err(|_| HttpError::Internal)
+    }
+
+    /// A `.br` or `.gz` sibling of `rel`, when enabled, present and accepted by the client.
+    fn precompressed_sibling(&self, req: &Parts, rel: &Path) -> Result<Option<(File, std::fs::Metadata, &'static str)>, HttpError> {
+        if !self.precompressed {
+            return Ok(None);
+        }
+        let Some(accept) = req.headers.get(ACCEPT_ENCODING).and_then(|v| v.to_str().ok()) else {
+            return Ok(None);
+        };
+        for (coding, ext) in [("br", "br"), ("gzip", "gz")] {
+            if !accepts(accept, coding) {
+                continue;
+            }
+            let mut name = rel.as_os_str().to_owned();
+            name.push(".");
+            name.push(ext);
+            match self.open_beneath(&self.root, Path::new(&name)) {
+                Ok(f) => {
+                    let meta = f.metadata().map_err(|e| internal(&self.root_path, rel, &e))?;
+                    if meta.is_file() {
+                        return Ok(Some((f, meta, coding)));
+                    }
+                }
+                Err(HttpError::NotFound) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Opens `rel` under `dir` without ever leaving the root.
+    fn open_beneath(&self, dir: &impl std::os::fd::AsFd, rel: &Path) -> Result<File, HttpError> {
+        let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+        let opened = match self.beneath {
+            Resolver::Openat2 => rustix::fs::openat2(dir, rel, flags, Mode::empty(), beneath_flags()),
+            Resolver::NoFollow => open_nofollow(dir, rel, flags),
+        };
+        match opened {
+            Ok(fd) => Ok(File::from(fd)),
+            Err(e) if is_not_found(e) => Err(HttpError::NotFound),
+            Err(e) => Err(internal(&self.root_path, rel, &e.into())),
+        }
+    }
+}
+
+fn beneath_flags() -> ResolveFlags {
+    ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS
+}
+
+fn open_nofollow(dir: &impl std::os::fd::AsFd, rel: &Path, flags: OFlags) -> rustix::io::Result<OwnedFd> {
+    let mut components = rel.components().peekable();
+    let mut current: Option<OwnedFd> = None;
+    while let Some(component) = components.next() {
+        let last = components.peek().is_none();
+        let f = if last { flags | OFlags::NOFOLLOW } else { OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC };
+        let next = match &current {
+            Some(fd) => rustix::fs::openat(fd, component.as_os_str(), f, Mode::empty())?,
+            None => rustix::fs::openat(dir, component.as_os_str(), f, Mode::empty())?,
+        };
+        current = Some(next);
+    }
+    current.ok_or(rustix::io::Errno::NOENT)
+}
+
+/// Failures that mean "nothing servable here": missing, not a directory, a symlink escaping the root
+/// (`EXDEV`), a symlink loop or refused symlink (`ELOOP`), or no permission.
+fn is_not_found(e: rustix::io::Errno) -> bool {
+    use rustix::io::Errno;
+    [Errno::NOENT, Errno::NOTDIR, Errno::XDEV, Errno::LOOP, Errno::ACCESS, Errno::NAMETOOLONG, Errno::PERM].contains(&e)
+}
+
+fn internal(root: &Path, rel: &Path, e: &std::io::Error) -> HttpError {
+    tracing::error!(root = %root.display(), path = %rel.display(), error = %e, "static file error");
+    HttpError::Internal
+}
+
+/// Whether an `Accept-Encoding` value allows `coding` (a `q=0` refuses it).
+fn accepts(header: &str, coding: &str) -> bool {
+    header.split(',').any(|item| {
+        let mut parts = item.split(';');
+        let name = parts.next().unwrap_or("").trim();
+        if !name.eq_ignore_ascii_case(coding) && name != "*" {
+            return false;
+        }
+        parts.all(|p| {
+            let p = p.trim();
+            match p.strip_prefix("q=").or_else(|| p.strip_prefix("Q=")) {
+                Some(q) => q.trim().parse::<f32>().is_ok_and(|q| q > 0.0),
+                None => true,
+            }
+        })
+    })
+}
+
+/// nginx answers a directory requested without its trailing slash with a 301 to the slashed URL.
+fn redirect_to_dir(req: &Parts) -> Response<Body> {
+    let mut location = format!("{}/", req.uri.path());
+    if let Some(q) = req.uri.query() {
+        location.push('?');
+        location.push_str(q);
+    }
+    let mut resp = Response::new(Body::Empty);
+    *resp.status_mut() = StatusCode::MOVED_PERMANENTLY;
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(LOCATION, v);
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::accepts;
+
+    #[test]
+    fn accept_encoding() {
+        assert!(accepts("gzip, deflate, br", "br"));
+        assert!(accepts("gzip;q=0.5", "gzip"));
+        assert!(!accepts("gzip;q=0", "gzip"));
+        assert!(!accepts("gzip", "br"));
+        assert!(accepts("*", "br"));
+        assert!(!accepts("identity", "gzip"));
+    }
+}

@@ -1,0 +1,102 @@
+//! Named targets, and the routing decision that picks one.
+//!
+//! The decision is a value ([`Route`]) produced by the routing phase, not a lookup hard-wired into the
+//! server: today the phase picks `server.default_target`; the plugin chain will set it later.
+
+use http::Response;
+use http::request::Parts;
+
+use crate::body::Body;
+use crate::config::{Config, TargetConfig};
+use crate::error::HttpError;
+use crate::static_files::StaticFiles;
+
+/// Index of a target in [`Targets`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TargetId(usize);
+
+/// Where a request goes; set by the routing phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// The chosen target.
+    pub target: TargetId,
+}
+
+/// A built target, ready to answer requests.
+#[derive(Debug)]
+pub enum Target {
+    /// Files under a directory.
+    Static(StaticFiles),
+}
+
+impl Target {
+    /// Answers a request whose head is `req` (the body was already read by the pipeline).
+    pub fn serve(&self, req: &Parts) -> Result<Response<Body>, HttpError> {
+        match self {
+            Target::Static(files) => files.serve(req),
+        }
+    }
+}
+
+/// All targets of a configuration, by id and name.
+#[derive(Debug)]
+pub struct Targets {
+    names: Vec<String>,
+    targets: Vec<Target>,
+    default: TargetId,
+}
+
+/// A target that could not be built from its (already validated) configuration.
+#[derive(Debug, thiserror::Error)]
+#[error("target `{name}`: {source}")]
+pub struct BuildError {
+    name: String,
+    source: std::io::Error,
+}
+
+impl Targets {
+    /// Builds every target of a validated config.
+    pub fn build(config: &Config) -> Result<Targets, BuildError> {
+        let mut names = Vec::new();
+        let mut targets = Vec::new();
+        for (name, target) in &config.targets {
+            let built = match target {
+                TargetConfig::Static(s) => Target::Static(StaticFiles::open(s).map_err(|source| BuildError {
+                    name: name.clone(),
+                    source,
+                })?),
+            };
+            names.push(name.clone());
+            targets.push(built);
+        }
+        let default = names
+            .iter()
+            .position(|n| n == &config.server.default_target)
+            .map(TargetId)
+            .ok_or_else(|| BuildError {
+                name: config.server.default_target.clone(),
+                source: std::io::Error::other("default target is not defined"),
+            })?;
+        Ok(Targets { names, targets, default })
+    }
+
+    /// The route every request takes until something chooses otherwise.
+    pub fn default_route(&self) -> Route {
+        Route { target: self.default }
+    }
+
+    /// The target behind an id.
+    pub fn get(&self, id: TargetId) -> &Target {
+        &self.targets[id.0]
+    }
+
+    /// A target's configured name, for logs.
+    pub fn name(&self, id: TargetId) -> &str {
+        &self.names[id.0]
+    }
+
+    /// Looks a target up by name (what a routing plugin will hand back).
+    pub fn by_name(&self, name: &str) -> Option<TargetId> {
+        self.names.iter().position(|n| n == name).map(TargetId)
+    }
+}
