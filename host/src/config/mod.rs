@@ -73,6 +73,8 @@ pub struct Limits {
     pub max_uri_length: usize,
     /// Largest request head (request line and all headers) in bytes; larger gets 431.
     pub max_header_size: usize,
+    /// Largest single header line (`Name: value` and its CRLF) in bytes; larger gets 431.
+    pub max_header_field_size: usize,
     /// Most header fields in one request; more gets 431.
     pub max_headers: usize,
     /// Largest request body in bytes; larger gets 413.
@@ -89,8 +91,10 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(75),
             body_read_timeout: Duration::from_secs(60),
-            max_uri_length: 8 * 1024,
+            max_uri_length: 4 * 1024,
             max_header_size: 16 * 1024,
+            // Gunicorn's `limit_request_field_size`.
+            max_header_field_size: 8190,
             max_headers: 100,
             max_body_size: 10 << 20,
             max_connections: 10_000,
@@ -270,6 +274,7 @@ struct RawLimits {
     body_read_timeout: Option<Seconds>,
     max_uri_length: Option<Spanned<Bytes>>,
     max_header_size: Option<Spanned<Bytes>>,
+    max_header_field_size: Option<Spanned<Bytes>>,
     max_headers: Option<Spanned<u32>>,
     max_body_size: Option<Bytes>,
     max_connections: Option<Spanned<u32>>,
@@ -422,6 +427,8 @@ impl RawLimits {
         };
         let max_uri_length = at_least(&self.max_uri_length, "server.limits.max_uri_length", 64, d.max_uri_length);
         let max_header_size = at_least(&self.max_header_size, "server.limits.max_header_size", 1024, d.max_header_size);
+        let max_header_field_size =
+            at_least(&self.max_header_field_size, "server.limits.max_header_field_size", 64, d.max_header_field_size);
         let mut positive = |value: &Option<Spanned<u32>>, key: &str, default: u32| -> u32 {
             match value {
                 Some(v) if *v.get_ref() == 0 => {
@@ -439,6 +446,7 @@ impl RawLimits {
             body_read_timeout: self.body_read_timeout.map_or(d.body_read_timeout, |s| s.0),
             max_uri_length,
             max_header_size,
+            max_header_field_size,
             max_headers: positive(&self.max_headers, "server.limits.max_headers", to_u32(d.max_headers)) as usize,
             max_body_size: self.max_body_size.map_or(d.max_body_size, |b| b.0),
             max_connections: positive(&self.max_connections, "server.limits.max_connections", to_u32(d.max_connections))

@@ -19,7 +19,7 @@ pub fn admit<B>(req: &Request<B>, verdict: Option<HeadVerdict>, limits: &Limits)
     if req.headers().len() > limits.max_headers {
         return Err(HttpError::HeadersTooLarge);
     }
-    check_headers(req.headers())?;
+    check_headers(req.headers(), limits.max_header_field_size)?;
     if let Some(len) = content_length(req.headers())? {
         if len > limits.max_body_size {
             return Err(HttpError::PayloadTooLarge);
@@ -63,11 +63,16 @@ fn check_target<B>(req: &Request<B>, max_len: usize) -> Result<(), HttpError> {
     }
 }
 
-/// Field values with control characters, and repeats of fields that must be single, are refused.
-fn check_headers(headers: &HeaderMap) -> Result<(), HttpError> {
-    for value in headers.values() {
+/// Field values with control characters, oversized fields, and repeats of fields that must be single
+/// are refused.
+fn check_headers(headers: &HeaderMap, max_field: usize) -> Result<(), HttpError> {
+    for (name, value) in headers {
         if value.as_bytes().iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
             return Err(HttpError::BadRequest("control character in a header value"));
+        }
+        // Measured as the line on the wire: `Name: value\r\n`.
+        if name.as_str().len() + 2 + value.len() + 2 > max_field {
+            return Err(HttpError::HeadersTooLarge);
         }
     }
     for single in [HOST, CONTENT_LENGTH, CONTENT_TYPE] {
@@ -132,6 +137,9 @@ mod tests {
 
     #[test]
     fn header_rules() {
+        let mut r = req("GET", "/");
+        r.headers_mut().insert("x-big", "a".repeat(9000).parse().expect("v"));
+        assert_eq!(admit(&r, None, &limits()), Err(HttpError::HeadersTooLarge));
         let mut r = req("GET", "/");
         r.headers_mut().append(HOST, "a".parse().expect("v"));
         r.headers_mut().append(HOST, "b".parse().expect("v"));

@@ -118,9 +118,9 @@ where
 
 /// Fields that frame, route or authenticate a message may not arrive late in trailers (RFC 9110 6.5.1).
 fn check_trailers(trailers: &HeaderMap) -> Result<(), HttpError> {
-    const FORBIDDEN: [&str; 10] = [
-        "content-length", "transfer-encoding", "host", "content-type", "content-encoding", "content-range",
-        "trailer", "te", "authorization", "cookie",
+    const FORBIDDEN: [&str; 9] = [
+        "content-length", "transfer-encoding", "host", "content-encoding", "content-range", "trailer", "te",
+        "authorization", "cookie",
     ];
     if trailers.keys().any(|k| FORBIDDEN.contains(&k.as_str())) {
         return Err(HttpError::BadRequest("forbidden field in trailers"));

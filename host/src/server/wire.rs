@@ -81,13 +81,24 @@ enum State {
 
 #[derive(Debug, Clone, Copy)]
 enum Chunk {
-    /// Reading the chunk-size line; `Some(n)` once a size digit was seen.
-    Size(Option<u64>, bool),
+    /// Reading the chunk-size line.
+    Size(Option<u64>, SizeLine),
     /// Skipping chunk data, then its CRLF.
     Data(u64),
-    DataEnd,
-    /// Reading trailer lines; `true` while at the start of a line.
-    Trailers(bool),
+    DataCr,
+    DataLf,
+    /// Reading trailer lines: `at_line_start`, `after_cr`.
+    Trailers(bool, bool),
+}
+
+/// Where in a chunk-size line we are: `1*HEXDIG *( BWS ";" ext ) CRLF`.
+#[derive(Debug, Clone, Copy)]
+enum SizeLine {
+    Digits,
+    /// Whitespace after the size: only `;` may follow (`0 \r\n` is refused).
+    Space,
+    Ext,
+    Cr,
 }
 
 /// Wraps a connection's byte stream and records a verdict for every HTTP/1 request head read.
@@ -137,17 +148,18 @@ impl<T> WireGuard<T> {
         self.head_armed = true;
     }
 
-    fn observe(&mut self, mut bytes: &[u8]) {
+    /// Follows the framing over freshly read bytes; an error means the body framing is malformed.
+    fn observe(&mut self, mut bytes: &[u8]) -> Result<(), &'static str> {
         while !bytes.is_empty() {
             match &mut self.state {
-                State::PassThrough => return,
+                State::PassThrough => return Ok(()),
                 State::Head => {
                     // Clients may send empty lines before a request (RFC 9112 section 2.2).
                     if self.head.is_empty() {
                         let skip = bytes.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
                         bytes = &bytes[skip..];
                         if bytes.is_empty() {
-                            return;
+                            return Ok(());
                         }
                         if !self.head_armed {
                             self.arm_head_timer();
@@ -169,7 +181,7 @@ impl<T> WireGuard<T> {
                             self.verdicts.push(HeadVerdict::TooLarge);
                             self.verdicts.lose_track();
                             self.state = State::PassThrough;
-                            return;
+                            return Ok(());
                         }
                         None => bytes = &bytes[take..],
                     }
@@ -183,20 +195,21 @@ impl<T> WireGuard<T> {
                     }
                 }
                 State::Chunked(chunk) => match step_chunked(chunk, bytes) {
-                    Some((used, done)) => {
+                    Ok((used, done)) => {
                         bytes = &bytes[used..];
                         if done {
                             self.state = State::Head;
                         }
                     }
-                    None => {
+                    Err(why) => {
                         self.verdicts.lose_track();
                         self.state = State::PassThrough;
-                        return;
+                        return Err(why);
                     }
                 },
             }
         }
+        Ok(())
     }
 
     fn finish_head(&mut self) {
@@ -278,7 +291,7 @@ fn judge_head(head: &[u8], max_head: usize, max_headers: usize) -> (HeadVerdict,
         return (verdict, State::PassThrough);
     }
     let next = if te_lines > 0 {
-        State::Chunked(Chunk::Size(None, false))
+        State::Chunked(Chunk::Size(None, SizeLine::Digits))
     } else if let Some(cl) = content_length {
         match std::str::from_utf8(cl).ok().filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())) {
             Some(digits) => match digits.parse::<u64>() {
@@ -298,57 +311,54 @@ fn has_bare_lf(head: &[u8]) -> bool {
     head.iter().enumerate().any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
 }
 
-/// Advances the chunked-body tracker over `bytes`; returns bytes used and whether the body ended.
-/// `None` means a shape hyper will reject; tracking stops.
-fn step_chunked(chunk: &mut Chunk, bytes: &[u8]) -> Option<(usize, bool)> {
+/// Advances the chunked-body tracker over `bytes`; returns bytes used and whether the body ended, or
+/// why the chunked framing is malformed.
+fn step_chunked(chunk: &mut Chunk, bytes: &[u8]) -> Result<(usize, bool), &'static str> {
+    const BAD_SIZE: &str = "malformed chunk-size line";
     let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
+        i += 1;
         match chunk {
-            Chunk::Size(size, in_ext) => {
-                if b == b'\n' {
-                    let n = (*size)?;
-                    *chunk = if n == 0 { Chunk::Trailers(true) } else { Chunk::Data(n) };
-                } else if !*in_ext && b.is_ascii_hexdigit() {
-                    let digit = u64::from((b as char).to_digit(16)?);
-                    *size = Some(size.unwrap_or(0).checked_mul(16)?.checked_add(digit)?);
-                } else if size.is_some() {
-                    *in_ext = true;
-                } else {
-                    return None;
+            Chunk::Size(size, line) => match (*line, b) {
+                (SizeLine::Digits, b) if b.is_ascii_hexdigit() => {
+                    let digit = u64::from((b as char).to_digit(16).ok_or(BAD_SIZE)?);
+                    let value = size.unwrap_or(0).checked_mul(16).and_then(|v| v.checked_add(digit));
+                    *size = Some(value.ok_or("chunk size out of range")?);
                 }
-                i += 1;
-            }
+                (_, _) if size.is_none() => return Err(BAD_SIZE),
+                (SizeLine::Digits | SizeLine::Space, b' ' | b'\t') => *line = SizeLine::Space,
+                (SizeLine::Digits | SizeLine::Space | SizeLine::Ext, b';') => *line = SizeLine::Ext,
+                (SizeLine::Digits | SizeLine::Ext, b'\r') => *line = SizeLine::Cr,
+                (SizeLine::Ext, b) if b == b'\t' || (b >= 0x20 && b != 0x7f) => {}
+                (SizeLine::Cr, b'\n') => {
+                    let n = size.unwrap_or(0);
+                    *chunk = if n == 0 { Chunk::Trailers(true, false) } else { Chunk::Data(n) };
+                }
+                _ => return Err(BAD_SIZE),
+            },
             Chunk::Data(left) => {
+                i -= 1;
                 let n = (*left).min((bytes.len() - i) as u64);
                 *left -= n;
                 i += n as usize;
                 if *left == 0 {
-                    *chunk = Chunk::DataEnd;
+                    *chunk = Chunk::DataCr;
                 }
             }
-            Chunk::DataEnd => {
-                if b == b'\n' {
-                    *chunk = Chunk::Size(None, false);
-                } else if b != b'\r' {
-                    return None;
-                }
-                i += 1;
-            }
-            Chunk::Trailers(line_start) => {
-                i += 1;
-                if b == b'\n' {
-                    if *line_start {
-                        return Some((i, true));
-                    }
-                    *line_start = true;
-                } else if b != b'\r' {
-                    *line_start = false;
-                }
-            }
+            Chunk::DataCr if b == b'\r' => *chunk = Chunk::DataLf,
+            Chunk::DataLf if b == b'\n' => *chunk = Chunk::Size(None, SizeLine::Digits),
+            Chunk::DataCr | Chunk::DataLf => return Err("chunk data not followed by CRLF"),
+            Chunk::Trailers(line_start, after_cr) => match (b, *after_cr) {
+                (b'\n', true) if *line_start => return Ok((i, true)),
+                (b'\n', true) => *chunk = Chunk::Trailers(true, false),
+                (b'\r', false) => *after_cr = true,
+                (b'\n', false) | (_, true) => return Err("bare CR or LF in trailers"),
+                _ => *line_start = false,
+            },
         }
     }
-    Some((i, false))
+    Ok((i, false))
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for WireGuard<T> {
@@ -359,7 +369,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for WireGuard<T> {
         if !matches!(this.state, State::PassThrough) {
             let fresh = &buf.filled()[before..];
             if !fresh.is_empty() {
-                this.observe(fresh);
+                if let Err(why) = this.observe(fresh) {
+                    // Fail the read: hyper ends the body with an error and the connection closes.
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, why)));
+                }
             }
         }
         if poll.is_pending() && this.head_armed {
@@ -407,7 +420,7 @@ mod tests {
     fn verdicts(chunks: &[&[u8]]) -> Vec<HeadVerdict> {
         let (mut guard, v) = WireGuard::new((), 16 * 1024, 100, None);
         for c in chunks {
-            guard.observe(c);
+            let _ = guard.observe(c);
         }
         let drained = v.0.lock().expect("lock").pending.drain(..).collect();
         drained
@@ -452,9 +465,34 @@ mod tests {
     #[test]
     fn oversized_head_and_h2_passthrough() {
         let (mut guard, v) = WireGuard::new((), 1024, 100, None);
-        guard.observe(format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(2000)).as_bytes());
+        guard.observe(format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(2000)).as_bytes()).expect("head");
         assert_eq!(v.next(), Some(HeadVerdict::TooLarge));
         assert_eq!(verdicts(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"]), vec![]);
         assert_eq!(verdicts(&[b"\r\n\r\nGET / HTTP/1.1\r\n\r\n"]), vec![HeadVerdict::Clean]);
+    }
+
+    #[test]
+    fn chunk_framing_errors() {
+        let head: &[u8] = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let observe = |body: &[u8]| {
+            let (mut guard, _) = WireGuard::new((), 16 * 1024, 100, None);
+            guard.observe(&[head, body].concat())
+        };
+        assert_eq!(observe(b"5\r\nhello\r\n5 ; a=\"b c\"\r\nworld\r\n0\r\nX: y\r\n\r\n"), Ok(()));
+        for bad in [
+            &b"0 \r\n\r\n"[..],
+            b" 0\r\n\r\n",
+            b"5\n;\r\nhello\r\n0\r\n\r\n",
+            b"5\r\nhelloXX0\r\n\r\n",
+            b"6_0\r\n",
+            b"-5\r\n",
+            b"+5\r\n",
+            b";foo=bar\r\n",
+            b"5;ext=val\rue\r\n",
+            b"0\r\nX: y\n\r\n",
+            b"fffffffffffffffff\r\n",
+        ] {
+            assert!(observe(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 }
