@@ -60,15 +60,34 @@ impl AccessLog {
     /// Starts the writer thread for a log config.
     pub fn start(config: &LogConfig) -> std::io::Result<(AccessLog, Flusher)> {
         if config.access_log == AccessLogFormat::Off {
-            return Ok((AccessLog { format: config.access_log, tx: None }, Flusher(None)));
+            return Ok((
+                AccessLog {
+                    format: config.access_log,
+                    tx: None,
+                },
+                Flusher(None),
+            ));
         }
         let out: Box<dyn Write + Send> = match &config.access_log_path {
-            Some(path) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
+            Some(path) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            ),
             None => Box::new(std::io::stdout()),
         };
         let (tx, rx) = mpsc::sync_channel::<String>(16 * 1024);
-        let handle = std::thread::Builder::new().name("access-log".into()).spawn(move || write_lines(rx, out))?;
-        Ok((AccessLog { format: config.access_log, tx: Some(tx) }, Flusher(Some(handle))))
+        let handle = std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || write_lines(rx, out))?;
+        Ok((
+            AccessLog {
+                format: config.access_log,
+                tx: Some(tx),
+            },
+            Flusher(Some(handle)),
+        ))
     }
 
     /// Whether lines are wanted at all (so callers can skip collecting them).
@@ -126,7 +145,12 @@ fn combined_line(e: &Entry) -> String {
     escape_into(&mut line, e.referer.as_deref().unwrap_or("-"));
     line.push_str("\" \"");
     escape_into(&mut line, e.user_agent.as_deref().unwrap_or("-"));
-    let _ = writeln!(line, "\" rt={:.6} target={}", e.duration.as_secs_f64(), e.target);
+    let _ = writeln!(
+        line,
+        "\" rt={:.6} target={}",
+        e.duration.as_secs_f64(),
+        e.target
+    );
     line
 }
 

@@ -26,7 +26,11 @@ impl Body {
     /// A body from anything that becomes [`Bytes`].
     pub fn full(bytes: impl Into<Bytes>) -> Body {
         let bytes = bytes.into();
-        if bytes.is_empty() { Body::Empty } else { Body::Full(Some(bytes)) }
+        if bytes.is_empty() {
+            Body::Empty
+        } else {
+            Body::Full(Some(bytes))
+        }
     }
 }
 
@@ -48,7 +52,10 @@ impl http_body::Body for Body {
     type Data = Bytes;
     type Error = std::io::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         match self.get_mut() {
             Body::Empty => Poll::Ready(None),
             Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
@@ -98,7 +105,10 @@ impl FileChunks {
             // The file shrank under us: end the stream short; the client sees a truncated body and the
             // connection closes, which is the honest outcome.
             self.left = 0;
-            return Some(Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file shrank while being sent")));
+            return Some(Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "file shrank while being sent",
+            )));
         }
         self.left -= filled as u64;
         buf.truncate(filled);

@@ -45,17 +45,26 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn serve(config: Option<PathBuf>, app: Option<String>, ready_file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+fn serve(
+    config: Option<PathBuf>,
+    app: Option<String>,
+    ready_file: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
     let path = match (config, app) {
         (Some(path), None) => path,
-        (_, Some(app)) => bail!("quick mode ({app}) needs the WSGI target, which is not built yet; use -c FILE"),
+        (_, Some(app)) => {
+            bail!("quick mode ({app}) needs the WSGI target, which is not built yet; use -c FILE")
+        }
         (None, None) => bail!("nothing to serve: give a config file with -c FILE (see --help)"),
     };
     let config = Config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
     gatehouse::logging::init(&config.log.level).map_err(anyhow::Error::msg)?;
     let (access_log, flusher) = AccessLog::start(&config.log).context("opening the access log")?;
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")?;
     runtime.block_on(async {
         let server = Server::bind(&config, access_log)?;
         let addrs = server.local_addrs();
@@ -63,7 +72,8 @@ fn serve(config: Option<PathBuf>, app: Option<String>, ready_file: Option<PathBu
             tracing::info!("listening on {addr}");
         }
         if let Some(ready) = &ready_file {
-            write_ready_file(ready, &addrs).with_context(|| format!("writing {}", ready.display()))?;
+            write_ready_file(ready, &addrs)
+                .with_context(|| format!("writing {}", ready.display()))?;
         }
         let shutdown = CancellationToken::new();
         tokio::spawn(watch_signals(shutdown.clone()));
@@ -80,14 +90,20 @@ fn serve(config: Option<PathBuf>, app: Option<String>, ready_file: Option<PathBu
 /// Written to a temporary name and renamed, so a reader never sees half a file.
 fn write_ready_file(path: &Path, addrs: &[String]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, addrs.iter().map(|a| format!("{a}\n")).collect::<String>())?;
+    std::fs::write(
+        &tmp,
+        addrs.iter().map(|a| format!("{a}\n")).collect::<String>(),
+    )?;
     std::fs::rename(tmp, path)
 }
 
 /// First SIGTERM/SIGINT: graceful shutdown. A second one: exit now.
 async fn watch_signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         return;
     };

@@ -61,10 +61,12 @@ impl Targets {
         let mut targets = Vec::new();
         for (name, target) in &config.targets {
             let built = match target {
-                TargetConfig::Static(s) => Target::Static(StaticFiles::open(s).map_err(|source| BuildError {
-                    name: name.clone(),
-                    source,
-                })?),
+                TargetConfig::Static(s) => {
+                    Target::Static(StaticFiles::open(s).map_err(|source| BuildError {
+                        name: name.clone(),
+                        source,
+                    })?)
+                }
             };
             names.push(name.clone());
             targets.push(built);
@@ -77,12 +79,18 @@ impl Targets {
                 name: config.server.default_target.clone(),
                 source: std::io::Error::other("default target is not defined"),
             })?;
-        Ok(Targets { names, targets, default })
+        Ok(Targets {
+            names,
+            targets,
+            default,
+        })
     }
 
     /// The route every request takes until something chooses otherwise.
     pub fn default_route(&self) -> Route {
-        Route { target: self.default }
+        Route {
+            target: self.default,
+        }
     }
 
     /// The target behind an id.

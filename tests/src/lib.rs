@@ -16,7 +16,11 @@ pub fn binary() -> PathBuf {
     // target/<profile>/deps/<test> -> target/<profile>/gatehouse
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let bin = dir.join("gatehouse");
-    assert!(bin.exists(), "{} not built: run `cargo build -p gatehouse` first (the test script does)", bin.display());
+    assert!(
+        bin.exists(),
+        "{} not built: run `cargo build -p gatehouse` first (the test script does)",
+        bin.display()
+    );
     bin
 }
 
@@ -40,7 +44,9 @@ fn capture(mut pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
             if n == 0 {
                 break;
             }
-            sink.lock().expect("lock").push_str(&String::from_utf8_lossy(&buf[..n]));
+            sink.lock()
+                .expect("lock")
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
         }
     });
     out
@@ -59,8 +65,13 @@ impl Gatehouse {
         let ready = dir.join("ready");
         let _ = std::fs::remove_file(&ready);
         let mut cmd = Command::new(binary());
-        cmd.arg("-c").arg(&config_path).arg("--ready-file").arg(&ready);
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.arg("-c")
+            .arg(&config_path)
+            .arg("--ready-file")
+            .arg(&ready);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         cmd.env_remove("RUST_LOG");
         for (k, v) in env {
             cmd.env(k, v);
@@ -72,11 +83,20 @@ impl Gatehouse {
         loop {
             if let Ok(text) = std::fs::read_to_string(&ready) {
                 let addrs = text.lines().map(str::to_string).collect();
-                return Gatehouse { child, addrs, dir: dir.to_path_buf(), stdout, stderr };
+                return Gatehouse {
+                    child,
+                    addrs,
+                    dir: dir.to_path_buf(),
+                    stdout,
+                    stderr,
+                };
             }
             if let Ok(Some(status)) = child.try_wait() {
                 std::thread::sleep(Duration::from_millis(100));
-                panic!("gatehouse exited with {status} before listening:\n{}", stderr.lock().expect("lock"));
+                panic!(
+                    "gatehouse exited with {status} before listening:\n{}",
+                    stderr.lock().expect("lock")
+                );
             }
             assert!(Instant::now() < deadline, "gatehouse did not become ready");
             std::thread::sleep(Duration::from_millis(20));
@@ -85,7 +105,10 @@ impl Gatehouse {
 
     /// The first TCP address.
     pub fn addr(&self) -> SocketAddr {
-        self.addrs.iter().find_map(|a| a.parse().ok()).expect("a TCP listener")
+        self.addrs
+            .iter()
+            .find_map(|a| a.parse().ok())
+            .expect("a TCP listener")
     }
 
     /// `http://ADDR{path}`.
@@ -111,7 +134,11 @@ impl Gatehouse {
 
     /// Sends a signal by name (`TERM`, `INT`) with the real `kill` command.
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill").arg(format!("-{name}")).arg(self.child.id().to_string()).status().expect("kill");
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
         assert!(status.success());
     }
 
@@ -195,16 +222,35 @@ pub fn read_until_close(stream: &mut TcpStream, wait: Duration) -> RawExchange {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return RawExchange { bytes, closed: false };
+            return RawExchange {
+                bytes,
+                closed: false,
+            };
         }
         stream.set_read_timeout(Some(left)).expect("timeout");
         match stream.read(&mut buf) {
-            Ok(0) => return RawExchange { bytes, closed: true },
-            Ok(n) => bytes.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
-                return RawExchange { bytes, closed: false };
+            Ok(0) => {
+                return RawExchange {
+                    bytes,
+                    closed: true,
+                };
             }
-            Err(_) => return RawExchange { bytes, closed: true },
+            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return RawExchange {
+                    bytes,
+                    closed: false,
+                };
+            }
+            Err(_) => {
+                return RawExchange {
+                    bytes,
+                    closed: true,
+                };
+            }
         }
     }
 }

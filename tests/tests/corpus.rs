@@ -19,7 +19,10 @@ fn corpus_dir() -> Option<PathBuf> {
         Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/gunicorn-requests")),
         Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/gunicorn-requests")),
     ];
-    candidates.into_iter().flatten().find(|p| p.join("expectations.json").exists())
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|p| p.join("expectations.json").exists())
 }
 
 /// The corpus format: real newlines are layout only; `\r \n \t \0 \xHH` are the bytes.
@@ -63,9 +66,12 @@ struct Case {
 }
 
 fn cases(kind: &str) -> (Vec<Case>, usize) {
-    let dir = corpus_dir().expect("the request corpus (../shared/corpus/gunicorn-requests or GATEHOUSE_CORPUS)");
-    let expectations: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("expectations.json")).expect("read")).expect("json");
+    let dir = corpus_dir()
+        .expect("the request corpus (../shared/corpus/gunicorn-requests or GATEHOUSE_CORPUS)");
+    let expectations: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("expectations.json")).expect("read"),
+    )
+    .expect("json");
     let mut out = Vec::new();
     let mut skipped = 0;
     for (name, case) in expectations["cases"].as_object().expect("cases") {
@@ -88,13 +94,19 @@ fn cases(kind: &str) -> (Vec<Case>, usize) {
 
 fn server() -> (tempfile::TempDir, Gatehouse) {
     let dir = site(&[("index.html", b"ok")]);
-    let gh = Gatehouse::start(dir.path(), &static_config("", "[log]\naccess_log = \"off\"\n"));
+    let gh = Gatehouse::start(
+        dir.path(),
+        &static_config("", "[log]\naccess_log = \"off\"\n"),
+    );
     (dir, gh)
 }
 
 #[test]
 fn decoding_follows_the_corpus_readme() {
-    assert_eq!(decode("GET / HTTP/1.1\\r\\n\n\\r\\n"), b"GET / HTTP/1.1\r\n\r\n");
+    assert_eq!(
+        decode("GET / HTTP/1.1\\r\\n\n\\r\\n"),
+        b"GET / HTTP/1.1\r\n\r\n"
+    );
     assert_eq!(decode("a\\0b\\x7fc\\td"), b"a\0b\x7fc\td");
 }
 
@@ -115,13 +127,28 @@ fn invalid_requests_are_refused() {
             Some(s) => REFUSALS.contains(s) && ex.closed && statuses.len() == 1,
         };
         if !refused {
-            failures.push(format!("{}: statuses {statuses:?}, closed {}", case.name, ex.closed));
+            failures.push(format!(
+                "{}: statuses {statuses:?}, closed {}",
+                case.name, ex.closed
+            ));
         }
     }
-    assert!(failures.is_empty(), "{} of {} invalid requests were not refused:\n{}", failures.len(), cases.len(), failures.join("\n"));
-    eprintln!("{} invalid cases refused ({skipped} config-dependent cases skipped)", cases.len());
+    assert!(
+        failures.is_empty(),
+        "{} of {} invalid requests were not refused:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+    eprintln!(
+        "{} invalid cases refused ({skipped} config-dependent cases skipped)",
+        cases.len()
+    );
     // The server is still up and serving after all of that.
-    let ex = gh.raw(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", Duration::from_secs(5));
+    let ex = gh.raw(
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    );
     assert_eq!(ex.statuses(), vec![200]);
 }
 
@@ -129,7 +156,10 @@ fn answered(gh: &Gatehouse, case: &Case) -> RawExchange {
     let mut stream = TcpStream::connect(gh.addr()).expect("connect");
     stream.write_all(&case.bytes).expect("write");
     let deadline = Instant::now() + Duration::from_secs(5);
-    let mut all = RawExchange { bytes: Vec::new(), closed: false };
+    let mut all = RawExchange {
+        bytes: Vec::new(),
+        closed: false,
+    };
     while all.statuses().len() < case.requests && !all.closed && Instant::now() < deadline {
         let more = read_until_close(&mut stream, Duration::from_millis(50));
         all.bytes.extend(more.bytes);
@@ -154,7 +184,9 @@ const DELIBERATE_400: [(&str, &str); 2] = [
 /// The corpus strips real newlines, which shortens bodies that contained them (valid/099's multipart
 /// body): such a request can never be complete, and a server that buffers bodies waits for the rest.
 fn body_shorter_than_declared(bytes: &[u8]) -> bool {
-    let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else { return false };
+    let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
     let head = String::from_utf8_lossy(&bytes[..end]).to_ascii_lowercase();
     let declared = head
         .lines()
@@ -179,15 +211,30 @@ fn valid_requests_are_answered_by_the_target() {
         let statuses = ex.statuses();
         if let Some((_, why)) = DELIBERATE_400.iter().find(|(name, _)| *name == case.name) {
             if statuses.first() != Some(&400) {
-                failures.push(format!("{}: expected the deliberate 400 ({why}), got {statuses:?}", case.name));
+                failures.push(format!(
+                    "{}: expected the deliberate 400 ({why}), got {statuses:?}",
+                    case.name
+                ));
             }
             continue;
         }
         if statuses.len() != case.requests || statuses.iter().any(|s| REFUSALS.contains(s)) {
-            failures.push(format!("{}: statuses {statuses:?} (want {} answers)", case.name, case.requests));
+            failures.push(format!(
+                "{}: statuses {statuses:?} (want {} answers)",
+                case.name, case.requests
+            ));
         }
     }
-    assert!(failures.is_empty(), "{} of {} valid requests failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} valid requests failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
     assert!(truncated <= 1, "{truncated} cases have truncated bodies");
-    eprintln!("{} valid cases answered ({skipped} config-dependent, {truncated} truncated skipped)", cases.len());
+    eprintln!(
+        "{} valid cases answered ({skipped} config-dependent, {truncated} truncated skipped)",
+        cases.len()
+    );
 }

@@ -5,8 +5,8 @@ use std::time::Duration;
 use gatehouse_tests::{Gatehouse, client, h2_client, site, static_config};
 use reqwest::StatusCode;
 use reqwest::header::{
-    ACCEPT_ENCODING, ALLOW, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE,
-    IF_NONE_MATCH, LAST_MODIFIED, LOCATION, RANGE, VARY,
+    ACCEPT_ENCODING, ALLOW, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG,
+    IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED, LOCATION, RANGE, VARY,
 };
 
 fn big(len: usize) -> Vec<u8> {
@@ -21,7 +21,14 @@ fn serve(files: &[(&str, &[u8])], target_extra: &str) -> (tempfile::TempDir, Gat
 
 #[test]
 fn get_head_mime_and_validators() {
-    let (_dir, gh) = serve(&[("index.html", b"<h1>hi</h1>"), ("app.js", b"let x = 1;"), ("data.bin", b"\x00\x01")], "");
+    let (_dir, gh) = serve(
+        &[
+            ("index.html", b"<h1>hi</h1>"),
+            ("app.js", b"let x = 1;"),
+            ("data.bin", b"\x00\x01"),
+        ],
+        "",
+    );
     let c = client();
     let r = c.get(gh.url("/")).send().expect("get");
     assert_eq!(r.status(), StatusCode::OK);
@@ -31,8 +38,14 @@ fn get_head_mime_and_validators() {
     let modified = r.headers()[LAST_MODIFIED].to_str().expect("lm").to_string();
     assert_eq!(r.text().expect("body"), "<h1>hi</h1>");
 
-    assert_eq!(c.get(gh.url("/app.js")).send().expect("get").headers()[CONTENT_TYPE], "text/javascript");
-    assert_eq!(c.get(gh.url("/data.bin")).send().expect("get").headers()[CONTENT_TYPE], "application/octet-stream");
+    assert_eq!(
+        c.get(gh.url("/app.js")).send().expect("get").headers()[CONTENT_TYPE],
+        "text/javascript"
+    );
+    assert_eq!(
+        c.get(gh.url("/data.bin")).send().expect("get").headers()[CONTENT_TYPE],
+        "application/octet-stream"
+    );
 
     let head = c.head(gh.url("/index.html")).send().expect("head");
     assert_eq!(head.status(), StatusCode::OK);
@@ -40,14 +53,30 @@ fn get_head_mime_and_validators() {
     assert_eq!(head.headers()[ETAG].to_str().expect("etag"), etag);
     assert!(head.bytes().expect("body").is_empty());
 
-    let r = c.get(gh.url("/index.html")).header(IF_NONE_MATCH, &etag).send().expect("inm");
+    let r = c
+        .get(gh.url("/index.html"))
+        .header(IF_NONE_MATCH, &etag)
+        .send()
+        .expect("inm");
     assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
     assert!(r.bytes().expect("body").is_empty());
-    let r = c.get(gh.url("/index.html")).header(IF_NONE_MATCH, "\"other\"").send().expect("inm");
+    let r = c
+        .get(gh.url("/index.html"))
+        .header(IF_NONE_MATCH, "\"other\"")
+        .send()
+        .expect("inm");
     assert_eq!(r.status(), StatusCode::OK);
-    let r = c.get(gh.url("/index.html")).header(IF_MODIFIED_SINCE, &modified).send().expect("ims");
+    let r = c
+        .get(gh.url("/index.html"))
+        .header(IF_MODIFIED_SINCE, &modified)
+        .send()
+        .expect("ims");
     assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
-    let r = c.get(gh.url("/index.html")).header(IF_MODIFIED_SINCE, "Sun, 06 Nov 1994 08:49:37 GMT").send().expect("ims");
+    let r = c
+        .get(gh.url("/index.html"))
+        .header(IF_MODIFIED_SINCE, "Sun, 06 Nov 1994 08:49:37 GMT")
+        .send()
+        .expect("ims");
     assert_eq!(r.status(), StatusCode::OK);
 }
 
@@ -56,19 +85,43 @@ fn ranges() {
     let body = big(100_000);
     let (_dir, gh) = serve(&[("blob.bin", &body)], "");
     let c = client();
-    let r = c.get(gh.url("/blob.bin")).header(RANGE, "bytes=10-19").send().expect("range");
+    let r = c
+        .get(gh.url("/blob.bin"))
+        .header(RANGE, "bytes=10-19")
+        .send()
+        .expect("range");
     assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
     assert_eq!(r.headers()[CONTENT_RANGE], "bytes 10-19/100000");
     assert_eq!(r.bytes().expect("body").as_ref(), &body[10..20]);
-    let r = c.get(gh.url("/blob.bin")).header(RANGE, "bytes=-5").send().expect("suffix");
+    let r = c
+        .get(gh.url("/blob.bin"))
+        .header(RANGE, "bytes=-5")
+        .send()
+        .expect("suffix");
     assert_eq!(r.bytes().expect("body").as_ref(), &body[99_995..]);
-    let r = c.get(gh.url("/blob.bin")).header(RANGE, "bytes=99990-").send().expect("open");
+    let r = c
+        .get(gh.url("/blob.bin"))
+        .header(RANGE, "bytes=99990-")
+        .send()
+        .expect("open");
     assert_eq!(r.headers()[CONTENT_RANGE], "bytes 99990-99999/100000");
-    let r = c.get(gh.url("/blob.bin")).header(RANGE, "bytes=100000-").send().expect("416");
+    let r = c
+        .get(gh.url("/blob.bin"))
+        .header(RANGE, "bytes=100000-")
+        .send()
+        .expect("416");
     assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(r.headers()[CONTENT_RANGE], "bytes */100000");
-    let r = c.get(gh.url("/blob.bin")).header(RANGE, "bytes=0-1,5-6").send().expect("multi");
-    assert_eq!(r.status(), StatusCode::OK, "several ranges are answered with the whole file");
+    let r = c
+        .get(gh.url("/blob.bin"))
+        .header(RANGE, "bytes=0-1,5-6")
+        .send()
+        .expect("multi");
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "several ranges are answered with the whole file"
+    );
     assert_eq!(r.bytes().expect("body").len(), 100_000);
 }
 
@@ -76,38 +129,82 @@ fn ranges() {
 fn large_file_streams_intact_over_http1_and_http2() {
     let body = big(3 * 1024 * 1024 + 17);
     let (_dir, gh) = serve(&[("big.bin", &body)], "");
-    let got = client().get(gh.url("/big.bin")).send().expect("get").bytes().expect("body");
+    let got = client()
+        .get(gh.url("/big.bin"))
+        .send()
+        .expect("get")
+        .bytes()
+        .expect("body");
     assert!(got.as_ref() == body.as_slice(), "HTTP/1.1 body differs");
     let r = h2_client().get(gh.url("/big.bin")).send().expect("h2 get");
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
-    assert!(r.bytes().expect("body").as_ref() == body.as_slice(), "HTTP/2 body differs");
+    assert!(
+        r.bytes().expect("body").as_ref() == body.as_slice(),
+        "HTTP/2 body differs"
+    );
 }
 
 #[test]
 fn directories_index_and_listing() {
-    let (_dir, gh) = serve(&[("docs/index.html", b"docs"), ("empty/.keep", b""), ("files/a.txt", b"a"), ("files/<b>.txt", b"b")], "");
+    let (_dir, gh) = serve(
+        &[
+            ("docs/index.html", b"docs"),
+            ("empty/.keep", b""),
+            ("files/a.txt", b"a"),
+            ("files/<b>.txt", b"b"),
+        ],
+        "",
+    );
     let c = client();
     let r = c.get(gh.url("/docs?x=1")).send().expect("get");
     assert_eq!(r.status(), StatusCode::MOVED_PERMANENTLY);
     assert_eq!(r.headers()[LOCATION], "/docs/?x=1");
-    assert_eq!(c.get(gh.url("/docs/")).send().expect("get").text().expect("body"), "docs");
-    assert_eq!(c.get(gh.url("/files/")).send().expect("get").status(), StatusCode::FORBIDDEN, "no listing by default");
+    assert_eq!(
+        c.get(gh.url("/docs/"))
+            .send()
+            .expect("get")
+            .text()
+            .expect("body"),
+        "docs"
+    );
+    assert_eq!(
+        c.get(gh.url("/files/")).send().expect("get").status(),
+        StatusCode::FORBIDDEN,
+        "no listing by default"
+    );
 
-    let (_dir, gh) = serve(&[("files/a.txt", b"a"), ("files/<b>.txt", b"b"), ("files/.secret", b"s"), ("files/sub/x", b"x")], "autoindex = true");
+    let (_dir, gh) = serve(
+        &[
+            ("files/a.txt", b"a"),
+            ("files/<b>.txt", b"b"),
+            ("files/.secret", b"s"),
+            ("files/sub/x", b"x"),
+        ],
+        "autoindex = true",
+    );
     let r = c.get(gh.url("/files/")).send().expect("listing");
     assert_eq!(r.status(), StatusCode::OK);
     let html = r.text().expect("html");
     assert!(html.contains("<a href=\"a.txt\">a.txt</a>"), "{html}");
-    assert!(html.contains("<a href=\"%3Cb%3E.txt\">&lt;b&gt;.txt</a>"), "{html}");
+    assert!(
+        html.contains("<a href=\"%3Cb%3E.txt\">&lt;b&gt;.txt</a>"),
+        "{html}"
+    );
     assert!(html.contains("<a href=\"sub/\">sub/</a>"), "{html}");
-    assert!(!html.contains("secret"), "hidden files are not listed: {html}");
+    assert!(
+        !html.contains("secret"),
+        "hidden files are not listed: {html}"
+    );
 }
 
 #[test]
 fn methods_other_than_get_and_head_get_405_with_allow() {
     let (_dir, gh) = serve(&[("index.html", b"x")], "");
     for method in ["POST", "PUT", "DELETE", "PATCH", "OPTIONS"] {
-        let r = client().request(method.parse().expect("method"), gh.url("/")).send().expect("send");
+        let r = client()
+            .request(method.parse().expect("method"), gh.url("/"))
+            .send()
+            .expect("send");
         assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED, "{method}");
         assert_eq!(r.headers()[ALLOW], "GET, HEAD");
     }
@@ -115,25 +212,57 @@ fn methods_other_than_get_and_head_get_405_with_allow() {
 
 #[test]
 fn precompressed_siblings() {
-    let (_dir, gh) = serve(&[("app.js", b"plain"), ("app.js.gz", b"GZ"), ("app.js.br", b"BR"), ("only.css", b"p"), ("only.css.gz", b"G")], "");
+    let (_dir, gh) = serve(
+        &[
+            ("app.js", b"plain"),
+            ("app.js.gz", b"GZ"),
+            ("app.js.br", b"BR"),
+            ("only.css", b"p"),
+            ("only.css.gz", b"G"),
+        ],
+        "",
+    );
     let c = client();
-    let r = c.get(gh.url("/app.js")).header(ACCEPT_ENCODING, "gzip, br").send().expect("get");
+    let r = c
+        .get(gh.url("/app.js"))
+        .header(ACCEPT_ENCODING, "gzip, br")
+        .send()
+        .expect("get");
     assert_eq!(r.headers()[CONTENT_ENCODING], "br");
     assert_eq!(r.headers()[CONTENT_TYPE], "text/javascript");
     assert_eq!(r.headers()[VARY], "Accept-Encoding");
     assert_eq!(r.text().expect("body"), "BR");
-    let r = c.get(gh.url("/app.js")).header(ACCEPT_ENCODING, "gzip").send().expect("get");
+    let r = c
+        .get(gh.url("/app.js"))
+        .header(ACCEPT_ENCODING, "gzip")
+        .send()
+        .expect("get");
     assert_eq!(r.headers()[CONTENT_ENCODING], "gzip");
     assert_eq!(r.text().expect("body"), "GZ");
-    let r = c.get(gh.url("/app.js")).header(ACCEPT_ENCODING, "br;q=0, gzip;q=0").send().expect("get");
+    let r = c
+        .get(gh.url("/app.js"))
+        .header(ACCEPT_ENCODING, "br;q=0, gzip;q=0")
+        .send()
+        .expect("get");
     assert!(r.headers().get(CONTENT_ENCODING).is_none());
     assert_eq!(r.headers()[VARY], "Accept-Encoding");
     assert_eq!(r.text().expect("body"), "plain");
-    let r = c.get(gh.url("/only.css")).header(ACCEPT_ENCODING, "br, gzip").send().expect("get");
+    let r = c
+        .get(gh.url("/only.css"))
+        .header(ACCEPT_ENCODING, "br, gzip")
+        .send()
+        .expect("get");
     assert_eq!(r.headers()[CONTENT_ENCODING], "gzip");
 
-    let (_dir, gh) = serve(&[("app.js", b"plain"), ("app.js.gz", b"GZ")], "precompressed = false");
-    let r = c.get(gh.url("/app.js")).header(ACCEPT_ENCODING, "gzip").send().expect("get");
+    let (_dir, gh) = serve(
+        &[("app.js", b"plain"), ("app.js.gz", b"GZ")],
+        "precompressed = false",
+    );
+    let r = c
+        .get(gh.url("/app.js"))
+        .header(ACCEPT_ENCODING, "gzip")
+        .send()
+        .expect("get");
     assert!(r.headers().get(CONTENT_ENCODING).is_none());
     assert!(r.headers().get(VARY).is_none());
     assert_eq!(r.text().expect("body"), "plain");
@@ -143,31 +272,67 @@ fn precompressed_siblings() {
 fn mount_path() {
     let (_dir, gh) = serve(&[("a.txt", b"a")], "mount = \"/static\"");
     let c = client();
-    assert_eq!(c.get(gh.url("/static/a.txt")).send().expect("get").text().expect("body"), "a");
-    assert_eq!(c.get(gh.url("/a.txt")).send().expect("get").status(), StatusCode::NOT_FOUND);
-    assert_eq!(c.get(gh.url("/staticx/a.txt")).send().expect("get").status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        c.get(gh.url("/static/a.txt"))
+            .send()
+            .expect("get")
+            .text()
+            .expect("body"),
+        "a"
+    );
+    assert_eq!(
+        c.get(gh.url("/a.txt")).send().expect("get").status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        c.get(gh.url("/staticx/a.txt"))
+            .send()
+            .expect("get")
+            .status(),
+        StatusCode::NOT_FOUND
+    );
 }
 
 /// Traversal shapes are sent raw: an HTTP client library would normalise them away.
 #[test]
 fn traversal_and_hidden_files_are_404() {
-    let dir = site(&[("public.txt", b"public"), (".env", b"SECRET=1"), (".git/config", b"x"), ("sub/ok.txt", b"ok")]);
+    let dir = site(&[
+        ("public.txt", b"public"),
+        (".env", b"SECRET=1"),
+        (".git/config", b"x"),
+        ("sub/ok.txt", b"ok"),
+    ]);
     // A secret next to the root, and symlinks out of it.
     std::fs::write(dir.path().join("secret.txt"), b"TOPSECRET").expect("write");
-    std::os::unix::fs::symlink(dir.path().join("secret.txt"), dir.path().join("site/escape.txt")).expect("symlink");
-    std::os::unix::fs::symlink("../secret.txt", dir.path().join("site/relative-escape.txt")).expect("symlink");
+    std::os::unix::fs::symlink(
+        dir.path().join("secret.txt"),
+        dir.path().join("site/escape.txt"),
+    )
+    .expect("symlink");
+    std::os::unix::fs::symlink("../secret.txt", dir.path().join("site/relative-escape.txt"))
+        .expect("symlink");
     std::os::unix::fs::symlink("/etc", dir.path().join("site/etc")).expect("symlink");
     std::os::unix::fs::symlink("sub/ok.txt", dir.path().join("site/inside.txt")).expect("symlink");
     let gh = Gatehouse::start(dir.path(), &static_config("", ""));
 
     let get = |target: &str| {
-        let ex = gh.raw(format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(), Duration::from_secs(5));
+        let ex = gh.raw(
+            format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            Duration::from_secs(5),
+        );
         let text = ex.text();
-        assert!(!text.contains("TOPSECRET") && !text.contains("root:") && !text.contains("SECRET=1"), "{target} leaked: {text}");
+        assert!(
+            !text.contains("TOPSECRET") && !text.contains("root:") && !text.contains("SECRET=1"),
+            "{target} leaked: {text}"
+        );
         ex.statuses().first().copied().unwrap_or(0)
     };
     assert_eq!(get("/public.txt"), 200);
-    assert_eq!(get("/inside.txt"), 200, "a symlink that stays inside the root is served");
+    assert_eq!(
+        get("/inside.txt"),
+        200,
+        "a symlink that stays inside the root is served"
+    );
     for target in [
         "/../secret.txt",
         "/sub/../../secret.txt",
@@ -194,7 +359,13 @@ fn traversal_and_hidden_files_are_404() {
 
 #[test]
 fn dotfiles_served_when_enabled() {
-    let (_dir, gh) = serve(&[(".well-known/security.txt", b"contact")], "show_hidden = true");
-    let r = client().get(gh.url("/.well-known/security.txt")).send().expect("get");
+    let (_dir, gh) = serve(
+        &[(".well-known/security.txt", b"contact")],
+        "show_hidden = true",
+    );
+    let r = client()
+        .get(gh.url("/.well-known/security.txt"))
+        .send()
+        .expect("get");
     assert_eq!(r.text().expect("body"), "contact");
 }

@@ -190,7 +190,11 @@ impl Config {
             source,
         })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+        let base = if base.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base
+        };
         Config::parse(&text, &path.display().to_string(), &base)
     }
 
@@ -198,9 +202,11 @@ impl Config {
     pub fn parse(text: &str, source: &str, base_dir: &Path) -> Result<Config, LoadError> {
         let doc = Doc { text, file: source };
         let raw: RawConfig = {
-            let deserializer = toml::Deserializer::parse(text).map_err(|e| LoadError::Invalid(vec![doc.toml_error("", &e)]))?;
-            serde_path_to_error::deserialize(deserializer)
-                .map_err(|e| LoadError::Invalid(vec![doc.toml_error(&e.path().to_string(), e.inner())]))?
+            let deserializer = toml::Deserializer::parse(text)
+                .map_err(|e| LoadError::Invalid(vec![doc.toml_error("", &e)]))?;
+            serde_path_to_error::deserialize(deserializer).map_err(|e| {
+                LoadError::Invalid(vec![doc.toml_error(&e.path().to_string(), e.inner())])
+            })?
         };
         let base_dir = std::path::absolute(base_dir).unwrap_or_else(|_| base_dir.to_path_buf());
         let mut errors = Vec::new();
@@ -228,7 +234,12 @@ struct Doc<'a> {
 }
 
 impl Doc<'_> {
-    fn error(&self, span: std::ops::Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
+    fn error(
+        &self,
+        span: std::ops::Range<usize>,
+        key: &str,
+        message: impl Into<String>,
+    ) -> ConfigError {
         let before = &self.text[..span.start.min(self.text.len())];
         let line = before.matches('\n').count() + 1;
         let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
@@ -236,7 +247,11 @@ impl Doc<'_> {
             file: self.file.to_string(),
             line,
             column,
-            key: if key.is_empty() || key == "." { "(document)".into() } else { key.to_string() },
+            key: if key.is_empty() || key == "." {
+                "(document)".into()
+            } else {
+                key.to_string()
+            },
             message: message.into(),
         }
     }
@@ -309,28 +324,52 @@ impl RawConfig {
         let mut targets = BTreeMap::new();
         for (name, target) in &self.targets {
             let key = format!("targets.{}", name.get_ref());
-            if name.get_ref().is_empty() || !name.get_ref().chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-                errors.push(doc.error(name.span(), &key, "a target name uses only letters, digits, `_` and `-`"));
+            if name.get_ref().is_empty()
+                || !name
+                    .get_ref()
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                errors.push(doc.error(
+                    name.span(),
+                    &key,
+                    "a target name uses only letters, digits, `_` and `-`",
+                ));
             }
-            if let Some(t) = target.get_ref().validate(&key, target.span(), doc, base, errors) {
+            if let Some(t) = target
+                .get_ref()
+                .validate(&key, target.span(), doc, base, errors)
+            {
                 targets.insert(name.get_ref().clone(), t);
             }
         }
 
         let default_target = match &self.server.default_target {
-            Some(name) if self.targets.keys().any(|k| k.get_ref() == name.get_ref()) => Some(name.get_ref().clone()),
+            Some(name) if self.targets.keys().any(|k| k.get_ref() == name.get_ref()) => {
+                Some(name.get_ref().clone())
+            }
             Some(name) => {
                 let known: Vec<_> = self.targets.keys().map(|k| k.get_ref().as_str()).collect();
                 errors.push(doc.error(
                     name.span(),
                     "server.default_target",
-                    format!("no target named {:?} (defined: {})", name.get_ref(), list_or_none(&known)),
+                    format!(
+                        "no target named {:?} (defined: {})",
+                        name.get_ref(),
+                        list_or_none(&known)
+                    ),
                 ));
                 None
             }
-            None if self.targets.len() == 1 => self.targets.keys().next().map(|k| k.get_ref().clone()),
+            None if self.targets.len() == 1 => {
+                self.targets.keys().next().map(|k| k.get_ref().clone())
+            }
             None if self.targets.is_empty() => {
-                errors.push(doc.error(0..0, "targets", "no targets defined: add one, e.g. [targets.site] static = \"./public\""));
+                errors.push(doc.error(
+                    0..0,
+                    "targets",
+                    "no targets defined: add one, e.g. [targets.site] static = \"./public\"",
+                ));
                 None
             }
             None => {
@@ -354,7 +393,10 @@ impl RawConfig {
                 listen,
                 default_target: default_target?,
                 limits,
-                shutdown_timeout: self.server.shutdown_timeout.map_or(Duration::from_secs(30), |s| s.0),
+                shutdown_timeout: self
+                    .server
+                    .shutdown_timeout
+                    .map_or(Duration::from_secs(30), |s| s.0),
             },
             log,
             targets,
@@ -363,7 +405,11 @@ impl RawConfig {
 }
 
 fn list_or_none(names: &[&str]) -> String {
-    if names.is_empty() { "none".into() } else { names.join(", ") }
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
 }
 
 fn validate_listen(
@@ -373,7 +419,11 @@ fn validate_listen(
     errors: &mut Vec<ConfigError>,
 ) -> Vec<ListenAddr> {
     if listen.get_ref().is_empty() {
-        errors.push(doc.error(listen.span(), "server.listen", "at least one address is required, e.g. [\"127.0.0.1:8000\"]"));
+        errors.push(doc.error(
+            listen.span(),
+            "server.listen",
+            "at least one address is required, e.g. [\"127.0.0.1:8000\"]",
+        ));
     }
     let mut seen = Vec::new();
     for (i, entry) in listen.get_ref().iter().enumerate() {
@@ -381,7 +431,11 @@ fn validate_listen(
         let text = entry.get_ref().trim();
         let addr = if let Some(path) = text.strip_prefix("unix:") {
             if path.is_empty() {
-                errors.push(doc.error(entry.span(), &key, "a unix socket needs a path, e.g. \"unix:/run/gatehouse.sock\""));
+                errors.push(doc.error(
+                    entry.span(),
+                    &key,
+                    "a unix socket needs a path, e.g. \"unix:/run/gatehouse.sock\"",
+                ));
                 continue;
             }
             ListenAddr::Unix(base.join(path))
@@ -415,7 +469,11 @@ fn validate_listen(
 impl RawLimits {
     fn validate(&self, doc: &Doc<'_>, errors: &mut Vec<ConfigError>) -> Limits {
         let d = Limits::default();
-        let mut at_least = |value: &Option<Spanned<Bytes>>, key: &str, min: u64, default: usize| -> usize {
+        let mut at_least = |value: &Option<Spanned<Bytes>>,
+                            key: &str,
+                            min: u64,
+                            default: usize|
+         -> usize {
             match value {
                 Some(v) if v.get_ref().0 < min => {
                     errors.push(doc.error(v.span(), key, format!("must be at least {min} bytes")));
@@ -425,10 +483,24 @@ impl RawLimits {
                 None => default,
             }
         };
-        let max_uri_length = at_least(&self.max_uri_length, "server.limits.max_uri_length", 64, d.max_uri_length);
-        let max_header_size = at_least(&self.max_header_size, "server.limits.max_header_size", 1024, d.max_header_size);
-        let max_header_field_size =
-            at_least(&self.max_header_field_size, "server.limits.max_header_field_size", 64, d.max_header_field_size);
+        let max_uri_length = at_least(
+            &self.max_uri_length,
+            "server.limits.max_uri_length",
+            64,
+            d.max_uri_length,
+        );
+        let max_header_size = at_least(
+            &self.max_header_size,
+            "server.limits.max_header_size",
+            1024,
+            d.max_header_size,
+        );
+        let max_header_field_size = at_least(
+            &self.max_header_field_size,
+            "server.limits.max_header_field_size",
+            64,
+            d.max_header_field_size,
+        );
         let mut positive = |value: &Option<Spanned<u32>>, key: &str, default: u32| -> u32 {
             match value {
                 Some(v) if *v.get_ref() == 0 => {
@@ -441,16 +513,25 @@ impl RawLimits {
         };
         let to_u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         Limits {
-            header_read_timeout: self.header_read_timeout.map_or(d.header_read_timeout, |s| s.0),
+            header_read_timeout: self
+                .header_read_timeout
+                .map_or(d.header_read_timeout, |s| s.0),
             keepalive_timeout: self.keepalive_timeout.map_or(d.keepalive_timeout, |s| s.0),
             body_read_timeout: self.body_read_timeout.map_or(d.body_read_timeout, |s| s.0),
             max_uri_length,
             max_header_size,
             max_header_field_size,
-            max_headers: positive(&self.max_headers, "server.limits.max_headers", to_u32(d.max_headers)) as usize,
+            max_headers: positive(
+                &self.max_headers,
+                "server.limits.max_headers",
+                to_u32(d.max_headers),
+            ) as usize,
             max_body_size: self.max_body_size.map_or(d.max_body_size, |b| b.0),
-            max_connections: positive(&self.max_connections, "server.limits.max_connections", to_u32(d.max_connections))
-                as usize,
+            max_connections: positive(
+                &self.max_connections,
+                "server.limits.max_connections",
+                to_u32(d.max_connections),
+            ) as usize,
             max_concurrent_streams: positive(
                 &self.max_concurrent_streams,
                 "server.limits.max_concurrent_streams",
@@ -470,23 +551,39 @@ impl RawTarget {
         errors: &mut Vec<ConfigError>,
     ) -> Option<TargetConfig> {
         let Some(root) = &self.static_root else {
-            errors.push(doc.error(span, key, "a target needs a kind: `static = \"DIR\"` (wsgi and upstream targets come later)"));
+            errors.push(doc.error(
+                span,
+                key,
+                "a target needs a kind: `static = \"DIR\"` (wsgi and upstream targets come later)",
+            ));
             return None;
         };
         let root_key = format!("{key}.static");
         if root.get_ref().trim().is_empty() {
-            errors.push(doc.error(root.span(), &root_key, "the directory to serve must not be empty"));
+            errors.push(doc.error(
+                root.span(),
+                &root_key,
+                "the directory to serve must not be empty",
+            ));
             return None;
         }
         let dir = base.join(root.get_ref());
         let dir = match dir.canonicalize() {
             Ok(dir) if dir.is_dir() => dir,
             Ok(_) => {
-                errors.push(doc.error(root.span(), &root_key, format!("{} is not a directory", dir.display())));
+                errors.push(doc.error(
+                    root.span(),
+                    &root_key,
+                    format!("{} is not a directory", dir.display()),
+                ));
                 return None;
             }
             Err(e) => {
-                errors.push(doc.error(root.span(), &root_key, format!("cannot open {}: {e}", dir.display())));
+                errors.push(doc.error(
+                    root.span(),
+                    &root_key,
+                    format!("cannot open {}: {e}", dir.display()),
+                ));
                 return None;
             }
         };
@@ -494,17 +591,28 @@ impl RawTarget {
             None => "/".to_string(),
             Some(m) if m.get_ref().starts_with('/') => {
                 let trimmed = m.get_ref().trim_end_matches('/');
-                if trimmed.is_empty() { "/".into() } else { trimmed.to_string() }
+                if trimmed.is_empty() {
+                    "/".into()
+                } else {
+                    trimmed.to_string()
+                }
             }
             Some(m) => {
-                errors.push(doc.error(m.span(), &format!("{key}.mount"), "a mount path starts with `/`, e.g. \"/static\""));
+                errors.push(doc.error(
+                    m.span(),
+                    &format!("{key}.mount"),
+                    "a mount path starts with `/`, e.g. \"/static\"",
+                ));
                 return None;
             }
         };
         Some(TargetConfig::Static(StaticConfig {
             root: dir,
             mount,
-            index: self.index.clone().unwrap_or_else(|| vec!["index.html".into()]),
+            index: self
+                .index
+                .clone()
+                .unwrap_or_else(|| vec!["index.html".into()]),
             autoindex: self.autoindex.unwrap_or(false),
             show_hidden: self.show_hidden.unwrap_or(false),
             precompressed: self.precompressed.unwrap_or(true),
@@ -554,7 +662,10 @@ mount = "/static/"
         .parse()
         .expect("valid");
         assert_eq!(config.server.shutdown_timeout, Duration::from_secs(5));
-        assert_eq!(config.server.limits.header_read_timeout, Duration::from_millis(500));
+        assert_eq!(
+            config.server.limits.header_read_timeout,
+            Duration::from_millis(500)
+        );
         assert_eq!(config.server.limits.max_body_size, 1 << 20);
         assert_eq!(config.server.limits.max_headers, 20);
         let TargetConfig::Static(s) = &config.targets["site"];
@@ -563,21 +674,32 @@ mount = "/static/"
 
     #[test]
     fn unknown_key_names_line_and_path() {
-        let e = errors("[server]\nlisten = [\"127.0.0.1:0\"]\n[server.limits]\nmax_body = \"1MiB\"\n[targets.a]\nstatic = \".\"\n");
+        let e = errors(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n[server.limits]\nmax_body = \"1MiB\"\n[targets.a]\nstatic = \".\"\n",
+        );
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].line, 4);
         assert_eq!(e[0].key, "server.limits.max_body");
-        assert!(e[0].message.contains("unknown field `max_body`"), "{}", e[0].message);
+        assert!(
+            e[0].message.contains("unknown field `max_body`"),
+            "{}",
+            e[0].message
+        );
     }
 
     #[test]
     fn bad_unit_names_line_column_and_key() {
-        let e = errors("[server]\nlisten = [\"127.0.0.1:0\"]\n[server.limits]\nkeepalive_timeout = \"5 parsecs\"\n[targets.a]\nstatic = \".\"\n");
+        let e = errors(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n[server.limits]\nkeepalive_timeout = \"5 parsecs\"\n[targets.a]\nstatic = \".\"\n",
+        );
         assert_eq!((e[0].line, e[0].column), (4, 21));
         assert_eq!(e[0].key, "server.limits.keepalive_timeout");
         assert!(e[0].message.contains("duration unit"), "{}", e[0].message);
         let text = e[0].to_string();
-        assert!(text.starts_with("<string>:4:21: `server.limits.keepalive_timeout`: "), "{text}");
+        assert!(
+            text.starts_with("<string>:4:21: `server.limits.keepalive_timeout`: "),
+            "{text}"
+        );
     }
 
     #[test]
@@ -590,14 +712,23 @@ mount = "/static/"
         assert!(keys.contains(&("server.listen[2]", 2)), "{keys:?}");
         assert!(keys.contains(&("targets.b.static", 7)), "{keys:?}");
         assert!(keys.contains(&("server.default_target", 3)), "{keys:?}");
-        assert!(e.iter().any(|e| e.message.contains("no target named \"nope\" (defined: a, b)")));
+        assert!(e.iter().any(|e| {
+            e.message
+                .contains("no target named \"nope\" (defined: a, b)")
+        }));
     }
 
     #[test]
     fn empty_required_fields() {
         let e = errors("[server]\nlisten = []\n[targets.a]\nstatic = \"\"\n");
-        assert!(e.iter().any(|e| e.key == "server.listen" && e.message.contains("at least one")));
-        assert!(e.iter().any(|e| e.key == "targets.a.static" && e.message.contains("must not be empty")));
+        assert!(
+            e.iter()
+                .any(|e| e.key == "server.listen" && e.message.contains("at least one"))
+        );
+        assert!(
+            e.iter()
+                .any(|e| e.key == "targets.a.static" && e.message.contains("must not be empty"))
+        );
         let e = errors("[server]\nlisten = [\"127.0.0.1:0\"]\n");
         assert!(e.iter().any(|e| e.key == "targets"));
         let e = errors("[targets.a]\nstatic = \".\"\n");
@@ -606,7 +737,9 @@ mount = "/static/"
 
     #[test]
     fn several_targets_need_a_default() {
-        let e = errors("[server]\nlisten = [\"127.0.0.1:0\"]\n[targets.a]\nstatic = \".\"\n[targets.b]\nstatic = \".\"\n");
+        let e = errors(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n[targets.a]\nstatic = \".\"\n[targets.b]\nstatic = \".\"\n",
+        );
         assert_eq!(e[0].key, "server.default_target");
     }
 

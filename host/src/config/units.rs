@@ -5,8 +5,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
 
 /// A duration written as a number and a unit: `"500ms"`, `"30s"`, `"5m"`, `"1h"`, or a bare number of seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,11 +19,15 @@ pub struct Bytes(pub u64);
 /// Parses `"30s"`-style durations; returns what was wrong in words a config author understands.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?}: expected a number and a unit, like \"30s\" or \"500ms\""))?;
+    let value: f64 = number.parse().map_err(|_| {
+        format!(
+            "invalid duration {text:?}: expected a number and a unit, like \"30s\" or \"500ms\""
+        )
+    })?;
     let scale = match unit.trim() {
         "ms" => 0.001,
         "" | "s" => 1.0,
@@ -35,17 +39,20 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             ));
         }
     };
-    Duration::try_from_secs_f64(value * scale).map_err(|_| format!("duration {text:?} is out of range"))
+    Duration::try_from_secs_f64(value * scale)
+        .map_err(|_| format!("duration {text:?} is out of range"))
 }
 
 /// Parses `"10MiB"`-style sizes (binary `KiB/MiB/GiB` and decimal `KB/MB/GB`; `K/M/G` are binary, like nginx).
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("invalid size {text:?}: expected a number and a unit, like \"16KiB\" or \"10MiB\""))?;
+    let value: u64 = number.parse().map_err(|_| {
+        format!("invalid size {text:?}: expected a number and a unit, like \"16KiB\" or \"10MiB\"")
+    })?;
     let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kib" => 1 << 10,
@@ -60,7 +67,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
             ));
         }
     };
-    value.checked_mul(scale).ok_or_else(|| format!("size {text:?} is out of range"))
+    value
+        .checked_mul(scale)
+        .ok_or_else(|| format!("size {text:?} is out of range"))
 }
 
 impl<'de> Deserialize<'de> for Seconds {
@@ -77,7 +86,9 @@ impl<'de> Deserialize<'de> for Seconds {
                     .map_err(|_| E::custom("a duration cannot be negative"))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Seconds, E> {
-                Duration::try_from_secs_f64(v).map(Seconds).map_err(E::custom)
+                Duration::try_from_secs_f64(v)
+                    .map(Seconds)
+                    .map_err(E::custom)
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Seconds, E> {
                 parse_duration(v).map(Seconds).map_err(E::custom)
@@ -96,7 +107,9 @@ impl<'de> Deserialize<'de> for Bytes {
                 f.write_str("a size like \"16KiB\", \"10MiB\" or a number of bytes")
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Bytes, E> {
-                u64::try_from(v).map(Bytes).map_err(|_| E::custom("a size cannot be negative"))
+                u64::try_from(v)
+                    .map(Bytes)
+                    .map_err(|_| E::custom("a size cannot be negative"))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Bytes, E> {
                 parse_size(v).map(Bytes).map_err(E::custom)
@@ -119,7 +132,7 @@ mod tests {
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
         assert!(parse_duration("abc").is_err());
-        assert!(parse_duration("5 parsecs").unwrap_err().contains("unit"));
+        assert!(parse_duration("5 parsecs").expect_err("bad unit").contains("unit"));
     }
 
     #[test]
@@ -130,7 +143,7 @@ mod tests {
         assert_eq!(parse_size("1k"), Ok(1024));
         assert_eq!(parse_size("2MB"), Ok(2_000_000));
         assert!(parse_size("-1").is_err());
-        assert!(parse_size("1XB").unwrap_err().contains("unit"));
+        assert!(parse_size("1XB").expect_err("bad unit").contains("unit"));
         assert!(parse_size("99999999999999999999GiB").is_err());
     }
 }

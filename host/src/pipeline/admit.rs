@@ -8,7 +8,11 @@ use crate::error::HttpError;
 use crate::server::wire::HeadVerdict;
 
 /// Checks one request head against the limits and the smuggling rules.
-pub fn admit<B>(req: &Request<B>, verdict: Option<HeadVerdict>, limits: &Limits) -> Result<(), HttpError> {
+pub fn admit<B>(
+    req: &Request<B>,
+    verdict: Option<HeadVerdict>,
+    limits: &Limits,
+) -> Result<(), HttpError> {
     match verdict {
         Some(HeadVerdict::Reject(why)) => return Err(HttpError::BadRequest(why)),
         Some(HeadVerdict::TooLarge) => return Err(HttpError::HeadersTooLarge),
@@ -31,7 +35,12 @@ pub fn admit<B>(req: &Request<B>, verdict: Option<HeadVerdict>, limits: &Limits)
 /// Methods are upper-case tokens, as nginx requires: `get` or `-bl` are refused rather than guessed at.
 fn check_method(method: &Method) -> Result<(), HttpError> {
     let m = method.as_str();
-    if m.is_empty() || m.len() > 32 || !m.bytes().all(|b| b.is_ascii_uppercase() || b == b'_' || b == b'-') {
+    if m.is_empty()
+        || m.len() > 32
+        || !m
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b == b'_' || b == b'-')
+    {
         return Err(HttpError::BadRequest("invalid method"));
     }
     Ok(())
@@ -47,17 +56,25 @@ fn check_target<B>(req: &Request<B>, max_len: usize) -> Result<(), HttpError> {
         return Err(HttpError::UriTooLong);
     }
     if req.method() == Method::CONNECT {
-        return if uri.scheme().is_none() && uri.authority().is_some() { Ok(()) } else { Err(HttpError::BadRequest("CONNECT needs an authority target")) };
+        return if uri.scheme().is_none() && uri.authority().is_some() {
+            Ok(())
+        } else {
+            Err(HttpError::BadRequest("CONNECT needs an authority target"))
+        };
     }
     if uri.scheme().is_some() {
         return Ok(()); // absolute-form
     }
     if uri.authority().is_some() && req.version() < Version::HTTP_2 {
-        return Err(HttpError::BadRequest("authority-form target outside CONNECT"));
+        return Err(HttpError::BadRequest(
+            "authority-form target outside CONNECT",
+        ));
     }
     match uri.path() {
         "*" if req.method() == Method::OPTIONS => Ok(()),
-        "*" => Err(HttpError::BadRequest("asterisk-form target outside OPTIONS")),
+        "*" => Err(HttpError::BadRequest(
+            "asterisk-form target outside OPTIONS",
+        )),
         p if p.starts_with('/') => Ok(()),
         _ => Err(HttpError::BadRequest("request target must start with /")),
     }
@@ -67,7 +84,11 @@ fn check_target<B>(req: &Request<B>, max_len: usize) -> Result<(), HttpError> {
 /// are refused.
 fn check_headers(headers: &HeaderMap, max_field: usize) -> Result<(), HttpError> {
     for (name, value) in headers {
-        if value.as_bytes().iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        if value
+            .as_bytes()
+            .iter()
+            .any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+        {
             return Err(HttpError::BadRequest("control character in a header value"));
         }
         // Measured as the line on the wire: `Name: value\r\n`.
@@ -78,7 +99,9 @@ fn check_headers(headers: &HeaderMap, max_field: usize) -> Result<(), HttpError>
     for single in [HOST, CONTENT_LENGTH, CONTENT_TYPE] {
         let mut values = headers.get_all(&single).iter();
         if values.next().is_some() && values.next().is_some() {
-            return Err(HttpError::BadRequest("repeated Host, Content-Length or Content-Type"));
+            return Err(HttpError::BadRequest(
+                "repeated Host, Content-Length or Content-Type",
+            ));
         }
     }
     Ok(())
@@ -86,10 +109,14 @@ fn check_headers(headers: &HeaderMap, max_field: usize) -> Result<(), HttpError>
 
 /// The declared body length; only plain digits are a length.
 fn content_length(headers: &HeaderMap) -> Result<Option<u64>, HttpError> {
-    let Some(value) = headers.get(CONTENT_LENGTH) else { return Ok(None) };
+    let Some(value) = headers.get(CONTENT_LENGTH) else {
+        return Ok(None);
+    };
     let bytes = value.as_bytes();
     if bytes.is_empty() || !bytes.iter().all(u8::is_ascii_digit) {
-        return Err(HttpError::BadRequest("Content-Length is not a plain number"));
+        return Err(HttpError::BadRequest(
+            "Content-Length is not a plain number",
+        ));
     }
     std::str::from_utf8(bytes)
         .ok()
@@ -103,7 +130,11 @@ mod tests {
     use super::*;
 
     fn req(method: &str, uri: &str) -> Request<()> {
-        Request::builder().method(method).uri(uri).body(()).expect("request")
+        Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(())
+            .expect("request")
     }
 
     fn limits() -> Limits {
@@ -114,8 +145,14 @@ mod tests {
     fn methods() {
         assert!(admit(&req("GET", "/"), None, &limits()).is_ok());
         assert!(admit(&req("PROPFIND", "/"), None, &limits()).is_ok());
-        assert_eq!(admit(&req("get", "/"), None, &limits()), Err(HttpError::BadRequest("invalid method")));
-        assert_eq!(admit(&req("-bl", "/"), None, &limits()), Err(HttpError::BadRequest("invalid method")));
+        assert_eq!(
+            admit(&req("get", "/"), None, &limits()),
+            Err(HttpError::BadRequest("invalid method"))
+        );
+        assert_eq!(
+            admit(&req("-bl", "/"), None, &limits()),
+            Err(HttpError::BadRequest("invalid method"))
+        );
     }
 
     #[test]
@@ -130,7 +167,10 @@ mod tests {
     #[test]
     fn uri_limit() {
         let r = req("GET", &format!("/{}", "a".repeat(100)));
-        let small = Limits { max_uri_length: 64, ..Limits::default() };
+        let small = Limits {
+            max_uri_length: 64,
+            ..Limits::default()
+        };
         assert_eq!(admit(&r, None, &small), Err(HttpError::UriTooLong));
         assert!(admit(&r, None, &limits()).is_ok());
     }
@@ -138,23 +178,34 @@ mod tests {
     #[test]
     fn header_rules() {
         let mut r = req("GET", "/");
-        r.headers_mut().insert("x-big", "a".repeat(9000).parse().expect("v"));
+        r.headers_mut()
+            .insert("x-big", "a".repeat(9000).parse().expect("v"));
         assert_eq!(admit(&r, None, &limits()), Err(HttpError::HeadersTooLarge));
         let mut r = req("GET", "/");
         r.headers_mut().append(HOST, "a".parse().expect("v"));
         r.headers_mut().append(HOST, "b".parse().expect("v"));
         assert!(admit(&r, None, &limits()).is_err());
         let mut r = req("POST", "/");
-        r.headers_mut().insert(CONTENT_LENGTH, "+1".parse().expect("v"));
+        r.headers_mut()
+            .insert(CONTENT_LENGTH, "+1".parse().expect("v"));
         assert!(admit(&r, None, &limits()).is_err());
         let mut r = req("POST", "/");
-        r.headers_mut().insert(CONTENT_LENGTH, (20u64 << 20).to_string().parse().expect("v"));
+        r.headers_mut().insert(
+            CONTENT_LENGTH,
+            (20u64 << 20).to_string().parse().expect("v"),
+        );
         assert_eq!(admit(&r, None, &limits()), Err(HttpError::PayloadTooLarge));
     }
 
     #[test]
     fn wire_verdicts_win() {
-        assert_eq!(admit(&req("GET", "/"), Some(HeadVerdict::TooLarge), &limits()), Err(HttpError::HeadersTooLarge));
-        assert!(matches!(admit(&req("GET", "/"), Some(HeadVerdict::Reject("x")), &limits()), Err(HttpError::BadRequest("x"))));
+        assert_eq!(
+            admit(&req("GET", "/"), Some(HeadVerdict::TooLarge), &limits()),
+            Err(HttpError::HeadersTooLarge)
+        );
+        assert!(matches!(
+            admit(&req("GET", "/"), Some(HeadVerdict::Reject("x")), &limits()),
+            Err(HttpError::BadRequest("x"))
+        ));
     }
 }

@@ -13,7 +13,9 @@ use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, REFERER, USER_AGENT};
+use http::header::{
+    ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, REFERER, USER_AGENT,
+};
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Request, Response, Version};
 use http_body::{Frame, SizeHint};
@@ -52,15 +54,26 @@ pub struct ConnCtx {
 }
 
 /// Serves one request through all phases. Never fails: every error is a response.
-pub async fn handle<B>(gateway: Arc<Gateway>, conn: Arc<ConnCtx>, req: Request<B>) -> Result<Response<LoggedBody>, Infallible>
+pub async fn handle<B>(
+    gateway: Arc<Gateway>,
+    conn: Arc<ConnCtx>,
+    req: Request<B>,
+) -> Result<Response<LoggedBody>, Infallible>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
 {
     let guard = conn.activity.begin();
     let started = Instant::now();
-    let entry = gateway.access_log.enabled().then(|| entry_for(&req, conn.client));
+    let entry = gateway
+        .access_log
+        .enabled()
+        .then(|| entry_for(&req, conn.client));
     let version = req.version();
-    let verdict = if version < Version::HTTP_2 { conn.verdicts.next() } else { None };
+    let verdict = if version < Version::HTTP_2 {
+        conn.verdicts.next()
+    } else {
+        None
+    };
 
     let mut route: Option<Route> = None;
     let result = async {
@@ -74,10 +87,27 @@ where
     .await;
 
     let response = result.unwrap_or_else(|e| error_response(&e, version));
-    let target = route.map_or_else(|| "-".to_string(), |r| gateway.targets.name(r.target).to_string());
+    let target = route.map_or_else(
+        || "-".to_string(),
+        |r| gateway.targets.name(r.target).to_string(),
+    );
     let (parts, body) = response.into_parts();
-    let log = entry.map(|entry| PendingLog { entry, status: parts.status.as_u16(), target, started, log: gateway.access_log.clone() });
-    Ok(Response::from_parts(parts, LoggedBody { inner: body, sent: 0, log, _guard: guard }))
+    let log = entry.map(|entry| PendingLog {
+        entry,
+        status: parts.status.as_u16(),
+        target,
+        started,
+        log: gateway.access_log.clone(),
+    });
+    Ok(Response::from_parts(
+        parts,
+        LoggedBody {
+            inner: body,
+            sent: 0,
+            log,
+            _guard: guard,
+        },
+    ))
 }
 
 /// Read-body phase: the whole body, within the size and time limits; bad chunking or forbidden
@@ -94,7 +124,8 @@ where
         let mut body = body;
         let mut buf = BytesMut::new();
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|_| HttpError::BadRequest("malformed or incomplete request body"))?;
+            let frame =
+                frame.map_err(|_| HttpError::BadRequest("malformed or incomplete request body"))?;
             match frame.into_data() {
                 Ok(data) => {
                     if (buf.len() + data.len()) as u64 > max {
@@ -119,8 +150,15 @@ where
 /// Fields that frame, route or authenticate a message may not arrive late in trailers (RFC 9110 6.5.1).
 fn check_trailers(trailers: &HeaderMap) -> Result<(), HttpError> {
     const FORBIDDEN: [&str; 9] = [
-        "content-length", "transfer-encoding", "host", "content-encoding", "content-range", "trailer", "te",
-        "authorization", "cookie",
+        "content-length",
+        "transfer-encoding",
+        "host",
+        "content-encoding",
+        "content-range",
+        "trailer",
+        "te",
+        "authorization",
+        "cookie",
     ];
     if trailers.keys().any(|k| FORBIDDEN.contains(&k.as_str())) {
         return Err(HttpError::BadRequest("forbidden field in trailers"));
@@ -146,11 +184,18 @@ pub fn error_response(error: &HttpError, version: Version) -> Response<Body> {
     } else {
         tracing::debug!(%error, "request refused");
     }
-    let text = format!("{} {}\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
+    let text = format!(
+        "{} {}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
     let mut response = Response::new(Body::full(text.clone()));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     headers.insert(CONTENT_LENGTH, HeaderValue::from(text.len()));
     match error {
         HttpError::MethodNotAllowed(allow) => {
@@ -170,7 +215,11 @@ pub fn error_response(error: &HttpError, version: Version) -> Response<Body> {
 }
 
 fn entry_for<B>(req: &Request<B>, client: Option<SocketAddr>) -> Entry {
-    let header = |name| req.headers().get(name).map(|v: &HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let header = |name| {
+        req.headers()
+            .get(name)
+            .map(|v: &HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    };
     Entry {
         client,
         started: SystemTime::now(),
@@ -220,7 +269,10 @@ impl http_body::Body for LoggedBody {
     type Data = Bytes;
     type Error = std::io::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         let this = self.get_mut();
         let poll = Pin::new(&mut this.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &poll {

@@ -30,7 +30,11 @@ pub struct RequestGuard(Arc<Activity>);
 
 impl Activity {
     fn new() -> Activity {
-        Activity { opened: Instant::now(), in_flight: AtomicUsize::new(0), last_done_ms: AtomicU64::new(0) }
+        Activity {
+            opened: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_done_ms: AtomicU64::new(0),
+        }
     }
 
     /// Counts a request as in flight until the returned guard drops.
@@ -89,10 +93,20 @@ pub async fn serve<I>(
 {
     let limits = &gateway.limits;
     let keepalive = limits.keepalive_timeout;
-    let (io, verdicts) = WireGuard::new(io, limits.max_header_size, limits.max_headers, Some(limits.header_read_timeout));
+    let (io, verdicts) = WireGuard::new(
+        io,
+        limits.max_header_size,
+        limits.max_headers,
+        Some(limits.header_read_timeout),
+    );
     let activity = Arc::new(Activity::new());
-    let ctx = Arc::new(ConnCtx { client, verdicts, activity: Arc::clone(&activity) });
-    let service = service_fn(move |req| pipeline::handle(Arc::clone(&gateway), Arc::clone(&ctx), req));
+    let ctx = Arc::new(ConnCtx {
+        client,
+        verdicts,
+        activity: Arc::clone(&activity),
+    });
+    let service =
+        service_fn(move |req| pipeline::handle(Arc::clone(&gateway), Arc::clone(&ctx), req));
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
 

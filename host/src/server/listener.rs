@@ -31,12 +31,17 @@ pub struct BindError {
 impl Listener {
     /// Binds one configured address. Must run inside the tokio runtime.
     pub fn bind(addr: &ListenAddr) -> Result<Listener, BindError> {
-        let wrap = |source| BindError { addr: addr.to_string(), source };
+        let wrap = |source| BindError {
+            addr: addr.to_string(),
+            source,
+        };
         match addr {
             ListenAddr::Tcp(sa) => bind_tcp(*sa).map(Listener::Tcp).map_err(wrap),
             ListenAddr::Unix(path) => {
                 remove_stale_socket(path).map_err(wrap)?;
-                UnixListener::bind(path).map(|l| Listener::Unix(l, path.clone())).map_err(wrap)
+                UnixListener::bind(path)
+                    .map(|l| Listener::Unix(l, path.clone()))
+                    .map_err(wrap)
             }
         }
     }
@@ -44,7 +49,9 @@ impl Listener {
     /// The address actually bound (with the real port when 0 was asked for).
     pub fn local_addr(&self) -> String {
         match self {
-            Listener::Tcp(l) => l.local_addr().map_or_else(|e| format!("?({e})"), |a| a.to_string()),
+            Listener::Tcp(l) => l
+                .local_addr()
+                .map_or_else(|e| format!("?({e})"), |a| a.to_string()),
             Listener::Unix(_, path) => format!("unix:{}", path.display()),
         }
     }
@@ -68,7 +75,10 @@ fn remove_stale_socket(path: &PathBuf) -> std::io::Result<()> {
     use std::os::unix::fs::FileTypeExt;
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path),
-        Ok(_) => Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, "a non-socket file is in the way")),
+        Ok(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "a non-socket file is in the way",
+        )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }

@@ -40,9 +40,22 @@ impl Server {
     /// Builds the targets and binds every listener. Must run inside the tokio runtime.
     pub fn bind(config: &Config, access_log: AccessLog) -> Result<Server, StartError> {
         let targets = Targets::build(config)?;
-        let listeners = config.server.listen.iter().map(Listener::bind).collect::<Result<Vec<_>, _>>()?;
-        let gateway = Arc::new(Gateway { targets, limits: config.server.limits.clone(), access_log });
-        Ok(Server { listeners, gateway, shutdown_timeout: config.server.shutdown_timeout })
+        let listeners = config
+            .server
+            .listen
+            .iter()
+            .map(Listener::bind)
+            .collect::<Result<Vec<_>, _>>()?;
+        let gateway = Arc::new(Gateway {
+            targets,
+            limits: config.server.limits.clone(),
+            access_log,
+        });
+        Ok(Server {
+            listeners,
+            gateway,
+            shutdown_timeout: config.server.shutdown_timeout,
+        })
     }
 
     /// The bound addresses, in config order (`IP:PORT` or `unix:PATH`).
@@ -70,8 +83,14 @@ impl Server {
         shutdown.cancelled().await;
         tracker.close();
         tracing::info!(grace = ?self.shutdown_timeout, "shutting down: no new connections, finishing requests in flight");
-        if tokio::time::timeout(self.shutdown_timeout, tracker.wait()).await.is_err() {
-            tracing::warn!(open = tracker.len(), "shutdown timeout reached; closing the remaining connections");
+        if tokio::time::timeout(self.shutdown_timeout, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = tracker.len(),
+                "shutdown timeout reached; closing the remaining connections"
+            );
         }
     }
 }
@@ -103,14 +122,26 @@ impl AcceptLoop {
             match accepted {
                 Ok(Accepted::Tcp(stream, client)) => {
                     let _ = stream.set_nodelay(true);
-                    let conn = conn::serve(stream, Some(client), Arc::clone(&self.gateway), Arc::clone(&self.builder), self.shutdown.clone());
+                    let conn = conn::serve(
+                        stream,
+                        Some(client),
+                        Arc::clone(&self.gateway),
+                        Arc::clone(&self.builder),
+                        self.shutdown.clone(),
+                    );
                     self.tracker.spawn(async move {
                         conn.await;
                         drop(permit);
                     });
                 }
                 Ok(Accepted::Unix(stream)) => {
-                    let conn = conn::serve(stream, None, Arc::clone(&self.gateway), Arc::clone(&self.builder), self.shutdown.clone());
+                    let conn = conn::serve(
+                        stream,
+                        None,
+                        Arc::clone(&self.gateway),
+                        Arc::clone(&self.builder),
+                        self.shutdown.clone(),
+                    );
                     self.tracker.spawn(async move {
                         conn.await;
                         drop(permit);

@@ -7,8 +7,8 @@
 //! The request pipeline takes the verdicts in the same order hyper hands it the requests. An HTTP/2
 //! connection (prior-knowledge preface) is passed through untouched: HTTP/2 has its own framing.
 
-use std::io;
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -121,7 +121,12 @@ pub struct WireGuard<T> {
 impl<T> WireGuard<T> {
     /// Watches `inner`; heads larger than `max_head` bytes get [`HeadVerdict::TooLarge`]; a head not
     /// complete within `head_timeout` of its first byte fails the read (the connection closes).
-    pub fn new(inner: T, max_head: usize, max_headers: usize, head_timeout: Option<Duration>) -> (Self, Verdicts) {
+    pub fn new(
+        inner: T,
+        max_head: usize,
+        max_headers: usize,
+        head_timeout: Option<Duration>,
+    ) -> (Self, Verdicts) {
         let verdicts = Verdicts::default();
         let mut guard = WireGuard {
             inner,
@@ -139,7 +144,9 @@ impl<T> WireGuard<T> {
     }
 
     fn arm_head_timer(&mut self) {
-        let Some(timeout) = self.head_timeout else { return };
+        let Some(timeout) = self.head_timeout else {
+            return;
+        };
         let deadline = Instant::now() + timeout;
         match &mut self.head_deadline {
             Some(sleep) => sleep.as_mut().reset(deadline),
@@ -156,7 +163,10 @@ impl<T> WireGuard<T> {
                 State::Head => {
                     // Clients may send empty lines before a request (RFC 9112 section 2.2).
                     if self.head.is_empty() {
-                        let skip = bytes.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+                        let skip = bytes
+                            .iter()
+                            .take_while(|&&b| b == b'\r' || b == b'\n')
+                            .count();
                         bytes = &bytes[skip..];
                         if bytes.is_empty() {
                             return Ok(());
@@ -166,7 +176,12 @@ impl<T> WireGuard<T> {
                         }
                     }
                     let start = self.head.len().saturating_sub(3);
-                    let take = bytes.len().min(self.max_head.saturating_add(4).saturating_sub(self.head.len()).max(1));
+                    let take = bytes.len().min(
+                        self.max_head
+                            .saturating_add(4)
+                            .saturating_sub(self.head.len())
+                            .max(1),
+                    );
                     self.head.extend_from_slice(&bytes[..take]);
                     match find_head_end(&self.head[start..]) {
                         Some(end) => {
@@ -251,7 +266,10 @@ fn judge_head(head: &[u8], max_head: usize, max_headers: usize) -> (HeadVerdict,
         return (HeadVerdict::TooLarge, State::PassThrough);
     }
     if has_bare_lf(head) {
-        return (HeadVerdict::Reject("bare LF line ending"), State::PassThrough);
+        return (
+            HeadVerdict::Reject("bare LF line ending"),
+            State::PassThrough,
+        );
     }
     let mut storage = vec![httparse::EMPTY_HEADER; max_headers.min(512)];
     let mut req = httparse::Request::new(&mut storage);
@@ -279,9 +297,13 @@ fn judge_head(head: &[u8], max_head: usize, max_headers: usize) -> (HeadVerdict,
         }
     }
     let verdict = match () {
-        _ if cl_lines > 0 && te_lines > 0 => HeadVerdict::Reject("both Content-Length and Transfer-Encoding"),
+        _ if cl_lines > 0 && te_lines > 0 => {
+            HeadVerdict::Reject("both Content-Length and Transfer-Encoding")
+        }
         _ if cl_lines > 1 => HeadVerdict::Reject("repeated Content-Length"),
-        _ if te_lines > 0 && req.version == Some(0) => HeadVerdict::Reject("Transfer-Encoding in HTTP/1.0"),
+        _ if te_lines > 0 && req.version == Some(0) => {
+            HeadVerdict::Reject("Transfer-Encoding in HTTP/1.0")
+        }
         _ if te_lines > 0 && (!te_chunked_last || chunked_count != 1) => {
             HeadVerdict::Reject("Transfer-Encoding must end with a single chunked")
         }
@@ -293,13 +315,26 @@ fn judge_head(head: &[u8], max_head: usize, max_headers: usize) -> (HeadVerdict,
     let next = if te_lines > 0 {
         State::Chunked(Chunk::Size(None, SizeLine::Digits))
     } else if let Some(cl) = content_length {
-        match std::str::from_utf8(cl).ok().filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())) {
+        match std::str::from_utf8(cl)
+            .ok()
+            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+        {
             Some(digits) => match digits.parse::<u64>() {
                 Ok(0) => State::Head,
                 Ok(n) => State::Fixed(n),
-                Err(_) => return (HeadVerdict::Reject("Content-Length out of range"), State::PassThrough),
+                Err(_) => {
+                    return (
+                        HeadVerdict::Reject("Content-Length out of range"),
+                        State::PassThrough,
+                    );
+                }
             },
-            None => return (HeadVerdict::Reject("Content-Length is not a plain number"), State::PassThrough),
+            None => {
+                return (
+                    HeadVerdict::Reject("Content-Length is not a plain number"),
+                    State::PassThrough,
+                );
+            }
         }
     } else {
         State::Head
@@ -308,7 +343,9 @@ fn judge_head(head: &[u8], max_head: usize, max_headers: usize) -> (HeadVerdict,
 }
 
 fn has_bare_lf(head: &[u8]) -> bool {
-    head.iter().enumerate().any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
+    head.iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
 }
 
 /// Advances the chunked-body tracker over `bytes`; returns bytes used and whether the body ended, or
@@ -323,7 +360,10 @@ fn step_chunked(chunk: &mut Chunk, bytes: &[u8]) -> Result<(usize, bool), &'stat
             Chunk::Size(size, line) => match (*line, b) {
                 (SizeLine::Digits, b) if b.is_ascii_hexdigit() => {
                     let digit = u64::from((b as char).to_digit(16).ok_or(BAD_SIZE)?);
-                    let value = size.unwrap_or(0).checked_mul(16).and_then(|v| v.checked_add(digit));
+                    let value = size
+                        .unwrap_or(0)
+                        .checked_mul(16)
+                        .and_then(|v| v.checked_add(digit));
                     *size = Some(value.ok_or("chunk size out of range")?);
                 }
                 (_, _) if size.is_none() => return Err(BAD_SIZE),
@@ -333,7 +373,11 @@ fn step_chunked(chunk: &mut Chunk, bytes: &[u8]) -> Result<(usize, bool), &'stat
                 (SizeLine::Ext, b) if b == b'\t' || (b >= 0x20 && b != 0x7f) => {}
                 (SizeLine::Cr, b'\n') => {
                     let n = size.unwrap_or(0);
-                    *chunk = if n == 0 { Chunk::Trailers(true, false) } else { Chunk::Data(n) };
+                    *chunk = if n == 0 {
+                        Chunk::Trailers(true, false)
+                    } else {
+                        Chunk::Data(n)
+                    };
                 }
                 _ => return Err(BAD_SIZE),
             },
@@ -362,7 +406,11 @@ fn step_chunked(chunk: &mut Chunk, bytes: &[u8]) -> Result<(usize, bool), &'stat
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for WireGuard<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let this = &mut *self;
         let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
@@ -379,7 +427,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for WireGuard<T> {
             if let Some(deadline) = &mut this.head_deadline {
                 if deadline.as_mut().poll(cx).is_ready() {
                     this.head_armed = false;
-                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "request head not received in time")));
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "request head not received in time",
+                    )));
                 }
             }
         }
@@ -388,7 +439,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for WireGuard<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for WireGuard<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -422,8 +477,7 @@ mod tests {
         for c in chunks {
             let _ = guard.observe(c);
         }
-        let drained = v.0.lock().expect("lock").pending.drain(..).collect();
-        drained
+        v.0.lock().expect("lock").pending.drain(..).collect()
     }
 
     #[test]
@@ -447,12 +501,27 @@ mod tests {
     #[test]
     fn smuggling_shapes() {
         let cases: &[(&[u8], &str)] = &[
-            (b"GET / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc", "repeated"),
+            (
+                b"GET / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+                "repeated",
+            ),
             (b"GET / HTTP/1.1\nHost: x\n\n", "bare LF"),
-            (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", "HTTP/1.0"),
-            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", "single chunked"),
-            (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n", "single chunked"),
-            (b"POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\nhello", "plain number"),
+            (
+                b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "HTTP/1.0",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+                "single chunked",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n",
+                "single chunked",
+            ),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\nhello",
+                "plain number",
+            ),
         ];
         for (bytes, why) in cases {
             match verdicts(&[bytes]).first() {
@@ -465,10 +534,15 @@ mod tests {
     #[test]
     fn oversized_head_and_h2_passthrough() {
         let (mut guard, v) = WireGuard::new((), 1024, 100, None);
-        guard.observe(format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(2000)).as_bytes()).expect("head");
+        guard
+            .observe(format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(2000)).as_bytes())
+            .expect("head");
         assert_eq!(v.next(), Some(HeadVerdict::TooLarge));
         assert_eq!(verdicts(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"]), vec![]);
-        assert_eq!(verdicts(&[b"\r\n\r\nGET / HTTP/1.1\r\n\r\n"]), vec![HeadVerdict::Clean]);
+        assert_eq!(
+            verdicts(&[b"\r\n\r\nGET / HTTP/1.1\r\n\r\n"]),
+            vec![HeadVerdict::Clean]
+        );
     }
 
     #[test]
@@ -478,7 +552,10 @@ mod tests {
             let (mut guard, _) = WireGuard::new((), 16 * 1024, 100, None);
             guard.observe(&[head, body].concat())
         };
-        assert_eq!(observe(b"5\r\nhello\r\n5 ; a=\"b c\"\r\nworld\r\n0\r\nX: y\r\n\r\n"), Ok(()));
+        assert_eq!(
+            observe(b"5\r\nhello\r\n5 ; a=\"b c\"\r\nworld\r\n0\r\nX: y\r\n\r\n"),
+            Ok(())
+        );
         for bad in [
             &b"0 \r\n\r\n"[..],
             b" 0\r\n\r\n",

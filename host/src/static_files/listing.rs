@@ -12,10 +12,19 @@ use crate::body::Body;
 use crate::error::HttpError;
 
 /// Characters left as they are in a link: RFC 3986 unreserved.
-const LINK: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+const LINK: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// Renders the listing of an open directory.
-pub fn render(req: &Parts, dir: File, url_path: &str, show_hidden: bool) -> Result<Response<Body>, std::io::Error> {
+pub fn render(
+    req: &Parts,
+    dir: File,
+    url_path: &str,
+    show_hidden: bool,
+) -> Result<Response<Body>, std::io::Error> {
     let fd: OwnedFd = dir.into();
     let mut entries = Vec::new();
     for entry in rustix::fs::Dir::read_from(&fd)? {
@@ -29,7 +38,9 @@ pub fn render(req: &Parts, dir: File, url_path: &str, show_hidden: bool) -> Resu
     }
     entries.sort();
     let title = escape(url_path);
-    let mut html = format!("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Index of {title}</title></head>\n<body><h1>Index of {title}</h1><hr><pre>\n<a href=\"../\">../</a>\n");
+    let mut html = format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Index of {title}</title></head>\n<body><h1>Index of {title}</h1><hr><pre>\n<a href=\"../\">../</a>\n"
+    );
     for (name, is_dir) in entries {
         let slash = if is_dir { "/" } else { "" };
         html.push_str(&format!(
@@ -40,7 +51,11 @@ pub fn render(req: &Parts, dir: File, url_path: &str, show_hidden: bool) -> Resu
     }
     html.push_str("</pre><hr></body></html>\n");
     let len = html.len();
-    let body = if req.method == Method::HEAD { Body::Empty } else { Body::full(html) };
+    let body = if req.method == Method::HEAD {
+        Body::Empty
+    } else {
+        Body::full(html)
+    };
     Response::builder()
         .header(CONTENT_TYPE, "text/html; charset=utf-8")
         .header(http::header::CONTENT_LENGTH, len)

@@ -14,8 +14,8 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use http::header::{
-    ACCEPT_ENCODING, ACCEPT_RANGES, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, LAST_MODIFIED,
-    LOCATION, VARY,
+    ACCEPT_ENCODING, ACCEPT_RANGES, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE,
+    ETAG, LAST_MODIFIED, LOCATION, VARY,
 };
 use http::request::Parts;
 use http::{HeaderValue, Method, Response, StatusCode};
@@ -52,10 +52,22 @@ enum Resolver {
 impl StaticFiles {
     /// Opens the root directory of a `static` target.
     pub fn open(config: &StaticConfig) -> std::io::Result<StaticFiles> {
-        let root = rustix::fs::open(&config.root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
-        let beneath = match rustix::fs::openat2(&root, ".", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty(), beneath_flags()) {
+        let root = rustix::fs::open(
+            &config.root,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let beneath = match rustix::fs::openat2(
+            &root,
+            ".",
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+            beneath_flags(),
+        ) {
             Ok(_) => Resolver::Openat2,
-            Err(e) if e == rustix::io::Errno::NOSYS || e == rustix::io::Errno::PERM => Resolver::NoFollow,
+            Err(e) if e == rustix::io::Errno::NOSYS || e == rustix::io::Errno::PERM => {
+                Resolver::NoFollow
+            }
             Err(e) => return Err(e.into()),
         };
         Ok(StaticFiles {
@@ -80,7 +92,9 @@ impl StaticFiles {
         let rel = path::relative_path(rest, self.show_hidden).map_err(|_| HttpError::NotFound)?;
 
         let file = self.open_beneath(&self.root, &rel)?;
-        let meta = file.metadata().map_err(|e| internal(&self.root_path, &rel, &e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| internal(&self.root_path, &rel, &e))?;
         if meta.is_dir() {
             if !url_path.ends_with('/') {
                 return Ok(redirect_to_dir(req));
@@ -88,7 +102,9 @@ impl StaticFiles {
             for name in &self.index {
                 match self.open_beneath(&file, Path::new(name)) {
                     Ok(index) => {
-                        let meta = index.metadata().map_err(|e| internal(&self.root_path, &rel, &e))?;
+                        let meta = index
+                            .metadata()
+                            .map_err(|e| internal(&self.root_path, &rel, &e))?;
                         if meta.is_file() {
                             return self.file_response(req, &rel.join(name), index, meta);
                         }
@@ -119,7 +135,13 @@ impl StaticFiles {
     }
 
     /// Builds the response for a regular file, preferring a precompressed sibling the client accepts.
-    fn file_response(&self, req: &Parts, rel: &Path, file: File, meta: std::fs::Metadata) -> Result<Response<Body>, HttpError> {
+    fn file_response(
+        &self,
+        req: &Parts,
+        rel: &Path,
+        file: File,
+        meta: std::fs::Metadata,
+    ) -> Result<Response<Body>, HttpError> {
         let mime = mime_guess::from_path(rel).first_or_octet_stream();
         let (file, meta, encoding) = match self.precompressed_sibling(req, rel)? {
             Some((f, m, enc)) => (f, m, Some(enc)),
@@ -133,7 +155,10 @@ impl StaticFiles {
             builder = builder.header(VARY, "Accept-Encoding");
         }
         if version.not_modified(&req.headers) {
-            return builder.status(StatusCode::NOT_MODIFIED).body(Body::Empty).map_err(|_| HttpError::Internal);
+            return builder
+                .status(StatusCode::NOT_MODIFIED)
+                .body(Body::Empty)
+                .map_err(|_| HttpError::Internal);
         }
         builder = builder
             .header(CONTENT_TYPE, mime.as_ref())
@@ -144,7 +169,10 @@ impl StaticFiles {
         let (status, start, len) = match validators::range(&req.headers, &version) {
             RangeRequest::Full => (StatusCode::OK, 0, version.len),
             RangeRequest::Partial { start, end } => {
-                builder = builder.header(CONTENT_RANGE, format!("bytes {start}-{end}/{}", version.len));
+                builder = builder.header(
+                    CONTENT_RANGE,
+                    format!("bytes {start}-{end}/{}", version.len),
+                );
                 (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
             }
             RangeRequest::Unsatisfiable => return Err(HttpError::RangeNotSatisfiable(version.len)),
@@ -154,7 +182,8 @@ impl StaticFiles {
         } else {
             let mut file = file;
             if start > 0 {
-                file.seek(SeekFrom::Start(start)).map_err(|e| internal(&self.root_path, rel, &e))?;
+                file.seek(SeekFrom::Start(start))
+                    .map_err(|e| internal(&self.root_path, rel, &e))?;
             }
             Body::File(FileChunks::new(file, len))
         };
@@ -166,11 +195,19 @@ impl StaticFiles {
     }
 
     /// A `.br` or `.gz` sibling of `rel`, when enabled, present and accepted by the client.
-    fn precompressed_sibling(&self, req: &Parts, rel: &Path) -> Result<Option<(File, std::fs::Metadata, &'static str)>, HttpError> {
+    fn precompressed_sibling(
+        &self,
+        req: &Parts,
+        rel: &Path,
+    ) -> Result<Option<(File, std::fs::Metadata, &'static str)>, HttpError> {
         if !self.precompressed {
             return Ok(None);
         }
-        let Some(accept) = req.headers.get(ACCEPT_ENCODING).and_then(|v| v.to_str().ok()) else {
+        let Some(accept) = req
+            .headers
+            .get(ACCEPT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+        else {
             return Ok(None);
         };
         for (coding, ext) in [("br", "br"), ("gzip", "gz")] {
@@ -182,7 +219,9 @@ impl StaticFiles {
             name.push(ext);
             match self.open_beneath(&self.root, Path::new(&name)) {
                 Ok(f) => {
-                    let meta = f.metadata().map_err(|e| internal(&self.root_path, rel, &e))?;
+                    let meta = f
+                        .metadata()
+                        .map_err(|e| internal(&self.root_path, rel, &e))?;
                     if meta.is_file() {
                         return Ok(Some((f, meta, coding)));
                     }
@@ -198,7 +237,9 @@ impl StaticFiles {
     fn open_beneath(&self, dir: &impl std::os::fd::AsFd, rel: &Path) -> Result<File, HttpError> {
         let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
         let opened = match self.beneath {
-            Resolver::Openat2 => rustix::fs::openat2(dir, rel, flags, Mode::empty(), beneath_flags()),
+            Resolver::Openat2 => {
+                rustix::fs::openat2(dir, rel, flags, Mode::empty(), beneath_flags())
+            }
             Resolver::NoFollow => open_nofollow(dir, rel, flags),
         };
         match opened {
@@ -213,12 +254,20 @@ fn beneath_flags() -> ResolveFlags {
     ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS
 }
 
-fn open_nofollow(dir: &impl std::os::fd::AsFd, rel: &Path, flags: OFlags) -> rustix::io::Result<OwnedFd> {
+fn open_nofollow(
+    dir: &impl std::os::fd::AsFd,
+    rel: &Path,
+    flags: OFlags,
+) -> rustix::io::Result<OwnedFd> {
     let mut components = rel.components().peekable();
     let mut current: Option<OwnedFd> = None;
     while let Some(component) = components.next() {
         let last = components.peek().is_none();
-        let f = if last { flags | OFlags::NOFOLLOW } else { OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC };
+        let f = if last {
+            flags | OFlags::NOFOLLOW
+        } else {
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
+        };
         let next = match &current {
             Some(fd) => rustix::fs::openat(fd, component.as_os_str(), f, Mode::empty())?,
             None => rustix::fs::openat(dir, component.as_os_str(), f, Mode::empty())?,
@@ -232,7 +281,16 @@ fn open_nofollow(dir: &impl std::os::fd::AsFd, rel: &Path, flags: OFlags) -> rus
 /// (`EXDEV`), a symlink loop or refused symlink (`ELOOP`), or no permission.
 fn is_not_found(e: rustix::io::Errno) -> bool {
     use rustix::io::Errno;
-    [Errno::NOENT, Errno::NOTDIR, Errno::XDEV, Errno::LOOP, Errno::ACCESS, Errno::NAMETOOLONG, Errno::PERM].contains(&e)
+    [
+        Errno::NOENT,
+        Errno::NOTDIR,
+        Errno::XDEV,
+        Errno::LOOP,
+        Errno::ACCESS,
+        Errno::NAMETOOLONG,
+        Errno::PERM,
+    ]
+    .contains(&e)
 }
 
 fn internal(root: &Path, rel: &Path, e: &std::io::Error) -> HttpError {

@@ -50,7 +50,10 @@ mod tests {
     use super::*;
 
     fn ok(p: &str) -> String {
-        relative_path(p, false).expect(p).to_string_lossy().into_owned()
+        relative_path(p, false)
+            .expect(p)
+            .to_string_lossy()
+            .into_owned()
     }
 
     #[test]
@@ -68,8 +71,20 @@ mod tests {
     #[test]
     fn traversal_shapes_are_refused() {
         for p in [
-            "/..", "/../etc/passwd", "/a/../../etc", "/%2e%2e/etc", "/%2E%2E/etc", "/..%2fetc", "/a/..%2f..%2f",
-            "/.", "/a/./b", "/%2e/x", "/a\\..\\b", "/a%5c..%5cb", "/a%00.txt", "/a\0b",
+            "/..",
+            "/../etc/passwd",
+            "/a/../../etc",
+            "/%2e%2e/etc",
+            "/%2E%2E/etc",
+            "/..%2fetc",
+            "/a/..%2f..%2f",
+            "/.",
+            "/a/./b",
+            "/%2e/x",
+            "/a\\..\\b",
+            "/a%5c..%5cb",
+            "/a%00.txt",
+            "/a\0b",
         ] {
             assert_eq!(relative_path(p, true), Err(Rejected::Unsafe), "{p}");
         }
@@ -78,8 +93,19 @@ mod tests {
     #[test]
     fn dotfiles_hidden_unless_enabled() {
         assert_eq!(relative_path("/.env", false), Err(Rejected::Hidden));
-        assert_eq!(relative_path("/a/.git/config", false), Err(Rejected::Hidden));
-        assert_eq!(relative_path("/%2egit/config", false), Err(Rejected::Hidden));
-        assert_eq!(relative_path("/.well-known/x", true).expect("shown").to_string_lossy(), ".well-known/x");
+        assert_eq!(
+            relative_path("/a/.git/config", false),
+            Err(Rejected::Hidden)
+        );
+        assert_eq!(
+            relative_path("/%2egit/config", false),
+            Err(Rejected::Hidden)
+        );
+        assert_eq!(
+            relative_path("/.well-known/x", true)
+                .expect("shown")
+                .to_string_lossy(),
+            ".well-known/x"
+        );
     }
 }

@@ -22,7 +22,10 @@ impl Version {
             .ok()
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_secs());
-        Version { len: meta.len(), mtime }
+        Version {
+            len: meta.len(),
+            mtime,
+        }
     }
 
     /// A strong ETag in nginx's shape: `"mtime-len"` in hex.
@@ -40,9 +43,16 @@ impl Version {
         if let Some(inm) = headers.get(IF_NONE_MATCH) {
             let etag = self.etag();
             let Ok(list) = inm.to_str() else { return false };
-            return list.split(',').map(str::trim).any(|tag| tag == "*" || tag.trim_start_matches("W/") == etag);
+            return list
+                .split(',')
+                .map(str::trim)
+                .any(|tag| tag == "*" || tag.trim_start_matches("W/") == etag);
         }
-        match headers.get(IF_MODIFIED_SINCE).and_then(|v| v.to_str().ok()).map(httpdate::parse_http_date) {
+        match headers
+            .get(IF_MODIFIED_SINCE)
+            .and_then(|v| v.to_str().ok())
+            .map(httpdate::parse_http_date)
+        {
             Some(Ok(since)) => UNIX_EPOCH + std::time::Duration::from_secs(self.mtime) <= since,
             _ => false,
         }
@@ -54,7 +64,8 @@ impl Version {
         if value.starts_with('"') {
             return value == self.etag();
         }
-        httpdate::parse_http_date(value).is_ok_and(|d: SystemTime| d == UNIX_EPOCH + std::time::Duration::from_secs(self.mtime))
+        httpdate::parse_http_date(value)
+            .is_ok_and(|d: SystemTime| d == UNIX_EPOCH + std::time::Duration::from_secs(self.mtime))
     }
 }
 
@@ -104,19 +115,34 @@ pub fn parse_range(value: &str, len: u64) -> RangeRequest {
         // bytes=-N: the last N bytes.
         (false, true) if first.is_empty() => match last.parse::<u64>() {
             Ok(0) => RangeRequest::Unsatisfiable,
-            Ok(n) if len > 0 => RangeRequest::Partial { start: len.saturating_sub(n), end: len - 1 },
+            Ok(n) if len > 0 => RangeRequest::Partial {
+                start: len.saturating_sub(n),
+                end: len - 1,
+            },
             Ok(_) => RangeRequest::Unsatisfiable,
             Err(_) => RangeRequest::Full,
         },
         (true, _) if last.is_empty() || digits(last) => {
-            let Ok(start) = first.parse::<u64>() else { return RangeRequest::Full };
-            let end = if last.is_empty() { Ok(u64::MAX) } else { last.parse::<u64>() };
+            let Ok(start) = first.parse::<u64>() else {
+                return RangeRequest::Full;
+            };
+            let end = if last.is_empty() {
+                Ok(u64::MAX)
+            } else {
+                last.parse::<u64>()
+            };
             match end {
                 Ok(end) if end < start => RangeRequest::Full,
                 Ok(_) if start >= len => RangeRequest::Unsatisfiable,
-                Ok(end) => RangeRequest::Partial { start, end: end.min(len - 1) },
+                Ok(end) => RangeRequest::Partial {
+                    start,
+                    end: end.min(len - 1),
+                },
                 // An end too large to parse still means "to the end of the file".
-                Err(_) if start < len => RangeRequest::Partial { start, end: len - 1 },
+                Err(_) if start < len => RangeRequest::Partial {
+                    start,
+                    end: len - 1,
+                },
                 Err(_) => RangeRequest::Unsatisfiable,
             }
         }
@@ -133,11 +159,26 @@ mod tests {
     fn ranges() {
         use RangeRequest::*;
         assert_eq!(parse_range("bytes=0-9", 100), Partial { start: 0, end: 9 });
-        assert_eq!(parse_range("bytes=90-", 100), Partial { start: 90, end: 99 });
-        assert_eq!(parse_range("bytes=90-500", 100), Partial { start: 90, end: 99 });
-        assert_eq!(parse_range("bytes=-10", 100), Partial { start: 90, end: 99 });
-        assert_eq!(parse_range("bytes=-500", 100), Partial { start: 0, end: 99 });
-        assert_eq!(parse_range("bytes=0-99999999999999999999999", 100), Partial { start: 0, end: 99 });
+        assert_eq!(
+            parse_range("bytes=90-", 100),
+            Partial { start: 90, end: 99 }
+        );
+        assert_eq!(
+            parse_range("bytes=90-500", 100),
+            Partial { start: 90, end: 99 }
+        );
+        assert_eq!(
+            parse_range("bytes=-10", 100),
+            Partial { start: 90, end: 99 }
+        );
+        assert_eq!(
+            parse_range("bytes=-500", 100),
+            Partial { start: 0, end: 99 }
+        );
+        assert_eq!(
+            parse_range("bytes=0-99999999999999999999999", 100),
+            Partial { start: 0, end: 99 }
+        );
         assert_eq!(parse_range("bytes=100-", 100), Unsatisfiable);
         assert_eq!(parse_range("bytes=-0", 100), Unsatisfiable);
         assert_eq!(parse_range("bytes=0-0", 0), Unsatisfiable);
@@ -150,30 +191,51 @@ mod tests {
 
     #[test]
     fn conditionals() {
-        let v = Version { len: 10, mtime: 1_700_000_000 };
+        let v = Version {
+            len: 10,
+            mtime: 1_700_000_000,
+        };
         let mut h = HeaderMap::new();
         assert!(!v.not_modified(&h));
-        h.insert(IF_NONE_MATCH, HeaderValue::from_str(&format!("\"x\", {}", v.etag())).expect("ascii"));
+        h.insert(
+            IF_NONE_MATCH,
+            HeaderValue::from_str(&format!("\"x\", {}", v.etag())).expect("ascii"),
+        );
         assert!(v.not_modified(&h));
         h.insert(IF_NONE_MATCH, HeaderValue::from_static("\"other\""));
-        h.insert(IF_MODIFIED_SINCE, HeaderValue::from_str(&v.last_modified()).expect("ascii"));
-        assert!(!v.not_modified(&h), "If-None-Match wins over If-Modified-Since");
+        h.insert(
+            IF_MODIFIED_SINCE,
+            HeaderValue::from_str(&v.last_modified()).expect("ascii"),
+        );
+        assert!(
+            !v.not_modified(&h),
+            "If-None-Match wins over If-Modified-Since"
+        );
         h.remove(IF_NONE_MATCH);
         assert!(v.not_modified(&h));
-        h.insert(IF_MODIFIED_SINCE, HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"));
+        h.insert(
+            IF_MODIFIED_SINCE,
+            HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"),
+        );
         assert!(!v.not_modified(&h));
     }
 
     #[test]
     fn if_range() {
-        let v = Version { len: 100, mtime: 1_700_000_000 };
+        let v = Version {
+            len: 100,
+            mtime: 1_700_000_000,
+        };
         let mut h = HeaderMap::new();
         h.insert(RANGE, HeaderValue::from_static("bytes=0-4"));
         h.insert(IF_RANGE, HeaderValue::from_str(&v.etag()).expect("ascii"));
         assert_eq!(range(&h, &v), RangeRequest::Partial { start: 0, end: 4 });
         h.insert(IF_RANGE, HeaderValue::from_static("\"stale\""));
         assert_eq!(range(&h, &v), RangeRequest::Full);
-        h.insert(IF_RANGE, HeaderValue::from_str(&v.last_modified()).expect("ascii"));
+        h.insert(
+            IF_RANGE,
+            HeaderValue::from_str(&v.last_modified()).expect("ascii"),
+        );
         assert_eq!(range(&h, &v), RangeRequest::Partial { start: 0, end: 4 });
     }
 }

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs every test: unit tests next to the code and the black-box tests in tests/, which start the real
+# binary. Installs what it needs first, so it works on a fresh Debian machine with Rust and Python.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "installing ${need_apt[*]} with apt-get"
+  apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
+fi
+
+# The black-box tests run the binary cargo builds here.
+cargo build --locked -p gatehouse
+cargo test --locked --workspace

@@ -1,0 +1,300 @@
+//! HTTP behaviour of the server itself: listeners, keep-alive, pipelining, HTTP/2, limits, timeouts.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use gatehouse_tests::{Gatehouse, client, h2_client, read_until_close, site, static_config};
+use reqwest::StatusCode;
+
+fn serve(extra: &str) -> (tempfile::TempDir, Gatehouse) {
+    let dir = site(&[
+        ("index.html", b"hello"),
+        ("a.txt", b"AAAA"),
+        ("b.txt", b"BB"),
+    ]);
+    let gh = Gatehouse::start(dir.path(), &static_config("", extra));
+    (dir, gh)
+}
+
+fn limits(lines: &str) -> String {
+    format!("[server.limits]\n{lines}\n")
+}
+
+#[test]
+fn several_listeners_ipv4_ipv6_and_unix() {
+    let dir = site(&[("index.html", b"hello")]);
+    let config = "[server]\nlisten = [\"127.0.0.1:0\", \"[::1]:0\", \"unix:gh.sock\"]\n[targets.site]\nstatic = \"site\"\n";
+    let gh = Gatehouse::start(dir.path(), config);
+    assert_eq!(gh.addrs.len(), 3, "{:?}", gh.addrs);
+    let v4 = &gh.addrs[0];
+    let v6 = &gh.addrs[1];
+    assert!(v4.starts_with("127.0.0.1:") && !v4.ends_with(":0"), "{v4}");
+    assert!(v6.starts_with("[::1]:") && !v6.ends_with(":0"), "{v6}");
+    assert_eq!(
+        client()
+            .get(format!("http://{v4}/"))
+            .send()
+            .expect("v4")
+            .text()
+            .expect("body"),
+        "hello"
+    );
+    assert_eq!(
+        client()
+            .get(format!("http://{v6}/"))
+            .send()
+            .expect("v6")
+            .text()
+            .expect("body"),
+        "hello"
+    );
+    let sock = gh.addrs[2].strip_prefix("unix:").expect("unix listener");
+    let out = Command::new("curl")
+        .args(["-s", "--unix-socket", sock, "http://localhost/"])
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello");
+    assert!(
+        gh.stderr().contains("listening on 127.0.0.1:"),
+        "bound addresses are logged: {}",
+        gh.stderr()
+    );
+}
+
+#[test]
+fn keep_alive_and_pipelining() {
+    let (_dir, gh) = serve("");
+    let mut stream = TcpStream::connect(gh.addr()).expect("connect");
+    stream
+        .write_all(b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\nGET /b.txt HTTP/1.1\r\nHost: x\r\n\r\nGET /index.html HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let ex = read_until_close(&mut stream, Duration::from_secs(5));
+    assert!(ex.closed);
+    assert_eq!(ex.statuses(), vec![200, 200, 200]);
+    let text = ex.text();
+    let (a, b, c) = (
+        text.find("AAAA"),
+        text.find("\r\n\r\nBB"),
+        text.find("hello"),
+    );
+    assert!(
+        a < b && b < c && c.is_some(),
+        "responses in request order: {text}"
+    );
+}
+
+#[test]
+fn chunked_request_body_is_read_before_answering() {
+    let (_dir, gh) = serve("");
+    let ex = gh.raw(
+        b"POST /a.txt HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /b.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    assert_eq!(ex.statuses(), vec![405, 200], "{}", ex.text());
+}
+
+#[test]
+fn http2_prior_knowledge_many_streams() {
+    let (_dir, gh) = serve("");
+    let c = h2_client();
+    let handles: Vec<_> = (0..16)
+        .map(|_| {
+            let c = c.clone();
+            let url = gh.url("/a.txt");
+            std::thread::spawn(move || {
+                let r = c.get(url).send().expect("h2");
+                (r.version(), r.text().expect("body"))
+            })
+        })
+        .collect();
+    for h in handles {
+        let (version, body) = h.join().expect("thread");
+        assert_eq!(version, reqwest::Version::HTTP_2);
+        assert_eq!(body, "AAAA");
+    }
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--http2-prior-knowledge",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code}",
+            &gh.url("/"),
+        ])
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "2 200");
+}
+
+#[test]
+fn size_limits() {
+    let (_dir, gh) = serve(&limits(
+        "max_uri_length = 100\nmax_header_size = \"2KiB\"\nmax_headers = 10\nmax_body_size = 16",
+    ));
+    let status = |req: Vec<u8>| {
+        let ex = gh.raw(&req, Duration::from_secs(5));
+        assert!(ex.closed, "connection closed after a refusal");
+        ex.statuses().first().copied()
+    };
+    let long_uri = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(150));
+    assert_eq!(status(long_uri.into_bytes()), Some(414));
+    let big_head = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(3000)
+    );
+    assert_eq!(status(big_head.into_bytes()), Some(431));
+    let many: String = (0..12).map(|i| format!("X-{i}: v\r\n")).collect();
+    assert_eq!(
+        status(format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n").into_bytes()),
+        Some(431)
+    );
+    let declared = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 17\r\n\r\n".to_vec();
+    assert_eq!(
+        status(declared),
+        Some(413),
+        "a declared length over the limit is refused before reading"
+    );
+    let chunked = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n0123456789abcdef\r\n5\r\nmore!\r\n0\r\n\r\n".to_vec();
+    assert_eq!(
+        status(chunked),
+        Some(413),
+        "a chunked body over the limit is cut off"
+    );
+    // Within the limits everything still works.
+    let ok = gh.raw(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 16\r\nConnection: close\r\n\r\n0123456789abcdef", Duration::from_secs(5));
+    assert_eq!(ex_first(&ok), Some(405));
+}
+
+fn ex_first(ex: &gatehouse_tests::RawExchange) -> Option<u16> {
+    ex.statuses().first().copied()
+}
+
+#[test]
+fn malformed_request_gets_400_and_close() {
+    let (_dir, gh) = serve("");
+    for bad in [&b"GARBAGE\r\n\r\n"[..], b"GET / HTTP/1.1\r\nBad Header\r\n\r\n", b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"] {
+        let ex = gh.raw(bad, Duration::from_secs(5));
+        assert_eq!(ex.statuses(), vec![400], "{}", String::from_utf8_lossy(bad));
+        assert!(ex.closed);
+    }
+}
+
+#[test]
+fn slowloris_head_is_cut_off() {
+    let (_dir, gh) = serve(&limits("header_read_timeout = \"1s\""));
+    let mut stream = TcpStream::connect(gh.addr()).expect("connect");
+    let started = Instant::now();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .expect("write");
+    // Dribble a header byte every 100 ms: never a complete head.
+    let mut closed_after = None;
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(100));
+        if stream.write_all(b"X").is_err() {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+        let probe = read_until_close(&mut stream, Duration::from_millis(1));
+        if probe.closed {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+    }
+    let closed_after = closed_after.expect("the server never cut the dribbling client off");
+    assert!(
+        closed_after >= Duration::from_millis(900),
+        "cut too early: {closed_after:?}"
+    );
+    assert!(
+        closed_after < Duration::from_secs(4),
+        "cut too late: {closed_after:?}"
+    );
+    // A connection that sends nothing at all is cut off too.
+    let mut silent = TcpStream::connect(gh.addr()).expect("connect");
+    assert!(read_until_close(&mut silent, Duration::from_secs(4)).closed);
+}
+
+#[test]
+fn idle_keep_alive_uses_keepalive_timeout_not_header_timeout() {
+    let (_dir, gh) = serve(&limits(
+        "header_read_timeout = \"1s\"\nkeepalive_timeout = \"3s\"",
+    ));
+    let mut stream = TcpStream::connect(gh.addr()).expect("connect");
+    stream
+        .write_all(b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let first = read_until_close(&mut stream, Duration::from_millis(1500));
+    assert_eq!(first.statuses(), vec![200]);
+    assert!(
+        !first.closed,
+        "idle keep-alive connection must outlive the header timeout"
+    );
+    // Still usable after the header timeout has passed.
+    stream
+        .write_all(b"GET /b.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let second = read_until_close(&mut stream, Duration::from_millis(500));
+    assert_eq!(second.statuses(), vec![200]);
+    let started = Instant::now();
+    let rest = read_until_close(&mut stream, Duration::from_secs(6));
+    assert!(
+        rest.closed,
+        "idle connection closed by the keep-alive timeout"
+    );
+    assert!(
+        started.elapsed() > Duration::from_secs(2),
+        "closed after about 3s idle, not {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn slow_body_gets_408() {
+    let (_dir, gh) = serve(&limits("body_read_timeout = \"1s\""));
+    let mut stream = TcpStream::connect(gh.addr()).expect("connect");
+    stream
+        .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab")
+        .expect("write");
+    let ex = read_until_close(&mut stream, Duration::from_secs(5));
+    assert_eq!(ex.statuses(), vec![408]);
+    assert!(ex.closed);
+}
+
+#[test]
+fn max_connections_holds_further_clients_in_the_backlog() {
+    let (_dir, gh) = serve(&limits("max_connections = 2"));
+    let one = TcpStream::connect(gh.addr()).expect("connect");
+    let two = TcpStream::connect(gh.addr()).expect("connect");
+    std::thread::sleep(Duration::from_millis(200));
+    let mut third = TcpStream::connect(gh.addr()).expect("kernel accepts into the backlog");
+    third
+        .write_all(b"GET /a.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let waiting = read_until_close(&mut third, Duration::from_millis(700));
+    assert!(
+        waiting.bytes.is_empty(),
+        "a third connection is not served while two are open"
+    );
+    drop(one);
+    let served = read_until_close(&mut third, Duration::from_secs(5));
+    assert_eq!(served.statuses(), vec![200]);
+    drop(two);
+}
+
+#[test]
+fn server_stays_up_after_abuse() {
+    let (_dir, gh) = serve("");
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(gh.addr()).expect("connect");
+        let _ = s.write_all(b"GET / HTTP/1.1\r\nHost");
+        drop(s);
+    }
+    assert_eq!(
+        client().get(gh.url("/")).send().expect("get").status(),
+        StatusCode::OK
+    );
+}
