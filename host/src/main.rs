@@ -61,27 +61,26 @@ fn serve(
     gatehouse::logging::init(&config.log.level).map_err(anyhow::Error::msg)?;
     let (access_log, flusher) = AccessLog::start(&config.log).context("opening the access log")?;
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let server = Server::bind(&config, access_log)?;
+    let addrs = server.local_addrs();
+    for addr in &addrs {
+        tracing::info!("listening on {addr}");
+    }
+    if let Some(ready) = &ready_file {
+        write_ready_file(ready, &addrs).with_context(|| format!("writing {}", ready.display()))?;
+    }
+    let shutdown = CancellationToken::new();
+    let signals = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting tokio")?;
-    runtime.block_on(async {
-        let server = Server::bind(&config, access_log)?;
-        let addrs = server.local_addrs();
-        for addr in &addrs {
-            tracing::info!("listening on {addr}");
-        }
-        if let Some(ready) = &ready_file {
-            write_ready_file(ready, &addrs)
-                .with_context(|| format!("writing {}", ready.display()))?;
-        }
-        let shutdown = CancellationToken::new();
-        tokio::spawn(watch_signals(shutdown.clone()));
-        server.run(shutdown).await;
-        anyhow::Ok(())
-    })?;
-    // Dropping the runtime drops every logger handle, so the writer thread can drain and exit.
-    drop(runtime);
+    let watcher = shutdown.clone();
+    std::thread::Builder::new()
+        .name("gatehouse-signals".into())
+        .spawn(move || signals.block_on(watch_signals(watcher)))
+        .context("starting the signal thread")?;
+    server.run(shutdown).context("serving")?;
+    // The event loops are gone and with them every logger handle, so the writer thread drains and exits.
     flusher.finish();
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)

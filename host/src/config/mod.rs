@@ -40,6 +40,8 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// How long in-flight requests may run after SIGTERM/SIGINT before the process exits anyway.
     pub shutdown_timeout: Duration,
+    /// Event-loop threads, each serving its share of the connections (nginx's worker processes).
+    pub threads: usize,
 }
 
 /// One listening socket.
@@ -279,6 +281,7 @@ struct RawServer {
     #[serde(default)]
     limits: RawLimits,
     shutdown_timeout: Option<Seconds>,
+    threads: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -382,6 +385,14 @@ impl RawConfig {
             }
         };
 
+        let threads = match &self.server.threads {
+            Some(t) if *t.get_ref() == 0 || *t.get_ref() > 1024 => {
+                errors.push(doc.error(t.span(), "server.threads", "must be between 1 and 1024"));
+                1
+            }
+            Some(t) => *t.get_ref() as usize,
+            None => std::thread::available_parallelism().map_or(1, usize::from),
+        };
         let log = LogConfig {
             level: self.log.level.unwrap_or_else(|| "info".into()),
             access_log: self.log.access_log.unwrap_or(AccessLogFormat::Combined),
@@ -397,6 +408,7 @@ impl RawConfig {
                     .server
                     .shutdown_timeout
                     .map_or(Duration::from_secs(30), |s| s.0),
+                threads,
             },
             log,
             targets,

@@ -132,7 +132,11 @@ mod tests {
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
         assert!(parse_duration("abc").is_err());
-        assert!(parse_duration("5 parsecs").expect_err("bad unit").contains("unit"));
+        assert!(
+            parse_duration("5 parsecs")
+                .expect_err("bad unit")
+                .contains("unit")
+        );
     }
 
     #[test]

@@ -93,12 +93,8 @@ pub async fn serve<I>(
 {
     let limits = &gateway.limits;
     let keepalive = limits.keepalive_timeout;
-    let (io, verdicts) = WireGuard::new(
-        io,
-        limits.max_header_size,
-        limits.max_headers,
-        Some(limits.header_read_timeout),
-    );
+    let (io, verdicts) =
+        WireGuard::new(io, limits.max_header_size, Some(limits.header_read_timeout));
     let activity = Arc::new(Activity::new());
     let ctx = Arc::new(ConnCtx {
         client,

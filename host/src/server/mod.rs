@@ -15,7 +15,7 @@ use crate::access_log::AccessLog;
 use crate::config::Config;
 use crate::pipeline::Gateway;
 use crate::target::{BuildError, Targets};
-use listener::{BindError, Listener};
+use listener::{BindError, Bound, Listener};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -31,20 +31,22 @@ pub enum StartError {
 /// A server with its sockets bound, ready to run.
 #[derive(Debug)]
 pub struct Server {
-    listeners: Vec<Listener>,
+    listeners: Vec<Bound>,
     gateway: Arc<Gateway>,
     shutdown_timeout: Duration,
+    loops: usize,
 }
 
 impl Server {
-    /// Builds the targets and binds every listener. Must run inside the tokio runtime.
+    /// Builds the targets and binds every listener, once per event loop.
     pub fn bind(config: &Config, access_log: AccessLog) -> Result<Server, StartError> {
         let targets = Targets::build(config)?;
+        let loops = config.server.threads;
         let listeners = config
             .server
             .listen
             .iter()
-            .map(Listener::bind)
+            .map(|addr| Bound::bind(addr, loops))
             .collect::<Result<Vec<_>, _>>()?;
         let gateway = Arc::new(Gateway {
             targets,
@@ -55,43 +57,93 @@ impl Server {
             listeners,
             gateway,
             shutdown_timeout: config.server.shutdown_timeout,
+            loops,
         })
     }
 
     /// The bound addresses, in config order (`IP:PORT` or `unix:PATH`).
     pub fn local_addrs(&self) -> Vec<String> {
-        self.listeners.iter().map(Listener::local_addr).collect()
+        self.listeners.iter().map(Bound::local_addr).collect()
     }
 
-    /// Serves until `shutdown` is cancelled, then stops accepting, lets in-flight requests finish
-    /// within the shutdown timeout and closes idle connections at once.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Serves on one event-loop thread per configured thread until `shutdown` is cancelled, then stops
+    /// accepting, lets in-flight requests finish within the shutdown timeout and closes idle
+    /// connections at once. Blocks the calling thread until every loop has stopped.
+    pub fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let limits = &self.gateway.limits;
         let permits = Arc::new(Semaphore::new(limits.max_connections));
         let builder = Arc::new(conn::builder(limits));
-        let tracker = TaskTracker::new();
-        for listener in self.listeners {
-            let accept = AcceptLoop {
+        let listeners = Arc::new(self.listeners);
+        let mut threads = Vec::new();
+        for index in 0..self.loops {
+            let event_loop = EventLoop {
+                index,
+                listeners: Arc::clone(&listeners),
                 gateway: Arc::clone(&self.gateway),
                 builder: Arc::clone(&builder),
                 permits: Arc::clone(&permits),
                 shutdown: shutdown.clone(),
-                tracker: tracker.clone(),
+                grace: self.shutdown_timeout,
             };
-            tracker.spawn(accept.run(listener));
-        }
-        shutdown.cancelled().await;
-        tracker.close();
-        tracing::info!(grace = ?self.shutdown_timeout, "shutting down: no new connections, finishing requests in flight");
-        if tokio::time::timeout(self.shutdown_timeout, tracker.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                open = tracker.len(),
-                "shutdown timeout reached; closing the remaining connections"
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("gatehouse-loop-{index}"))
+                    .spawn(move || event_loop.run())?,
             );
         }
+        let mut result = Ok(());
+        for thread in threads {
+            match thread.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = Err(e),
+                Err(_) => result = Err(std::io::Error::other("an event loop panicked")),
+            }
+        }
+        for listener in listeners.iter() {
+            listener.remove_socket_file();
+        }
+        result
+    }
+}
+
+/// One event loop: a single-threaded tokio runtime serving its share of the connections.
+struct EventLoop {
+    index: usize,
+    listeners: Arc<Vec<Bound>>,
+    gateway: Arc<Gateway>,
+    builder: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
+    permits: Arc<Semaphore>,
+    shutdown: CancellationToken,
+    grace: Duration,
+}
+
+impl EventLoop {
+    fn run(self) -> std::io::Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(async move {
+            let tracker = TaskTracker::new();
+            for bound in self.listeners.iter() {
+                let accept = AcceptLoop {
+                    gateway: Arc::clone(&self.gateway),
+                    builder: Arc::clone(&self.builder),
+                    permits: Arc::clone(&self.permits),
+                    shutdown: self.shutdown.clone(),
+                    tracker: tracker.clone(),
+                };
+                tracker.spawn(accept.run(bound.for_loop(self.index)?));
+            }
+            self.shutdown.cancelled().await;
+            tracker.close();
+            if self.index == 0 {
+                tracing::info!(grace = ?self.grace, "shutting down: no new connections, finishing requests in flight");
+            }
+            if tokio::time::timeout(self.grace, tracker.wait()).await.is_err() {
+                tracing::warn!(open = tracker.len(), "shutdown timeout reached; closing the remaining connections");
+            }
+            Ok(())
+        })
     }
 }
 
@@ -107,16 +159,19 @@ struct AcceptLoop {
 impl AcceptLoop {
     async fn run(self, listener: Listener) {
         loop {
-            // At `max_connections`, stop accepting: further clients wait in the kernel's backlog.
+            let accepted = tokio::select! {
+                accepted = accept(&listener) => accepted,
+                () = self.shutdown.cancelled() => break,
+            };
+            // At `max_connections` the accepted connection waits, unread, for a free slot, and this
+            // loop accepts nothing more meanwhile: further clients wait in the kernel's backlog. The
+            // permit is taken after accepting because each loop has its own socket: a loop holding a
+            // permit while blocked in accept could starve the loop whose backlog has the client.
             let permit = tokio::select! {
                 permit = Arc::clone(&self.permits).acquire_owned() => match permit {
                     Ok(p) => p,
                     Err(_) => break,
                 },
-                () = self.shutdown.cancelled() => break,
-            };
-            let accepted = tokio::select! {
-                accepted = accept(&listener) => accepted,
                 () = self.shutdown.cancelled() => break,
             };
             match accepted {
@@ -147,15 +202,14 @@ impl AcceptLoop {
                         drop(permit);
                     });
                 }
+                // Another loop took the connection first (shared Unix socket).
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(error) => {
                     // EMFILE and friends: back off briefly instead of spinning.
                     tracing::warn!(%error, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
-        }
-        if let Listener::Unix(_, path) = &listener {
-            let _ = std::fs::remove_file(path);
         }
     }
 }
@@ -168,6 +222,6 @@ enum Accepted {
 async fn accept(listener: &Listener) -> std::io::Result<Accepted> {
     match listener {
         Listener::Tcp(l) => l.accept().await.map(|(s, a)| Accepted::Tcp(s, a)),
-        Listener::Unix(l, _) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
+        Listener::Unix(l) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
     }
 }

@@ -142,7 +142,9 @@ impl StaticFiles {
         file: File,
         meta: std::fs::Metadata,
     ) -> Result<Response<Body>, HttpError> {
-        let mime = mime_guess::from_path(rel).first_or_octet_stream();
+        let mime = mime_guess::from_path(rel)
+            .first_raw()
+            .unwrap_or("application/octet-stream");
         let (file, meta, encoding) = match self.precompressed_sibling(req, rel)? {
             Some((f, m, enc)) => (f, m, Some(enc)),
             None => (file, meta, None),
@@ -161,7 +163,7 @@ impl StaticFiles {
                 .map_err(|_| HttpError::Internal);
         }
         builder = builder
-            .header(CONTENT_TYPE, mime.as_ref())
+            .header(CONTENT_TYPE, HeaderValue::from_static(mime))
             .header(ACCEPT_RANGES, "bytes");
         if let Some(encoding) = encoding {
             builder = builder.header(CONTENT_ENCODING, encoding);
