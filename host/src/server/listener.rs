@@ -78,25 +78,46 @@ impl Bound {
         }
     }
 
-    /// The socket for event loop `index`, registered with the calling thread's runtime.
-    pub fn for_loop(&self, index: usize) -> std::io::Result<Listener> {
+    /// Hands out the sockets, one per event loop: each loop owns (and at shutdown closes) its own,
+    /// so the kernel stops accepting connections the moment the loops stop.
+    pub fn into_loop_sockets(self, loops: usize) -> std::io::Result<Vec<LoopSocket>> {
         match self {
-            Bound::Tcp(all) => {
-                let socket = all
-                    .get(index)
-                    .ok_or_else(|| std::io::Error::other("no socket for this loop"))?;
-                tokio::net::TcpListener::from_std(socket.try_clone()?).map(Listener::Tcp)
-            }
+            Bound::Tcp(all) => Ok(all.into_iter().map(LoopSocket::Tcp).collect()),
             Bound::Unix(listener, _) => {
-                tokio::net::UnixListener::from_std(listener.try_clone()?).map(Listener::Unix)
+                let mut out = Vec::with_capacity(loops);
+                for _ in 1..loops {
+                    out.push(LoopSocket::Unix(listener.try_clone()?));
+                }
+                out.push(LoopSocket::Unix(listener));
+                Ok(out)
             }
         }
     }
 
-    /// Removes a Unix socket's file; nothing for TCP.
-    pub fn remove_socket_file(&self) {
-        if let Bound::Unix(_, path) = self {
-            let _ = std::fs::remove_file(path);
+    /// The Unix socket file to remove at shutdown, if any.
+    pub fn socket_file(&self) -> Option<PathBuf> {
+        match self {
+            Bound::Unix(_, path) => Some(path.clone()),
+            Bound::Tcp(_) => None,
+        }
+    }
+}
+
+/// A bound socket owned by one event loop, not yet registered with its runtime.
+#[derive(Debug)]
+pub enum LoopSocket {
+    /// TCP.
+    Tcp(std::net::TcpListener),
+    /// Unix-domain (a duplicate of the shared socket).
+    Unix(std::os::unix::net::UnixListener),
+}
+
+impl LoopSocket {
+    /// Registers the socket with the calling thread's runtime.
+    pub fn into_listener(self) -> std::io::Result<Listener> {
+        match self {
+            LoopSocket::Tcp(s) => tokio::net::TcpListener::from_std(s).map(Listener::Tcp),
+            LoopSocket::Unix(s) => tokio::net::UnixListener::from_std(s).map(Listener::Unix),
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::access_log::AccessLog;
 use crate::config::Config;
 use crate::pipeline::Gateway;
 use crate::target::{BuildError, Targets};
-use listener::{BindError, Bound, Listener};
+use listener::{BindError, Bound, Listener, LoopSocket};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -73,12 +73,22 @@ impl Server {
         let limits = &self.gateway.limits;
         let permits = Arc::new(Semaphore::new(limits.max_connections));
         let builder = Arc::new(conn::builder(limits));
-        let listeners = Arc::new(self.listeners);
+        let socket_files: Vec<_> = self
+            .listeners
+            .iter()
+            .filter_map(Bound::socket_file)
+            .collect();
+        let mut per_loop: Vec<Vec<LoopSocket>> = (0..self.loops).map(|_| Vec::new()).collect();
+        for bound in self.listeners {
+            for (index, socket) in bound.into_loop_sockets(self.loops)?.into_iter().enumerate() {
+                per_loop[index].push(socket);
+            }
+        }
         let mut threads = Vec::new();
-        for index in 0..self.loops {
+        for (index, sockets) in per_loop.into_iter().enumerate() {
             let event_loop = EventLoop {
                 index,
-                listeners: Arc::clone(&listeners),
+                sockets,
                 gateway: Arc::clone(&self.gateway),
                 builder: Arc::clone(&builder),
                 permits: Arc::clone(&permits),
@@ -99,8 +109,8 @@ impl Server {
                 Err(_) => result = Err(std::io::Error::other("an event loop panicked")),
             }
         }
-        for listener in listeners.iter() {
-            listener.remove_socket_file();
+        for path in socket_files {
+            let _ = std::fs::remove_file(path);
         }
         result
     }
@@ -109,7 +119,7 @@ impl Server {
 /// One event loop: a single-threaded tokio runtime serving its share of the connections.
 struct EventLoop {
     index: usize,
-    listeners: Arc<Vec<Bound>>,
+    sockets: Vec<LoopSocket>,
     gateway: Arc<Gateway>,
     builder: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
     permits: Arc<Semaphore>,
@@ -124,7 +134,7 @@ impl EventLoop {
             .build()?;
         runtime.block_on(async move {
             let tracker = TaskTracker::new();
-            for bound in self.listeners.iter() {
+            for socket in self.sockets {
                 let accept = AcceptLoop {
                     gateway: Arc::clone(&self.gateway),
                     builder: Arc::clone(&self.builder),
@@ -132,7 +142,7 @@ impl EventLoop {
                     shutdown: self.shutdown.clone(),
                     tracker: tracker.clone(),
                 };
-                tracker.spawn(accept.run(bound.for_loop(self.index)?));
+                tracker.spawn(accept.run(socket.into_listener()?));
             }
             self.shutdown.cancelled().await;
             tracker.close();
