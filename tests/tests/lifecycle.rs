@@ -271,3 +271,30 @@ fn shutdown_timeout_bounds_the_wait() {
         gh.stderr()
     );
 }
+
+#[test]
+fn unix_socket_file_is_removed_at_shutdown_and_threads_setting_serves() {
+    let dir = site(&[("index.html", b"hello")]);
+    let config = "[server]\nlisten = [\"127.0.0.1:0\", \"unix:gh.sock\"]\nthreads = 3\n[targets.site]\nstatic = \"site\"\n";
+    let mut gh = Gatehouse::start(dir.path(), config);
+    let sock = dir.path().join("gh.sock");
+    assert!(sock.exists());
+    let c = client();
+    for _ in 0..30 {
+        assert_eq!(
+            c.get(gh.url("/"))
+                .send()
+                .expect("get")
+                .text()
+                .expect("body"),
+            "hello"
+        );
+    }
+    gh.signal("TERM");
+    assert!(
+        gh.wait_exit(Duration::from_secs(5))
+            .expect("exits")
+            .success()
+    );
+    assert!(!sock.exists(), "socket file removed");
+}
