@@ -20,6 +20,8 @@ pub enum Body {
     Full(Option<Bytes>),
     /// A byte range of an open file, streamed in chunks of at most 512 KiB.
     File(FileChunks),
+    /// A response arriving from a WSGI worker.
+    Wsgi(Box<crate::wsgi::pool::ResponseStream>),
 }
 
 impl Body {
@@ -54,12 +56,13 @@ impl http_body::Body for Body {
 
     fn poll_frame(
         self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         match self.get_mut() {
             Body::Empty => Poll::Ready(None),
             Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Body::File(chunks) => Poll::Ready(chunks.read_next().map(|r| r.map(Frame::data))),
+            Body::Wsgi(stream) => stream.poll_next(cx).map(|r| r.map(|r| r.map(Frame::data))),
         }
     }
 
@@ -68,6 +71,7 @@ impl http_body::Body for Body {
             Body::Empty => true,
             Body::Full(bytes) => bytes.is_none(),
             Body::File(chunks) => chunks.left == 0,
+            Body::Wsgi(_) => false,
         }
     }
 
@@ -76,6 +80,7 @@ impl http_body::Body for Body {
             Body::Empty => SizeHint::with_exact(0),
             Body::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Body::File(chunks) => SizeHint::with_exact(chunks.left),
+            Body::Wsgi(_) => SizeHint::default(),
         }
     }
 }

@@ -38,4 +38,7 @@ pub enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Internal: run as a Python worker process (started by gatehouse itself).
+    #[command(name = "__worker", hide = true)]
+    Worker,
 }

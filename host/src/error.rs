@@ -32,6 +32,15 @@ pub enum HttpError {
     /// The requested byte range lies outside the file; the value is the file's length.
     #[error("range not satisfiable")]
     RangeNotSatisfiable(u64),
+    /// The worker behind a target died or answered nonsense.
+    #[error("bad gateway")]
+    BadGateway,
+    /// The target's queue is full (or no worker came up in time).
+    #[error("service unavailable")]
+    ServiceUnavailable,
+    /// The request ran past the target's `timeout`.
+    #[error("gateway timeout")]
+    GatewayTimeout,
     /// Something failed on our side; the details are logged, never sent.
     #[error("internal error")]
     Internal,
@@ -50,6 +59,9 @@ impl HttpError {
             HttpError::NotFound => StatusCode::NOT_FOUND,
             HttpError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             HttpError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
+            HttpError::BadGateway => StatusCode::BAD_GATEWAY,
+            HttpError::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            HttpError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
             HttpError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

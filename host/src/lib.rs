@@ -14,3 +14,4 @@ pub mod pipeline;
 pub mod server;
 pub mod static_files;
 pub mod target;
+pub mod wsgi;

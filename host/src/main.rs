@@ -16,6 +16,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Check { config }) => check(&config),
+        Some(Command::Worker) => return gatehouse::wsgi::worker_main(),
         None => serve(cli.config, cli.app, cli.ready_file),
     };
     match result {

@@ -9,7 +9,10 @@ use http::request::Parts;
 use crate::body::Body;
 use crate::config::{Config, TargetConfig};
 use crate::error::HttpError;
+use crate::pipeline::ConnCtx;
 use crate::static_files::StaticFiles;
+use crate::wsgi::{WsgiError, WsgiTarget};
+use bytes::Bytes;
 
 /// Index of a target in [`Targets`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,13 +30,21 @@ pub struct Route {
 pub enum Target {
     /// Files under a directory.
     Static(StaticFiles),
+    /// A WSGI application in worker processes.
+    Wsgi(WsgiTarget),
 }
 
 impl Target {
-    /// Answers a request whose head is `req` (the body was already read by the pipeline).
-    pub fn serve(&self, req: &Parts) -> Result<Response<Body>, HttpError> {
+    /// Answers a request whose head is `req` and whose whole body is `body`.
+    pub async fn serve(
+        &self,
+        req: &Parts,
+        body: &Bytes,
+        conn: &ConnCtx,
+    ) -> Result<Response<Body>, HttpError> {
         match self {
             Target::Static(files) => files.serve(req),
+            Target::Wsgi(app) => app.serve(req, body, conn).await,
         }
     }
 }
@@ -51,7 +62,18 @@ pub struct Targets {
 #[error("target `{name}`: {source}")]
 pub struct BuildError {
     name: String,
-    source: std::io::Error,
+    source: BuildCause,
+}
+
+/// What went wrong building a target.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildCause {
+    /// Opening a directory or socket failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The WSGI app or its workers did not start.
+    #[error(transparent)]
+    Wsgi(#[from] WsgiError),
 }
 
 impl Targets {
@@ -60,12 +82,16 @@ impl Targets {
         let mut names = Vec::new();
         let mut targets = Vec::new();
         for (name, target) in &config.targets {
+            let wrap = |source: BuildCause| BuildError {
+                name: name.clone(),
+                source,
+            };
             let built = match target {
                 TargetConfig::Static(s) => {
-                    Target::Static(StaticFiles::open(s).map_err(|source| BuildError {
-                        name: name.clone(),
-                        source,
-                    })?)
+                    Target::Static(StaticFiles::open(s).map_err(|e| wrap(e.into()))?)
+                }
+                TargetConfig::Wsgi(w) => {
+                    Target::Wsgi(WsgiTarget::start(name, w).map_err(|e| wrap(e.into()))?)
                 }
             };
             names.push(name.clone());
@@ -77,7 +103,7 @@ impl Targets {
             .map(TargetId)
             .ok_or_else(|| BuildError {
                 name: config.server.default_target.clone(),
-                source: std::io::Error::other("default target is not defined"),
+                source: std::io::Error::other("default target is not defined").into(),
             })?;
         Ok(Targets {
             names,

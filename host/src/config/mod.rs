@@ -133,6 +133,35 @@ pub enum AccessLogFormat {
 pub enum TargetConfig {
     /// Files under a directory.
     Static(StaticConfig),
+    /// A Python WSGI application.
+    Wsgi(WsgiConfig),
+}
+
+/// `wsgi = "module:callable"` target options (Gunicorn's settings, same names where they exist).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WsgiConfig {
+    /// `module:callable`, or `module:factory()` to call a factory once per worker.
+    pub app: String,
+    /// URL prefix the app is mounted at; it becomes `SCRIPT_NAME`.
+    pub mount: String,
+    /// Worker processes.
+    pub workers: usize,
+    /// Threads per worker (requests one worker runs at once).
+    pub threads: usize,
+    /// Longest a request may run; past it the client gets 504 and the worker is replaced.
+    pub timeout: Duration,
+    /// Requests that may wait for a free thread; beyond that, 503 at once.
+    pub backlog: usize,
+    /// Directory the workers change to and import from (default: the config file's directory).
+    pub chdir: PathBuf,
+    /// Extra import paths.
+    pub pythonpath: Vec<PathBuf>,
+    /// The Python interpreter whose packages the app uses.
+    pub python: Option<PathBuf>,
+    /// A virtualenv to use (its `bin/python`).
+    pub virtualenv: Option<PathBuf>,
+    /// Extra environment variables for the workers.
+    pub env: BTreeMap<String, String>,
 }
 
 /// `static = "DIR"` target options.
@@ -313,10 +342,20 @@ struct RawTarget {
     #[serde(rename = "static")]
     static_root: Option<Spanned<String>>,
     mount: Option<Spanned<String>>,
-    index: Option<Vec<String>>,
-    autoindex: Option<bool>,
-    show_hidden: Option<bool>,
-    precompressed: Option<bool>,
+    index: Option<Spanned<Vec<String>>>,
+    autoindex: Option<Spanned<bool>>,
+    show_hidden: Option<Spanned<bool>>,
+    precompressed: Option<Spanned<bool>>,
+    wsgi: Option<Spanned<String>>,
+    workers: Option<Spanned<u32>>,
+    threads: Option<Spanned<u32>>,
+    timeout: Option<Seconds>,
+    backlog: Option<u32>,
+    chdir: Option<String>,
+    pythonpath: Option<Vec<String>>,
+    python: Option<String>,
+    virtualenv: Option<String>,
+    env: Option<BTreeMap<String, String>>,
 }
 
 impl RawConfig {
@@ -562,14 +601,143 @@ impl RawTarget {
         base: &Path,
         errors: &mut Vec<ConfigError>,
     ) -> Option<TargetConfig> {
-        let Some(root) = &self.static_root else {
-            errors.push(doc.error(
-                span,
-                key,
-                "a target needs a kind: `static = \"DIR\"` (wsgi and upstream targets come later)",
-            ));
-            return None;
+        let mount = self.mount(key, doc, errors)?;
+        match (&self.static_root, &self.wsgi) {
+            (Some(_), Some(w)) => {
+                errors.push(doc.error(
+                    w.span(),
+                    &format!("{key}.wsgi"),
+                    "a target is either `static` or `wsgi`, not both",
+                ));
+                None
+            }
+            (Some(root), None) => self.validate_static(root, mount, key, doc, base, errors),
+            (None, Some(app)) => self.validate_wsgi(app, mount, key, doc, base, errors),
+            (None, None) => {
+                errors.push(doc.error(
+                    span,
+                    key,
+                    "a target needs a kind: `static = \"DIR\"` or `wsgi = \"module:callable\"`",
+                ));
+                None
+            }
+        }
+    }
+
+    fn mount(&self, key: &str, doc: &Doc<'_>, errors: &mut Vec<ConfigError>) -> Option<String> {
+        match &self.mount {
+            None => Some("/".to_string()),
+            Some(m) if m.get_ref().starts_with('/') => {
+                let trimmed = m.get_ref().trim_end_matches('/');
+                Some(if trimmed.is_empty() {
+                    "/".into()
+                } else {
+                    trimmed.to_string()
+                })
+            }
+            Some(m) => {
+                errors.push(doc.error(
+                    m.span(),
+                    &format!("{key}.mount"),
+                    "a mount path starts with `/`, e.g. \"/static\"",
+                ));
+                None
+            }
+        }
+    }
+
+    fn validate_wsgi(
+        &self,
+        app: &Spanned<String>,
+        mount: String,
+        key: &str,
+        doc: &Doc<'_>,
+        base: &Path,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<TargetConfig> {
+        let before = errors.len();
+        for (name, span) in [
+            ("index", self.index.as_ref().map(Spanned::span)),
+            ("autoindex", self.autoindex.as_ref().map(Spanned::span)),
+            ("show_hidden", self.show_hidden.as_ref().map(Spanned::span)),
+            (
+                "precompressed",
+                self.precompressed.as_ref().map(Spanned::span),
+            ),
+        ] {
+            if let Some(span) = span {
+                errors.push(doc.error(
+                    span,
+                    &format!("{key}.{name}"),
+                    "only `static` targets have this setting",
+                ));
+            }
+        }
+        let text = app.get_ref().trim();
+        let valid = text.split_once(':').is_some_and(|(m, c)| {
+            let ident = |s: &str| {
+                !s.is_empty()
+                    && s.split('.').all(|p| {
+                        !p.is_empty() && p.chars().all(|c| c.is_alphanumeric() || c == '_')
+                    })
+            };
+            ident(m) && ident(c.strip_suffix("()").unwrap_or(c))
+        });
+        if !valid {
+            errors.push(doc.error(app.span(), &format!("{key}.wsgi"), format!("{text:?} is not MODULE:CALLABLE (e.g. \"app:app\" or \"mysite.wsgi:application\")")));
+        }
+        let mut count = |v: &Option<Spanned<u32>>, name: &str, default: u32| match v {
+            Some(n) if *n.get_ref() == 0 || *n.get_ref() > 1024 => {
+                errors.push(doc.error(
+                    n.span(),
+                    &format!("{key}.{name}"),
+                    "must be between 1 and 1024",
+                ));
+                default as usize
+            }
+            Some(n) => *n.get_ref() as usize,
+            None => default as usize,
         };
+        let workers = count(&self.workers, "workers", 1);
+        let threads = count(&self.threads, "threads", 1);
+        if errors.len() > before {
+            return None;
+        }
+        let path = |p: &String| base.join(p);
+        Some(TargetConfig::Wsgi(WsgiConfig {
+            app: text.to_string(),
+            mount,
+            workers,
+            threads,
+            timeout: self.timeout.map_or(Duration::from_secs(30), |t| t.0),
+            backlog: self.backlog.map_or(1024, |b| b as usize),
+            chdir: self.chdir.as_ref().map_or_else(|| base.to_path_buf(), path),
+            pythonpath: self.pythonpath.iter().flatten().map(path).collect(),
+            python: self.python.as_ref().map(|p| {
+                if p.contains('/') {
+                    path(p)
+                } else {
+                    PathBuf::from(p)
+                }
+            }),
+            virtualenv: self.virtualenv.as_ref().map(path),
+            env: self.env.clone().unwrap_or_default(),
+        }))
+    }
+
+    fn validate_static(
+        &self,
+        root: &Spanned<String>,
+        mount: String,
+        key: &str,
+        doc: &Doc<'_>,
+        base: &Path,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<TargetConfig> {
+        if self.wsgi_settings_used() {
+            errors.push(doc.error(root.span(), key, "workers, threads, timeout, backlog, chdir, pythonpath, python, virtualenv and env belong to `wsgi` targets"));
+            return None;
+        }
         let root_key = format!("{key}.static");
         if root.get_ref().trim().is_empty() {
             errors.push(doc.error(
@@ -599,36 +767,29 @@ impl RawTarget {
                 return None;
             }
         };
-        let mount = match &self.mount {
-            None => "/".to_string(),
-            Some(m) if m.get_ref().starts_with('/') => {
-                let trimmed = m.get_ref().trim_end_matches('/');
-                if trimmed.is_empty() {
-                    "/".into()
-                } else {
-                    trimmed.to_string()
-                }
-            }
-            Some(m) => {
-                errors.push(doc.error(
-                    m.span(),
-                    &format!("{key}.mount"),
-                    "a mount path starts with `/`, e.g. \"/static\"",
-                ));
-                return None;
-            }
-        };
         Some(TargetConfig::Static(StaticConfig {
             root: dir,
             mount,
             index: self
                 .index
-                .clone()
-                .unwrap_or_else(|| vec!["index.html".into()]),
-            autoindex: self.autoindex.unwrap_or(false),
-            show_hidden: self.show_hidden.unwrap_or(false),
-            precompressed: self.precompressed.unwrap_or(true),
+                .as_ref()
+                .map_or_else(|| vec!["index.html".into()], |i| i.get_ref().clone()),
+            autoindex: self.autoindex.as_ref().is_some_and(|a| *a.get_ref()),
+            show_hidden: self.show_hidden.as_ref().is_some_and(|a| *a.get_ref()),
+            precompressed: self.precompressed.as_ref().is_none_or(|a| *a.get_ref()),
         }))
+    }
+
+    fn wsgi_settings_used(&self) -> bool {
+        self.workers.is_some()
+            || self.threads.is_some()
+            || self.timeout.is_some()
+            || self.backlog.is_some()
+            || self.chdir.is_some()
+            || self.pythonpath.is_some()
+            || self.python.is_some()
+            || self.virtualenv.is_some()
+            || self.env.is_some()
     }
 }
 
@@ -652,7 +813,9 @@ mod tests {
         assert_eq!(config.server.listen.len(), 3);
         assert!(matches!(config.server.listen[2], ListenAddr::Unix(ref p) if p.is_absolute()));
         assert_eq!(config.server.limits, Limits::default());
-        let TargetConfig::Static(s) = &config.targets["site"];
+        let TargetConfig::Static(s) = &config.targets["site"] else {
+            panic!("static")
+        };
         assert_eq!(s.mount, "/");
         assert_eq!(s.index, vec!["index.html".to_string()]);
     }
@@ -680,7 +843,9 @@ mount = "/static/"
         );
         assert_eq!(config.server.limits.max_body_size, 1 << 20);
         assert_eq!(config.server.limits.max_headers, 20);
-        let TargetConfig::Static(s) = &config.targets["site"];
+        let TargetConfig::Static(s) = &config.targets["site"] else {
+            panic!("static")
+        };
         assert_eq!(s.mount, "/static");
     }
 
@@ -753,6 +918,36 @@ mount = "/static/"
             "[server]\nlisten = [\"127.0.0.1:0\"]\n[targets.a]\nstatic = \".\"\n[targets.b]\nstatic = \".\"\n",
         );
         assert_eq!(e[0].key, "server.default_target");
+    }
+
+    #[test]
+    fn wsgi_target() {
+        let config: Config = "[server]\nlisten = [\"127.0.0.1:0\"]\n[targets.app]\nwsgi = \"mysite.wsgi:application\"\nworkers = 2\nthreads = 4\ntimeout = \"5s\"\nchdir = \"/srv\"\nenv = { A = \"1\" }\n"
+            .parse()
+            .expect("valid");
+        let TargetConfig::Wsgi(w) = &config.targets["app"] else {
+            panic!("wsgi")
+        };
+        assert_eq!(
+            (w.workers, w.threads, w.timeout),
+            (2, 4, Duration::from_secs(5))
+        );
+        assert_eq!(w.chdir, PathBuf::from("/srv"));
+        assert_eq!(w.env["A"], "1");
+        let e = errors(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n[targets.app]\nwsgi = \"not a module\"\nworkers = 0\nautoindex = true\n",
+        );
+        let keys: Vec<_> = e.iter().map(|e| e.key.as_str()).collect();
+        assert!(
+            keys.contains(&"targets.app.wsgi")
+                && keys.contains(&"targets.app.workers")
+                && keys.contains(&"targets.app.autoindex"),
+            "{keys:?}"
+        );
+        let e = errors(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n[targets.app]\nstatic = \".\"\nworkers = 2\n",
+        );
+        assert!(e[0].message.contains("belong to `wsgi` targets"), "{e:?}");
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub struct Gateway {
 pub struct ConnCtx {
     /// The client's address; `None` on a Unix socket.
     pub client: Option<SocketAddr>,
+    /// The local address the connection came in on; `None` on a Unix socket.
+    pub local: Option<SocketAddr>,
     /// Byte-level verdicts for HTTP/1 heads, in request order.
     pub verdicts: Verdicts,
     /// In-flight requests and idle time, for the keep-alive timeout.
@@ -79,10 +81,10 @@ where
     let result = async {
         admit(&req, verdict, &gateway.limits)?;
         let (parts, body) = req.into_parts();
-        let _body = read_body(body, &gateway.limits).await?;
+        let body = read_body(body, &gateway.limits).await?;
         let chosen = route_request(&gateway.targets, &parts);
         route = Some(chosen);
-        serve(&gateway.targets, chosen, &parts)
+        serve(&gateway.targets, chosen, &parts, &body, &conn).await
     }
     .await;
 
@@ -172,8 +174,14 @@ fn route_request(targets: &Targets, _req: &Parts) -> Route {
 }
 
 /// Serve phase: hand the request to its target.
-fn serve(targets: &Targets, route: Route, req: &Parts) -> Result<Response<Body>, HttpError> {
-    targets.get(route.target).serve(req)
+async fn serve(
+    targets: &Targets,
+    route: Route,
+    req: &Parts,
+    body: &Bytes,
+    conn: &ConnCtx,
+) -> Result<Response<Body>, HttpError> {
+    targets.get(route.target).serve(req, body, conn).await
 }
 
 /// The one place an [`HttpError`] becomes a response.

@@ -85,6 +85,7 @@ pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 pub async fn serve<I>(
     io: I,
     client: Option<SocketAddr>,
+    local: Option<SocketAddr>,
     gateway: Arc<Gateway>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     shutdown: CancellationToken,
@@ -98,6 +99,7 @@ pub async fn serve<I>(
     let activity = Arc::new(Activity::new());
     let ctx = Arc::new(ConnCtx {
         client,
+        local,
         verdicts,
         activity: Arc::clone(&activity),
     });

@@ -187,9 +187,11 @@ impl AcceptLoop {
             match accepted {
                 Ok(Accepted::Tcp(stream, client)) => {
                     let _ = stream.set_nodelay(true);
+                    let local = stream.local_addr().ok();
                     let conn = conn::serve(
                         stream,
                         Some(client),
+                        local,
                         Arc::clone(&self.gateway),
                         Arc::clone(&self.builder),
                         self.shutdown.clone(),
@@ -202,6 +204,7 @@ impl AcceptLoop {
                 Ok(Accepted::Unix(stream)) => {
                     let conn = conn::serve(
                         stream,
+                        None,
                         None,
                         Arc::clone(&self.gateway),
                         Arc::clone(&self.builder),

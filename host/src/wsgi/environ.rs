@@ -1,0 +1,266 @@
+//! The WSGI environ, built in Rust from the request head (PEP 3333).
+//!
+//! Values are bytes here; the worker turns each into a native `str` by decoding it as latin-1, as
+//! PEP 3333 requires, so any byte in a path or header survives the trip. The worker adds the `wsgi.*`
+//! objects (input, errors, file_wrapper, flags).
+
+use std::net::SocketAddr;
+
+use http::Version;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST};
+use http::request::Parts;
+
+/// What the environ needs besides the request head.
+#[derive(Debug, Clone)]
+pub struct Origin<'a> {
+    /// The client; `None` on a Unix socket.
+    pub client: Option<SocketAddr>,
+    /// The local address the request came in on, for `SERVER_NAME`/`SERVER_PORT` without a Host.
+    pub local: Option<SocketAddr>,
+    /// `http` or `https` (after trusted proxy headers).
+    pub scheme: &'a str,
+    /// The mount prefix of the application (`""` at the root): `SCRIPT_NAME`.
+    pub script_name: &'a str,
+}
+
+/// Builds the CGI part of the environ for a request with a buffered body of `body_len` bytes.
+pub fn build(req: &Parts, origin: &Origin<'_>, body_len: usize) -> Vec<(String, Vec<u8>)> {
+    let mut env: Vec<(String, Vec<u8>)> = Vec::with_capacity(16 + req.headers.len());
+    let mut put = |k: &str, v: &[u8]| env.push((k.to_string(), v.to_vec()));
+    put("REQUEST_METHOD", req.method.as_str().as_bytes());
+    put("SCRIPT_NAME", origin.script_name.as_bytes());
+    let path = req.uri.path();
+    let below = path.strip_prefix(origin.script_name).unwrap_or(path);
+    put(
+        "PATH_INFO",
+        &percent_encoding::percent_decode_str(below).collect::<Vec<u8>>(),
+    );
+    put("QUERY_STRING", req.uri.query().unwrap_or("").as_bytes());
+    // HTTP/2 requests are described as HTTP/1.1: PEP 3333 apps know only the two.
+    put(
+        "SERVER_PROTOCOL",
+        if req.version == Version::HTTP_10 {
+            b"HTTP/1.0"
+        } else {
+            b"HTTP/1.1"
+        },
+    );
+
+    let (name, port) = server_name_port(req, origin);
+    put("SERVER_NAME", name.as_bytes());
+    put("SERVER_PORT", port.as_bytes());
+    match origin.client {
+        Some(addr) => {
+            put("REMOTE_ADDR", addr.ip().to_string().as_bytes());
+            put("REMOTE_PORT", addr.port().to_string().as_bytes());
+        }
+        None => put("REMOTE_ADDR", b"unix"),
+    }
+    put("wsgi.url_scheme", origin.scheme.as_bytes());
+
+    if let Some(ct) = req.headers.get(CONTENT_TYPE) {
+        put("CONTENT_TYPE", ct.as_bytes());
+    }
+    // The body is fully buffered, so a chunked body has a known length too: frameworks such as
+    // Django read exactly CONTENT_LENGTH bytes.
+    if req.headers.contains_key(CONTENT_LENGTH) || body_len > 0 {
+        put("CONTENT_LENGTH", body_len.to_string().as_bytes());
+    }
+
+    let mut seen: Vec<&http::HeaderName> = Vec::new();
+    for name in req.headers.keys() {
+        if name == CONTENT_TYPE || name == CONTENT_LENGTH || seen.contains(&name) {
+            continue;
+        }
+        seen.push(name);
+        // `X_Forwarded_For` and `X-Forwarded-For` would both become HTTP_X_FORWARDED_FOR; names with
+        // underscores are dropped (as nginx and gunicorn do) so one cannot spoof the other.
+        if name.as_str().contains('_') {
+            continue;
+        }
+        let separator: &[u8] = if name == COOKIE { b"; " } else { b", " };
+        let mut value = Vec::new();
+        for (i, v) in req.headers.get_all(name).iter().enumerate() {
+            if i > 0 {
+                value.extend_from_slice(separator);
+            }
+            value.extend_from_slice(v.as_bytes());
+        }
+        let key = format!(
+            "HTTP_{}",
+            name.as_str().to_ascii_uppercase().replace('-', "_")
+        );
+        env.push((key, value));
+    }
+    env
+}
+
+/// `SERVER_NAME`/`SERVER_PORT`: from the Host header (or the HTTP/2 authority), else the local address.
+fn server_name_port(req: &Parts, origin: &Origin<'_>) -> (String, String) {
+    let default_port = if origin.scheme == "https" {
+        "443"
+    } else {
+        "80"
+    };
+    let host = req
+        .headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri.authority().map(|a| a.as_str().to_string()));
+    if let Some(host) = host.filter(|h| !h.is_empty()) {
+        // `[::1]:8000`, `example.com:8000`, `example.com`
+        let (name, port) = match host.rfind(':') {
+            Some(i) if !host[i..].contains(']') => {
+                (host[..i].to_string(), host[i + 1..].to_string())
+            }
+            _ => (host.clone(), String::new()),
+        };
+        let port = if port.is_empty() {
+            default_port.to_string()
+        } else {
+            port
+        };
+        return (name, port);
+    }
+    match origin.local {
+        Some(addr) => (addr.ip().to_string(), addr.port().to_string()),
+        None => ("localhost".to_string(), default_port.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Request;
+
+    fn environ(req: Request<()>, script_name: &str, body_len: usize) -> Vec<(String, Vec<u8>)> {
+        let (parts, ()) = req.into_parts();
+        let origin = Origin {
+            client: Some("10.1.2.3:5555".parse().expect("addr")),
+            local: Some("127.0.0.1:8000".parse().expect("addr")),
+            scheme: "http",
+            script_name,
+        };
+        build(&parts, &origin, body_len)
+    }
+
+    fn get<'a>(env: &'a [(String, Vec<u8>)], key: &str) -> Option<&'a [u8]> {
+        env.iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    #[test]
+    fn cgi_keys() {
+        let req = Request::builder()
+            .method("POST")
+            .uri("/app/caf%C3%A9/x%2Fy?a=1&b=%20")
+            .header("Host", "example.com:8080")
+            .header("Content-Type", "text/plain")
+            .header("Content-Length", "5")
+            .body(())
+            .expect("req");
+        let env = environ(req, "/app", 5);
+        assert_eq!(get(&env, "REQUEST_METHOD"), Some(&b"POST"[..]));
+        assert_eq!(get(&env, "SCRIPT_NAME"), Some(&b"/app"[..]));
+        // Percent-decoded to bytes (the worker decodes them as latin-1, so é arrives as 'Ã©').
+        assert_eq!(get(&env, "PATH_INFO"), Some("/café/x/y".as_bytes()));
+        assert_eq!(
+            get(&env, "QUERY_STRING"),
+            Some(&b"a=1&b=%20"[..]),
+            "raw, not decoded"
+        );
+        assert_eq!(get(&env, "SERVER_NAME"), Some(&b"example.com"[..]));
+        assert_eq!(get(&env, "SERVER_PORT"), Some(&b"8080"[..]));
+        assert_eq!(get(&env, "SERVER_PROTOCOL"), Some(&b"HTTP/1.1"[..]));
+        assert_eq!(get(&env, "REMOTE_ADDR"), Some(&b"10.1.2.3"[..]));
+        assert_eq!(get(&env, "REMOTE_PORT"), Some(&b"5555"[..]));
+        assert_eq!(get(&env, "CONTENT_TYPE"), Some(&b"text/plain"[..]));
+        assert_eq!(get(&env, "CONTENT_LENGTH"), Some(&b"5"[..]));
+        assert_eq!(
+            get(&env, "HTTP_CONTENT_TYPE"),
+            None,
+            "no HTTP_ prefix for these two"
+        );
+        assert_eq!(get(&env, "HTTP_CONTENT_LENGTH"), None);
+        assert_eq!(get(&env, "HTTP_HOST"), Some(&b"example.com:8080"[..]));
+        assert_eq!(get(&env, "wsgi.url_scheme"), Some(&b"http"[..]));
+    }
+
+    #[test]
+    fn absent_when_absent_and_server_never_empty() {
+        let req = Request::builder()
+            .version(Version::HTTP_10)
+            .uri("/")
+            .body(())
+            .expect("req");
+        let env = environ(req, "", 0);
+        assert_eq!(get(&env, "CONTENT_TYPE"), None);
+        assert_eq!(get(&env, "CONTENT_LENGTH"), None);
+        assert_eq!(get(&env, "SCRIPT_NAME"), Some(&b""[..]));
+        assert_eq!(get(&env, "PATH_INFO"), Some(&b"/"[..]));
+        assert_eq!(get(&env, "QUERY_STRING"), Some(&b""[..]));
+        assert_eq!(get(&env, "SERVER_NAME"), Some(&b"127.0.0.1"[..]));
+        assert_eq!(get(&env, "SERVER_PORT"), Some(&b"8000"[..]));
+        assert_eq!(get(&env, "SERVER_PROTOCOL"), Some(&b"HTTP/1.0"[..]));
+        let req = Request::builder()
+            .uri("/")
+            .header("Host", "[::1]")
+            .body(())
+            .expect("req");
+        let env = environ(req, "", 0);
+        assert_eq!(get(&env, "SERVER_NAME"), Some(&b"[::1]"[..]));
+        assert_eq!(get(&env, "SERVER_PORT"), Some(&b"80"[..]));
+    }
+
+    #[test]
+    fn repeated_headers_are_joined_and_underscored_names_dropped() {
+        let req = Request::builder()
+            .uri("/")
+            .header("Accept", "text/html")
+            .header("Accept", "application/json")
+            .header("Cookie", "a=1")
+            .header("Cookie", "b=2")
+            .header("X_Forwarded_For", "6.6.6.6")
+            .header("X-Forwarded-For", "1.1.1.1")
+            .header(
+                "X-Raw",
+                http::HeaderValue::from_bytes(b"caf\xe9").expect("obs-text"),
+            )
+            .version(Version::HTTP_2)
+            .body(())
+            .expect("req");
+        let env = environ(req, "", 0);
+        assert_eq!(
+            get(&env, "HTTP_ACCEPT"),
+            Some(&b"text/html, application/json"[..])
+        );
+        assert_eq!(get(&env, "HTTP_COOKIE"), Some(&b"a=1; b=2"[..]));
+        assert_eq!(get(&env, "HTTP_X_FORWARDED_FOR"), Some(&b"1.1.1.1"[..]));
+        assert_eq!(
+            env.iter()
+                .filter(|(k, _)| k == "HTTP_X_FORWARDED_FOR")
+                .count(),
+            1
+        );
+        assert_eq!(
+            get(&env, "HTTP_X_RAW"),
+            Some(&b"caf\xe9"[..]),
+            "bytes kept for latin-1 decoding"
+        );
+        assert_eq!(get(&env, "SERVER_PROTOCOL"), Some(&b"HTTP/1.1"[..]));
+    }
+
+    #[test]
+    fn chunked_body_gets_its_buffered_length() {
+        let req = Request::builder()
+            .method("POST")
+            .uri("/")
+            .header("Transfer-Encoding", "chunked")
+            .body(())
+            .expect("req");
+        let env = environ(req, "", 11);
+        assert_eq!(get(&env, "CONTENT_LENGTH"), Some(&b"11"[..]));
+    }
+}

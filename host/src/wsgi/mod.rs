@@ -1,0 +1,150 @@
+//! The `wsgi` target: Python WSGI applications in supervised worker processes (Gunicorn's job).
+//!
+//! The front buffers each request, builds its environ ([`environ`]), and sends it over a multiplexed
+//! socket ([`frame`]) to a worker process ([`pool`]) that embeds CPython ([`worker`]) — the
+//! interpreter the user means ([`interpreter`]).
+
+pub mod environ;
+pub mod frame;
+pub mod interpreter;
+pub mod pool;
+pub mod worker;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use bytes::Bytes;
+use http::Response;
+use http::request::Parts;
+use serde::{Deserialize, Serialize};
+
+use crate::body::Body;
+use crate::config::WsgiConfig;
+use crate::error::HttpError;
+use crate::pipeline::ConnCtx;
+use interpreter::Interpreter;
+use pool::{Pool, PoolConfig, PoolError};
+
+/// The environment variable carrying a worker's [`WorkerSpec`] (JSON).
+pub const WORKER_ENV: &str = "GATEHOUSE_WORKER";
+
+/// Everything a worker process needs to know, passed from the front as JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerSpec {
+    /// `module:callable` or `module:factory()`.
+    pub app: String,
+    /// This worker's id (unique per spawn).
+    pub worker_id: u32,
+    /// The front's socket to connect to.
+    pub socket: PathBuf,
+    /// Threads serving requests in this worker.
+    pub threads: usize,
+    /// Worker processes in the pool (for `wsgi.multiprocess`).
+    pub workers: usize,
+    /// Directory to change to before loading the app (it also goes first on `sys.path`).
+    pub chdir: Option<PathBuf>,
+    /// Extra `sys.path` entries.
+    pub pythonpath: Vec<PathBuf>,
+    /// The interpreter whose paths the embedded one takes.
+    pub interpreter: Interpreter,
+}
+
+/// A WSGI application served by a pool of workers.
+#[derive(Debug)]
+pub struct WsgiTarget {
+    pool: Pool,
+    script_name: String,
+}
+
+/// Why a WSGI target could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WsgiError {
+    /// No usable Python interpreter.
+    #[error(transparent)]
+    Interpreter(#[from] interpreter::InterpreterError),
+    /// The workers did not start.
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+}
+
+impl WsgiTarget {
+    /// Finds the interpreter, starts the workers and waits until they have loaded the app.
+    pub fn start(name: &str, config: &WsgiConfig) -> Result<WsgiTarget, WsgiError> {
+        let command = interpreter::choose(config.python.as_deref(), config.virtualenv.as_deref());
+        let interpreter = interpreter::probe(&command)?;
+        let spec = WorkerSpec {
+            app: config.app.clone(),
+            worker_id: 0,
+            socket: PathBuf::new(),
+            threads: config.threads,
+            workers: config.workers,
+            chdir: Some(config.chdir.clone()),
+            pythonpath: config.pythonpath.clone(),
+            interpreter,
+        };
+        let pool = Pool::start(PoolConfig {
+            name: name.to_string(),
+            workers: config.workers,
+            timeout: config.timeout,
+            backlog: config.backlog,
+            spec,
+            env: config
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        })?;
+        let script_name = if config.mount == "/" {
+            String::new()
+        } else {
+            config.mount.clone()
+        };
+        Ok(WsgiTarget { pool, script_name })
+    }
+
+    /// Answers a request through the app.
+    pub async fn serve(
+        &self,
+        req: &Parts,
+        body: &Bytes,
+        conn: &ConnCtx,
+    ) -> Result<Response<Body>, HttpError> {
+        let path = req.uri.path();
+        if !self.script_name.is_empty() {
+            let rest = path
+                .strip_prefix(self.script_name.as_str())
+                .ok_or(HttpError::NotFound)?;
+            if !(rest.is_empty() || rest.starts_with('/')) {
+                return Err(HttpError::NotFound);
+            }
+        }
+        let origin = environ::Origin {
+            client: conn.client,
+            local: conn.local,
+            scheme: "http",
+            script_name: &self.script_name,
+        };
+        let environ = environ::build(req, &origin, body.len());
+        self.pool.dispatch(&environ, body).await
+    }
+
+    /// Process ids of the live workers.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.pool.pids()
+    }
+}
+
+/// Entry point of the hidden `__worker` subcommand.
+pub fn worker_main() -> ExitCode {
+    let spec = match std::env::var(WORKER_ENV)
+        .map_err(|e| e.to_string())
+        .and_then(|s| serde_json::from_str::<WorkerSpec>(&s).map_err(|e| e.to_string()))
+    {
+        Ok(spec) => spec,
+        Err(e) => {
+            eprintln!("gatehouse __worker is started by gatehouse itself ({WORKER_ENV}: {e})");
+            return ExitCode::FAILURE;
+        }
+    };
+    worker::main(spec)
+}

@@ -1,0 +1,621 @@
+//! The front's side of a WSGI target: the worker processes, their sockets, dispatch and supervision.
+//!
+//! A supervisor thread (its own small tokio runtime) spawns `workers` processes (this binary, in worker
+//! mode), accepts their connections on a private Unix socket, reads and writes their frames, restarts
+//! crashed ones with backoff, and kills one whose request runs past `timeout`. Event-loop threads
+//! dispatch requests to the least-loaded live worker and read the response through a channel.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderName, HeaderValue, Response, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::frame::{self, Kind};
+use super::worker::EXIT_APP_LOAD_FAILED;
+use super::{WORKER_ENV, WorkerSpec};
+use crate::body::Body;
+use crate::error::HttpError;
+
+/// What a worker said about one request.
+#[derive(Debug)]
+enum Event {
+    Start(u16, frame::Pairs),
+    Body(Bytes),
+    End,
+    Error(String),
+    /// The worker died or was killed.
+    Gone,
+}
+
+/// A live worker process, as the event loops see it.
+#[derive(Debug)]
+struct Worker {
+    pid: u32,
+    frames: mpsc::UnboundedSender<Vec<u8>>,
+    streams: Mutex<HashMap<u32, mpsc::UnboundedSender<Event>>>,
+    in_flight: AtomicUsize,
+    next_stream: AtomicU32,
+    alive: AtomicBool,
+    kill: CancellationToken,
+}
+
+impl Worker {
+    fn send(&self, kind: Kind, stream: u32, payload: &[u8]) {
+        let mut buf = Vec::with_capacity(frame::HEADER_LEN + payload.len());
+        frame::write_frame(&mut buf, kind, stream, payload);
+        let _ = self.frames.send(buf);
+    }
+
+    fn open_stream(&self) -> (u32, mpsc::UnboundedReceiver<Event>) {
+        let id = self.next_stream.fetch_add(1, Ordering::Relaxed).max(1);
+        let (tx, rx) = mpsc::unbounded_channel();
+        if let Ok(mut streams) = self.streams.lock() {
+            streams.insert(id, tx);
+        }
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        (id, rx)
+    }
+
+    fn close_stream(&self, id: u32) {
+        let removed = self.streams.lock().ok().and_then(|mut s| s.remove(&id));
+        if removed.is_some() {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    fn deliver(&self, id: u32, event: Event) {
+        let tx = self.streams.lock().ok().and_then(|s| s.get(&id).cloned());
+        if let Some(tx) = tx {
+            let _ = tx.send(event);
+        }
+    }
+
+    /// Marks the worker dead and tells every request on it.
+    fn fail_all(&self) {
+        self.alive.store(false, Ordering::Release);
+        let streams: Vec<_> = self
+            .streams
+            .lock()
+            .map(|mut s| s.drain().collect())
+            .unwrap_or_default();
+        for (_, tx) in streams {
+            let _ = tx.send(Event::Gone);
+        }
+    }
+}
+
+/// Settings of one pool, from the target's configuration.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Target name, for logs.
+    pub name: String,
+    /// Worker processes.
+    pub workers: usize,
+    /// Longest a request may run.
+    pub timeout: Duration,
+    /// Requests waiting beyond those the threads are running; more get 503 at once.
+    pub backlog: usize,
+    /// What each worker is told (its id is filled in per spawn).
+    pub spec: WorkerSpec,
+    /// Extra environment for the workers.
+    pub env: Vec<(String, String)>,
+}
+
+/// Why a pool could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// Setting up the socket or thread failed.
+    #[error("cannot start the worker pool: {0}")]
+    Io(#[from] std::io::Error),
+    /// A worker exited while loading the app (its traceback is on standard error).
+    #[error("the WSGI app {app:?} failed to load in a worker (see the error above)")]
+    AppLoad {
+        /// `module:callable`.
+        app: String,
+    },
+    /// A worker did not come up.
+    #[error("a worker did not start: {0}")]
+    Start(String),
+}
+
+/// A running pool of Python workers.
+#[derive(Debug)]
+pub struct Pool {
+    shared: Arc<Shared>,
+    _socket_dir: tempfile::TempDir,
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: PoolConfig,
+    slots: Vec<Mutex<Option<Arc<Worker>>>>,
+    changed: Notify,
+    queue: Arc<Semaphore>,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.shared.shutdown.cancel();
+    }
+}
+
+impl Pool {
+    /// Spawns the workers and waits until each has loaded the app and connected.
+    pub fn start(config: PoolConfig) -> Result<Pool, PoolError> {
+        let socket_dir = tempfile::Builder::new().prefix("gatehouse-").tempdir()?;
+        let socket_path = socket_dir.path().join("workers.sock");
+        let threads = config.spec.threads.max(1);
+        let shared = Arc::new(Shared {
+            slots: (0..config.workers).map(|_| Mutex::new(None)).collect(),
+            changed: Notify::new(),
+            queue: Arc::new(Semaphore::new(config.workers * threads + config.backlog)),
+            shutdown: CancellationToken::new(),
+            config,
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let supervisor = Supervisor {
+            shared: Arc::clone(&shared),
+            socket: socket_path,
+        };
+        std::thread::Builder::new()
+            .name(format!("wsgi-{}", shared.config.name))
+            .spawn(move || runtime.block_on(supervisor.run(ready_tx)))?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Pool {
+                shared,
+                _socket_dir: socket_dir,
+            }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(PoolError::Start("the supervisor thread stopped".into())),
+        }
+    }
+
+    /// Sends a request to a worker and returns the response head with a streaming body.
+    pub async fn dispatch(
+        &self,
+        environ: &[(String, Vec<u8>)],
+        body: &[u8],
+    ) -> Result<Response<Body>, HttpError> {
+        let permit = Arc::clone(&self.shared.queue)
+            .try_acquire_owned()
+            .map_err(|_| HttpError::ServiceUnavailable)?;
+        let deadline = tokio::time::Instant::now() + self.shared.config.timeout;
+        let worker = tokio::time::timeout_at(deadline, self.pick())
+            .await
+            .map_err(|_| HttpError::ServiceUnavailable)?;
+        let (id, mut events) = worker.open_stream();
+        worker.send(Kind::Request, id, &frame::encode_request(environ, body));
+        let mut stream = ResponseStream {
+            worker,
+            id,
+            events: None,
+            _permit: permit,
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            done: false,
+            timeout: self.shared.config.timeout,
+        };
+        let first = tokio::select! {
+            event = events.recv() => event,
+            () = &mut stream.deadline => {
+                stream.timed_out();
+                return Err(HttpError::GatewayTimeout);
+            }
+        };
+        match first {
+            Some(Event::Start(status, headers)) => {
+                stream.events = Some(events);
+                build_response(status, headers, stream)
+            }
+            Some(Event::Error(_)) => {
+                stream.done = true;
+                Err(HttpError::Internal)
+            }
+            Some(Event::End | Event::Body(_)) => {
+                stream.done = true;
+                tracing::error!(pool = %self.shared.config.name, "worker sent a body before its headers");
+                Err(HttpError::BadGateway)
+            }
+            Some(Event::Gone) | None => {
+                stream.done = true;
+                Err(HttpError::BadGateway)
+            }
+        }
+    }
+
+    /// The live worker with the fewest requests in flight, waiting for one while none is up.
+    async fn pick(&self) -> Arc<Worker> {
+        loop {
+            let notified = self.shared.changed.notified();
+            let best = self
+                .shared
+                .slots
+                .iter()
+                .filter_map(|slot| slot.lock().ok().and_then(|w| w.clone()))
+                .filter(|w| w.alive.load(Ordering::Acquire))
+                .min_by_key(|w| w.in_flight.load(Ordering::Acquire));
+            if let Some(worker) = best {
+                return worker;
+            }
+            notified.await;
+        }
+    }
+
+    /// Process ids of the live workers (for tests and logs).
+    pub fn pids(&self) -> Vec<u32> {
+        self.shared
+            .slots
+            .iter()
+            .filter_map(|s| s.lock().ok().and_then(|w| w.as_ref().map(|w| w.pid)))
+            .collect()
+    }
+}
+
+fn build_response(
+    status: u16,
+    headers: Vec<(String, Vec<u8>)>,
+    stream: ResponseStream,
+) -> Result<Response<Body>, HttpError> {
+    let status = StatusCode::from_u16(status).map_err(|_| HttpError::BadGateway)?;
+    let mut response = Response::new(Body::Empty);
+    *response.status_mut() = status;
+    for (name, value) in headers {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(&value),
+        ) else {
+            tracing::warn!("dropping an invalid header from the app");
+            continue;
+        };
+        response.headers_mut().append(name, value);
+    }
+    *response.body_mut() = Body::Wsgi(Box::new(stream));
+    Ok(response)
+}
+
+/// A response body arriving from a worker; credits the worker as the client takes it.
+#[derive(Debug)]
+pub struct ResponseStream {
+    worker: Arc<Worker>,
+    id: u32,
+    events: Option<mpsc::UnboundedReceiver<Event>>,
+    _permit: OwnedSemaphorePermit,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    done: bool,
+    timeout: Duration,
+}
+
+impl ResponseStream {
+    fn timed_out(&mut self) {
+        tracing::error!(pid = self.worker.pid, timeout = ?self.timeout, "request timed out: killing its worker");
+        self.worker.kill.cancel();
+        self.done = true;
+    }
+
+    /// The next piece of the body.
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<std::io::Result<Bytes>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let Some(events) = self.events.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match events.poll_recv(cx) {
+            Poll::Ready(Some(Event::Body(bytes))) => {
+                self.worker
+                    .send(Kind::Credit, self.id, &(bytes.len() as u32).to_be_bytes());
+                Poll::Ready(Some(Ok(bytes)))
+            }
+            Poll::Ready(Some(Event::End)) => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Event::Error(message))) => {
+                self.done = true;
+                Poll::Ready(Some(Err(std::io::Error::other(format!(
+                    "the app failed mid-response: {message}"
+                )))))
+            }
+            Poll::Ready(Some(Event::Start(..)) | Some(Event::Gone) | None) => {
+                self.done = true;
+                Poll::Ready(Some(Err(std::io::Error::other(
+                    "the worker died mid-response",
+                ))))
+            }
+            Poll::Pending => {
+                if self.deadline.as_mut().poll(cx).is_ready() {
+                    self.timed_out();
+                    return Poll::Ready(Some(Err(std::io::Error::other(
+                        "request timed out mid-response",
+                    ))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+use std::future::Future;
+
+impl Drop for ResponseStream {
+    fn drop(&mut self) {
+        if !self.done && self.worker.alive.load(Ordering::Acquire) {
+            // The client went away first: let the worker stop and call close().
+            self.worker.send(Kind::Cancel, self.id, b"");
+        }
+        self.worker.close_stream(self.id);
+    }
+}
+
+/// Spawns waiting for their worker's connection, by worker id.
+type Waiting = Arc<Mutex<HashMap<u32, oneshot::Sender<UnixStream>>>>;
+
+/// Spawns, connects, watches and restarts the workers.
+struct Supervisor {
+    shared: Arc<Shared>,
+    socket: PathBuf,
+}
+
+/// Worker ids handed out per spawn, so a late connection from a dead worker is never mistaken.
+static NEXT_WORKER_ID: AtomicU32 = AtomicU32::new(1);
+
+impl Supervisor {
+    async fn run(self, ready: std::sync::mpsc::Sender<Result<(), PoolError>>) {
+        let listener = match UnixListener::bind(&self.socket) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = ready.send(Err(e.into()));
+                return;
+            }
+        };
+        let waiting: Waiting = Arc::default();
+        tokio::spawn(accept_workers(
+            listener,
+            Arc::clone(&waiting),
+            self.shared.shutdown.clone(),
+        ));
+
+        let mut first = Vec::new();
+        for slot in 0..self.shared.slots.len() {
+            first.push(self.spawn(slot, &waiting).await);
+        }
+        let mut started = Vec::new();
+        for (slot, result) in first.into_iter().enumerate() {
+            match result {
+                Ok(running) => started.push((slot, running)),
+                Err(e) => {
+                    self.shared.shutdown.cancel();
+                    let _ = ready.send(Err(e));
+                    return;
+                }
+            }
+        }
+        tracing::info!(pool = %self.shared.config.name, workers = started.len(), "WSGI workers ready");
+        let _ = ready.send(Ok(()));
+        for (slot, running) in started {
+            let shared = Arc::clone(&self.shared);
+            let waiting = Arc::clone(&waiting);
+            let socket = self.socket.clone();
+            tokio::spawn(async move {
+                Supervisor { shared, socket }
+                    .keep_alive(slot, running, waiting)
+                    .await
+            });
+        }
+        self.shared.shutdown.cancelled().await;
+    }
+
+    /// Watches one slot's worker and replaces it whenever it exits, with backoff on quick deaths.
+    async fn keep_alive(self, slot: usize, mut running: Running, waiting: Waiting) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let started = Instant::now();
+            running.wait(&self.shared.shutdown).await;
+            if let Ok(mut s) = self.shared.slots[slot].lock() {
+                *s = None;
+            }
+            if self.shared.shutdown.is_cancelled() {
+                return;
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                backoff = Duration::from_millis(100);
+            }
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = self.shared.shutdown.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                match self.spawn(slot, &waiting).await {
+                    Ok(next) => {
+                        running = next;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::error!(pool = %self.shared.config.name, error = %e, "cannot restart a worker; retrying")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts one worker and waits for it to connect (or to fail loading the app).
+    async fn spawn(&self, slot: usize, waiting: &Waiting) -> Result<Running, PoolError> {
+        let config = &self.shared.config;
+        let worker_id = NEXT_WORKER_ID.fetch_add(1, Ordering::Relaxed);
+        let mut spec = config.spec.clone();
+        spec.worker_id = worker_id;
+        spec.socket = self.socket.clone();
+        let spec_json =
+            serde_json::to_string(&spec).map_err(|e| PoolError::Start(e.to_string()))?;
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut w) = waiting.lock() {
+            w.insert(worker_id, tx);
+        }
+        let exe = std::env::current_exe()?;
+        let mut command = tokio::process::Command::new(exe);
+        command
+            .arg("__worker")
+            .env(WORKER_ENV, spec_json)
+            // The embedded interpreter finds its standard library under the chosen Python's base prefix.
+            .env("PYTHONHOME", &spec.interpreter.base_prefix)
+            .envs(config.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let mut child = command.spawn()?;
+        let pid = child.id().unwrap_or(0);
+        let connected = tokio::select! {
+            stream = rx => stream.map_err(|_| PoolError::Start("connection lost".into())),
+            status = child.wait() => {
+                let status = status?;
+                if status.code() == Some(i32::from(EXIT_APP_LOAD_FAILED)) {
+                    Err(PoolError::AppLoad { app: spec.app.clone() })
+                } else {
+                    Err(PoolError::Start(format!("worker exited with {status} before connecting")))
+                }
+            }
+            () = tokio::time::sleep(Duration::from_secs(60)) => Err(PoolError::Start("no connection within 60s".into())),
+        };
+        if let Ok(mut w) = waiting.lock() {
+            w.remove(&worker_id);
+        }
+        let stream = connected?;
+        let (frames_tx, frames_rx) = mpsc::unbounded_channel();
+        let worker = Arc::new(Worker {
+            pid,
+            frames: frames_tx,
+            streams: Mutex::new(HashMap::new()),
+            in_flight: AtomicUsize::new(0),
+            next_stream: AtomicU32::new(1),
+            alive: AtomicBool::new(true),
+            kill: CancellationToken::new(),
+        });
+        if let Ok(mut s) = self.shared.slots[slot].lock() {
+            *s = Some(Arc::clone(&worker));
+        }
+        self.shared.changed.notify_waiters();
+        tracing::debug!(pool = %config.name, pid, "worker connected");
+        let (reader, writer) = stream.into_split();
+        tokio::spawn(write_frames(writer, frames_rx));
+        Ok(Running {
+            worker,
+            child,
+            reader,
+        })
+    }
+}
+
+/// A connected worker process.
+struct Running {
+    worker: Arc<Worker>,
+    child: tokio::process::Child,
+    reader: tokio::net::unix::OwnedReadHalf,
+}
+
+impl Running {
+    /// Serves the worker's frames until it exits, is killed, or the pool shuts down.
+    async fn wait(&mut self, shutdown: &CancellationToken) {
+        let worker = Arc::clone(&self.worker);
+        let reason = tokio::select! {
+            result = read_frames(&mut self.reader, &worker) => result.err().map_or("closed its connection".to_string(), |e| e.to_string()),
+            status = self.child.wait() => status.map_or_else(|e| e.to_string(), |s| format!("exited with {s}")),
+            () = worker.kill.cancelled() => "killed after a request timed out".to_string(),
+            () = shutdown.cancelled() => "stopped".to_string(),
+        };
+        worker.fail_all();
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+        if !shutdown.is_cancelled() {
+            tracing::warn!(pid = worker.pid, %reason, "worker gone; its requests in flight get 502, restarting it");
+        }
+    }
+}
+
+async fn read_frames(
+    reader: &mut tokio::net::unix::OwnedReadHalf,
+    worker: &Worker,
+) -> std::io::Result<()> {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    loop {
+        if reader.read_buf(&mut buf).await? == 0 {
+            return Ok(());
+        }
+        while let Some(f) = frame::take_frame(&mut buf)? {
+            let event = match f.kind {
+                Kind::Start => match frame::decode_start(f.payload) {
+                    Ok((status, _reason, headers)) => Event::Start(status, headers),
+                    Err(e) => Event::Error(e.to_string()),
+                },
+                Kind::Body => Event::Body(f.payload),
+                Kind::End => Event::End,
+                Kind::Error => Event::Error(String::from_utf8_lossy(&f.payload).into_owned()),
+                other => {
+                    tracing::warn!(?other, "unexpected frame from a worker");
+                    continue;
+                }
+            };
+            worker.deliver(f.stream, event);
+        }
+    }
+}
+
+/// Writes queued frames, coalescing whatever is waiting into one write.
+async fn write_frames(
+    mut writer: tokio::net::unix::OwnedWriteHalf,
+    mut frames: mpsc::UnboundedReceiver<Vec<u8>>,
+) {
+    let mut batch = Vec::with_capacity(64 * 1024);
+    while let Some(first) = frames.recv().await {
+        batch.clear();
+        batch.extend_from_slice(&first);
+        while batch.len() < 1 << 20 {
+            match frames.try_recv() {
+                Ok(more) => batch.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        if writer.write_all(&batch).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Accepts worker connections and hands each to the spawn waiting for its hello.
+async fn accept_workers(listener: UnixListener, waiting: Waiting, shutdown: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = shutdown.cancelled() => return,
+        };
+        let Ok((mut stream, _)) = accepted else {
+            continue;
+        };
+        let waiting = Arc::clone(&waiting);
+        tokio::spawn(async move {
+            let mut hello = [0u8; frame::HEADER_LEN + 4];
+            let read =
+                tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut hello)).await;
+            if !matches!(read, Ok(Ok(_))) || hello[4] != Kind::Hello as u8 {
+                return;
+            }
+            let id = u32::from_be_bytes([hello[9], hello[10], hello[11], hello[12]]);
+            let tx = waiting.lock().ok().and_then(|mut w| w.remove(&id));
+            if let Some(tx) = tx {
+                let _ = tx.send(stream);
+            }
+        });
+    }
+}

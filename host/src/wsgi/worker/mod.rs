@@ -1,0 +1,208 @@
+//! The worker process: one embedded CPython serving requests from the front over one socket.
+//!
+//! A reader thread takes frames off the socket and queues requests; `threads` handler threads each keep
+//! a Python thread state for their whole life (the GIL is released while waiting, never the thread
+//! state, which would cost an allocation per request) and run the app. Responses go back as frames;
+//! a handler collects a response's frames and writes them in one call.
+
+mod app;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
+
+use bytes::BytesMut;
+use pyo3::prelude::*;
+
+use super::WorkerSpec;
+use super::frame::{self, Kind, WireRequest};
+
+/// Exit status telling the supervisor the app could not be loaded (retrying will not help).
+pub const EXIT_APP_LOAD_FAILED: u8 = 3;
+
+/// How many response-body bytes a worker may send ahead of what the client has taken.
+pub const WINDOW: i64 = 1 << 20;
+
+/// Flow control and cancellation for one request in flight.
+#[derive(Debug, Default)]
+struct Stream {
+    window: Mutex<i64>,
+    more: Condvar,
+    cancelled: AtomicBool,
+}
+
+/// The socket to the front and the requests in flight on it.
+#[derive(Debug)]
+struct Conn {
+    writer: Mutex<UnixStream>,
+    streams: Mutex<HashMap<u32, Arc<Stream>>>,
+}
+
+impl Conn {
+    fn send(&self, bytes: &[u8]) -> std::io::Result<()> {
+        let mut w = self
+            .writer
+            .lock()
+            .map_err(|_| std::io::Error::other("writer lock poisoned"))?;
+        w.write_all(bytes)
+    }
+
+    fn open(&self, id: u32) -> Arc<Stream> {
+        let stream = Arc::new(Stream {
+            window: Mutex::new(WINDOW),
+            ..Stream::default()
+        });
+        if let Ok(mut streams) = self.streams.lock() {
+            streams.insert(id, Arc::clone(&stream));
+        }
+        stream
+    }
+
+    fn close(&self, id: u32) {
+        if let Ok(mut streams) = self.streams.lock() {
+            streams.remove(&id);
+        }
+    }
+
+    fn stream(&self, id: u32) -> Option<Arc<Stream>> {
+        self.streams.lock().ok().and_then(|s| s.get(&id).cloned())
+    }
+}
+
+/// Runs a worker: load the app, connect, serve until the front closes the socket.
+pub fn main(spec: WorkerSpec) -> ExitCode {
+    if let Some(dir) = &spec.chdir {
+        if let Err(e) = std::env::set_current_dir(dir) {
+            eprintln!("gatehouse worker: cannot chdir to {}: {e}", dir.display());
+            return ExitCode::from(EXIT_APP_LOAD_FAILED);
+        }
+    }
+    Python::initialize();
+    let app = match Python::attach(|py| app::load(py, &spec)) {
+        Ok(app) => app,
+        Err(message) => {
+            eprintln!(
+                "gatehouse worker: cannot load the WSGI app {:?}:\n{message}",
+                spec.app
+            );
+            return ExitCode::from(EXIT_APP_LOAD_FAILED);
+        }
+    };
+    let socket = match UnixStream::connect(&spec.socket) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!(
+                "gatehouse worker: cannot connect to {}: {e}",
+                spec.socket.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let writer = match socket.try_clone() {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("gatehouse worker: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let conn = Arc::new(Conn {
+        writer: Mutex::new(writer),
+        streams: Mutex::new(HashMap::new()),
+    });
+    let mut hello = Vec::new();
+    frame::write_frame(&mut hello, Kind::Hello, 0, &spec.worker_id.to_be_bytes());
+    if conn.send(&hello).is_err() {
+        return ExitCode::FAILURE;
+    }
+
+    let (jobs_tx, jobs_rx) = mpsc::channel::<(u32, WireRequest)>();
+    let jobs_rx = Arc::new(Mutex::new(jobs_rx));
+    let app = Arc::new(app);
+    let mut handlers = Vec::new();
+    for i in 0..spec.threads.max(1) {
+        let jobs = Arc::clone(&jobs_rx);
+        let conn = Arc::clone(&conn);
+        let app = Arc::clone(&app);
+        let flags = app::Flags {
+            multithread: spec.threads > 1,
+            multiprocess: spec.workers > 1,
+        };
+        let spawned = std::thread::Builder::new()
+            .name(format!("wsgi-{i}"))
+            .spawn(move || {
+                Python::attach(|py| {
+                    loop {
+                        let job = py.detach(|| jobs.lock().ok().and_then(|rx| rx.recv().ok()));
+                        let Some((id, request)) = job else { break };
+                        let stream = conn.open(id);
+                        app::handle(py, &app, flags, id, request, &conn, &stream);
+                        conn.close(id);
+                    }
+                });
+            });
+        match spawned {
+            Ok(h) => handlers.push(h),
+            Err(e) => {
+                eprintln!("gatehouse worker: cannot start a thread: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    read_frames(socket, &conn, &jobs_tx);
+    // The front closed the socket: finish nothing more, exit now (the front decides about drains).
+    ExitCode::SUCCESS
+}
+
+/// Reads frames until the front closes the connection, dispatching requests, credits and cancels.
+fn read_frames(mut socket: UnixStream, conn: &Conn, jobs: &mpsc::Sender<(u32, WireRequest)>) {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = match socket.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        loop {
+            let frame = match frame::take_frame(&mut buf) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    eprintln!("gatehouse worker: protocol error from the front: {e}");
+                    return;
+                }
+            };
+            match frame.kind {
+                Kind::Request => match frame::decode_request(frame.payload) {
+                    Ok(req) => {
+                        if jobs.send((frame.stream, req)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => eprintln!("gatehouse worker: bad request frame: {e}"),
+                },
+                Kind::Credit => {
+                    if let (Some(stream), Ok(bytes)) = (
+                        conn.stream(frame.stream),
+                        <[u8; 4]>::try_from(&frame.payload[..]),
+                    ) {
+                        if let Ok(mut w) = stream.window.lock() {
+                            *w += i64::from(u32::from_be_bytes(bytes));
+                        }
+                        stream.more.notify_all();
+                    }
+                }
+                Kind::Cancel => {
+                    if let Some(stream) = conn.stream(frame.stream) {
+                        stream.cancelled.store(true, Ordering::Release);
+                        stream.more.notify_all();
+                    }
+                }
+                other => eprintln!("gatehouse worker: unexpected frame {other:?} from the front"),
+            }
+        }
+    }
+}
