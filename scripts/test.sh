@@ -11,6 +11,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
 fi
 
+# The WSGI tests serve real Flask and Django apps with the python3 on PATH (the one gatehouse embeds).
+python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+
 # The black-box tests run the binary cargo builds here.
 cargo build --locked -p gatehouse
 cargo test --locked --workspace

@@ -139,6 +139,7 @@ pub struct Pool {
 struct Shared {
     config: PoolConfig,
     slots: Vec<Mutex<Option<Arc<Worker>>>>,
+    cursor: AtomicUsize,
     changed: Notify,
     queue: Arc<Semaphore>,
     shutdown: CancellationToken,
@@ -158,6 +159,7 @@ impl Pool {
         let threads = config.spec.threads.max(1);
         let shared = Arc::new(Shared {
             slots: (0..config.workers).map(|_| Mutex::new(None)).collect(),
+            cursor: AtomicUsize::new(0),
             changed: Notify::new(),
             queue: Arc::new(Semaphore::new(config.workers * threads + config.backlog)),
             shutdown: CancellationToken::new(),
@@ -240,11 +242,16 @@ impl Pool {
     async fn pick(&self) -> Arc<Worker> {
         loop {
             let notified = self.shared.changed.notified();
-            let best = self
-                .shared
-                .slots
-                .iter()
-                .filter_map(|slot| slot.lock().ok().and_then(|w| w.clone()))
+            // Ties go round-robin, so an idle pool spreads requests over all its workers.
+            let slots = &self.shared.slots;
+            let start = self.shared.cursor.fetch_add(1, Ordering::Relaxed);
+            let best = (0..slots.len())
+                .filter_map(|i| {
+                    slots[(start + i) % slots.len()]
+                        .lock()
+                        .ok()
+                        .and_then(|w| w.clone())
+                })
                 .filter(|w| w.alive.load(Ordering::Acquire))
                 .min_by_key(|w| w.in_flight.load(Ordering::Acquire));
             if let Some(worker) = best {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use pyo3::exceptions::{PyAssertionError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use super::{Conn, Stream};
 use crate::wsgi::WorkerSpec;
@@ -465,12 +465,20 @@ fn send_iterable(
             return send_file(py, file, state);
         }
     }
+    // A list or tuple is already fully produced, so its blocks may go out together with the end of
+    // the response. Anything else (a generator) may take its time producing the next block, and PEP
+    // 3333 forbids delaying a block meanwhile: each one is written as soon as it is yielded.
+    let produced = iterable.is_instance_of::<PyList>() || iterable.is_instance_of::<PyTuple>();
     for item in iterable.try_iter()? {
         let item = item?;
         let bytes = item
             .cast::<PyBytes>()
             .map_err(|_| PyTypeError::new_err("WSGI response items must be bytes"))?;
-        lock(state)?.send_body(py, bytes.as_bytes())?;
+        let mut response = lock(state)?;
+        response.send_body(py, bytes.as_bytes())?;
+        if !produced {
+            response.flush()?;
+        }
     }
     Ok(())
 }

@@ -1,0 +1,659 @@
+//! The `wsgi` target through the real binary: PEP 3333 behaviour, real Flask and Django apps, the
+//! interpreter choice, and what clients see when workers crash, hang or are overloaded.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use gatehouse_tests::{Gatehouse, client, read_until_close};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+fn apps_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("apps")
+}
+
+/// A config with one WSGI target named `app` over `tests/apps`, plus `extra` target settings.
+fn wsgi_config(app: &str, extra: &str) -> String {
+    format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[targets.app]\nwsgi = \"{app}\"\nchdir = \"{}\"\n{extra}\n",
+        apps_dir().display()
+    )
+}
+
+struct Served {
+    gh: Gatehouse,
+    marks: tempfile::TempDir,
+}
+
+fn serve(app: &str, extra: &str) -> Served {
+    let marks = tempfile::tempdir().expect("tmp");
+    let marks_path = marks.path().display().to_string();
+    let gh = Gatehouse::start_with_env(
+        marks.path(),
+        &wsgi_config(app, extra),
+        &[("GATEHOUSE_TEST_MARKS", &marks_path)],
+    );
+    Served { gh, marks }
+}
+
+fn json(r: reqwest::blocking::Response) -> Value {
+    let status = r.status();
+    let text = r.text().expect("body");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{status}: not JSON ({e}): {text}"))
+}
+
+#[test]
+fn environ_follows_pep_3333() {
+    let s = serve("stdlib_app:app", "workers = 2\nthreads = 2");
+    let r = client()
+        .get(s.gh.url("/environ?x=1&y=%20"))
+        .header("X-Custom", "a")
+        .header("Accept", "text/html")
+        .header("Cookie", "a=1")
+        .send()
+        .expect("get");
+    assert_eq!(r.status(), StatusCode::OK);
+    let env = json(r);
+    assert_eq!(env["REQUEST_METHOD"], "GET");
+    assert_eq!(env["SCRIPT_NAME"], "");
+    assert_eq!(env["PATH_INFO"], "/environ");
+    assert_eq!(env["QUERY_STRING"], "x=1&y=%20");
+    assert_eq!(env["SERVER_PROTOCOL"], "HTTP/1.1");
+    assert_eq!(env["SERVER_NAME"], "127.0.0.1");
+    assert_eq!(env["SERVER_PORT"], s.gh.addr().port().to_string());
+    assert_eq!(env["REMOTE_ADDR"], "127.0.0.1");
+    assert!(
+        env["REMOTE_PORT"]
+            .as_str()
+            .is_some_and(|p| p.parse::<u16>().is_ok())
+    );
+    assert_eq!(env["CONTENT_TYPE"], Value::Null, "absent when absent");
+    assert_eq!(env["CONTENT_LENGTH"], Value::Null);
+    assert_eq!(env["headers"]["HTTP_X_CUSTOM"], "a");
+    assert_eq!(env["headers"]["HTTP_COOKIE"], "a=1");
+    assert_eq!(
+        env["types"],
+        serde_json::json!(["str"]),
+        "every CGI value is a native str"
+    );
+    assert_eq!(env["wsgi"]["version"], serde_json::json!([1, 0]));
+    assert_eq!(env["wsgi"]["url_scheme"], "http");
+    assert_eq!(env["wsgi"]["multithread"], true);
+    assert_eq!(env["wsgi"]["multiprocess"], true);
+    assert_eq!(env["wsgi"]["run_once"], false);
+    assert_eq!(env["wsgi"]["input_terminated"], true);
+
+    // PATH_INFO is percent-decoded, then each byte becomes one code point (latin-1).
+    let env = json(
+        client()
+            .get(s.gh.url("/environ%2Fcaf%C3%A9"))
+            .send()
+            .expect("get"),
+    );
+    let _ = env;
+    let r =
+        s.gh.raw(b"GET /caf%C3%A9 HTTP/1.0\r\n\r\n", Duration::from_secs(5));
+    assert!(
+        r.text().contains("\"path\": \"/caf\\u00c3\\u00a9\""),
+        "{}",
+        r.text()
+    );
+    assert!(
+        !s.gh.stderr().contains("wsgiref"),
+        "the validator found a problem:\n{}",
+        s.gh.stderr()
+    );
+}
+
+#[test]
+fn flags_follow_the_config_and_factories_work() {
+    let s = serve("stdlib_app:make_app()", "workers = 1\nthreads = 1");
+    let env = json(client().get(s.gh.url("/environ")).send().expect("get"));
+    assert_eq!(env["wsgi"]["multithread"], false);
+    assert_eq!(env["wsgi"]["multiprocess"], false);
+    let raw =
+        s.gh.raw(b"GET /environ HTTP/1.0\r\n\r\n", Duration::from_secs(5));
+    assert!(
+        raw.text().contains("\"SERVER_PROTOCOL\": \"HTTP/1.0\""),
+        "{}",
+        raw.text()
+    );
+}
+
+#[test]
+fn wsgi_input_reads_agree_with_each_other() {
+    let s = serve("stdlib_app:app", "");
+    let out = json(
+        client()
+            .post(s.gh.url("/input"))
+            .body("abcdef\nline2\nline3\n")
+            .send()
+            .expect("post"),
+    );
+    assert_eq!(out["read3"], "abc");
+    assert_eq!(out["readline"], "def\n");
+    assert_eq!(out["readline_size2"], "li");
+    assert_eq!(out["readlines"], serde_json::json!(["ne2\n", "line3\n"]));
+    assert_eq!(out["eof_read"], "");
+    assert_eq!(out["eof_readline"], "");
+    let out = json(
+        client()
+            .post(s.gh.url("/iterate"))
+            .body("one\ntwo\nthree")
+            .send()
+            .expect("post"),
+    );
+    assert_eq!(out["lines"], serde_json::json!(["one\n", "two\n", "three"]));
+
+    // A chunked request body is buffered whole and its length given in CONTENT_LENGTH.
+    let raw = s.gh.raw(
+        b"POST /read_all HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    let expected_sum: u32 = b"hello world".iter().map(|&b| u32::from(b)).sum();
+    assert!(
+        raw.text()
+            .contains(&format!("{{\"length\": 11, \"sum\": {expected_sum}}}")),
+        "{}",
+        raw.text()
+    );
+    // A large body arrives intact.
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let out = json(
+        client()
+            .post(s.gh.url("/read_all"))
+            .body(big.clone())
+            .send()
+            .expect("post"),
+    );
+    assert_eq!(out["length"], 3_000_000);
+    assert_eq!(out["sum"], big.iter().map(|&b| u64::from(b)).sum::<u64>());
+}
+
+#[test]
+fn response_bodies_stream_write_and_file_wrapper() {
+    let s = serve("stdlib_app:app", "threads = 2");
+    let text = client()
+        .get(s.gh.url("/stream?4"))
+        .send()
+        .expect("get")
+        .text()
+        .expect("body");
+    assert_eq!(text, "chunk 0\nchunk 1\nchunk 2\nchunk 3\n");
+    assert_eq!(
+        client()
+            .get(s.gh.url("/write"))
+            .send()
+            .expect("get")
+            .text()
+            .expect("body"),
+        "written then returned"
+    );
+
+    // Bigger than the flow-control window many times over, over HTTP/1.1 and HTTP/2.
+    let size = 20 * 1024 * 1024;
+    let expected: Vec<u8> = (0..size).map(|i| (i % 256) as u8).collect();
+    let body = client()
+        .get(s.gh.url(&format!("/big?{size}")))
+        .send()
+        .expect("get")
+        .bytes()
+        .expect("body");
+    assert!(
+        body.as_ref() == expected.as_slice(),
+        "HTTP/1.1 body differs ({} bytes)",
+        body.len()
+    );
+    let body = gatehouse_tests::h2_client()
+        .get(s.gh.url(&format!("/big?{size}")))
+        .send()
+        .expect("get")
+        .bytes()
+        .expect("body");
+    assert!(
+        body.as_ref() == expected.as_slice(),
+        "HTTP/2 body differs ({} bytes)",
+        body.len()
+    );
+
+    let file: Vec<u8> = (0..1_000_000u32).map(|i| (i * 13 % 256) as u8).collect();
+    std::fs::write(s.marks.path().join("file.bin"), &file).expect("write");
+    let body = client()
+        .get(s.gh.url("/file"))
+        .send()
+        .expect("get")
+        .bytes()
+        .expect("body");
+    assert!(
+        body.as_ref() == file.as_slice(),
+        "file_wrapper body differs"
+    );
+    assert!(!s.gh.stderr().contains("wsgiref"), "{}", s.gh.stderr());
+}
+
+#[test]
+fn close_is_called_on_every_iterable() {
+    let s = serve("stdlib_app:app", "");
+    assert_eq!(
+        client()
+            .get(s.gh.url("/close?normal"))
+            .send()
+            .expect("get")
+            .text()
+            .expect("body"),
+        "ab"
+    );
+    let mark = s.marks.path().join("normal");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !mark.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        std::fs::read_to_string(mark).expect("close() ran"),
+        "closed"
+    );
+}
+
+#[test]
+fn app_errors_are_500_with_the_traceback_in_the_log_only() {
+    let s = serve("stdlib_app:app", "");
+    let r = client().get(s.gh.url("/error")).send().expect("get");
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        !r.text().expect("body").contains("SECRET-TRACEBACK-MARKER"),
+        "no traceback in the response"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !s.gh.stderr().contains("SECRET-TRACEBACK-MARKER") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = s.gh.stderr();
+    assert!(
+        log.contains("Traceback") && log.contains("SECRET-TRACEBACK-MARKER"),
+        "{log}"
+    );
+
+    assert_eq!(
+        client().get(s.gh.url("/hop")).send().expect("get").status(),
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    let r = client().get(s.gh.url("/exc_info")).send().expect("get");
+    assert_eq!(
+        r.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a second start_response with exc_info replaces the first"
+    );
+    assert_eq!(r.text().expect("body"), "replaced");
+
+    // An error after the headers went out: the connection ends without a proper end of body.
+    let mut stream = TcpStream::connect(s.gh.addr()).expect("connect");
+    stream
+        .write_all(b"GET /late_error HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let ex = read_until_close(&mut stream, Duration::from_secs(5));
+    // (hyper may not have flushed the first part before it saw the error; either way the response is
+    // visibly incomplete, and it is not turned into a 500 after a 200 was promised).
+    let text = ex.text();
+    assert!(
+        ex.closed && !text.ends_with("0\r\n\r\n") && !text.contains(" 500 "),
+        "{text}"
+    );
+
+    // And the worker keeps serving.
+    assert_eq!(
+        client()
+            .get(s.gh.url("/environ"))
+            .send()
+            .expect("get")
+            .status(),
+        StatusCode::OK
+    );
+}
+
+#[test]
+fn content_length_from_the_app_is_respected_and_bodiless_statuses_have_none() {
+    let s = serve("stdlib_app:app", "");
+    let mut stream = TcpStream::connect(s.gh.addr()).expect("connect");
+    stream
+        .write_all(b"GET /short HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let ex = read_until_close(&mut stream, Duration::from_secs(5));
+    assert!(
+        ex.closed,
+        "a body shorter than its Content-Length closes the connection"
+    );
+    // Whatever arrived before the close, it is never a complete 100-byte body.
+    let text = ex.text();
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    assert!(body.len() < 100, "{text}");
+
+    let r = client().get(s.gh.url("/long")).send().expect("get");
+    assert_eq!(
+        r.text().expect("body"),
+        "12345",
+        "a body longer than its Content-Length is cut"
+    );
+
+    let r = client().head(s.gh.url("/environ")).send().expect("head");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.bytes().expect("body").is_empty());
+    let ex = s.gh.raw(
+        b"GET /no_content HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    assert!(ex.text().starts_with("HTTP/1.1 204"), "{}", ex.text());
+    assert!(
+        ex.text().ends_with("\r\n\r\n"),
+        "no body after a 204: {:?}",
+        ex.text()
+    );
+}
+
+fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn crashed_workers_give_502_and_are_replaced() {
+    let s = serve("stdlib_app:app", "workers = 2");
+    for path in ["/crash", "/segfault"] {
+        let r = client().get(s.gh.url(path)).send().expect("get");
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY, "{path}");
+        // The pool recovers: requests succeed again once the worker is back.
+        wait_for("a replacement worker", || {
+            client()
+                .get(s.gh.url("/environ"))
+                .send()
+                .is_ok_and(|r| r.status() == StatusCode::OK)
+        });
+    }
+    let pids: std::collections::HashSet<_> = (0..20)
+        .map(|_| json(client().get(s.gh.url("/environ")).send().expect("get"))["pid"].as_u64())
+        .collect();
+    assert_eq!(pids.len(), 2, "two live workers again: {pids:?}");
+}
+
+#[test]
+fn a_request_past_the_timeout_gets_504_and_its_worker_is_replaced() {
+    let s = serve("stdlib_app:app", "timeout = \"1s\"");
+    let before = json(client().get(s.gh.url("/environ")).send().expect("get"))["pid"].clone();
+    let started = Instant::now();
+    let r = client().get(s.gh.url("/sleep?30")).send().expect("get");
+    assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    wait_for("a replacement worker", || {
+        client()
+            .get(s.gh.url("/environ"))
+            .send()
+            .is_ok_and(|r| r.status() == StatusCode::OK)
+    });
+    let after = json(client().get(s.gh.url("/environ")).send().expect("get"))["pid"].clone();
+    assert_ne!(before, after, "the hung worker was killed and replaced");
+}
+
+#[test]
+fn a_full_queue_answers_503_at_once() {
+    let s = serve(
+        "stdlib_app:app",
+        "workers = 1\nthreads = 1\nbacklog = 1\ntimeout = \"20s\"",
+    );
+    let url = s.gh.url("/sleep?2");
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || client().get(url).send().expect("slow").status())
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let r = client().get(s.gh.url("/environ")).send().expect("get");
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "no waiting: {:?}",
+        started.elapsed()
+    );
+    for t in slow {
+        assert_eq!(
+            t.join().expect("thread"),
+            StatusCode::OK,
+            "the running and the queued request both finish"
+        );
+    }
+}
+
+#[test]
+fn flask_app() {
+    let s = serve("flask_app:app", "threads = 4");
+    let c = client();
+    let out = json(c.get(s.gh.url("/json?q=search")).send().expect("get"));
+    assert_eq!(out["message"], "hello");
+    assert_eq!(out["args"]["q"], "search");
+    let out = json(
+        c.post(s.gh.url("/form"))
+            .form(&[("name", "Zoë"), ("tag", "a"), ("tag", "b")])
+            .send()
+            .expect("post"),
+    );
+    assert_eq!(out["name"], "Zoë");
+    assert_eq!(out["tags"], serde_json::json!(["a", "b"]));
+    let out = json(
+        c.post(s.gh.url("/echo-json"))
+            .json(&serde_json::json!({"k": [1, 2]}))
+            .send()
+            .expect("post"),
+    );
+    assert_eq!(out["received"]["k"], serde_json::json!([1, 2]));
+
+    let upload: Vec<u8> = (0..300_000u32).map(|i| (i % 256) as u8).collect();
+    let boundary = "gatehouse-boundary";
+    let mut multipart = format!("--{boundary}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\nhi\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"data.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n").into_bytes();
+    multipart.extend_from_slice(&upload);
+    multipart.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let out = json(
+        c.post(s.gh.url("/upload"))
+            .header(
+                "Content-Type",
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .body(multipart)
+            .send()
+            .expect("upload"),
+    );
+    assert_eq!(out["filename"], "data.bin");
+    assert_eq!(out["size"], 300_000);
+    assert_eq!(out["note"], "hi");
+    let sha = Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().expect("stdin").write_all(&upload)?;
+            child.wait_with_output()
+        });
+    let sha = String::from_utf8_lossy(&sha.expect("sha256sum").stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    assert_eq!(out["sha256"], sha);
+
+    assert_eq!(
+        c.get(s.gh.url("/stream"))
+            .send()
+            .expect("get")
+            .text()
+            .expect("body"),
+        "line 0\nline 1\nline 2\nline 3\nline 4\n"
+    );
+    let r = c.get(s.gh.url("/set-cookie")).send().expect("get");
+    let cookies: Vec<_> = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().expect("ascii").to_string())
+        .collect();
+    assert_eq!(cookies.len(), 2, "{cookies:?}");
+    assert!(
+        cookies
+            .iter()
+            .any(|c| c.starts_with("session=abc123") && c.contains("HttpOnly")),
+        "{cookies:?}"
+    );
+    let out = json(
+        c.get(s.gh.url("/cookies"))
+            .header("Cookie", "a=1; b=2")
+            .send()
+            .expect("get"),
+    );
+    assert_eq!(out, serde_json::json!({"a": "1", "b": "2"}));
+    assert_eq!(
+        c.get(s.gh.url("/boom")).send().expect("get").status(),
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+}
+
+#[test]
+fn django_project_mounted_under_a_prefix() {
+    let config = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[targets.app]\nwsgi = \"djangosite.wsgi:application\"\nchdir = \"{}\"\nmount = \"/shop\"\n",
+        apps_dir().join("djangosite").display()
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let gh = Gatehouse::start(dir.path(), &config);
+    let c = client();
+    let r = c.get(gh.url("/shop/hello/")).send().expect("get");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.text().expect("body"),
+        "hello from django, script='/shop' path=/shop/hello/"
+    );
+    let out = json(
+        c.post(gh.url("/shop/submit/"))
+            .form(&[("name", "gatehouse"), ("x", "1")])
+            .send()
+            .expect("post"),
+    );
+    assert_eq!(out, serde_json::json!({"name": "gatehouse", "count": 2}));
+    let r = c.get(gh.url("/shop/download/")).send().expect("get");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        r.headers()["content-disposition"]
+            .to_str()
+            .expect("ascii")
+            .contains("settings.py")
+    );
+    let expected =
+        std::fs::read(apps_dir().join("djangosite/djangosite/settings.py")).expect("read");
+    assert_eq!(r.bytes().expect("body").as_ref(), expected.as_slice());
+    assert_eq!(
+        c.get(gh.url("/elsewhere")).send().expect("get").status(),
+        StatusCode::NOT_FOUND,
+        "outside the mount"
+    );
+}
+
+#[test]
+fn a_virtualenv_package_installed_with_its_own_pip_is_importable() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let venv = dir.path().join("venv");
+    let ok = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .status()
+        .expect("python3 -m venv");
+    assert!(ok.success());
+    // A package that exists nowhere else: built here and installed with the venv's own pip.
+    let pkg = dir.path().join("pkg");
+    std::fs::create_dir_all(pkg.join("gatehouse_venv_probe")).expect("mkdir");
+    std::fs::write(
+        pkg.join("gatehouse_venv_probe/__init__.py"),
+        "MESSAGE = 'from the venv'\n",
+    )
+    .expect("write");
+    std::fs::write(
+        pkg.join("pyproject.toml"),
+        "[build-system]\nrequires = [\"setuptools\"]\nbuild-backend = \"setuptools.build_meta\"\n[project]\nname = \"gatehouse-venv-probe\"\nversion = \"1.0\"\n",
+    )
+    .expect("write");
+    let out = Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet"])
+        .arg(&pkg)
+        .output()
+        .expect("pip");
+    assert!(
+        out.status.success(),
+        "pip install failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(
+        dir.path().join("venvapp.py"),
+        "import sys, gatehouse_venv_probe\n\ndef app(environ, start_response):\n    body = ('%s|%s' % (gatehouse_venv_probe.MESSAGE, sys.prefix)).encode()\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [body]\n",
+    )
+    .expect("write");
+    let config = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[targets.app]\nwsgi = \"venvapp:app\"\nvirtualenv = \"{}\"\n",
+        venv.display()
+    );
+    let gh = Gatehouse::start(dir.path(), &config);
+    let text = client()
+        .get(gh.url("/"))
+        .send()
+        .expect("get")
+        .text()
+        .expect("body");
+    assert_eq!(text, format!("from the venv|{}", venv.display()));
+
+    // The same through $VIRTUAL_ENV, as after `source venv/bin/activate`.
+    let config = "[server]\nlisten = [\"127.0.0.1:0\"]\n[targets.app]\nwsgi = \"venvapp:app\"\n";
+    let venv_str = venv.display().to_string();
+    let gh = Gatehouse::start_with_env(dir.path(), config, &[("VIRTUAL_ENV", &venv_str)]);
+    let text = client()
+        .get(gh.url("/"))
+        .send()
+        .expect("get")
+        .text()
+        .expect("body");
+    assert_eq!(text, format!("from the venv|{}", venv.display()));
+}
+
+#[test]
+fn an_app_that_fails_to_import_stops_startup_with_its_traceback() {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        dir.path().join("broken.py"),
+        "import this_module_does_not_exist\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("g.toml"),
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[targets.app]\nwsgi = \"broken:app\"\n",
+    )
+    .expect("write");
+    let out = Command::new(gatehouse_tests::binary())
+        .args(["-c", "g.toml"])
+        .current_dir(dir.path())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ModuleNotFoundError") && err.contains("this_module_does_not_exist"),
+        "{err}"
+    );
+    assert!(
+        err.contains("target `app`") && err.contains("failed to load"),
+        "{err}"
+    );
+}
