@@ -9,6 +9,8 @@ Examples:
   gatehouse -c gatehouse.toml                  serve with a config file
   gatehouse -c gatehouse.toml --ready-file r   also write the bound addresses to r once listening
   gatehouse check -c gatehouse.toml            validate a config file and exit 0 (valid) or 1
+  gatehouse app:app                            quick mode: serve a WSGI app on 127.0.0.1:8000
+  gatehouse mysite.wsgi:application -b 0.0.0.0:8000 -w 4 --threads 2
   RUST_LOG=debug gatehouse -c gatehouse.toml   more logging (overrides [log] level)";
 
 /// One binary that does the jobs of Nginx and Gunicorn.
@@ -25,8 +27,55 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub ready_file: Option<PathBuf>,
     /// Quick mode: serve the WSGI application MODULE:CALLABLE without a config file (like `gunicorn app:app`).
-    #[arg(value_name = "MODULE:CALLABLE")]
+    #[arg(value_name = "MODULE:CALLABLE", conflicts_with = "config")]
     pub app: Option<String>,
+    /// Quick mode: address to listen on (IP:PORT or unix:PATH); repeatable.
+    #[arg(short, long, value_name = "ADDR", requires = "app")]
+    pub bind: Vec<String>,
+    /// Quick mode: worker processes.
+    #[arg(short, long, value_name = "N", requires = "app")]
+    pub workers: Option<u32>,
+    /// Quick mode: threads per worker.
+    #[arg(long, value_name = "N", requires = "app")]
+    pub threads: Option<u32>,
+    /// Quick mode: request timeout, e.g. 30s.
+    #[arg(long, value_name = "DURATION", requires = "app")]
+    pub timeout: Option<String>,
+    /// Quick mode: directory to import the app from (default: the current directory).
+    #[arg(long, value_name = "DIR", requires = "app")]
+    pub chdir: Option<PathBuf>,
+}
+
+impl Cli {
+    /// The config quick mode stands for: one WSGI target over the current directory receiving everything.
+    pub fn quick_config(&self) -> Option<String> {
+        let app = self.app.as_ref()?;
+        let quote = |s: &str| toml::Value::String(s.to_string()).to_string();
+        let binds = if self.bind.is_empty() {
+            vec!["127.0.0.1:8000".to_string()]
+        } else {
+            self.bind.clone()
+        };
+        let listen: Vec<String> = binds.iter().map(|b| quote(b)).collect();
+        let mut text = format!(
+            "[server]\nlisten = [{}]\n\n[targets.app]\nwsgi = {}\n",
+            listen.join(", "),
+            quote(app)
+        );
+        if let Some(n) = self.workers {
+            text.push_str(&format!("workers = {n}\n"));
+        }
+        if let Some(n) = self.threads {
+            text.push_str(&format!("threads = {n}\n"));
+        }
+        if let Some(t) = &self.timeout {
+            text.push_str(&format!("timeout = {}\n", quote(t)));
+        }
+        if let Some(dir) = &self.chdir {
+            text.push_str(&format!("chdir = {}\n", quote(&dir.display().to_string())));
+        }
+        Some(text)
+    }
 }
 
 /// Subcommands.

@@ -1,6 +1,6 @@
 //! The `gatehouse` binary: parse the command line, then hand over to the library.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
@@ -17,7 +17,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Check { config }) => check(&config),
         Some(Command::Worker) => return gatehouse::wsgi::worker_main(),
-        None => serve(cli.config, cli.app, cli.ready_file),
+        None => serve(&cli),
     };
     match result {
         Ok(code) => code,
@@ -46,19 +46,18 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn serve(
-    config: Option<PathBuf>,
-    app: Option<String>,
-    ready_file: Option<PathBuf>,
-) -> anyhow::Result<ExitCode> {
-    let path = match (config, app) {
-        (Some(path), None) => path,
-        (_, Some(app)) => {
-            bail!("quick mode ({app}) needs the WSGI target, which is not built yet; use -c FILE")
+fn serve(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let config = match (&cli.config, cli.quick_config()) {
+        (Some(path), None) => Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?,
+        (None, Some(text)) => {
+            let cwd = std::env::current_dir().context("reading the current directory")?;
+            Config::parse(&text, "<command line>", &cwd).map_err(|e| anyhow::anyhow!("{e}"))?
         }
-        (None, None) => bail!("nothing to serve: give a config file with -c FILE (see --help)"),
+        _ => bail!(
+            "nothing to serve: give a config file with -c FILE, or an app as MODULE:CALLABLE (see --help)"
+        ),
     };
-    let config = Config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ready_file = cli.ready_file.clone();
     gatehouse::logging::init(&config.log.level).map_err(anyhow::Error::msg)?;
     let (access_log, flusher) = AccessLog::start(&config.log).context("opening the access log")?;
 

@@ -62,13 +62,19 @@ impl Gatehouse {
     pub fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Gatehouse {
         let config_path = dir.join("gatehouse.toml");
         std::fs::write(&config_path, config).expect("write config");
+        let config_arg = config_path.display().to_string();
+        Self::start_args(dir, &["-c", &config_arg], env)
+    }
+
+    /// Starts `gatehouse ARGS... --ready-file DIR/ready` in `dir`; waits until it listens.
+    pub fn start_args(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Gatehouse {
         let ready = dir.join("ready");
         let _ = std::fs::remove_file(&ready);
         let mut cmd = Command::new(binary());
-        cmd.arg("-c")
-            .arg(&config_path)
+        cmd.args(args)
             .arg("--ready-file")
-            .arg(&ready);
+            .arg(&ready)
+            .current_dir(dir);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -35,9 +35,14 @@ fn version_and_help() {
     let (code, _, err) = run(&[], dir.path());
     assert_eq!(code, 1);
     assert!(err.contains("-c FILE"), "{err}");
-    let (code, _, err) = run(&["app:app"], dir.path());
+    let (code, _, err) = run(&["no_such_module:app", "--bind", "127.0.0.1:0"], dir.path());
     assert_eq!(code, 1);
-    assert!(err.contains("quick mode"), "{err}");
+    assert!(err.contains("No module named 'no_such_module'"), "{err}");
+    let (code, _, err) = run(&["app:app", "-c", "x.toml"], dir.path());
+    assert_eq!(
+        code, 2,
+        "a config file and an app exclude each other: {err}"
+    );
 }
 
 #[test]

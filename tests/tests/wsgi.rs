@@ -657,3 +657,24 @@ fn an_app_that_fails_to_import_stops_startup_with_its_traceback() {
         "{err}"
     );
 }
+
+#[test]
+fn quick_mode_serves_an_app_without_a_config_file() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let apps = apps_dir().display().to_string();
+    let args = [
+        "stdlib_app:app",
+        "--chdir",
+        &apps,
+        "--bind",
+        "127.0.0.1:0",
+        "--workers",
+        "2",
+        "--threads",
+        "2",
+    ];
+    let gh = Gatehouse::start_args(dir.path(), &args, &[]);
+    let env = json(client().get(gh.url("/environ")).send().expect("get"));
+    assert_eq!(env["wsgi"]["multiprocess"], true);
+    assert_eq!(env["wsgi"]["multithread"], true);
+}
