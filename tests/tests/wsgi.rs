@@ -678,3 +678,43 @@ fn quick_mode_serves_an_app_without_a_config_file() {
     assert_eq!(env["wsgi"]["multiprocess"], true);
     assert_eq!(env["wsgi"]["multithread"], true);
 }
+
+#[test]
+fn proxy_headers_are_believed_only_from_trusted_peers() {
+    let spoof = |s: &Served| {
+        json(
+            client()
+                .get(s.gh.url("/environ"))
+                .header("X-Forwarded-For", "203.0.113.5")
+                .header("X-Forwarded-Proto", "https")
+                .send()
+                .expect("get"),
+        )
+    };
+    let untrusted = serve("stdlib_app:app", "");
+    let env = spoof(&untrusted);
+    assert_eq!(env["REMOTE_ADDR"], "127.0.0.1");
+    assert_eq!(env["wsgi"]["url_scheme"], "http");
+    assert_eq!(
+        env["headers"]["HTTP_X_FORWARDED_FOR"], "203.0.113.5",
+        "the header itself still reaches the app"
+    );
+
+    let trusted = serve(
+        "stdlib_app:app",
+        "forwarded_allow_ips = [\"127.0.0.1\", \"::1\"]",
+    );
+    let env = spoof(&trusted);
+    assert_eq!(env["REMOTE_ADDR"], "203.0.113.5");
+    assert_eq!(
+        env["REMOTE_PORT"],
+        Value::Null,
+        "a forwarded client's port is unknown"
+    );
+    assert_eq!(env["wsgi"]["url_scheme"], "https");
+    assert!(
+        !trusted.gh.stderr().contains("wsgiref"),
+        "{}",
+        trusted.gh.stderr()
+    );
+}

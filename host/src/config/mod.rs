@@ -162,6 +162,9 @@ pub struct WsgiConfig {
     pub virtualenv: Option<PathBuf>,
     /// Extra environment variables for the workers.
     pub env: BTreeMap<String, String>,
+    /// Peers whose `X-Forwarded-*` / `Forwarded` headers are believed (none by default: Gatehouse is
+    /// usually the edge).
+    pub forwarded_allow_ips: crate::wsgi::forwarded::Trusted,
 }
 
 /// `static = "DIR"` target options.
@@ -356,6 +359,7 @@ struct RawTarget {
     python: Option<String>,
     virtualenv: Option<String>,
     env: Option<BTreeMap<String, String>>,
+    forwarded_allow_ips: Option<Spanned<Vec<String>>>,
 }
 
 impl RawConfig {
@@ -700,6 +704,12 @@ impl RawTarget {
         };
         let workers = count(&self.workers, "workers", 1);
         let threads = count(&self.threads, "threads", 1);
+        let trusted = match &self.forwarded_allow_ips {
+            None => Ok(crate::wsgi::forwarded::Trusted::default()),
+            Some(list) => crate::wsgi::forwarded::Trusted::parse(list.get_ref()).map_err(|e| {
+                errors.push(doc.error(list.span(), &format!("{key}.forwarded_allow_ips"), e))
+            }),
+        };
         if errors.len() > before {
             return None;
         }
@@ -722,6 +732,7 @@ impl RawTarget {
             }),
             virtualenv: self.virtualenv.as_ref().map(path),
             env: self.env.clone().unwrap_or_default(),
+            forwarded_allow_ips: trusted.ok()?,
         }))
     }
 
@@ -790,6 +801,7 @@ impl RawTarget {
             || self.python.is_some()
             || self.virtualenv.is_some()
             || self.env.is_some()
+            || self.forwarded_allow_ips.is_some()
     }
 }
 

@@ -4,7 +4,7 @@
 //! PEP 3333 requires, so any byte in a path or header survives the trip. The worker adds the `wsgi.*`
 //! objects (input, errors, file_wrapper, flags).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use http::Version;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST};
@@ -13,8 +13,10 @@ use http::request::Parts;
 /// What the environ needs besides the request head.
 #[derive(Debug, Clone)]
 pub struct Origin<'a> {
-    /// The client; `None` on a Unix socket.
-    pub client: Option<SocketAddr>,
+    /// The client's IP (after trusted proxy headers); `None` on a Unix socket.
+    pub remote_ip: Option<IpAddr>,
+    /// The client's port, when the client is the peer itself.
+    pub remote_port: Option<u16>,
     /// The local address the request came in on, for `SERVER_NAME`/`SERVER_PORT` without a Host.
     pub local: Option<SocketAddr>,
     /// `http` or `https` (after trusted proxy headers).
@@ -49,12 +51,12 @@ pub fn build(req: &Parts, origin: &Origin<'_>, body_len: usize) -> Vec<(String, 
     let (name, port) = server_name_port(req, origin);
     put("SERVER_NAME", name.as_bytes());
     put("SERVER_PORT", port.as_bytes());
-    match origin.client {
-        Some(addr) => {
-            put("REMOTE_ADDR", addr.ip().to_string().as_bytes());
-            put("REMOTE_PORT", addr.port().to_string().as_bytes());
-        }
+    match origin.remote_ip {
+        Some(ip) => put("REMOTE_ADDR", ip.to_string().as_bytes()),
         None => put("REMOTE_ADDR", b"unix"),
+    }
+    if let Some(port) = origin.remote_port {
+        put("REMOTE_PORT", port.to_string().as_bytes());
     }
     put("wsgi.url_scheme", origin.scheme.as_bytes());
 
@@ -137,7 +139,8 @@ mod tests {
     fn environ(req: Request<()>, script_name: &str, body_len: usize) -> Vec<(String, Vec<u8>)> {
         let (parts, ()) = req.into_parts();
         let origin = Origin {
-            client: Some("10.1.2.3:5555".parse().expect("addr")),
+            remote_ip: Some("10.1.2.3".parse().expect("ip")),
+            remote_port: Some(5555),
             local: Some("127.0.0.1:8000".parse().expect("addr")),
             scheme: "http",
             script_name,

@@ -5,6 +5,7 @@
 //! interpreter the user means ([`interpreter`]).
 
 pub mod environ;
+pub mod forwarded;
 pub mod frame;
 pub mod interpreter;
 pub mod pool;
@@ -54,6 +55,7 @@ pub struct WorkerSpec {
 pub struct WsgiTarget {
     pool: Pool,
     script_name: String,
+    trusted: forwarded::Trusted,
 }
 
 /// Why a WSGI target could not start.
@@ -99,7 +101,11 @@ impl WsgiTarget {
         } else {
             config.mount.clone()
         };
-        Ok(WsgiTarget { pool, script_name })
+        Ok(WsgiTarget {
+            pool,
+            script_name,
+            trusted: config.forwarded_allow_ips.clone(),
+        })
     }
 
     /// Answers a request through the app.
@@ -118,12 +124,19 @@ impl WsgiTarget {
                 return Err(HttpError::NotFound);
             }
         }
+        let client = forwarded::resolve(conn.client, &req.headers, &self.trusted);
         let origin = environ::Origin {
-            client: conn.client,
+            remote_ip: client.forwarded_ip.or(client.addr.map(|a| a.ip())),
+            remote_port: if client.forwarded_ip.is_some() {
+                None
+            } else {
+                client.addr.map(|a| a.port())
+            },
             local: conn.local,
-            scheme: "http",
+            scheme: client.scheme,
             script_name: &self.script_name,
         };
+
         let environ = environ::build(req, &origin, body.len());
         self.pool.dispatch(&environ, body).await
     }
