@@ -718,3 +718,40 @@ fn proxy_headers_are_believed_only_from_trusted_peers() {
         trusted.gh.stderr()
     );
 }
+
+#[test]
+fn max_requests_recycles_workers_without_dropping_a_request() {
+    let s = serve(
+        "stdlib_app:app",
+        "workers = 2\nthreads = 2\nmax_requests = 15\nmax_requests_jitter = 5\ntimeout = \"20s\"",
+    );
+    let url_fast = s.gh.url("/environ");
+    let url_slow = s.gh.url("/sleep?0.2");
+    let threads: Vec<_> = (0..6)
+        .map(|t| {
+            let (fast, slow) = (url_fast.clone(), url_slow.clone());
+            std::thread::spawn(move || {
+                let c = client();
+                let mut pids = Vec::new();
+                for i in 0..25 {
+                    let url = if (i + t) % 5 == 0 { &slow } else { &fast };
+                    let r = c.get(url).send().expect("request");
+                    assert_eq!(r.status(), StatusCode::OK, "request {i} of client {t}");
+                    pids.push(json(r)["pid"].as_u64().expect("pid"));
+                }
+                pids
+            })
+        })
+        .collect();
+    let mut pids = std::collections::HashSet::new();
+    for t in threads {
+        pids.extend(t.join().expect("client thread"));
+    }
+    // 150 requests over workers recycled every 15-20: many generations of workers served them.
+    assert!(pids.len() >= 6, "workers were recycled: {pids:?}");
+    assert!(
+        s.gh.stderr().contains("reached max_requests"),
+        "{}",
+        s.gh.stderr()
+    );
+}

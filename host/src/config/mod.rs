@@ -152,6 +152,12 @@ pub struct WsgiConfig {
     pub timeout: Duration,
     /// Requests that may wait for a free thread; beyond that, 503 at once.
     pub backlog: usize,
+    /// Recycle a worker after this many requests (0: never), like Gunicorn's `max_requests`.
+    pub max_requests: u64,
+    /// Up to this many extra requests, at random per worker.
+    pub max_requests_jitter: u64,
+    /// How long a recycled worker may take to finish its requests before it is killed.
+    pub graceful_timeout: Duration,
     /// Directory the workers change to and import from (default: the config file's directory).
     pub chdir: PathBuf,
     /// Extra import paths.
@@ -354,6 +360,9 @@ struct RawTarget {
     threads: Option<Spanned<u32>>,
     timeout: Option<Seconds>,
     backlog: Option<u32>,
+    max_requests: Option<u64>,
+    max_requests_jitter: Option<u64>,
+    graceful_timeout: Option<Seconds>,
     chdir: Option<String>,
     pythonpath: Option<Vec<String>>,
     python: Option<String>,
@@ -721,6 +730,11 @@ impl RawTarget {
             threads,
             timeout: self.timeout.map_or(Duration::from_secs(30), |t| t.0),
             backlog: self.backlog.map_or(1024, |b| b as usize),
+            max_requests: self.max_requests.unwrap_or(0),
+            max_requests_jitter: self.max_requests_jitter.unwrap_or(0),
+            graceful_timeout: self
+                .graceful_timeout
+                .map_or(Duration::from_secs(30), |t| t.0),
             chdir: self.chdir.as_ref().map_or_else(|| base.to_path_buf(), path),
             pythonpath: self.pythonpath.iter().flatten().map(path).collect(),
             python: self.python.as_ref().map(|p| {
@@ -796,6 +810,9 @@ impl RawTarget {
             || self.threads.is_some()
             || self.timeout.is_some()
             || self.backlog.is_some()
+            || self.max_requests.is_some()
+            || self.max_requests_jitter.is_some()
+            || self.graceful_timeout.is_some()
             || self.chdir.is_some()
             || self.pythonpath.is_some()
             || self.python.is_some()

@@ -95,6 +95,9 @@ impl WsgiTarget {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            max_requests: config.max_requests,
+            max_requests_jitter: config.max_requests_jitter,
+            graceful_timeout: config.graceful_timeout,
         })?;
         let script_name = if config.mount == "/" {
             String::new()

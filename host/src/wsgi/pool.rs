@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -47,6 +47,12 @@ struct Worker {
     next_stream: AtomicU32,
     alive: AtomicBool,
     kill: CancellationToken,
+    /// Requests handed to this worker so far.
+    served: AtomicU64,
+    /// Recycle after this many requests (0: never).
+    max_requests: u64,
+    /// Fired when `max_requests` is reached: the supervisor starts a replacement, then drains this one.
+    retire: CancellationToken,
 }
 
 impl Worker {
@@ -109,6 +115,12 @@ pub struct PoolConfig {
     pub spec: WorkerSpec,
     /// Extra environment for the workers.
     pub env: Vec<(String, String)>,
+    /// Recycle a worker after this many requests (0: never).
+    pub max_requests: u64,
+    /// Up to this many more, chosen at random per worker, so workers do not all recycle at once.
+    pub max_requests_jitter: u64,
+    /// How long a retiring worker may take to finish its requests before it is killed.
+    pub graceful_timeout: Duration,
 }
 
 /// Why a pool could not start.
@@ -199,6 +211,10 @@ impl Pool {
         let worker = tokio::time::timeout_at(deadline, self.pick())
             .await
             .map_err(|_| HttpError::ServiceUnavailable)?;
+        let served = worker.served.fetch_add(1, Ordering::AcqRel) + 1;
+        if worker.max_requests > 0 && served == worker.max_requests {
+            worker.retire.cancel();
+        }
         let (id, mut events) = worker.open_stream();
         worker.send(Kind::Request, id, &frame::encode_request(environ, body));
         let mut stream = ResponseStream {
@@ -425,34 +441,67 @@ impl Supervisor {
         self.shared.shutdown.cancelled().await;
     }
 
-    /// Watches one slot's worker and replaces it whenever it exits, with backoff on quick deaths.
+    /// Watches one slot's worker and replaces it whenever it exits (with backoff on quick deaths) or
+    /// retires after `max_requests` (replacement first, then the old one drains: nothing is dropped).
     async fn keep_alive(self, slot: usize, mut running: Running, waiting: Waiting) {
         let mut backoff = Duration::from_millis(100);
         loop {
             let started = Instant::now();
-            running.wait(&self.shared.shutdown).await;
-            if let Ok(mut s) = self.shared.slots[slot].lock() {
-                *s = None;
-            }
-            if self.shared.shutdown.is_cancelled() {
-                return;
-            }
-            if started.elapsed() > Duration::from_secs(10) {
-                backoff = Duration::from_millis(100);
+            let worker = Arc::clone(&running.worker);
+            let (retiring_tx, retiring_rx) = oneshot::channel();
+            let (replaced_tx, replaced_rx) = oneshot::channel();
+            let graceful = self.shared.config.graceful_timeout;
+            let mut supervised = tokio::spawn(running.supervise(
+                self.shared.shutdown.clone(),
+                retiring_tx,
+                replaced_rx,
+                graceful,
+            ));
+            let retiring = tokio::select! {
+                r = retiring_rx => r.is_ok(),
+                _ = &mut supervised => false,
+            };
+            if !retiring {
+                // Died (or the pool stopped): clear the slot unless a replacement already took it.
+                let _ = supervised.await;
+                if let Ok(mut s) = self.shared.slots[slot].lock() {
+                    if s.as_ref().is_some_and(|w| Arc::ptr_eq(w, &worker)) {
+                        *s = None;
+                    }
+                }
+                if self.shared.shutdown.is_cancelled() {
+                    return;
+                }
+                if started.elapsed() > Duration::from_secs(10) {
+                    backoff = Duration::from_millis(100);
+                }
+            } else {
+                tracing::info!(pool = %self.shared.config.name, pid = worker.pid, "worker reached max_requests: replacing it");
             }
             loop {
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    () = self.shared.shutdown.cancelled() => return,
+                if !retiring {
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = self.shared.shutdown.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
                 match self.spawn(slot, &waiting).await {
                     Ok(next) => {
                         running = next;
+                        // The old worker (if retiring) now gets no new requests and drains.
+                        let _ = replaced_tx.send(());
                         break;
                     }
                     Err(e) => {
-                        tracing::error!(pool = %self.shared.config.name, error = %e, "cannot restart a worker; retrying")
+                        tracing::error!(pool = %self.shared.config.name, error = %e, "cannot start a worker; retrying");
+                        if retiring {
+                            tokio::select! {
+                                () = tokio::time::sleep(backoff) => {}
+                                () = self.shared.shutdown.cancelled() => return,
+                            }
+                            backoff = (backoff * 2).min(Duration::from_secs(10));
+                        }
                     }
                 }
             }
@@ -509,6 +558,12 @@ impl Supervisor {
             next_stream: AtomicU32::new(1),
             alive: AtomicBool::new(true),
             kill: CancellationToken::new(),
+            served: AtomicU64::new(0),
+            max_requests: match config.max_requests {
+                0 => 0,
+                n => n + jitter(config.max_requests_jitter),
+            },
+            retire: CancellationToken::new(),
         });
         if let Ok(mut s) = self.shared.slots[slot].lock() {
             *s = Some(Arc::clone(&worker));
@@ -533,34 +588,82 @@ struct Running {
 }
 
 impl Running {
-    /// Serves the worker's frames until it exits, is killed, or the pool shuts down.
-    async fn wait(&mut self, shutdown: &CancellationToken) {
+    /// Serves the worker's frames until it exits, is killed or the pool stops; or, once it has reached
+    /// `max_requests` (reported through `retiring`) and its replacement is up (`replaced`), until its
+    /// requests in flight are done or `graceful` has passed.
+    async fn supervise(
+        mut self,
+        shutdown: CancellationToken,
+        retiring: oneshot::Sender<()>,
+        mut replaced: oneshot::Receiver<()>,
+        graceful: Duration,
+    ) {
         let worker = Arc::clone(&self.worker);
-        let reason = tokio::select! {
-            result = read_frames(&mut self.reader, &worker) => result.err().map_or("closed its connection".to_string(), |e| e.to_string()),
-            status = self.child.wait() => status.map_or_else(|e| e.to_string(), |s| format!("exited with {s}")),
-            () = worker.kill.cancelled() => "killed after a request timed out".to_string(),
-            () = shutdown.cancelled() => "stopped".to_string(),
+        let mut retiring = Some(retiring);
+        let mut draining_until: Option<tokio::time::Instant> = None;
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        let reason = loop {
+            tokio::select! {
+                read = read_frames(&mut self.reader, &mut buf, &worker) => {
+                    break read.err().map_or("closed its connection".to_string(), |e| e.to_string());
+                }
+                status = self.child.wait() => break status.map_or_else(|e| e.to_string(), |s| format!("exited with {s}")),
+                () = worker.kill.cancelled() => break "killed after a request timed out".to_string(),
+                () = shutdown.cancelled() => break "stopped".to_string(),
+                () = worker.retire.cancelled(), if retiring.is_some() => {
+                    if let Some(tx) = retiring.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                r = &mut replaced, if retiring.is_none() && draining_until.is_none() => {
+                    if r.is_err() {
+                        // The supervisor went away without a replacement: the pool is stopping.
+                        break "stopped".to_string();
+                    }
+                    worker.alive.store(false, Ordering::Release);
+                    draining_until = Some(tokio::time::Instant::now() + graceful);
+                }
+                () = tokio::time::sleep(Duration::from_millis(20)), if draining_until.is_some() => {
+                    let done = worker.in_flight.load(Ordering::Acquire) == 0;
+                    if done || draining_until.is_some_and(|t| tokio::time::Instant::now() >= t) {
+                        break if done { "retired".to_string() } else { "retired (graceful_timeout passed)".to_string() };
+                    }
+                }
+            }
         };
         worker.fail_all();
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
-        if !shutdown.is_cancelled() {
+        if reason.starts_with("retired") {
+            tracing::info!(pid = worker.pid, %reason, "old worker stopped");
+        } else if !shutdown.is_cancelled() {
             tracing::warn!(pid = worker.pid, %reason, "worker gone; its requests in flight get 502, restarting it");
         }
     }
 }
 
+/// A pseudo-random number in `0..=max` (the jitter need not be cryptographic).
+fn jitter(max: u64) -> u64 {
+    if max == 0 {
+        return 0;
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    u64::from(nanos.wrapping_mul(2_654_435_761) ^ std::process::id()) % (max + 1)
+}
+
+/// Reads and delivers frames until the connection ends. Cancel-safe: unread bytes stay in `buf`.
 async fn read_frames(
     reader: &mut tokio::net::unix::OwnedReadHalf,
+    buf: &mut BytesMut,
     worker: &Worker,
 ) -> std::io::Result<()> {
-    let mut buf = BytesMut::with_capacity(64 * 1024);
     loop {
-        if reader.read_buf(&mut buf).await? == 0 {
+        if reader.read_buf(buf).await? == 0 {
             return Ok(());
         }
-        while let Some(f) = frame::take_frame(&mut buf)? {
+        while let Some(f) = frame::take_frame(buf)? {
             let event = match f.kind {
                 Kind::Start => match frame::decode_start(f.payload) {
                     Ok((status, _reason, headers)) => Event::Start(status, headers),
