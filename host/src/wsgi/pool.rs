@@ -457,13 +457,15 @@ impl Supervisor {
                 replaced_rx,
                 graceful,
             ));
-            let retiring = tokio::select! {
-                r = retiring_rx => r.is_ok(),
-                _ = &mut supervised => false,
+            let (retiring, finished) = tokio::select! {
+                r = retiring_rx => (r.is_ok(), false),
+                _ = &mut supervised => (false, true),
             };
             if !retiring {
+                if !finished {
+                    let _ = supervised.await;
+                }
                 // Died (or the pool stopped): clear the slot unless a replacement already took it.
-                let _ = supervised.await;
                 if let Ok(mut s) = self.shared.slots[slot].lock() {
                     if s.as_ref().is_some_and(|w| Arc::ptr_eq(w, &worker)) {
                         *s = None;
