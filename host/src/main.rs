@@ -1,6 +1,6 @@
 //! The `gatehouse` binary: parse the command line, then hand over to the library.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
@@ -8,7 +8,7 @@ use clap::Parser;
 use gatehouse::access_log::AccessLog;
 use gatehouse::cli::{Cli, Command};
 use gatehouse::config::Config;
-use gatehouse::server::Server;
+use gatehouse::server::{Reloader, Server};
 use gatehouse::target::Targets;
 use tokio_util::sync::CancellationToken;
 
@@ -46,17 +46,33 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn serve(cli: &Cli) -> anyhow::Result<ExitCode> {
-    let config = match (&cli.config, cli.quick_config()) {
-        (Some(path), None) => Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?,
-        (None, Some(text)) => {
-            let cwd = std::env::current_dir().context("reading the current directory")?;
-            Config::parse(&text, "<command line>", &cwd).map_err(|e| anyhow::anyhow!("{e}"))?
+/// Where the configuration comes from, so SIGHUP can read it again.
+enum Source {
+    File(PathBuf),
+    Quick { text: String, cwd: PathBuf },
+}
+
+impl Source {
+    fn load(&self) -> Result<Config, gatehouse::config::LoadError> {
+        match self {
+            Source::File(path) => Config::load(path),
+            Source::Quick { text, cwd } => Config::parse(text, "<command line>", cwd),
         }
+    }
+}
+
+fn serve(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let source = match (&cli.config, cli.quick_config()) {
+        (Some(path), None) => Source::File(path.clone()),
+        (None, Some(text)) => Source::Quick {
+            text,
+            cwd: std::env::current_dir().context("reading the current directory")?,
+        },
         _ => bail!(
             "nothing to serve: give a config file with -c FILE, or an app as MODULE:CALLABLE (see --help)"
         ),
     };
+    let config = source.load().map_err(|e| anyhow::anyhow!("{e}"))?;
     let ready_file = cli.ready_file.clone();
     gatehouse::logging::init(&config.log.level).map_err(anyhow::Error::msg)?;
     let (access_log, flusher) = AccessLog::start(&config.log).context("opening the access log")?;
@@ -75,9 +91,10 @@ fn serve(cli: &Cli) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting tokio")?;
     let watcher = shutdown.clone();
+    let reloader = server.reloader(&config);
     std::thread::Builder::new()
         .name("gatehouse-signals".into())
-        .spawn(move || signals.block_on(watch_signals(watcher)))
+        .spawn(move || signals.block_on(watch_signals(watcher, reloader, source)))
         .context("starting the signal thread")?;
     server.run(shutdown).context("serving")?;
     // The event loops are gone and with them every logger handle, so the writer thread drains and exits.
@@ -96,17 +113,42 @@ fn write_ready_file(path: &Path, addrs: &[String]) -> std::io::Result<()> {
     std::fs::rename(tmp, path)
 }
 
-/// First SIGTERM/SIGINT: graceful shutdown. A second one: exit now.
-async fn watch_signals(shutdown: CancellationToken) {
+/// SIGHUP: reload the configuration (new workers, then the old drain). First SIGTERM/SIGINT: graceful
+/// shutdown. A second one: exit now.
+async fn watch_signals(shutdown: CancellationToken, reloader: Reloader, source: Source) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         return;
     };
-    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    let source = std::sync::Arc::new(source);
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the configuration");
+                let (reloader, source) = (reloader.clone(), std::sync::Arc::clone(&source));
+                // Building targets waits for new workers to load the app: not on this loop.
+                let outcome = tokio::task::spawn_blocking(move || match source.load() {
+                    Ok(config) => reloader.reload(&config).map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                })
+                .await;
+                match outcome {
+                    Ok(Ok(())) => tracing::info!("reloaded; the previous workers finish their requests and stop"),
+                    Ok(Err(e)) => tracing::error!("reload failed, the running configuration keeps serving:\n{e}"),
+                    Err(e) => tracing::error!("reload failed: {e}"),
+                }
+            }
+        }
+    }
+    // Let go of the gateway so it (and its access log) can close once the event loops finish.
+    drop(reloader);
     shutdown.cancel();
     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
     tracing::warn!("second signal: exiting without waiting");

@@ -138,6 +138,33 @@ impl Gatehouse {
         self.stderr.lock().expect("lock").clone()
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Process ids of the server's direct children (its Python workers), from `/proc`.
+    pub fn children(&self) -> Vec<u32> {
+        let parent = self.child.id().to_string();
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid ...: comm may hold spaces, so split after the closing parenthesis.
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            if fields.get(1) == Some(&parent.as_str()) && fields.first() != Some(&"Z") {
+                if let Ok(pid) = entry.file_name().to_string_lossy().parse() {
+                    out.push(pid);
+                }
+            }
+        }
+        out
+    }
+
     /// Sends a signal by name (`TERM`, `INT`) with the real `kill` command.
     pub fn signal(&self, name: &str) {
         let status = Command::new("kill")

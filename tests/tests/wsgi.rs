@@ -755,3 +755,89 @@ fn max_requests_recycles_workers_without_dropping_a_request() {
         s.gh.stderr()
     );
 }
+
+fn versioned_app(dir: &Path, version: u32) {
+    let code = format!(
+        "import time\nVERSION = {version}\n\ndef app(environ, start_response):\n    if environ['PATH_INFO'] == '/slow':\n        time.sleep(1.5)\n    body = str(VERSION).encode()\n    start_response('200 OK', [('Content-Type', 'text/plain'), ('Content-Length', str(len(body)))])\n    return [body]\n"
+    );
+    std::fs::write(dir.join("versioned.py"), code).expect("write app");
+}
+
+#[test]
+fn sighup_reloads_app_code_and_config_with_no_failed_request() {
+    let dir = tempfile::tempdir().expect("tmp");
+    versioned_app(dir.path(), 1);
+    let config = "[server]\nlisten = [\"127.0.0.1:0\"]\n[targets.app]\nwsgi = \"versioned:app\"\nworkers = 2\nthreads = 2\n";
+    let gh = Gatehouse::start(dir.path(), config);
+    let url = gh.url("/");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, stop) = (url.clone(), std::sync::Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let c = client();
+                let mut seen = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let r = c.get(&url).send().expect("request");
+                    assert_eq!(r.status(), StatusCode::OK);
+                    seen.push(r.text().expect("body"));
+                }
+                seen
+            })
+        })
+        .collect();
+    let slow_url = gh.url("/slow");
+    let slow = std::thread::spawn(move || {
+        client()
+            .get(slow_url)
+            .send()
+            .expect("slow")
+            .text()
+            .expect("body")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    versioned_app(dir.path(), 2);
+    gh.signal("HUP");
+    wait_for("version 2 to be served", || {
+        client()
+            .get(gh.url("/"))
+            .send()
+            .is_ok_and(|r| r.text().is_ok_and(|t| t == "2"))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut all = Vec::new();
+    for c in clients {
+        all.extend(c.join().expect("no client saw a failed request"));
+    }
+    assert!(
+        all.contains(&"1".to_string()) && all.contains(&"2".to_string()),
+        "both versions served"
+    );
+    assert_eq!(
+        slow.join().expect("slow request"),
+        "1",
+        "the request in flight finished on the old worker"
+    );
+    wait_for("the old workers to stop", || gh.children().len() == 2);
+
+    // A broken config on reload: logged, and the running one keeps serving.
+    std::fs::write(
+        dir.path().join("gatehouse.toml"),
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[targets.app]\nwsgi = 5\n",
+    )
+    .expect("write");
+    gh.signal("HUP");
+    wait_for("the reload error in the log", || {
+        gh.stderr().contains("reload failed")
+    });
+    assert_eq!(
+        client()
+            .get(gh.url("/"))
+            .send()
+            .expect("get")
+            .text()
+            .expect("body"),
+        "2"
+    );
+}

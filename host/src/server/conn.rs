@@ -13,7 +13,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Limits;
-use crate::pipeline::{self, ConnCtx, Gateway};
+use crate::pipeline::{self, ConnCtx};
+use crate::server::SharedGateway;
 use crate::server::wire::WireGuard;
 
 /// Requests in flight on a connection and when the last one finished.
@@ -86,13 +87,14 @@ pub async fn serve<I>(
     io: I,
     client: Option<SocketAddr>,
     local: Option<SocketAddr>,
-    gateway: Arc<Gateway>,
+    gateway: SharedGateway,
     builder: Arc<auto::Builder<TokioExecutor>>,
     shutdown: CancellationToken,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let limits = &gateway.limits;
+    // Copied out, so an idle keep-alive connection does not keep a reloaded-away gateway alive.
+    let limits = gateway.load().limits.clone();
     let keepalive = limits.keepalive_timeout;
     let (io, verdicts) =
         WireGuard::new(io, limits.max_header_size, Some(limits.header_read_timeout));
@@ -104,7 +106,7 @@ pub async fn serve<I>(
         activity: Arc::clone(&activity),
     });
     let service =
-        service_fn(move |req| pipeline::handle(Arc::clone(&gateway), Arc::clone(&ctx), req));
+        service_fn(move |req| pipeline::handle(gateway.load_full(), Arc::clone(&ctx), req));
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
 

@@ -7,6 +7,7 @@ pub mod wire;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -28,11 +29,42 @@ pub enum StartError {
     Bind(#[from] BindError),
 }
 
+/// The gateway requests use, swapped whole on reload: requests in flight keep the one they started with.
+pub type SharedGateway = Arc<ArcSwap<Gateway>>;
+
+/// Swaps in a new configuration while the server runs (SIGHUP).
+#[derive(Debug, Clone)]
+pub struct Reloader {
+    gateway: SharedGateway,
+    listen: Vec<crate::config::ListenAddr>,
+    threads: usize,
+}
+
+impl Reloader {
+    /// Builds the new targets (starting new workers and waiting for them) and swaps them in. On any
+    /// error the running configuration keeps serving. Listener and thread changes need a restart.
+    pub fn reload(&self, config: &Config) -> Result<(), StartError> {
+        if config.server.listen != self.listen || config.server.threads != self.threads {
+            tracing::warn!(
+                "server.listen and server.threads changes take effect at the next restart"
+            );
+        }
+        let targets = Targets::build(config)?;
+        let access_log = self.gateway.load().access_log.clone();
+        self.gateway.store(Arc::new(Gateway {
+            targets,
+            limits: config.server.limits.clone(),
+            access_log,
+        }));
+        Ok(())
+    }
+}
+
 /// A server with its sockets bound, ready to run.
 #[derive(Debug)]
 pub struct Server {
     listeners: Vec<Bound>,
-    gateway: Arc<Gateway>,
+    gateway: SharedGateway,
     shutdown_timeout: Duration,
     loops: usize,
 }
@@ -48,17 +80,26 @@ impl Server {
             .iter()
             .map(|addr| Bound::bind(addr, loops))
             .collect::<Result<Vec<_>, _>>()?;
-        let gateway = Arc::new(Gateway {
+        let gateway = Arc::new(ArcSwap::from_pointee(Gateway {
             targets,
             limits: config.server.limits.clone(),
             access_log,
-        });
+        }));
         Ok(Server {
             listeners,
             gateway,
             shutdown_timeout: config.server.shutdown_timeout,
             loops,
         })
+    }
+
+    /// A handle to reload the configuration while [`Server::run`] serves.
+    pub fn reloader(&self, config: &Config) -> Reloader {
+        Reloader {
+            gateway: Arc::clone(&self.gateway),
+            listen: config.server.listen.clone(),
+            threads: config.server.threads,
+        }
     }
 
     /// The bound addresses, in config order (`IP:PORT` or `unix:PATH`).
@@ -70,7 +111,8 @@ impl Server {
     /// accepting, lets in-flight requests finish within the shutdown timeout and closes idle
     /// connections at once. Blocks the calling thread until every loop has stopped.
     pub fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        let limits = &self.gateway.limits;
+        // A copy: holding the gateway here would keep it (and its workers) alive past a reload.
+        let limits = &self.gateway.load().limits.clone();
         let permits = Arc::new(Semaphore::new(limits.max_connections));
         let builder = Arc::new(conn::builder(limits));
         let socket_files: Vec<_> = self
@@ -120,7 +162,7 @@ impl Server {
 struct EventLoop {
     index: usize,
     sockets: Vec<LoopSocket>,
-    gateway: Arc<Gateway>,
+    gateway: SharedGateway,
     builder: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
     permits: Arc<Semaphore>,
     shutdown: CancellationToken,
@@ -159,7 +201,7 @@ impl EventLoop {
 
 /// Accepts connections on one listener and spawns a task for each.
 struct AcceptLoop {
-    gateway: Arc<Gateway>,
+    gateway: SharedGateway,
     builder: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
     permits: Arc<Semaphore>,
     shutdown: CancellationToken,

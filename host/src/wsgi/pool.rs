@@ -144,7 +144,21 @@ pub enum PoolError {
 #[derive(Debug)]
 pub struct Pool {
     shared: Arc<Shared>,
+    guard: Arc<PoolGuard>,
+}
+
+/// Keeps a pool's workers running while anything still uses them: the pool itself, and every
+/// response still streaming from it (after a reload, the old pool lives until its last response ends).
+#[derive(Debug)]
+struct PoolGuard {
+    shutdown: CancellationToken,
     _socket_dir: tempfile::TempDir,
+}
+
+impl Drop for PoolGuard {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
 }
 
 #[derive(Debug)]
@@ -155,12 +169,6 @@ struct Shared {
     changed: Notify,
     queue: Arc<Semaphore>,
     shutdown: CancellationToken,
-}
-
-impl Drop for Pool {
-    fn drop(&mut self) {
-        self.shared.shutdown.cancel();
-    }
 }
 
 impl Pool {
@@ -190,8 +198,11 @@ impl Pool {
             .spawn(move || runtime.block_on(supervisor.run(ready_tx)))?;
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(Pool {
+                guard: Arc::new(PoolGuard {
+                    shutdown: shared.shutdown.clone(),
+                    _socket_dir: socket_dir,
+                }),
                 shared,
-                _socket_dir: socket_dir,
             }),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(PoolError::Start("the supervisor thread stopped".into())),
@@ -225,6 +236,7 @@ impl Pool {
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
             done: false,
             timeout: self.shared.config.timeout,
+            _pool: Arc::clone(&self.guard),
         };
         let first = tokio::select! {
             event = events.recv() => event,
@@ -319,6 +331,7 @@ pub struct ResponseStream {
     deadline: Pin<Box<tokio::time::Sleep>>,
     done: bool,
     timeout: Duration,
+    _pool: Arc<PoolGuard>,
 }
 
 impl ResponseStream {
