@@ -9,10 +9,9 @@ use http::request::Parts;
 use crate::body::Body;
 use crate::config::{Config, TargetConfig};
 use crate::error::HttpError;
-use crate::pipeline::ConnCtx;
+use crate::pipeline::{ConnCtx, RequestBody};
 use crate::static_files::StaticFiles;
 use crate::wsgi::{WsgiError, WsgiTarget};
-use bytes::Bytes;
 
 /// Index of a target in [`Targets`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +38,7 @@ impl Target {
     pub async fn serve(
         &self,
         req: &Parts,
-        body: &Bytes,
+        body: &RequestBody,
         conn: &ConnCtx,
     ) -> Result<Response<Body>, HttpError> {
         match self {

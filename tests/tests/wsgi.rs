@@ -31,11 +31,15 @@ struct Served {
 fn serve(app: &str, extra: &str) -> Served {
     let marks = tempfile::tempdir().expect("tmp");
     let marks_path = marks.path().display().to_string();
-    let gh = Gatehouse::start_with_env(
-        marks.path(),
-        &wsgi_config(app, extra),
-        &[("GATEHOUSE_TEST_MARKS", &marks_path)],
-    );
+    // Spooled request bodies go here, so tests can see them come and go.
+    let tmp = marks.path().join("tmp");
+    std::fs::create_dir_all(&tmp).expect("mkdir");
+    let tmp = tmp.display().to_string();
+    let env = [
+        ("GATEHOUSE_TEST_MARKS", marks_path.as_str()),
+        ("TMPDIR", tmp.as_str()),
+    ];
+    let gh = Gatehouse::start_with_env(marks.path(), &wsgi_config(app, extra), &env);
     Served { gh, marks }
 }
 
@@ -171,6 +175,35 @@ fn wsgi_input_reads_agree_with_each_other() {
     );
     assert_eq!(out["length"], 3_000_000);
     assert_eq!(out["sum"], big.iter().map(|&b| u64::from(b)).sum::<u64>());
+    // That body was past body_buffer_size (1 MiB): it went through a temporary file, now removed.
+    let spooled: Vec<_> = std::fs::read_dir(s.marks.path().join("tmp"))
+        .expect("tmp")
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("gatehouse-body-")
+        })
+        .collect();
+    assert!(
+        spooled.is_empty(),
+        "spooled bodies are removed: {spooled:?}"
+    );
+    let out = json(
+        client()
+            .post(s.gh.url("/input"))
+            .body(format!("abc{}\nline2\n", "x".repeat(2 << 20)))
+            .send()
+            .expect("post"),
+    );
+    assert_eq!(out["read3"], "abc");
+    assert_eq!(
+        out["readline"].as_str().map(str::len),
+        Some((2 << 20) + 1),
+        "readline across a spooled body"
+    );
+    assert_eq!(out["readline_size2"], "li");
+    assert_eq!(out["readlines"], serde_json::json!(["ne2\n"]));
 }
 
 #[test]
@@ -840,4 +873,25 @@ fn sighup_reloads_app_code_and_config_with_no_failed_request() {
             .expect("body"),
         "2"
     );
+}
+
+#[test]
+fn sigterm_lets_python_requests_in_flight_finish() {
+    let s = serve("stdlib_app:app", "workers = 1\nthreads = 2");
+    let mut gh = s.gh;
+    let url = gh.url("/sleep?1");
+    let in_flight = std::thread::spawn(move || {
+        let r = client().get(url).send().expect("request");
+        (r.status(), r.text().expect("body"))
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    gh.signal("TERM");
+    let (status, body) = in_flight.join().expect("client");
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("\"slept\": true"), "{body}");
+    let exit = gh
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits after the request");
+    assert!(exit.success(), "{exit}");
+    drop(s.marks);
 }

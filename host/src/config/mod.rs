@@ -81,6 +81,8 @@ pub struct Limits {
     pub max_headers: usize,
     /// Largest request body in bytes; larger gets 413.
     pub max_body_size: u64,
+    /// Bodies larger than this are buffered in a temporary file instead of memory.
+    pub body_buffer_size: u64,
     /// Most client connections open at once; further clients wait in the kernel's accept queue.
     pub max_connections: usize,
     /// Most concurrent HTTP/2 streams per connection.
@@ -99,6 +101,7 @@ impl Default for Limits {
             max_header_field_size: 8190,
             max_headers: 100,
             max_body_size: 10 << 20,
+            body_buffer_size: 1 << 20,
             max_connections: 10_000,
             max_concurrent_streams: 128,
         }
@@ -333,6 +336,7 @@ struct RawLimits {
     max_header_field_size: Option<Spanned<Bytes>>,
     max_headers: Option<Spanned<u32>>,
     max_body_size: Option<Bytes>,
+    body_buffer_size: Option<Bytes>,
     max_connections: Option<Spanned<u32>>,
     max_concurrent_streams: Option<Spanned<u32>>,
 }
@@ -591,6 +595,7 @@ impl RawLimits {
                 to_u32(d.max_headers),
             ) as usize,
             max_body_size: self.max_body_size.map_or(d.max_body_size, |b| b.0),
+            body_buffer_size: self.body_buffer_size.map_or(d.body_buffer_size, |b| b.0),
             max_connections: positive(
                 &self.max_connections,
                 "server.limits.max_connections",

@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
+use std::io::Write as _;
+
 use bytes::{Bytes, BytesMut};
 use http::header::{
     ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, REFERER, USER_AGENT,
@@ -112,28 +114,78 @@ where
     ))
 }
 
-/// Read-body phase: the whole body, within the size and time limits; bad chunking or forbidden
+/// A request body, read whole before the request is routed.
+#[derive(Debug)]
+pub enum RequestBody {
+    /// Small bodies stay in memory.
+    Memory(Bytes),
+    /// Bodies past `body_buffer_size` are written to a temporary file (removed when dropped).
+    Spooled {
+        /// The file, positioned anywhere; readers open it by path.
+        file: tempfile::NamedTempFile,
+        /// Its length in bytes.
+        len: u64,
+    },
+}
+
+impl RequestBody {
+    /// The body's length in bytes.
+    pub fn len(&self) -> u64 {
+        match self {
+            RequestBody::Memory(b) => b.len() as u64,
+            RequestBody::Spooled { len, .. } => *len,
+        }
+    }
+
+    /// Whether the body is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Read-body phase: the whole body, within the size and time limits, in memory or (past
+/// `body_buffer_size`) in a temporary file, as nginx buffers client bodies. Bad chunking or forbidden
 /// trailers are a 400.
-async fn read_body<B>(body: B, limits: &Limits) -> Result<Bytes, HttpError>
+async fn read_body<B>(body: B, limits: &Limits) -> Result<RequestBody, HttpError>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
 {
     if body.is_end_stream() {
-        return Ok(Bytes::new());
+        return Ok(RequestBody::Memory(Bytes::new()));
     }
-    let max = limits.max_body_size;
+    let (max, in_memory) = (limits.max_body_size, limits.body_buffer_size);
     let collect = async move {
         let mut body = body;
         let mut buf = BytesMut::new();
+        let mut spool: Option<(tempfile::NamedTempFile, u64)> = None;
         while let Some(frame) = body.frame().await {
             let frame =
                 frame.map_err(|_| HttpError::BadRequest("malformed or incomplete request body"))?;
             match frame.into_data() {
                 Ok(data) => {
-                    if (buf.len() + data.len()) as u64 > max {
+                    let total =
+                        spool.as_ref().map_or(buf.len() as u64, |(_, n)| *n) + data.len() as u64;
+                    if total > max {
                         return Err(HttpError::PayloadTooLarge);
                     }
-                    buf.extend_from_slice(&data);
+                    match &mut spool {
+                        Some((file, len)) => {
+                            file.write_all(&data).map_err(spool_error)?;
+                            *len = total;
+                        }
+                        None if total > in_memory => {
+                            let mut file = tempfile::Builder::new()
+                                .prefix("gatehouse-body-")
+                                .tempfile()
+                                .map_err(spool_error)?;
+                            file.write_all(&buf)
+                                .and_then(|()| file.write_all(&data))
+                                .map_err(spool_error)?;
+                            buf.clear();
+                            spool = Some((file, total));
+                        }
+                        None => buf.extend_from_slice(&data),
+                    }
                 }
                 Err(frame) => {
                     if let Ok(trailers) = frame.into_trailers() {
@@ -142,11 +194,19 @@ where
                 }
             }
         }
-        Ok(buf.freeze())
+        Ok(match spool {
+            Some((file, len)) => RequestBody::Spooled { file, len },
+            None => RequestBody::Memory(buf.freeze()),
+        })
     };
     tokio::time::timeout(limits.body_read_timeout, collect)
         .await
         .map_err(|_| HttpError::RequestTimeout)?
+}
+
+fn spool_error(e: std::io::Error) -> HttpError {
+    tracing::error!(error = %e, "cannot write a request body to a temporary file");
+    HttpError::Internal
 }
 
 /// Fields that frame, route or authenticate a message may not arrive late in trailers (RFC 9110 6.5.1).
@@ -178,7 +238,7 @@ async fn serve(
     targets: &Targets,
     route: Route,
     req: &Parts,
-    body: &Bytes,
+    body: &RequestBody,
     conn: &ConnCtx,
 ) -> Result<Response<Body>, HttpError> {
     targets.get(route.target).serve(req, body, conn).await

@@ -105,15 +105,34 @@ pub fn take_frame(buf: &mut bytes::BytesMut) -> io::Result<Option<Frame>> {
 pub struct WireRequest {
     /// `(name, value)` pairs for the environ, in order.
     pub environ: Pairs,
-    /// The whole request body.
+    /// The whole request body, when it was small enough to travel in the frame.
     pub body: bytes::Bytes,
+    /// Otherwise the file the front spooled it to (removed by the front when the response ends).
+    pub body_file: Option<std::path::PathBuf>,
 }
 
-/// Encodes a request: the pairs ([`encode_pairs`]), then the body.
+const BODY_INLINE: u8 = 0;
+const BODY_FILE: u8 = 1;
+
+/// Encodes a request: the pairs ([`encode_pairs`]), `0`, then the body.
 pub fn encode_request(environ: &[(String, Vec<u8>)], body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 * environ.len() + body.len());
+    let mut out = Vec::with_capacity(64 * environ.len() + body.len() + 1);
     encode_pairs(&mut out, environ);
+    out.push(BODY_INLINE);
     out.extend_from_slice(body);
+    out
+}
+
+/// Encodes a request whose body was spooled to a file: the pairs, `1`, then the file's path.
+pub fn encode_request_spooled(
+    environ: &[(String, Vec<u8>)],
+    body_file: &std::path::Path,
+) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = Vec::with_capacity(64 * environ.len() + 64);
+    encode_pairs(&mut out, environ);
+    out.push(BODY_FILE);
+    out.extend_from_slice(body_file.as_os_str().as_bytes());
     out
 }
 
@@ -130,39 +149,49 @@ fn encode_pairs(out: &mut Vec<u8>, pairs: &[(String, Vec<u8>)]) {
     }
 }
 
-/// Decodes [`encode_request`]'s output.
+/// Decodes [`encode_request`]'s (or [`encode_request_spooled`]'s) output.
 pub fn decode_request(payload: bytes::Bytes) -> io::Result<WireRequest> {
-    let bad = || io::Error::new(io::ErrorKind::InvalidData, "truncated request frame");
-    let mut at = 0usize;
-    let take = |at: &mut usize, n: usize| -> io::Result<std::ops::Range<usize>> {
-        let range = *at..at.checked_add(n).ok_or_else(bad)?;
-        if range.end > payload.len() {
-            return Err(bad());
-        }
-        *at = range.end;
-        Ok(range)
-    };
-    let count = u16::from_be_bytes(
-        payload
-            .get(take(&mut at, 2)?)
-            .ok_or_else(bad)?
-            .try_into()
-            .map_err(|_| bad())?,
-    );
-    let mut environ = Vec::with_capacity(count as usize);
-    for _ in 0..count {
-        let r = take(&mut at, 2)?;
-        let klen = u16::from_be_bytes([payload[r.start], payload[r.start + 1]]) as usize;
-        let key = String::from_utf8(payload[take(&mut at, klen)?].to_vec()).map_err(|_| bad())?;
-        let r = take(&mut at, 4)?;
-        let vlen = u32::from_be_bytes(payload[r].try_into().map_err(|_| bad())?) as usize;
-        let value = payload[take(&mut at, vlen)?].to_vec();
-        environ.push((key, value));
+    use std::os::unix::ffi::OsStrExt;
+    let (environ, at) = decode_pairs(&payload)?;
+    let rest = payload.slice(at..);
+    match rest.first() {
+        Some(&BODY_INLINE) => Ok(WireRequest {
+            environ,
+            body: rest.slice(1..),
+            body_file: None,
+        }),
+        Some(&BODY_FILE) => Ok(WireRequest {
+            environ,
+            body: bytes::Bytes::new(),
+            body_file: Some(std::ffi::OsStr::from_bytes(&rest[1..]).into()),
+        }),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "request frame without a body tag",
+        )),
     }
-    Ok(WireRequest {
-        environ,
-        body: payload.slice(at..),
-    })
+}
+
+/// Decodes [`encode_pairs`]'s output; returns the pairs and where they end.
+fn decode_pairs(payload: &[u8]) -> io::Result<(Pairs, usize)> {
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, "truncated frame");
+    let mut at = 0usize;
+    let mut take = |n: usize| -> io::Result<&[u8]> {
+        let end = at.checked_add(n).ok_or_else(bad)?;
+        let slice = payload.get(at..end).ok_or_else(bad)?;
+        at = end;
+        Ok(slice)
+    };
+    let count = u16::from_be_bytes(take(2)?.try_into().map_err(|_| bad())?);
+    let mut pairs = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let klen = u16::from_be_bytes(take(2)?.try_into().map_err(|_| bad())?) as usize;
+        let key = String::from_utf8(take(klen)?.to_vec()).map_err(|_| bad())?;
+        let vlen = u32::from_be_bytes(take(4)?.try_into().map_err(|_| bad())?) as usize;
+        let value = take(vlen)?.to_vec();
+        pairs.push((key, value));
+    }
+    Ok((pairs, at))
 }
 
 /// Encodes the response head: `status: u16 | reason-len: u16 | reason | count: u16 | (nlen: u16 | name | vlen: u32 | value)*`.
@@ -186,7 +215,7 @@ pub fn decode_start(payload: bytes::Bytes) -> io::Result<(u16, String, Pairs)> {
     let rlen = u16::from_be_bytes([payload[2], payload[3]]) as usize;
     let reason = payload.get(4..4 + rlen).ok_or_else(bad)?;
     let reason = String::from_utf8_lossy(reason).into_owned();
-    let headers = decode_request(payload.slice(4 + rlen..))?.environ;
+    let (headers, _) = decode_pairs(&payload[4 + rlen..])?;
     Ok((status, reason, headers))
 }
 
@@ -241,6 +270,13 @@ mod tests {
         assert_eq!(req.environ, environ);
         assert_eq!(&req.body[..], b"body!");
         assert!(decode_request(bytes::Bytes::from_static(&[0, 1, 0])).is_err());
+        let spooled = encode_request_spooled(&environ, std::path::Path::new("/tmp/body-1"));
+        let req = decode_request(bytes::Bytes::from(spooled)).expect("decodes");
+        assert_eq!(
+            req.body_file.as_deref(),
+            Some(std::path::Path::new("/tmp/body-1"))
+        );
+        assert!(req.body.is_empty());
 
         let start = encode_start(404, "Not Found", &[("X-A".into(), b"1".to_vec())]);
         let (status, reason, headers) = decode_start(bytes::Bytes::from(start)).expect("decodes");

@@ -14,7 +14,6 @@ pub mod worker;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use bytes::Bytes;
 use http::Response;
 use http::request::Parts;
 use serde::{Deserialize, Serialize};
@@ -22,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::body::Body;
 use crate::config::WsgiConfig;
 use crate::error::HttpError;
-use crate::pipeline::ConnCtx;
+use crate::pipeline::{ConnCtx, RequestBody};
 use interpreter::Interpreter;
 use pool::{Pool, PoolConfig, PoolError};
 
@@ -115,7 +114,7 @@ impl WsgiTarget {
     pub async fn serve(
         &self,
         req: &Parts,
-        body: &Bytes,
+        body: &RequestBody,
         conn: &ConnCtx,
     ) -> Result<Response<Body>, HttpError> {
         let path = req.uri.path();
@@ -140,7 +139,11 @@ impl WsgiTarget {
             script_name: &self.script_name,
         };
 
-        let environ = environ::build(req, &origin, body.len());
+        let environ = environ::build(
+            req,
+            &origin,
+            usize::try_from(body.len()).unwrap_or(usize::MAX),
+        );
         self.pool.dispatch(&environ, body).await
     }
 

@@ -213,7 +213,7 @@ impl Pool {
     pub async fn dispatch(
         &self,
         environ: &[(String, Vec<u8>)],
-        body: &[u8],
+        body: &crate::pipeline::RequestBody,
     ) -> Result<Response<Body>, HttpError> {
         let permit = Arc::clone(&self.shared.queue)
             .try_acquire_owned()
@@ -227,7 +227,15 @@ impl Pool {
             worker.retire.cancel();
         }
         let (id, mut events) = worker.open_stream();
-        worker.send(Kind::Request, id, &frame::encode_request(environ, body));
+        let request = match body {
+            crate::pipeline::RequestBody::Memory(bytes) => frame::encode_request(environ, bytes),
+            // The file outlives the request: the pipeline drops it only after the response head, and
+            // the worker opens it before calling the app.
+            crate::pipeline::RequestBody::Spooled { file, .. } => {
+                frame::encode_request_spooled(environ, file.path())
+            }
+        };
+        worker.send(Kind::Request, id, &request);
         let mut stream = ResponseStream {
             worker,
             id,

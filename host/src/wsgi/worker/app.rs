@@ -419,11 +419,16 @@ fn run(
     }
     environ.set_item("wsgi.version", (1, 0))?;
     let io = py.import("io")?;
-    environ.set_item(
-        "wsgi.input",
-        io.getattr("BytesIO")?
+    let input = match &request.body_file {
+        // A spooled body: a real buffered file object, as PEP 3333's input stream needs.
+        Some(path) => io
+            .getattr("open")?
+            .call1((path.as_os_str().to_string_lossy().into_owned(), "rb"))?,
+        None => io
+            .getattr("BytesIO")?
             .call1((PyBytes::new(py, &request.body),))?,
-    )?;
+    };
+    environ.set_item("wsgi.input", &input)?;
     environ.set_item("wsgi.errors", py.import("sys")?.getattr("stderr")?)?;
     environ.set_item("wsgi.multithread", flags.multithread)?;
     environ.set_item("wsgi.multiprocess", flags.multiprocess)?;
