@@ -208,7 +208,14 @@ fn wsgi_input_reads_agree_with_each_other() {
 
 #[test]
 fn response_bodies_stream_write_and_file_wrapper() {
-    let s = serve("stdlib_app:app", "threads = 2");
+    // One thread (it reads the socket itself) and several (a reader thread hands requests over).
+    for threads in ["threads = 1", "threads = 2"] {
+        response_bodies(threads);
+    }
+}
+
+fn response_bodies(threads: &str) {
+    let s = serve("stdlib_app:app", threads);
     let text = client()
         .get(s.gh.url("/stream?4"))
         .send()

@@ -3,7 +3,6 @@
 use std::io::Read;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use pyo3::exceptions::{PyAssertionError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -172,12 +171,9 @@ impl Response {
                 }
             }
             self.flush()?;
-            let stream = Arc::clone(&self.stream);
-            py.detach(move || {
-                if let Ok(window) = stream.window.lock() {
-                    let _ = stream.more.wait_timeout(window, Duration::from_millis(500));
-                }
-            });
+            self.conn
+                .wait_for_credit(py, &self.stream)
+                .map_err(|e| PyOSError::new_err(e.to_string()))?;
         }
     }
 }

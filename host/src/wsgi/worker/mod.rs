@@ -39,6 +39,71 @@ struct Stream {
 struct Conn {
     writer: Mutex<UnixStream>,
     streams: Mutex<HashMap<u32, Arc<Stream>>>,
+    /// With one thread, that thread also reads the socket (no hand-off between threads per request);
+    /// requests read while it waits for flow-control credit queue here.
+    inline: Option<Mutex<Inline>>,
+}
+
+/// The reading side when the handler thread reads for itself.
+#[derive(Debug)]
+struct Inline {
+    reader: FrameReader,
+    pending: std::collections::VecDeque<(u32, WireRequest)>,
+}
+
+/// Reads frames off the socket, applying credits and cancels at once and returning requests.
+#[derive(Debug)]
+struct FrameReader {
+    socket: UnixStream,
+    buf: BytesMut,
+    chunk: Vec<u8>,
+}
+
+impl FrameReader {
+    fn new(socket: UnixStream) -> FrameReader {
+        FrameReader { socket, buf: BytesMut::with_capacity(64 * 1024), chunk: vec![0u8; 64 * 1024] }
+    }
+
+    /// Blocks for one read; returns the requests it completed (`None`: the front closed the socket).
+    fn read_batch(&mut self, conn: &Conn) -> Option<Vec<(u32, WireRequest)>> {
+        let n = match self.socket.read(&mut self.chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => n,
+        };
+        self.buf.extend_from_slice(&self.chunk[..n]);
+        let mut requests = Vec::new();
+        loop {
+            let frame = match frame::take_frame(&mut self.buf) {
+                Ok(Some(f)) => f,
+                Ok(None) => return Some(requests),
+                Err(e) => {
+                    eprintln!("gatehouse worker: protocol error from the front: {e}");
+                    return None;
+                }
+            };
+            match frame.kind {
+                Kind::Request => match frame::decode_request(frame.payload) {
+                    Ok(req) => requests.push((frame.stream, req)),
+                    Err(e) => eprintln!("gatehouse worker: bad request frame: {e}"),
+                },
+                Kind::Credit => {
+                    if let (Some(stream), Ok(bytes)) = (conn.stream(frame.stream), <[u8; 4]>::try_from(&frame.payload[..])) {
+                        if let Ok(mut w) = stream.window.lock() {
+                            *w += i64::from(u32::from_be_bytes(bytes));
+                        }
+                        stream.more.notify_all();
+                    }
+                }
+                Kind::Cancel => {
+                    if let Some(stream) = conn.stream(frame.stream) {
+                        stream.cancelled.store(true, Ordering::Release);
+                        stream.more.notify_all();
+                    }
+                }
+                other => eprintln!("gatehouse worker: unexpected frame {other:?} from the front"),
+            }
+        }
+    }
 }
 
 impl Conn {
@@ -64,6 +129,32 @@ impl Conn {
     fn close(&self, id: u32) {
         if let Ok(mut streams) = self.streams.lock() {
             streams.remove(&id);
+        }
+    }
+
+    /// Waits (without the GIL) for the front to grant `stream` more credit, or to cancel it.
+    fn wait_for_credit(&self, py: Python<'_>, stream: &Arc<Stream>) -> std::io::Result<()> {
+        match &self.inline {
+            Some(inline) => {
+                let mut inline = inline.lock().map_err(|_| std::io::Error::other("lock poisoned"))?;
+                let inline = &mut *inline;
+                match py.detach(|| inline.reader.read_batch(self)) {
+                    Some(requests) => {
+                        inline.pending.extend(requests);
+                        Ok(())
+                    }
+                    None => Err(std::io::Error::other("front connection closed")),
+                }
+            }
+            None => {
+                let stream = Arc::clone(stream);
+                py.detach(move || {
+                    if let Ok(window) = stream.window.lock() {
+                        let _ = stream.more.wait_timeout(window, std::time::Duration::from_millis(500));
+                    }
+                });
+                Ok(())
+            }
         }
     }
 
@@ -108,100 +199,87 @@ pub fn main(spec: WorkerSpec) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let conn = Arc::new(Conn {
-        writer: Mutex::new(writer),
-        streams: Mutex::new(HashMap::new()),
-    });
+    let threads = spec.threads.max(1);
+    let reader = FrameReader::new(socket);
+    let (inline, reader) = if threads == 1 {
+        (Some(Mutex::new(Inline { reader, pending: Default::default() })), None)
+    } else {
+        (None, Some(reader))
+    };
+    let conn = Arc::new(Conn { writer: Mutex::new(writer), streams: Mutex::new(HashMap::new()), inline });
     let mut hello = Vec::new();
     frame::write_frame(&mut hello, Kind::Hello, 0, &spec.worker_id.to_be_bytes());
     if conn.send(&hello).is_err() {
         return ExitCode::FAILURE;
     }
-
-    let (jobs_tx, jobs_rx) = mpsc::channel::<(u32, WireRequest)>();
-    let jobs_rx = Arc::new(Mutex::new(jobs_rx));
-    let app = Arc::new(app);
-    let mut handlers = Vec::new();
-    for i in 0..spec.threads.max(1) {
-        let jobs = Arc::clone(&jobs_rx);
-        let conn = Arc::clone(&conn);
-        let app = Arc::clone(&app);
-        let flags = app::Flags {
-            multithread: spec.threads > 1,
-            multiprocess: spec.workers > 1,
-        };
-        let spawned = std::thread::Builder::new()
-            .name(format!("wsgi-{i}"))
-            .spawn(move || {
-                Python::attach(|py| {
-                    loop {
-                        let job = py.detach(|| jobs.lock().ok().and_then(|rx| rx.recv().ok()));
-                        let Some((id, request)) = job else { break };
-                        let stream = conn.open(id);
-                        app::handle(py, &app, flags, id, request, &conn, &stream);
-                        conn.close(id);
-                    }
-                });
-            });
-        match spawned {
-            Ok(h) => handlers.push(h),
-            Err(e) => {
-                eprintln!("gatehouse worker: cannot start a thread: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
+    let flags = app::Flags { multithread: threads > 1, multiprocess: spec.workers > 1 };
+    match reader {
+        None => serve_inline(&conn, &app, flags),
+        Some(reader) => serve_threaded(reader, &conn, app, flags, threads),
     }
-    read_frames(socket, &conn, &jobs_tx);
-    // The front closed the socket: finish nothing more, exit now (the front decides about drains).
+    // The front closed the socket: exit now (the front decides about drains).
     ExitCode::SUCCESS
 }
 
-/// Reads frames until the front closes the connection, dispatching requests, credits and cancels.
-fn read_frames(mut socket: UnixStream, conn: &Conn, jobs: &mpsc::Sender<(u32, WireRequest)>) {
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    let mut chunk = vec![0u8; 64 * 1024];
-    loop {
-        let n = match socket.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        buf.extend_from_slice(&chunk[..n]);
+/// One thread reads, runs the app and writes: every request that arrived in one read runs in one GIL hold.
+fn serve_inline(conn: &Arc<Conn>, app: &Py<PyAny>, flags: app::Flags) {
+    let Some(inline) = &conn.inline else { return };
+    Python::attach(|py| {
         loop {
-            let frame = match frame::take_frame(&mut buf) {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(e) => {
-                    eprintln!("gatehouse worker: protocol error from the front: {e}");
-                    return;
+            let next = {
+                let Ok(mut state) = inline.lock() else { return };
+                match state.pending.pop_front() {
+                    Some(job) => Some(job),
+                    None => {
+                        let state = &mut *state;
+                        match py.detach(|| state.reader.read_batch(conn)) {
+                            None => return,
+                            Some(batch) => {
+                                state.pending.extend(batch);
+                                None
+                            }
+                        }
+                    }
                 }
             };
-            match frame.kind {
-                Kind::Request => match frame::decode_request(frame.payload) {
-                    Ok(req) => {
-                        if jobs.send((frame.stream, req)).is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => eprintln!("gatehouse worker: bad request frame: {e}"),
-                },
-                Kind::Credit => {
-                    if let (Some(stream), Ok(bytes)) = (
-                        conn.stream(frame.stream),
-                        <[u8; 4]>::try_from(&frame.payload[..]),
-                    ) {
-                        if let Ok(mut w) = stream.window.lock() {
-                            *w += i64::from(u32::from_be_bytes(bytes));
-                        }
-                        stream.more.notify_all();
-                    }
+            if let Some((id, request)) = next {
+                let stream = conn.open(id);
+                app::handle(py, app, flags, id, request, conn, &stream);
+                conn.close(id);
+            }
+        }
+    });
+}
+
+/// A reader thread hands requests to `threads` handler threads (for apps that wait on I/O).
+fn serve_threaded(mut reader: FrameReader, conn: &Arc<Conn>, app: Py<PyAny>, flags: app::Flags, threads: usize) {
+    let (jobs_tx, jobs_rx) = mpsc::channel::<(u32, WireRequest)>();
+    let jobs_rx = Arc::new(Mutex::new(jobs_rx));
+    let app = Arc::new(app);
+    for i in 0..threads {
+        let jobs = Arc::clone(&jobs_rx);
+        let conn = Arc::clone(conn);
+        let app = Arc::clone(&app);
+        let spawned = std::thread::Builder::new().name(format!("wsgi-{i}")).spawn(move || {
+            Python::attach(|py| {
+                loop {
+                    let job = py.detach(|| jobs.lock().ok().and_then(|rx| rx.recv().ok()));
+                    let Some((id, request)) = job else { break };
+                    let stream = conn.open(id);
+                    app::handle(py, &app, flags, id, request, &conn, &stream);
+                    conn.close(id);
                 }
-                Kind::Cancel => {
-                    if let Some(stream) = conn.stream(frame.stream) {
-                        stream.cancelled.store(true, Ordering::Release);
-                        stream.more.notify_all();
-                    }
-                }
-                other => eprintln!("gatehouse worker: unexpected frame {other:?} from the front"),
+            });
+        });
+        if let Err(e) = spawned {
+            eprintln!("gatehouse worker: cannot start a thread: {e}");
+            return;
+        }
+    }
+    while let Some(batch) = reader.read_batch(conn) {
+        for job in batch {
+            if jobs_tx.send(job).is_err() {
+                return;
             }
         }
     }
