@@ -12,6 +12,11 @@ use gatehouse::server::{Reloader, Server};
 use gatehouse::target::Targets;
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc: the front allocates and frees many small buffers per request across threads, where it is
+/// measurably cheaper than glibc's allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
