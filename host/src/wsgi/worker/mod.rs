@@ -61,7 +61,11 @@ struct FrameReader {
 
 impl FrameReader {
     fn new(socket: UnixStream) -> FrameReader {
-        FrameReader { socket, buf: BytesMut::with_capacity(64 * 1024), chunk: vec![0u8; 64 * 1024] }
+        FrameReader {
+            socket,
+            buf: BytesMut::with_capacity(64 * 1024),
+            chunk: vec![0u8; 64 * 1024],
+        }
     }
 
     /// Blocks for one read; returns the requests it completed (`None`: the front closed the socket).
@@ -87,7 +91,10 @@ impl FrameReader {
                     Err(e) => eprintln!("gatehouse worker: bad request frame: {e}"),
                 },
                 Kind::Credit => {
-                    if let (Some(stream), Ok(bytes)) = (conn.stream(frame.stream), <[u8; 4]>::try_from(&frame.payload[..])) {
+                    if let (Some(stream), Ok(bytes)) = (
+                        conn.stream(frame.stream),
+                        <[u8; 4]>::try_from(&frame.payload[..]),
+                    ) {
                         if let Ok(mut w) = stream.window.lock() {
                             *w += i64::from(u32::from_be_bytes(bytes));
                         }
@@ -136,7 +143,9 @@ impl Conn {
     fn wait_for_credit(&self, py: Python<'_>, stream: &Arc<Stream>) -> std::io::Result<()> {
         match &self.inline {
             Some(inline) => {
-                let mut inline = inline.lock().map_err(|_| std::io::Error::other("lock poisoned"))?;
+                let mut inline = inline
+                    .lock()
+                    .map_err(|_| std::io::Error::other("lock poisoned"))?;
                 let inline = &mut *inline;
                 match py.detach(|| inline.reader.read_batch(self)) {
                     Some(requests) => {
@@ -150,7 +159,9 @@ impl Conn {
                 let stream = Arc::clone(stream);
                 py.detach(move || {
                     if let Ok(window) = stream.window.lock() {
-                        let _ = stream.more.wait_timeout(window, std::time::Duration::from_millis(500));
+                        let _ = stream
+                            .more
+                            .wait_timeout(window, std::time::Duration::from_millis(500));
                     }
                 });
                 Ok(())
@@ -202,17 +213,30 @@ pub fn main(spec: WorkerSpec) -> ExitCode {
     let threads = spec.threads.max(1);
     let reader = FrameReader::new(socket);
     let (inline, reader) = if threads == 1 {
-        (Some(Mutex::new(Inline { reader, pending: Default::default() })), None)
+        (
+            Some(Mutex::new(Inline {
+                reader,
+                pending: Default::default(),
+            })),
+            None,
+        )
     } else {
         (None, Some(reader))
     };
-    let conn = Arc::new(Conn { writer: Mutex::new(writer), streams: Mutex::new(HashMap::new()), inline });
+    let conn = Arc::new(Conn {
+        writer: Mutex::new(writer),
+        streams: Mutex::new(HashMap::new()),
+        inline,
+    });
     let mut hello = Vec::new();
     frame::write_frame(&mut hello, Kind::Hello, 0, &spec.worker_id.to_be_bytes());
     if conn.send(&hello).is_err() {
         return ExitCode::FAILURE;
     }
-    let flags = app::Flags { multithread: threads > 1, multiprocess: spec.workers > 1 };
+    let flags = app::Flags {
+        multithread: threads > 1,
+        multiprocess: spec.workers > 1,
+    };
     match reader {
         None => serve_inline(&conn, &app, flags),
         Some(reader) => serve_threaded(reader, &conn, app, flags, threads),
@@ -252,7 +276,13 @@ fn serve_inline(conn: &Arc<Conn>, app: &Py<PyAny>, flags: app::Flags) {
 }
 
 /// A reader thread hands requests to `threads` handler threads (for apps that wait on I/O).
-fn serve_threaded(mut reader: FrameReader, conn: &Arc<Conn>, app: Py<PyAny>, flags: app::Flags, threads: usize) {
+fn serve_threaded(
+    mut reader: FrameReader,
+    conn: &Arc<Conn>,
+    app: Py<PyAny>,
+    flags: app::Flags,
+    threads: usize,
+) {
     let (jobs_tx, jobs_rx) = mpsc::channel::<(u32, WireRequest)>();
     let jobs_rx = Arc::new(Mutex::new(jobs_rx));
     let app = Arc::new(app);
@@ -260,17 +290,19 @@ fn serve_threaded(mut reader: FrameReader, conn: &Arc<Conn>, app: Py<PyAny>, fla
         let jobs = Arc::clone(&jobs_rx);
         let conn = Arc::clone(conn);
         let app = Arc::clone(&app);
-        let spawned = std::thread::Builder::new().name(format!("wsgi-{i}")).spawn(move || {
-            Python::attach(|py| {
-                loop {
-                    let job = py.detach(|| jobs.lock().ok().and_then(|rx| rx.recv().ok()));
-                    let Some((id, request)) = job else { break };
-                    let stream = conn.open(id);
-                    app::handle(py, &app, flags, id, request, &conn, &stream);
-                    conn.close(id);
-                }
+        let spawned = std::thread::Builder::new()
+            .name(format!("wsgi-{i}"))
+            .spawn(move || {
+                Python::attach(|py| {
+                    loop {
+                        let job = py.detach(|| jobs.lock().ok().and_then(|rx| rx.recv().ok()));
+                        let Some((id, request)) = job else { break };
+                        let stream = conn.open(id);
+                        app::handle(py, &app, flags, id, request, &conn, &stream);
+                        conn.close(id);
+                    }
+                });
             });
-        });
         if let Err(e) = spawned {
             eprintln!("gatehouse worker: cannot start a thread: {e}");
             return;
