@@ -25,21 +25,78 @@ pub struct Origin<'a> {
     pub script_name: &'a str,
 }
 
-/// Builds the CGI part of the environ for a request with a buffered body of `body_len` bytes.
+/// Where environ pairs go: straight into a request frame, or (in tests) a list.
+pub trait Sink {
+    /// One `KEY = value` pair.
+    fn put(&mut self, key: &str, value: &[u8]);
+    /// `HTTP_<NAME>` for header `name` (lower-case, as `http` stores it), its values joined by `separator`.
+    fn put_header(
+        &mut self,
+        name: &str,
+        values: http::header::GetAll<'_, http::HeaderValue>,
+        separator: &[u8],
+    );
+}
+
+impl Sink for Vec<(String, Vec<u8>)> {
+    fn put(&mut self, key: &str, value: &[u8]) {
+        self.push((key.to_string(), value.to_vec()));
+    }
+
+    fn put_header(
+        &mut self,
+        name: &str,
+        values: http::header::GetAll<'_, http::HeaderValue>,
+        separator: &[u8],
+    ) {
+        let mut key = String::with_capacity(5 + name.len());
+        push_header_key(&mut key, name);
+        self.push((key, join(values, separator)));
+    }
+}
+
+/// `HTTP_` and the header name upper-cased with `-` as `_`.
+pub fn push_header_key(key: &mut String, name: &str) {
+    key.push_str("HTTP_");
+    key.extend(name.chars().map(|c| {
+        if c == '-' {
+            '_'
+        } else {
+            c.to_ascii_uppercase()
+        }
+    }));
+}
+
+/// A repeated header's values joined (PEP 3333 / RFC 9110: `, `, or `; ` for Cookie).
+pub fn join(values: http::header::GetAll<'_, http::HeaderValue>, separator: &[u8]) -> Vec<u8> {
+    let mut value = Vec::new();
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            value.extend_from_slice(separator);
+        }
+        value.extend_from_slice(v.as_bytes());
+    }
+    value
+}
+
+/// Builds the CGI part of the environ as a list (what [`write`] sends, for tests and debugging).
 pub fn build(req: &Parts, origin: &Origin<'_>, body_len: usize) -> Vec<(String, Vec<u8>)> {
-    let mut env: Vec<(String, Vec<u8>)> = Vec::with_capacity(16 + req.headers.len());
-    let mut put = |k: &str, v: &[u8]| env.push((k.to_string(), v.to_vec()));
-    put("REQUEST_METHOD", req.method.as_str().as_bytes());
-    put("SCRIPT_NAME", origin.script_name.as_bytes());
+    let mut env = Vec::with_capacity(16 + req.headers.len());
+    write(req, origin, body_len, &mut env);
+    env
+}
+
+/// Writes the CGI part of the environ for a request with a buffered body of `body_len` bytes.
+pub fn write(req: &Parts, origin: &Origin<'_>, body_len: usize, env: &mut impl Sink) {
+    env.put("REQUEST_METHOD", req.method.as_str().as_bytes());
+    env.put("SCRIPT_NAME", origin.script_name.as_bytes());
     let path = req.uri.path();
     let below = path.strip_prefix(origin.script_name).unwrap_or(path);
-    put(
-        "PATH_INFO",
-        &percent_encoding::percent_decode_str(below).collect::<Vec<u8>>(),
-    );
-    put("QUERY_STRING", req.uri.query().unwrap_or("").as_bytes());
+    let decoded: std::borrow::Cow<'_, [u8]> = percent_encoding::percent_decode_str(below).into();
+    env.put("PATH_INFO", &decoded);
+    env.put("QUERY_STRING", req.uri.query().unwrap_or("").as_bytes());
     // HTTP/2 requests are described as HTTP/1.1: PEP 3333 apps know only the two.
-    put(
+    env.put(
         "SERVER_PROTOCOL",
         if req.version == Version::HTTP_10 {
             b"HTTP/1.0"
@@ -49,52 +106,36 @@ pub fn build(req: &Parts, origin: &Origin<'_>, body_len: usize) -> Vec<(String, 
     );
 
     let (name, port) = server_name_port(req, origin);
-    put("SERVER_NAME", name.as_bytes());
-    put("SERVER_PORT", port.as_bytes());
+    env.put("SERVER_NAME", name.as_bytes());
+    env.put("SERVER_PORT", port.as_bytes());
     match origin.remote_ip {
-        Some(ip) => put("REMOTE_ADDR", ip.to_string().as_bytes()),
-        None => put("REMOTE_ADDR", b"unix"),
+        Some(ip) => env.put("REMOTE_ADDR", ip.to_string().as_bytes()),
+        None => env.put("REMOTE_ADDR", b"unix"),
     }
     if let Some(port) = origin.remote_port {
-        put("REMOTE_PORT", port.to_string().as_bytes());
+        env.put("REMOTE_PORT", port.to_string().as_bytes());
     }
-    put("wsgi.url_scheme", origin.scheme.as_bytes());
+    env.put("wsgi.url_scheme", origin.scheme.as_bytes());
 
     if let Some(ct) = req.headers.get(CONTENT_TYPE) {
-        put("CONTENT_TYPE", ct.as_bytes());
+        env.put("CONTENT_TYPE", ct.as_bytes());
     }
     // The body is fully buffered, so a chunked body has a known length too: frameworks such as
     // Django read exactly CONTENT_LENGTH bytes.
     if req.headers.contains_key(CONTENT_LENGTH) || body_len > 0 {
-        put("CONTENT_LENGTH", body_len.to_string().as_bytes());
+        env.put("CONTENT_LENGTH", body_len.to_string().as_bytes());
     }
 
-    let mut seen: Vec<&http::HeaderName> = Vec::new();
+    // `keys()` yields each name once, whatever the number of values.
     for name in req.headers.keys() {
-        if name == CONTENT_TYPE || name == CONTENT_LENGTH || seen.contains(&name) {
-            continue;
-        }
-        seen.push(name);
         // `X_Forwarded_For` and `X-Forwarded-For` would both become HTTP_X_FORWARDED_FOR; names with
         // underscores are dropped (as nginx and gunicorn do) so one cannot spoof the other.
-        if name.as_str().contains('_') {
+        if name == CONTENT_TYPE || name == CONTENT_LENGTH || name.as_str().contains('_') {
             continue;
         }
         let separator: &[u8] = if name == COOKIE { b"; " } else { b", " };
-        let mut value = Vec::new();
-        for (i, v) in req.headers.get_all(name).iter().enumerate() {
-            if i > 0 {
-                value.extend_from_slice(separator);
-            }
-            value.extend_from_slice(v.as_bytes());
-        }
-        let key = format!(
-            "HTTP_{}",
-            name.as_str().to_ascii_uppercase().replace('-', "_")
-        );
-        env.push((key, value));
+        env.put_header(name.as_str(), req.headers.get_all(name), separator);
     }
-    env
 }
 
 /// `SERVER_NAME`/`SERVER_PORT`: from the Host header (or the HTTP/2 authority), else the local address.
@@ -253,6 +294,38 @@ mod tests {
             "bytes kept for latin-1 decoding"
         );
         assert_eq!(get(&env, "SERVER_PROTOCOL"), Some(&b"HTTP/1.1"[..]));
+    }
+
+    #[test]
+    fn encoding_straight_into_a_frame_matches_the_list() {
+        let req = Request::builder()
+            .uri("/a%20b?q")
+            .header("Accept", "a")
+            .header("Accept", "b")
+            .header("Cookie", "x=1")
+            .header("Cookie", "y=2")
+            .header("X-Long-Name", "v")
+            .body(())
+            .expect("req");
+        let (parts, ()) = req.into_parts();
+        let origin = Origin {
+            remote_ip: None,
+            remote_port: None,
+            local: None,
+            scheme: "https",
+            script_name: "",
+        };
+        let listed = build(&parts, &origin, 3);
+        let mut payload = Vec::new();
+        let mut encoder = crate::wsgi::frame::PairEncoder::new(&mut payload);
+        write(&parts, &origin, 3, &mut encoder);
+        encoder.finish();
+        crate::wsgi::frame::encode_body(&mut payload, Ok(b"abc"));
+        let decoded = crate::wsgi::frame::decode_request(payload.into()).expect("decodes");
+        assert_eq!(decoded.environ, listed);
+        assert_eq!(&decoded.body[..], b"abc");
+        assert_eq!(get(&listed, "HTTP_X_LONG_NAME"), Some(&b"v"[..]));
+        assert_eq!(get(&listed, "HTTP_COOKIE"), Some(&b"x=1; y=2"[..]));
     }
 
     #[test]

@@ -72,6 +72,14 @@ pub fn write_frame(out: &mut Vec<u8>, kind: Kind, stream: u32, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
+/// Fills in the header of a frame whose payload was written after [`HEADER_LEN`] bytes of room.
+pub fn seal(frame: &mut [u8], kind: Kind, stream: u32) {
+    let len = u32::try_from(frame.len().saturating_sub(4)).unwrap_or(u32::MAX);
+    frame[..4].copy_from_slice(&len.to_be_bytes());
+    frame[4] = kind as u8;
+    frame[5..HEADER_LEN].copy_from_slice(&stream.to_be_bytes());
+}
+
 /// Takes one complete frame off the front of `buf`, if there is one.
 pub fn take_frame(buf: &mut bytes::BytesMut) -> io::Result<Option<Frame>> {
     if buf.len() < HEADER_LEN {
@@ -123,29 +131,124 @@ pub fn encode_request(environ: &[(String, Vec<u8>)], body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Appends the body part of a request frame: `0` and the body, or `1` and the spooled file's path.
+pub fn encode_body(out: &mut Vec<u8>, body: Result<&[u8], &std::path::Path>) {
+    use std::os::unix::ffi::OsStrExt;
+    match body {
+        Ok(bytes) => {
+            out.push(BODY_INLINE);
+            out.extend_from_slice(bytes);
+        }
+        Err(path) => {
+            out.push(BODY_FILE);
+            out.extend_from_slice(path.as_os_str().as_bytes());
+        }
+    }
+}
+
 /// Encodes a request whose body was spooled to a file: the pairs, `1`, then the file's path.
 pub fn encode_request_spooled(
     environ: &[(String, Vec<u8>)],
     body_file: &std::path::Path,
 ) -> Vec<u8> {
-    use std::os::unix::ffi::OsStrExt;
     let mut out = Vec::with_capacity(64 * environ.len() + 64);
     encode_pairs(&mut out, environ);
-    out.push(BODY_FILE);
-    out.extend_from_slice(body_file.as_os_str().as_bytes());
+    encode_body(&mut out, Err(body_file));
     out
 }
 
 /// Appends `count: u16`, then per pair `klen: u16 | key | vlen: u32 | value`.
 fn encode_pairs(out: &mut Vec<u8>, pairs: &[(String, Vec<u8>)]) {
-    let pairs = &pairs[..pairs.len().min(u16::MAX as usize)];
-    out.extend_from_slice(&(pairs.len() as u16).to_be_bytes());
-    for (k, v) in pairs {
-        let k = &k.as_bytes()[..k.len().min(u16::MAX as usize)];
-        out.extend_from_slice(&(k.len() as u16).to_be_bytes());
-        out.extend_from_slice(k);
-        out.extend_from_slice(&u32::try_from(v.len()).unwrap_or(u32::MAX).to_be_bytes());
-        out.extend_from_slice(v);
+    use super::environ::Sink;
+    let mut encoder = PairEncoder::new(out);
+    for (key, value) in pairs {
+        encoder.put(key, value);
+    }
+    encoder.finish();
+}
+
+/// Writes environ pairs straight into a frame payload, with no list in between.
+#[derive(Debug)]
+pub struct PairEncoder<'a> {
+    out: &'a mut Vec<u8>,
+    count_at: usize,
+    count: u16,
+}
+
+impl<'a> PairEncoder<'a> {
+    /// Starts the pairs section at the end of `out`.
+    pub fn new(out: &'a mut Vec<u8>) -> PairEncoder<'a> {
+        let count_at = out.len();
+        out.extend_from_slice(&[0, 0]);
+        PairEncoder {
+            out,
+            count_at,
+            count: 0,
+        }
+    }
+
+    fn key(
+        &mut self,
+        key_len: usize,
+        write_key: impl FnOnce(&mut Vec<u8>),
+        value_len: usize,
+    ) -> bool {
+        if self.count == u16::MAX || key_len > u16::MAX as usize {
+            return false;
+        }
+        self.count += 1;
+        self.out.extend_from_slice(&(key_len as u16).to_be_bytes());
+        write_key(self.out);
+        self.out
+            .extend_from_slice(&u32::try_from(value_len).unwrap_or(u32::MAX).to_be_bytes());
+        true
+    }
+
+    /// Writes the pair count; the encoder is done.
+    pub fn finish(self) {
+        self.out[self.count_at..self.count_at + 2].copy_from_slice(&self.count.to_be_bytes());
+    }
+}
+
+impl super::environ::Sink for PairEncoder<'_> {
+    fn put(&mut self, key: &str, value: &[u8]) {
+        if self.key(
+            key.len(),
+            |out| out.extend_from_slice(key.as_bytes()),
+            value.len(),
+        ) {
+            self.out.extend_from_slice(value);
+        }
+    }
+
+    fn put_header(
+        &mut self,
+        name: &str,
+        values: http::header::GetAll<'_, http::HeaderValue>,
+        separator: &[u8],
+    ) {
+        let (count, len) = values
+            .iter()
+            .fold((0usize, 0usize), |(n, l), v| (n + 1, l + v.len()));
+        let len = len + separator.len() * count.saturating_sub(1);
+        let write_key = |out: &mut Vec<u8>| {
+            out.extend_from_slice(b"HTTP_");
+            out.extend(name.bytes().map(|b| {
+                if b == b'-' {
+                    b'_'
+                } else {
+                    b.to_ascii_uppercase()
+                }
+            }));
+        };
+        if self.key(5 + name.len(), write_key, len) {
+            for (i, v) in values.iter().enumerate() {
+                if i > 0 {
+                    self.out.extend_from_slice(separator);
+                }
+                self.out.extend_from_slice(v.as_bytes());
+            }
+        }
     }
 }
 
@@ -266,10 +369,17 @@ mod tests {
             ("PATH_INFO".into(), vec![0xe9]),
         ];
         let wire = encode_request(&environ, b"body!");
-        let req = decode_request(bytes::Bytes::from(wire)).expect("decodes");
+        let req = decode_request(bytes::Bytes::from(wire.clone())).expect("decodes");
         assert_eq!(req.environ, environ);
         assert_eq!(&req.body[..], b"body!");
         assert!(decode_request(bytes::Bytes::from_static(&[0, 1, 0])).is_err());
+        // Sealing a frame written in place gives the same bytes as writing it whole.
+        let mut sealed = vec![0u8; HEADER_LEN];
+        sealed.extend_from_slice(&wire);
+        seal(&mut sealed, Kind::Request, 9);
+        let mut whole = Vec::new();
+        write_frame(&mut whole, Kind::Request, 9, &wire);
+        assert_eq!(sealed, whole);
         let spooled = encode_request_spooled(&environ, std::path::Path::new("/tmp/body-1"));
         let req = decode_request(bytes::Bytes::from(spooled)).expect("decodes");
         assert_eq!(

@@ -139,12 +139,28 @@ impl WsgiTarget {
             script_name: &self.script_name,
         };
 
-        let environ = environ::build(
+        // The request frame is written in one buffer: header space, environ pairs, body.
+        let inline = match body {
+            RequestBody::Memory(bytes) => bytes.len(),
+            RequestBody::Spooled { .. } => 256,
+        };
+        let mut request = Vec::with_capacity(frame::HEADER_LEN + 1024 + inline);
+        request.resize(frame::HEADER_LEN, 0);
+        let mut pairs = frame::PairEncoder::new(&mut request);
+        environ::write(
             req,
             &origin,
             usize::try_from(body.len()).unwrap_or(usize::MAX),
+            &mut pairs,
         );
-        self.pool.dispatch(&environ, body).await
+        pairs.finish();
+        match body {
+            RequestBody::Memory(bytes) => frame::encode_body(&mut request, Ok(bytes)),
+            // The file outlives the request: the pipeline drops it only after the response head, and
+            // the worker opens it before calling the app.
+            RequestBody::Spooled { file, .. } => frame::encode_body(&mut request, Err(file.path())),
+        }
+        self.pool.dispatch(request).await
     }
 
     /// Process ids of the live workers.

@@ -209,12 +209,9 @@ impl Pool {
         }
     }
 
-    /// Sends a request to a worker and returns the response head with a streaming body.
-    pub async fn dispatch(
-        &self,
-        environ: &[(String, Vec<u8>)],
-        body: &crate::pipeline::RequestBody,
-    ) -> Result<Response<Body>, HttpError> {
+    /// Sends a request frame (built with [`frame::HEADER_LEN`] bytes of room for its header) to a
+    /// worker and returns the response head with a streaming body.
+    pub async fn dispatch(&self, mut request: Vec<u8>) -> Result<Response<Body>, HttpError> {
         let permit = Arc::clone(&self.shared.queue)
             .try_acquire_owned()
             .map_err(|_| HttpError::ServiceUnavailable)?;
@@ -227,15 +224,8 @@ impl Pool {
             worker.retire.cancel();
         }
         let (id, mut events) = worker.open_stream();
-        let request = match body {
-            crate::pipeline::RequestBody::Memory(bytes) => frame::encode_request(environ, bytes),
-            // The file outlives the request: the pipeline drops it only after the response head, and
-            // the worker opens it before calling the app.
-            crate::pipeline::RequestBody::Spooled { file, .. } => {
-                frame::encode_request_spooled(environ, file.path())
-            }
-        };
-        worker.send(Kind::Request, id, &request);
+        frame::seal(&mut request, Kind::Request, id);
+        let _ = worker.frames.send(request);
         let mut stream = ResponseStream {
             worker,
             id,
