@@ -141,6 +141,18 @@ def close_view(environ, start_response):
     return Closing([b"a", b"b"], mark)
 
 
+def slow_close_view(environ, start_response):
+    """Many slow chunks: the client goes away early, and close() must still run, promptly."""
+    mark = os.path.join(os.environ["GATEHOUSE_TEST_MARKS"], environ["QUERY_STRING"])
+    start_response("200 OK", [("Content-Type", "text/plain")])
+
+    def chunks():
+        for i in range(100):
+            yield b"chunk %d\n" % i
+            time.sleep(0.05)
+    return Closing(chunks(), mark)
+
+
 def file_view(environ, start_response):
     path = os.path.join(os.environ["GATEHOUSE_TEST_MARKS"], "file.bin")
     size = os.path.getsize(path)
@@ -190,6 +202,7 @@ ROUTES = {
     "/exc_info": exc_info_view,
     "/hop": hop_by_hop_view,
     "/close": close_view,
+    "/slow_close": slow_close_view,
     "/file": file_view,
     "/no_content": no_content_view,
     "/sleep": sleep_view,

@@ -298,6 +298,41 @@ fn close_is_called_on_every_iterable() {
 }
 
 #[test]
+fn a_client_going_away_stops_the_app_and_close_still_runs() {
+    for threads in ["threads = 1", "threads = 2"] {
+        client_goes_away(threads);
+    }
+}
+
+fn client_goes_away(threads: &str) {
+    let s = serve("stdlib_app:app", threads);
+    let mut stream = TcpStream::connect(s.gh.addr()).expect("connect");
+    stream
+        .write_all(b"GET /slow_close?gone HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let mut first = [0u8; 64];
+    let _ = std::io::Read::read(&mut stream, &mut first).expect("the response starts");
+    let left = Instant::now();
+    drop(stream);
+    let mark = s.marks.path().join("gone");
+    wait_for("close() after the client left", || mark.exists());
+    // 100 chunks at 50 ms would take 5 s: the app was stopped early.
+    assert!(
+        left.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        left.elapsed()
+    );
+    assert_eq!(
+        client()
+            .get(s.gh.url("/environ"))
+            .send()
+            .expect("get")
+            .status(),
+        StatusCode::OK
+    );
+}
+
+#[test]
 fn app_errors_are_500_with_the_traceback_in_the_log_only() {
     let s = serve("stdlib_app:app", "");
     let r = client().get(s.gh.url("/error")).send().expect("get");

@@ -764,8 +764,16 @@ impl RawTarget {
         base: &Path,
         errors: &mut Vec<ConfigError>,
     ) -> Option<TargetConfig> {
-        if self.wsgi_settings_used() {
-            errors.push(doc.error(root.span(), key, "workers, threads, timeout, backlog, chdir, pythonpath, python, virtualenv and env belong to `wsgi` targets"));
+        let misplaced = self.wsgi_settings_used();
+        if !misplaced.is_empty() {
+            errors.push(doc.error(
+                root.span(),
+                key,
+                format!(
+                    "{} belong(s) to `wsgi` targets, not `static` ones",
+                    misplaced.join(", ")
+                ),
+            ));
             return None;
         }
         let root_key = format!("{key}.static");
@@ -810,20 +818,26 @@ impl RawTarget {
         }))
     }
 
-    fn wsgi_settings_used(&self) -> bool {
-        self.workers.is_some()
-            || self.threads.is_some()
-            || self.timeout.is_some()
-            || self.backlog.is_some()
-            || self.max_requests.is_some()
-            || self.max_requests_jitter.is_some()
-            || self.graceful_timeout.is_some()
-            || self.chdir.is_some()
-            || self.pythonpath.is_some()
-            || self.python.is_some()
-            || self.virtualenv.is_some()
-            || self.env.is_some()
-            || self.forwarded_allow_ips.is_some()
+    /// The `wsgi`-only settings this (static) target sets.
+    fn wsgi_settings_used(&self) -> Vec<&'static str> {
+        [
+            ("workers", self.workers.is_some()),
+            ("threads", self.threads.is_some()),
+            ("timeout", self.timeout.is_some()),
+            ("backlog", self.backlog.is_some()),
+            ("max_requests", self.max_requests.is_some()),
+            ("max_requests_jitter", self.max_requests_jitter.is_some()),
+            ("graceful_timeout", self.graceful_timeout.is_some()),
+            ("chdir", self.chdir.is_some()),
+            ("pythonpath", self.pythonpath.is_some()),
+            ("python", self.python.is_some()),
+            ("virtualenv", self.virtualenv.is_some()),
+            ("env", self.env.is_some()),
+            ("forwarded_allow_ips", self.forwarded_allow_ips.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect()
     }
 }
 
@@ -981,7 +995,10 @@ mount = "/static/"
         let e = errors(
             "[server]\nlisten = [\"127.0.0.1:0\"]\n[targets.app]\nstatic = \".\"\nworkers = 2\n",
         );
-        assert!(e[0].message.contains("belong to `wsgi` targets"), "{e:?}");
+        assert!(
+            e[0].message.contains("workers belong(s) to `wsgi` targets"),
+            "{e:?}"
+        );
     }
 
     #[test]

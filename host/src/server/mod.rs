@@ -230,33 +230,9 @@ impl AcceptLoop {
                 Ok(Accepted::Tcp(stream, client)) => {
                     let _ = stream.set_nodelay(true);
                     let local = stream.local_addr().ok();
-                    let conn = conn::serve(
-                        stream,
-                        Some(client),
-                        local,
-                        Arc::clone(&self.gateway),
-                        Arc::clone(&self.builder),
-                        self.shutdown.clone(),
-                    );
-                    self.tracker.spawn(async move {
-                        conn.await;
-                        drop(permit);
-                    });
+                    self.spawn_connection(stream, Some(client), local, permit);
                 }
-                Ok(Accepted::Unix(stream)) => {
-                    let conn = conn::serve(
-                        stream,
-                        None,
-                        None,
-                        Arc::clone(&self.gateway),
-                        Arc::clone(&self.builder),
-                        self.shutdown.clone(),
-                    );
-                    self.tracker.spawn(async move {
-                        conn.await;
-                        drop(permit);
-                    });
-                }
+                Ok(Accepted::Unix(stream)) => self.spawn_connection(stream, None, None, permit),
                 // Another loop took the connection first (shared Unix socket).
                 Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(error) => {
@@ -266,6 +242,32 @@ impl AcceptLoop {
                 }
             }
         }
+    }
+}
+
+impl AcceptLoop {
+    /// Serves one connection in its own task; its slot frees when it closes.
+    fn spawn_connection<I>(
+        &self,
+        io: I,
+        client: Option<std::net::SocketAddr>,
+        local: Option<std::net::SocketAddr>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let conn = conn::serve(
+            io,
+            client,
+            local,
+            Arc::clone(&self.gateway),
+            Arc::clone(&self.builder),
+            self.shutdown.clone(),
+        );
+        self.tracker.spawn(async move {
+            conn.await;
+            drop(permit);
+        });
     }
 }
 

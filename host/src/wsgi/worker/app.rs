@@ -479,6 +479,8 @@ fn send_iterable(
         response.send_body(py, bytes.as_bytes())?;
         if !produced {
             response.flush()?;
+            // The app may take its time before the next block: notice a client that left.
+            response.conn.poll_control();
         }
     }
     Ok(())

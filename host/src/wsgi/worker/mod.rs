@@ -74,6 +74,26 @@ impl FrameReader {
             Ok(0) | Err(_) => return None,
             Ok(n) => n,
         };
+        self.dispatch(n, conn)
+    }
+
+    /// Like [`FrameReader::read_batch`] but never blocks: picks up cancels and credits between the
+    /// blocks of a streamed response.
+    fn try_read_batch(&mut self, conn: &Conn) -> Option<Vec<(u32, WireRequest)>> {
+        match rustix::net::recv(
+            &self.socket,
+            &mut self.chunk,
+            rustix::net::RecvFlags::DONTWAIT,
+        ) {
+            Ok((0, _)) => None,
+            Ok((n, _)) => self.dispatch(n, conn),
+            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => Some(Vec::new()),
+            Err(_) => None,
+        }
+    }
+
+    /// Takes the frames out of `n` freshly read bytes.
+    fn dispatch(&mut self, n: usize, conn: &Conn) -> Option<Vec<(u32, WireRequest)>> {
         self.buf.extend_from_slice(&self.chunk[..n]);
         let mut requests = Vec::new();
         loop {
@@ -136,6 +156,19 @@ impl Conn {
     fn close(&self, id: u32) {
         if let Ok(mut streams) = self.streams.lock() {
             streams.remove(&id);
+        }
+    }
+
+    /// With one thread, looks (without blocking) for cancels and credits that arrived meanwhile; with
+    /// several, the reader thread already applies them as they come.
+    fn poll_control(&self) {
+        if let Some(inline) = &self.inline {
+            if let Ok(mut inline) = inline.lock() {
+                let inline = &mut *inline;
+                if let Some(requests) = inline.reader.try_read_batch(self) {
+                    inline.pending.extend(requests);
+                }
+            }
         }
     }
 
