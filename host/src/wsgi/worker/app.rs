@@ -355,11 +355,40 @@ impl FileWrapper {
     }
 }
 
+/// The loaded app and what every request's environ shares, prepared once per worker.
+#[derive(Debug)]
+pub struct App {
+    callable: Py<PyAny>,
+    template: Py<PyDict>,
+    bytes_io: Py<PyAny>,
+    open: Py<PyAny>,
+}
+
+impl App {
+    /// Prepares the constant part of the environ for `callable`.
+    pub fn new(py: Python<'_>, callable: Py<PyAny>, flags: Flags) -> PyResult<App> {
+        let template = PyDict::new(py);
+        template.set_item("wsgi.version", (1, 0))?;
+        template.set_item("wsgi.errors", py.import("sys")?.getattr("stderr")?)?;
+        template.set_item("wsgi.multithread", flags.multithread)?;
+        template.set_item("wsgi.multiprocess", flags.multiprocess)?;
+        template.set_item("wsgi.run_once", false)?;
+        template.set_item("wsgi.input_terminated", true)?;
+        template.set_item("wsgi.file_wrapper", py.get_type::<FileWrapper>())?;
+        let io = py.import("io")?;
+        Ok(App {
+            callable,
+            template: template.unbind(),
+            bytes_io: io.getattr("BytesIO")?.unbind(),
+            open: io.getattr("open")?.unbind(),
+        })
+    }
+}
+
 /// Runs one request through the app and sends the outcome to the front.
 pub(super) fn handle(
     py: Python<'_>,
-    app: &Py<PyAny>,
-    flags: Flags,
+    app: &App,
     id: u32,
     request: WireRequest,
     conn: &Arc<Conn>,
@@ -376,7 +405,7 @@ pub(super) fn handle(
         sent: 0,
         out: Vec::new(),
     }));
-    let result = run(py, app, flags, request, &state);
+    let result = run(py, app, request, &state);
     let Ok(mut response) = state.lock() else {
         return;
     };
@@ -402,35 +431,38 @@ pub(super) fn handle(
 
 fn run(
     py: Python<'_>,
-    app: &Py<PyAny>,
-    flags: Flags,
+    app: &App,
     request: WireRequest,
     state: &Arc<Mutex<Response>>,
 ) -> PyResult<()> {
-    let environ = PyDict::new(py);
+    // The constant wsgi.* entries are copied from a template (one C-level dict copy).
+    let environ = app.template.bind(py).copy()?;
     for (key, value) in &request.environ {
         // PEP 3333: native strings whose code points are the bytes (latin-1).
-        let text: String = value.iter().map(|&b| char::from(b)).collect();
-        environ.set_item(key, text)?;
+        match std::str::from_utf8(value)
+            .ok()
+            .filter(|text| text.is_ascii())
+        {
+            Some(ascii) => environ.set_item(key, ascii)?,
+            None => environ.set_item(
+                key,
+                value.iter().map(|&b| char::from(b)).collect::<String>(),
+            )?,
+        }
     }
-    environ.set_item("wsgi.version", (1, 0))?;
-    let io = py.import("io")?;
     let input = match &request.body_file {
         // A spooled body: a real buffered file object, as PEP 3333's input stream needs.
-        Some(path) => io
-            .getattr("open")?
+        Some(path) => app
+            .open
+            .bind(py)
             .call1((path.as_os_str().to_string_lossy().into_owned(), "rb"))?,
-        None => io
-            .getattr("BytesIO")?
+        None => app
+            .bytes_io
+            .bind(py)
             .call1((PyBytes::new(py, &request.body),))?,
     };
     environ.set_item("wsgi.input", &input)?;
-    environ.set_item("wsgi.errors", py.import("sys")?.getattr("stderr")?)?;
-    environ.set_item("wsgi.multithread", flags.multithread)?;
-    environ.set_item("wsgi.multiprocess", flags.multiprocess)?;
-    environ.set_item("wsgi.run_once", false)?;
-    environ.set_item("wsgi.input_terminated", true)?;
-    environ.set_item("wsgi.file_wrapper", py.get_type::<FileWrapper>())?;
+    let app = &app.callable;
 
     let start_response = Py::new(
         py,

@@ -270,16 +270,23 @@ pub fn main(spec: WorkerSpec) -> ExitCode {
         multithread: threads > 1,
         multiprocess: spec.workers > 1,
     };
+    let app = match Python::attach(|py| app::App::new(py, app, flags)) {
+        Ok(app) => app,
+        Err(e) => {
+            eprintln!("gatehouse worker: cannot prepare the environ: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     match reader {
-        None => serve_inline(&conn, &app, flags),
-        Some(reader) => serve_threaded(reader, &conn, app, flags, threads),
+        None => serve_inline(&conn, &app),
+        Some(reader) => serve_threaded(reader, &conn, app, threads),
     }
     // The front closed the socket: exit now (the front decides about drains).
     ExitCode::SUCCESS
 }
 
 /// One thread reads, runs the app and writes: every request that arrived in one read runs in one GIL hold.
-fn serve_inline(conn: &Arc<Conn>, app: &Py<PyAny>, flags: app::Flags) {
+fn serve_inline(conn: &Arc<Conn>, app: &app::App) {
     let Some(inline) = &conn.inline else { return };
     Python::attach(|py| {
         loop {
@@ -301,7 +308,7 @@ fn serve_inline(conn: &Arc<Conn>, app: &Py<PyAny>, flags: app::Flags) {
             };
             if let Some((id, request)) = next {
                 let stream = conn.open(id);
-                app::handle(py, app, flags, id, request, conn, &stream);
+                app::handle(py, app, id, request, conn, &stream);
                 conn.close(id);
             }
         }
@@ -309,13 +316,7 @@ fn serve_inline(conn: &Arc<Conn>, app: &Py<PyAny>, flags: app::Flags) {
 }
 
 /// A reader thread hands requests to `threads` handler threads (for apps that wait on I/O).
-fn serve_threaded(
-    mut reader: FrameReader,
-    conn: &Arc<Conn>,
-    app: Py<PyAny>,
-    flags: app::Flags,
-    threads: usize,
-) {
+fn serve_threaded(mut reader: FrameReader, conn: &Arc<Conn>, app: app::App, threads: usize) {
     let (jobs_tx, jobs_rx) = mpsc::channel::<(u32, WireRequest)>();
     let jobs_rx = Arc::new(Mutex::new(jobs_rx));
     let app = Arc::new(app);
@@ -331,7 +332,7 @@ fn serve_threaded(
                         let job = py.detach(|| jobs.lock().ok().and_then(|rx| rx.recv().ok()));
                         let Some((id, request)) = job else { break };
                         let stream = conn.open(id);
-                        app::handle(py, &app, flags, id, request, &conn, &stream);
+                        app::handle(py, &app, id, request, &conn, &stream);
                         conn.close(id);
                     }
                 });
