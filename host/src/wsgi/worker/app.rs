@@ -473,8 +473,11 @@ fn run(
     let iterable = app.call1(py, (environ, start_response))?;
     let iterable = iterable.bind(py);
     let outcome = send_iterable(py, iterable, state);
-    // PEP 3333: close() is called whatever happened.
-    if iterable.hasattr("close")? {
+    // PEP 3333: close() is called whatever happened. (Lists and tuples have none; asking them would
+    // build an AttributeError, which costs more than the whole rest of a small response.)
+    let plain =
+        iterable.is_exact_instance_of::<PyList>() || iterable.is_exact_instance_of::<PyTuple>();
+    if !plain && iterable.hasattr("close")? {
         if let Err(e) = iterable.call_method0("close") {
             if outcome.is_ok() {
                 return Err(e);
