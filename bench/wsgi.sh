@@ -7,20 +7,8 @@
 # gatehouse in release mode. Every server gets 2 worker processes; Gunicorn 4 threads each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DURATION=${1:-10s}
-ROUNDS=${2:-3}
-CONNS=${CONNS:-64}
-
-missing=()
-command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
-command -v wrk >/dev/null 2>&1 || missing+=(wrk)
-if [ ${#missing[@]} -gt 0 ]; then
-  apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+source bench/lib.sh
 python3 -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
-cargo build --release --locked -p gatehouse >&2
-GATEHOUSE=$PWD/target/release/gatehouse
 APPS=$PWD/bench/apps
 
 work=$(mktemp -d)
@@ -34,16 +22,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "nothing on port $1" >&2; exit 1; }
 
-rps() {
-  local out
-  out=$(wrk -t2 -c"$CONNS" -d"$DURATION" "$1")
-  if grep -qE 'Non-2xx|Socket errors' <<<"$out"; then echo "errors from $1:" >&2; echo "$out" >&2; fi
-  awk '/Requests\/sec/ {print $2}' <<<"$out"
-}
-median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 
 start_servers() {  # $1 = module:callable
   local app=$1
@@ -107,6 +87,6 @@ for case in "hello:app /" "flaskjson:app /json"; do
   done
   gh=$(median < "$work/gh"); gr=$(median < "$work/gr"); ng=$(median < "$work/ng"); gu=$(median < "$work/gu")
   printf '%-12s %10.0f %10.0f %14.0f %10.0f %9.2fx %9.2fx\n' "$1" "$gh" "$gr" "$ng" "$gu" \
-    "$(python3 -c "print($gh / $gr)")" "$(python3 -c "print($gh / $ng)")"
+    "$(ratio "$gh" "$gr")" "$(ratio "$gh" "$ng")"
   stop_servers
 done

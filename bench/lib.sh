@@ -1,0 +1,35 @@
+# Shared by the benchmark scripts (sourced, not run): tools, the release build, wrk and medians.
+
+DURATION=${1:-10s}
+ROUNDS=${2:-3}
+CONNS=${CONNS:-64}
+
+missing=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+cargo build --release --locked -p gatehouse >&2
+GATEHOUSE=$PWD/target/release/gatehouse
+
+# A free TCP port on loopback.
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Requests/s of one wrk run. Error responses fail the script (a fast error is no result); socket
+# errors (timeouts under load) are reported.
+rps() {
+  local out
+  out=$(wrk -t2 -c"$CONNS" -d"$DURATION" "$1")
+  if grep -q 'Non-2xx' <<<"$out"; then echo "error responses from $1:" >&2; echo "$out" >&2; exit 1; fi
+  if grep -q 'Socket errors' <<<"$out"; then echo "socket errors from $1:" >&2; grep 'Socket errors' <<<"$out" >&2; fi
+  awk '/Requests\/sec/ {print $2}' <<<"$out"
+}
+
+# The median of the numbers on standard input.
+median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+
+# $1 / $2, for ratios.
+ratio() { python3 -c "print($1 / $2)"; }
