@@ -210,17 +210,23 @@ fn shutdown_does_not_wait_for_idle_keep_alive_connections() {
     assert!(read_until_close(&mut idle, Duration::from_secs(1)).closed);
 }
 
-#[test]
-fn shutdown_lets_in_flight_responses_finish() {
-    let body: Vec<u8> = (0..32 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
-    let dir = site(&[("big.bin", &body)]);
-    let mut gh = Gatehouse::start(dir.path(), &static_config("", "shutdown_timeout = \"20s\""));
+/// Starts downloading /big.bin and reads its first KiB, leaving the rest in flight.
+fn start_download(gh: &Gatehouse) -> (TcpStream, [u8; 1024]) {
     let mut stream = TcpStream::connect(gh.addr()).expect("connect");
     stream
         .write_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
         .expect("write");
     let mut first = [0u8; 1024];
     stream.read_exact(&mut first).expect("response started");
+    (stream, first)
+}
+
+#[test]
+fn shutdown_lets_in_flight_responses_finish() {
+    let body: Vec<u8> = (0..32 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let dir = site(&[("big.bin", &body)]);
+    let mut gh = Gatehouse::start(dir.path(), &static_config("", "shutdown_timeout = \"20s\""));
+    let (mut stream, first) = start_download(&gh);
     gh.signal("INT");
     std::thread::sleep(Duration::from_millis(300));
     assert!(
@@ -252,12 +258,8 @@ fn shutdown_timeout_bounds_the_wait() {
     let body = vec![7u8; 32 * 1024 * 1024];
     let dir = site(&[("big.bin", &body)]);
     let mut gh = Gatehouse::start(dir.path(), &static_config("", "shutdown_timeout = \"1s\""));
-    let mut stream = TcpStream::connect(gh.addr()).expect("connect");
-    stream
-        .write_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
-        .expect("write");
-    let mut first = [0u8; 1024];
-    stream.read_exact(&mut first).expect("response started");
+    // Held open, never read further.
+    let (_stream, _) = start_download(&gh);
     let started = Instant::now();
     gh.signal("TERM");
     // The client never reads the rest; the grace period ends the wait.
