@@ -128,8 +128,4 @@ impl Targets {
         &self.names[id.0]
     }
 
-    /// Looks a target up by name (what a routing plugin will hand back).
-    pub fn by_name(&self, name: &str) -> Option<TargetId> {
-        self.names.iter().position(|n| n == name).map(TargetId)
-    }
 }

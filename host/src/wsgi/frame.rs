@@ -17,7 +17,7 @@ pub const MAX_FRAME: usize = 1 << 30;
 pub enum Kind {
     /// Worker -> front, stream 0: the worker is up; payload is its id (u32).
     Hello = 1,
-    /// Front -> worker: a request; payload is [`encode_request`]'s.
+    /// Front -> worker: a request: environ pairs ([`PairEncoder`]), then the body ([`encode_body`]).
     Request = 2,
     /// Front -> worker: the client went away; stop the request.
     Cancel = 3,
@@ -123,6 +123,7 @@ const BODY_INLINE: u8 = 0;
 const BODY_FILE: u8 = 1;
 
 /// Encodes a request: the pairs ([`encode_pairs`]), `0`, then the body.
+#[cfg(test)]
 pub fn encode_request(environ: &[(String, Vec<u8>)], body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 * environ.len() + body.len() + 1);
     encode_pairs(&mut out, environ);
@@ -147,6 +148,7 @@ pub fn encode_body(out: &mut Vec<u8>, body: Result<&[u8], &std::path::Path>) {
 }
 
 /// Encodes a request whose body was spooled to a file: the pairs, `1`, then the file's path.
+#[cfg(test)]
 pub fn encode_request_spooled(
     environ: &[(String, Vec<u8>)],
     body_file: &std::path::Path,
@@ -252,7 +254,7 @@ impl super::environ::Sink for PairEncoder<'_> {
     }
 }
 
-/// Decodes [`encode_request`]'s (or [`encode_request_spooled`]'s) output.
+/// Decodes a request frame's payload (pairs, then the body or the spooled body's path).
 pub fn decode_request(payload: bytes::Bytes) -> io::Result<WireRequest> {
     use std::os::unix::ffi::OsStrExt;
     let (environ, at) = decode_pairs(&payload)?;

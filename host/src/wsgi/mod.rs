@@ -163,10 +163,6 @@ impl WsgiTarget {
         self.pool.dispatch(request).await
     }
 
-    /// Process ids of the live workers.
-    pub fn worker_pids(&self) -> Vec<u32> {
-        self.pool.pids()
-    }
 }
 
 /// Entry point of the hidden `__worker` subcommand.

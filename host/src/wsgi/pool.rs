@@ -6,6 +6,7 @@
 //! dispatch requests to the least-loaded live worker and read the response through a channel.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -287,14 +288,6 @@ impl Pool {
         }
     }
 
-    /// Process ids of the live workers (for tests and logs).
-    pub fn pids(&self) -> Vec<u32> {
-        self.shared
-            .slots
-            .iter()
-            .filter_map(|s| s.lock().ok().and_then(|w| w.as_ref().map(|w| w.pid)))
-            .collect()
-    }
 }
 
 fn build_response(
@@ -382,7 +375,6 @@ impl ResponseStream {
     }
 }
 
-use std::future::Future;
 
 impl Drop for ResponseStream {
     fn drop(&mut self) {
