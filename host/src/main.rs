@@ -87,19 +87,24 @@ fn serve(cli: &Cli) -> anyhow::Result<ExitCode> {
     for addr in &addrs {
         tracing::info!("listening on {addr}");
     }
-    if let Some(ready) = &ready_file {
-        write_ready_file(ready, &addrs).with_context(|| format!("writing {}", ready.display()))?;
-    }
-    let shutdown = CancellationToken::new();
+    // Handlers are installed before anyone is told we are ready: a SIGTERM right after the ready file
+    // appears must be a graceful stop, not the default action.
     let signals = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting tokio")?;
+    let handlers = signals
+        .block_on(async { Signals::install() })
+        .context("installing signal handlers")?;
+    if let Some(ready) = &ready_file {
+        write_ready_file(ready, &addrs).with_context(|| format!("writing {}", ready.display()))?;
+    }
+    let shutdown = CancellationToken::new();
     let watcher = shutdown.clone();
     let reloader = server.reloader(&config);
     std::thread::Builder::new()
         .name("gatehouse-signals".into())
-        .spawn(move || signals.block_on(watch_signals(watcher, reloader, source)))
+        .spawn(move || signals.block_on(watch_signals(handlers, watcher, reloader, source)))
         .context("starting the signal thread")?;
     server.run(shutdown).context("serving")?;
     // The event loops are gone and with them every logger handle, so the writer thread drains and exits.
@@ -118,18 +123,38 @@ fn write_ready_file(path: &Path, addrs: &[String]) -> std::io::Result<()> {
     std::fs::rename(tmp, path)
 }
 
+/// The signals the server acts on.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Must run inside a runtime; the handlers are active from here on.
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
 /// SIGHUP: reload the configuration (new workers, then the old drain). First SIGTERM/SIGINT: graceful
 /// shutdown. A second one: exit now.
-async fn watch_signals(shutdown: CancellationToken, reloader: Reloader, source: Source) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return;
-    };
+async fn watch_signals(
+    signals: Signals,
+    shutdown: CancellationToken,
+    reloader: Reloader,
+    source: Source,
+) {
+    let Signals {
+        mut term,
+        mut int,
+        mut hup,
+    } = signals;
     let source = std::sync::Arc::new(source);
     loop {
         tokio::select! {

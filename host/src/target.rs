@@ -127,5 +127,4 @@ impl Targets {
     pub fn name(&self, id: TargetId) -> &str {
         &self.names[id.0]
     }
-
 }

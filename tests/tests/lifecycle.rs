@@ -266,7 +266,7 @@ fn shutdown_timeout_bounds_the_wait() {
     let status = gh
         .wait_exit(Duration::from_secs(10))
         .expect("exits after the grace period");
-    assert!(status.success(), "{status}");
+    assert!(status.success(), "{status}\n{}", gh.stderr());
     let waited = started.elapsed();
     assert!(
         waited >= Duration::from_millis(900) && waited < Duration::from_secs(4),

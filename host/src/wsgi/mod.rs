@@ -162,7 +162,6 @@ impl WsgiTarget {
         }
         self.pool.dispatch(request).await
     }
-
 }
 
 /// Entry point of the hidden `__worker` subcommand.

@@ -287,7 +287,6 @@ impl Pool {
             notified.await;
         }
     }
-
 }
 
 fn build_response(
@@ -374,7 +373,6 @@ impl ResponseStream {
         }
     }
 }
-
 
 impl Drop for ResponseStream {
     fn drop(&mut self) {
