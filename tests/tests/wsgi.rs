@@ -935,3 +935,24 @@ fn sigterm_lets_python_requests_in_flight_finish() {
     assert!(exit.success(), "{exit}");
     drop(s.marks);
 }
+
+#[test]
+fn ctrl_c_to_the_whole_process_group_still_lets_requests_finish() {
+    let s = serve("stdlib_app:app", "workers = 2");
+    let mut gh = s.gh;
+    let url = gh.url("/sleep?1");
+    let in_flight = std::thread::spawn(move || client().get(url).send().expect("request").status());
+    std::thread::sleep(Duration::from_millis(300));
+    // What a terminal's Ctrl-C does: SIGINT to the server and every worker at once.
+    let mut pids = gh.children();
+    pids.push(gh.pid());
+    for pid in pids {
+        let _ = Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status();
+    }
+    assert_eq!(in_flight.join().expect("client"), StatusCode::OK);
+    let exit = gh.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert!(exit.success(), "{exit}");
+    drop(s.marks);
+}

@@ -57,6 +57,17 @@ pub fn load(py: Python<'_>, spec: &WorkerSpec) -> Result<Py<PyAny>, String> {
         site.call_method1("addsitedir", (dir,)).map_err(show)?;
     }
 
+    // Ctrl-C in a terminal signals the whole process group: the front decides when workers stop (it
+    // drains them, then closes their socket or kills them), so SIGINT/SIGTERM must not kill a worker
+    // in the middle of a request. A Python handler, unlike SIG_IGN, is not inherited by programs the
+    // app runs.
+    py.run(
+        c"import signal\nsignal.signal(signal.SIGINT, lambda *_: None)\nsignal.signal(signal.SIGTERM, lambda *_: None)\n",
+        None,
+        None,
+    )
+    .map_err(show)?;
+
     let (module, callable) = spec
         .app
         .split_once(':')
