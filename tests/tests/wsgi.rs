@@ -956,3 +956,28 @@ fn ctrl_c_to_the_whole_process_group_still_lets_requests_finish() {
     assert!(exit.success(), "{exit}");
     drop(s.marks);
 }
+
+#[test]
+fn workers_load_the_app_in_parallel() {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        dir.path().join("slowimport.py"),
+        "import time\ntime.sleep(1)\n\ndef app(environ, start_response):\n    start_response('200 OK', [])\n    return [b'up']\n",
+    )
+    .expect("write");
+    let config = "[server]\nlisten = [\"127.0.0.1:0\"]\n[targets.app]\nwsgi = \"slowimport:app\"\nworkers = 4\n";
+    let started = Instant::now();
+    let gh = Gatehouse::start(dir.path(), config);
+    let took = started.elapsed();
+    assert_eq!(
+        client()
+            .get(gh.url("/"))
+            .send()
+            .expect("get")
+            .text()
+            .expect("body"),
+        "up"
+    );
+    // Four 1-second imports one after another would take over 4 s.
+    assert!(took < Duration::from_millis(3500), "startup took {took:?}");
+}

@@ -412,10 +412,12 @@ impl Supervisor {
             self.shared.shutdown.clone(),
         ));
 
-        let mut first = Vec::new();
-        for slot in 0..self.shared.slots.len() {
-            first.push(self.spawn(slot, &waiting).await);
-        }
+        // All workers import the app at the same time: startup (and reload) waits for the slowest
+        // import, not for the sum of them.
+        let first = futures_util::future::join_all(
+            (0..self.shared.slots.len()).map(|slot| self.spawn(slot, &waiting)),
+        )
+        .await;
         let mut started = Vec::new();
         for (slot, result) in first.into_iter().enumerate() {
             match result {
