@@ -30,6 +30,8 @@ use crate::error::HttpError;
 /// What a worker said about one request.
 #[derive(Debug)]
 enum Event {
+    /// A whole small response whose head, body and end arrived in one read: one hand-off, no stream.
+    Complete(u16, frame::Pairs, Bytes),
     Start(u16, frame::Pairs),
     Body(Bytes),
     End,
@@ -245,9 +247,13 @@ impl Pool {
             }
         };
         match first {
+            Some(Event::Complete(status, headers, body)) => {
+                stream.done = true;
+                build_response(status, headers, Body::full(body))
+            }
             Some(Event::Start(status, headers)) => {
                 stream.events = Some(events);
-                build_response(status, headers, stream)
+                build_response(status, headers, Body::Wsgi(Box::new(stream)))
             }
             Some(Event::Error(_)) => {
                 stream.done = true;
@@ -291,8 +297,8 @@ impl Pool {
 
 fn build_response(
     status: u16,
-    headers: Vec<(String, Vec<u8>)>,
-    stream: ResponseStream,
+    headers: frame::Pairs,
+    body: Body,
 ) -> Result<Response<Body>, HttpError> {
     let status = StatusCode::from_u16(status).map_err(|_| HttpError::BadGateway)?;
     let mut response = Response::new(Body::Empty);
@@ -307,7 +313,7 @@ fn build_response(
         };
         response.headers_mut().append(name, value);
     }
-    *response.body_mut() = Body::Wsgi(Box::new(stream));
+    *response.body_mut() = body;
     Ok(response)
 }
 
@@ -355,7 +361,7 @@ impl ResponseStream {
                     "the app failed mid-response: {message}"
                 )))))
             }
-            Poll::Ready(Some(Event::Start(..)) | Some(Event::Gone) | None) => {
+            Poll::Ready(Some(Event::Start(..) | Event::Complete(..) | Event::Gone) | None) => {
                 self.done = true;
                 Poll::Ready(Some(Err(std::io::Error::other(
                     "the worker died mid-response",
@@ -668,21 +674,70 @@ async fn read_frames(
         if reader.read_buf(buf).await? == 0 {
             return Ok(());
         }
+        // Responses whose start, body and end all came in this read go over as one event.
+        let mut whole: Vec<(u32, u16, frame::Pairs, Vec<Bytes>)> = Vec::new();
         while let Some(f) = frame::take_frame(buf)? {
-            let event = match f.kind {
-                Kind::Start => match frame::decode_start(f.payload) {
-                    Ok((status, _reason, headers)) => Event::Start(status, headers),
-                    Err(e) => Event::Error(e.to_string()),
+            let open = whole.iter().position(|(id, ..)| *id == f.stream);
+            match (f.kind, open) {
+                (Kind::Start, _) => match frame::decode_start(f.payload) {
+                    Ok((status, _reason, headers)) => {
+                        whole.push((f.stream, status, headers, Vec::new()))
+                    }
+                    Err(e) => worker.deliver(f.stream, Event::Error(e.to_string())),
                 },
-                Kind::Body => Event::Body(f.payload),
-                Kind::End => Event::End,
-                Kind::Error => Event::Error(String::from_utf8_lossy(&f.payload).into_owned()),
-                other => {
-                    tracing::warn!(?other, "unexpected frame from a worker");
-                    continue;
+                (Kind::Body, Some(i)) => whole[i].3.push(f.payload),
+                (Kind::End, Some(i)) => {
+                    let (id, status, headers, parts) = whole.swap_remove(i);
+                    worker.deliver(id, Event::Complete(status, headers, concat(parts)));
                 }
-            };
-            worker.deliver(f.stream, event);
+                (Kind::Error, Some(i)) => {
+                    // Started but failed: the client sees the start, then the failure, as if streamed.
+                    let (id, status, headers, parts) = whole.swap_remove(i);
+                    deliver_started(worker, id, status, headers, parts);
+                    worker.deliver(
+                        id,
+                        Event::Error(String::from_utf8_lossy(&f.payload).into_owned()),
+                    );
+                }
+                (Kind::Body, None) => worker.deliver(f.stream, Event::Body(f.payload)),
+                (Kind::End, None) => worker.deliver(f.stream, Event::End),
+                (Kind::Error, None) => worker.deliver(
+                    f.stream,
+                    Event::Error(String::from_utf8_lossy(&f.payload).into_owned()),
+                ),
+                (other, _) => tracing::warn!(?other, "unexpected frame from a worker"),
+            }
+        }
+        // Responses still going on: what came so far is streamed.
+        for (id, status, headers, parts) in whole {
+            deliver_started(worker, id, status, headers, parts);
+        }
+    }
+}
+
+fn deliver_started(
+    worker: &Worker,
+    id: u32,
+    status: u16,
+    headers: frame::Pairs,
+    parts: Vec<Bytes>,
+) {
+    worker.deliver(id, Event::Start(status, headers));
+    for part in parts {
+        worker.deliver(id, Event::Body(part));
+    }
+}
+
+fn concat(mut parts: Vec<Bytes>) -> Bytes {
+    match parts.len() {
+        0 => Bytes::new(),
+        1 => parts.pop().unwrap_or_default(),
+        _ => {
+            let mut all = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+            for part in parts {
+                all.extend_from_slice(&part);
+            }
+            all.freeze()
         }
     }
 }
