@@ -672,7 +672,7 @@ fn a_virtualenv_package_installed_with_its_own_pip_is_importable() {
     );
     std::fs::write(
         dir.path().join("venvapp.py"),
-        "import sys, gatehouse_venv_probe\n\ndef app(environ, start_response):\n    body = ('%s|%s' % (gatehouse_venv_probe.MESSAGE, sys.prefix)).encode()\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [body]\n",
+        "import subprocess, sys, gatehouse_venv_probe\n\ndef app(environ, start_response):\n    if environ['PATH_INFO'] == '/sub':\n        # A program the app starts sees the same venv, not the embedded interpreter's settings.\n        out = subprocess.run([sys.executable, '-c', 'import gatehouse_venv_probe, os, sys; print(sys.prefix, os.environ.get(\"PYTHONHOME\"), os.environ.get(\"GATEHOUSE_WORKER\"))'], capture_output=True, text=True)\n        body = (out.stdout.strip() + '|' + out.stderr.strip()[-300:]).encode()\n    else:\n        body = ('%s|%s' % (gatehouse_venv_probe.MESSAGE, sys.prefix)).encode()\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [body]\n",
     )
     .expect("write");
     let config = format!(
@@ -687,6 +687,17 @@ fn a_virtualenv_package_installed_with_its_own_pip_is_importable() {
         .text()
         .expect("body");
     assert_eq!(text, format!("from the venv|{}", venv.display()));
+    let text = client()
+        .get(gh.url("/sub"))
+        .send()
+        .expect("get")
+        .text()
+        .expect("body");
+    assert_eq!(
+        text,
+        format!("{} None None|", venv.display()),
+        "a subprocess of the app uses the venv, and sees none of the worker's own settings"
+    );
 
     // The same through $VIRTUAL_ENV, as after `source venv/bin/activate`.
     let config = "[server]\nlisten = [\"127.0.0.1:0\"]\n[targets.app]\nwsgi = \"venvapp:app\"\n";

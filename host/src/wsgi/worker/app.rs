@@ -61,8 +61,10 @@ pub fn load(py: Python<'_>, spec: &WorkerSpec) -> Result<Py<PyAny>, String> {
     // drains them, then closes their socket or kills them), so SIGINT/SIGTERM must not kill a worker
     // in the middle of a request. A Python handler, unlike SIG_IGN, is not inherited by programs the
     // app runs.
+    // PYTHONHOME (set for the embedded interpreter) and our spec must not leak into programs the app
+    // starts: a virtualenv's python would ignore its own site-packages under someone else's home.
     py.run(
-        c"import signal\nsignal.signal(signal.SIGINT, lambda *_: None)\nsignal.signal(signal.SIGTERM, lambda *_: None)\n",
+        c"import os, signal\nsignal.signal(signal.SIGINT, lambda *_: None)\nsignal.signal(signal.SIGTERM, lambda *_: None)\nos.environ.pop('PYTHONHOME', None)\nos.environ.pop('GATEHOUSE_WORKER', None)\n",
         None,
         None,
     )
