@@ -136,6 +136,13 @@ pub fn write(req: &Parts, origin: &Origin<'_>, body_len: usize, env: &mut impl S
         let separator: &[u8] = if name == COOKIE { b"; " } else { b", " };
         env.put_header(name.as_str(), req.headers.get_all(name), separator);
     }
+    // HTTP/2 carries the host as the `:authority` pseudo-header; apps (Django's ALLOWED_HOSTS, URL
+    // building) look for HTTP_HOST.
+    if !req.headers.contains_key(HOST) {
+        if let Some(authority) = req.uri.authority() {
+            env.put("HTTP_HOST", authority.as_str().as_bytes());
+        }
+    }
 }
 
 /// `SERVER_NAME`/`SERVER_PORT`: from the Host header (or the HTTP/2 authority), else the local address.
@@ -326,6 +333,30 @@ mod tests {
         assert_eq!(&decoded.body[..], b"abc");
         assert_eq!(get(&listed, "HTTP_X_LONG_NAME"), Some(&b"v"[..]));
         assert_eq!(get(&listed, "HTTP_COOKIE"), Some(&b"x=1; y=2"[..]));
+    }
+
+    #[test]
+    fn http2_authority_becomes_http_host() {
+        let req = Request::builder()
+            .uri("https://example.com:8443/x")
+            .version(Version::HTTP_2)
+            .body(())
+            .expect("req");
+        let env = environ(req, "", 0);
+        assert_eq!(get(&env, "HTTP_HOST"), Some(&b"example.com:8443"[..]));
+        assert_eq!(get(&env, "SERVER_NAME"), Some(&b"example.com"[..]));
+        let req = Request::builder()
+            .uri("/x")
+            .header("Host", "a.test")
+            .body(())
+            .expect("req");
+        assert_eq!(
+            environ(req, "", 0)
+                .iter()
+                .filter(|(k, _)| k == "HTTP_HOST")
+                .count(),
+            1
+        );
     }
 
     #[test]
