@@ -9,6 +9,7 @@ pub mod forwarded;
 pub mod frame;
 pub mod interpreter;
 pub mod pool;
+pub mod transport;
 pub mod worker;
 
 use std::path::PathBuf;

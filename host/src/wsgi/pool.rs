@@ -16,12 +16,13 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderName, HeaderValue, Response, StatusCode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::frame::{self, Kind};
+use super::transport;
 use super::worker::EXIT_APP_LOAD_FAILED;
 use super::{WORKER_ENV, WorkerSpec};
 use crate::body::Body;
@@ -44,7 +45,7 @@ enum Event {
 #[derive(Debug)]
 struct Worker {
     pid: u32,
-    frames: mpsc::UnboundedSender<Vec<u8>>,
+    frames: transport::Sender,
     streams: Mutex<HashMap<u32, mpsc::UnboundedSender<Event>>>,
     in_flight: AtomicUsize,
     next_stream: AtomicU32,
@@ -62,7 +63,7 @@ impl Worker {
     fn send(&self, kind: Kind, stream: u32, payload: &[u8]) {
         let mut buf = Vec::with_capacity(frame::HEADER_LEN + payload.len());
         frame::write_frame(&mut buf, kind, stream, payload);
-        let _ = self.frames.send(buf);
+        self.frames.send(buf);
     }
 
     fn open_stream(&self) -> (u32, mpsc::UnboundedReceiver<Event>) {
@@ -228,7 +229,7 @@ impl Pool {
         }
         let (id, mut events) = worker.open_stream();
         frame::seal(&mut request, Kind::Request, id);
-        let _ = worker.frames.send(request);
+        worker.frames.send(request);
         let mut stream = ResponseStream {
             worker,
             id,
@@ -560,10 +561,10 @@ impl Supervisor {
             w.remove(&worker_id);
         }
         let stream = connected?;
-        let (frames_tx, frames_rx) = mpsc::unbounded_channel();
+        let (frames, receiver) = transport::over_socket(stream);
         let worker = Arc::new(Worker {
             pid,
-            frames: frames_tx,
+            frames,
             streams: Mutex::new(HashMap::new()),
             in_flight: AtomicUsize::new(0),
             next_stream: AtomicU32::new(1),
@@ -581,12 +582,10 @@ impl Supervisor {
         }
         self.shared.changed.notify_waiters();
         tracing::debug!(pool = %config.name, pid, "worker connected");
-        let (reader, writer) = stream.into_split();
-        tokio::spawn(write_frames(writer, frames_rx));
         Ok(Running {
             worker,
             child,
-            reader,
+            receiver,
         })
     }
 }
@@ -595,7 +594,7 @@ impl Supervisor {
 struct Running {
     worker: Arc<Worker>,
     child: tokio::process::Child,
-    reader: tokio::net::unix::OwnedReadHalf,
+    receiver: transport::Receiver,
 }
 
 impl Running {
@@ -615,7 +614,7 @@ impl Running {
         let mut buf = BytesMut::with_capacity(64 * 1024);
         let reason = loop {
             tokio::select! {
-                read = read_frames(&mut self.reader, &mut buf, &worker) => {
+                read = read_frames(&mut self.receiver, &mut buf, &worker) => {
                     break read.err().map_or("closed its connection".to_string(), |e| e.to_string());
                 }
                 status = self.child.wait() => break status.map_or_else(|e| e.to_string(), |s| format!("exited with {s}")),
@@ -666,12 +665,12 @@ fn jitter(max: u64) -> u64 {
 
 /// Reads and delivers frames until the connection ends. Cancel-safe: unread bytes stay in `buf`.
 async fn read_frames(
-    reader: &mut tokio::net::unix::OwnedReadHalf,
+    receiver: &mut transport::Receiver,
     buf: &mut BytesMut,
     worker: &Worker,
 ) -> std::io::Result<()> {
     loop {
-        if reader.read_buf(buf).await? == 0 {
+        if receiver.recv(buf).await? == 0 {
             return Ok(());
         }
         // Responses whose start, body and end all came in this read go over as one event.
@@ -738,27 +737,6 @@ fn concat(mut parts: Vec<Bytes>) -> Bytes {
                 all.extend_from_slice(&part);
             }
             all.freeze()
-        }
-    }
-}
-
-/// Writes queued frames, coalescing whatever is waiting into one write.
-async fn write_frames(
-    mut writer: tokio::net::unix::OwnedWriteHalf,
-    mut frames: mpsc::UnboundedReceiver<Vec<u8>>,
-) {
-    let mut batch = Vec::with_capacity(64 * 1024);
-    while let Some(first) = frames.recv().await {
-        batch.clear();
-        batch.extend_from_slice(&first);
-        while batch.len() < 1 << 20 {
-            match frames.try_recv() {
-                Ok(more) => batch.extend_from_slice(&more),
-                Err(_) => break,
-            }
-        }
-        if writer.write_all(&batch).await.is_err() {
-            return;
         }
     }
 }
