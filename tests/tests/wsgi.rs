@@ -43,6 +43,10 @@ fn serve(app: &str, extra: &str) -> Served {
     Served { gh, marks }
 }
 
+/// Both ways a worker reads requests: one thread that reads the socket itself, and several with a
+/// reader thread handing requests over.
+const WORKER_MODES: [&str; 2] = ["threads = 1", "threads = 2"];
+
 /// The pool still answers after whatever the test did to it.
 fn assert_serving(gh: &Gatehouse) {
     assert_eq!(
@@ -220,8 +224,7 @@ fn wsgi_input_reads_agree_with_each_other() {
 
 #[test]
 fn response_bodies_stream_write_and_file_wrapper() {
-    // One thread (it reads the socket itself) and several (a reader thread hands requests over).
-    for threads in ["threads = 1", "threads = 2"] {
+    for threads in WORKER_MODES {
         response_bodies(threads);
     }
 }
@@ -311,7 +314,7 @@ fn close_is_called_on_every_iterable() {
 
 #[test]
 fn a_client_going_away_stops_the_app_and_close_still_runs() {
-    for threads in ["threads = 1", "threads = 2"] {
+    for threads in WORKER_MODES {
         client_goes_away(threads);
     }
 }

@@ -88,7 +88,7 @@ impl StaticFiles {
             return Err(HttpError::MethodNotAllowed("GET, HEAD"));
         }
         let url_path = req.uri.path();
-        let rest = self.strip_mount(url_path).ok_or(HttpError::NotFound)?;
+        let rest = crate::target::below_mount(url_path, &self.mount).ok_or(HttpError::NotFound)?;
         let rel = path::relative_path(rest, self.show_hidden).map_err(|_| HttpError::NotFound)?;
 
         let file = self.open_beneath(&self.root, &rel)?;
@@ -123,15 +123,6 @@ impl StaticFiles {
             return Err(HttpError::NotFound);
         }
         self.file_response(req, &rel, file, meta)
-    }
-
-    /// The part of the URL path below the mount, or `None` when the path is outside it.
-    fn strip_mount<'a>(&self, url_path: &'a str) -> Option<&'a str> {
-        if self.mount == "/" {
-            return Some(url_path);
-        }
-        let rest = url_path.strip_prefix(self.mount.as_str())?;
-        (rest.is_empty() || rest.starts_with('/')).then_some(rest)
     }
 
     /// Builds the response for a regular file, preferring a precompressed sibling the client accepts.

@@ -118,15 +118,7 @@ impl WsgiTarget {
         body: &RequestBody,
         conn: &ConnCtx,
     ) -> Result<Response<Body>, HttpError> {
-        let path = req.uri.path();
-        if !self.script_name.is_empty() {
-            let rest = path
-                .strip_prefix(self.script_name.as_str())
-                .ok_or(HttpError::NotFound)?;
-            if !(rest.is_empty() || rest.starts_with('/')) {
-                return Err(HttpError::NotFound);
-            }
-        }
+        crate::target::below_mount(req.uri.path(), &self.script_name).ok_or(HttpError::NotFound)?;
         let client = forwarded::resolve(conn.client, &req.headers, &self.trusted);
         let origin = environ::Origin {
             remote_ip: client.forwarded_ip.or(client.addr.map(|a| a.ip())),

@@ -220,7 +220,6 @@ impl StartResponse {
     #[pyo3(signature = (status, headers, exc_info = None))]
     fn __call__(
         &self,
-        py: Python<'_>,
         status: &Bound<'_, PyAny>,
         headers: &Bound<'_, PyAny>,
         exc_info: Option<&Bound<'_, PyAny>>,
@@ -298,7 +297,6 @@ impl StartResponse {
         state.headers = list;
         state.content_length = content_length;
         drop(state);
-        let _ = py;
         Ok(Write {
             state: Arc::clone(&self.state),
         })
