@@ -15,4 +15,26 @@ fn main() {
         version.major, version.minor
     );
     println!("cargo:rerun-if-env-changed=PYO3_PYTHON");
+    embed_plugins();
 }
+
+/// Builds the first-party plugins in `plugins/` to wasm32-wasip2 and writes the table that
+/// `plugin::builtin` includes.
+fn embed_plugins() {
+    let out = std::path::PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
+    let built = wasm_build::build(&["router"], &wasm_build::target_dir(&out));
+    let mut table = String::from(
+        "/// Built-in plugins: name and component bytes.\npub const BUILTIN: &[(&str, &[u8])] = &[\n",
+    );
+    for (name, path) in built {
+        table.push_str(&format!(
+            "    ({name:?}, include_bytes!({:?})),\n",
+            path.display().to_string()
+        ));
+    }
+    table.push_str("];\n");
+    std::fs::write(out.join("builtin_plugins.rs"), table).expect("write builtin_plugins.rs");
+}
+
+#[path = "../plugins/build_support.rs"]
+mod wasm_build;

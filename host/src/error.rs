@@ -26,6 +26,9 @@ pub enum HttpError {
     /// Nothing is there (or it is hidden).
     #[error("not found")]
     NotFound,
+    /// No plugin chose a target and there is no default target.
+    #[error("no route")]
+    NoRoute,
     /// The target does not support this method; the value is the `Allow` header.
     #[error("method not allowed")]
     MethodNotAllowed(&'static str),
@@ -56,7 +59,7 @@ impl HttpError {
             HttpError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             HttpError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             HttpError::Forbidden => StatusCode::FORBIDDEN,
-            HttpError::NotFound => StatusCode::NOT_FOUND,
+            HttpError::NotFound | HttpError::NoRoute => StatusCode::NOT_FOUND,
             HttpError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             HttpError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             HttpError::BadGateway => StatusCode::BAD_GATEWAY,

@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod logging;
 pub mod pipeline;
+pub mod plugin;
 pub mod server;
 pub mod static_files;
 pub mod target;

@@ -7,7 +7,10 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use gatehouse::access_log::AccessLog;
 use gatehouse::cli::{Cli, Command};
+use std::sync::Arc;
+
 use gatehouse::config::Config;
+use gatehouse::plugin::{Chain, Services};
 use gatehouse::server::{Reloader, Server};
 use gatehouse::target::Targets;
 use tokio_util::sync::CancellationToken;
@@ -41,12 +44,18 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
+    let services = Arc::new(Services::new(config.kv_budget as usize));
+    if let Err(error) = Chain::for_config(&config, services) {
+        eprintln!("{}: {error}", path.display());
+        return Ok(ExitCode::FAILURE);
+    }
     Targets::build(&config)?;
     println!(
-        "{}: ok ({} listener(s), {} target(s))",
+        "{}: ok ({} listener(s), {} target(s), {} plugin(s))",
         path.display(),
         config.server.listen.len(),
-        config.targets.len()
+        config.targets.len(),
+        config.plugins.len()
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -1,7 +1,7 @@
 //! Named targets, and the routing decision that picks one.
 //!
 //! The decision is a value ([`Route`]) produced by the routing phase, not a lookup hard-wired into the
-//! server: today the phase picks `server.default_target`; the plugin chain will set it later.
+//! server: a plugin (usually `router`) names the target, else `server.default_target` answers.
 
 use http::Response;
 use http::request::Parts;
@@ -28,10 +28,12 @@ pub fn below_mount<'a>(path: &'a str, mount: &str) -> Option<&'a str> {
 pub struct TargetId(usize);
 
 /// Where a request goes; set by the routing phase.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     /// The chosen target.
     pub target: TargetId,
+    /// A mount prefix chosen with it (a router's `strip_prefix`), replacing the target's `mount`.
+    pub mount: Option<String>,
 }
 
 /// A built target, ready to answer requests.
@@ -50,10 +52,11 @@ impl Target {
         req: &Parts,
         body: &RequestBody,
         conn: &ConnCtx,
+        mount: Option<&str>,
     ) -> Result<Response<Body>, HttpError> {
         match self {
-            Target::Static(files) => files.serve(req),
-            Target::Wsgi(app) => app.serve(req, body, conn).await,
+            Target::Static(files) => files.serve(req, mount),
+            Target::Wsgi(app) => app.serve(req, body, conn, mount).await,
         }
     }
 }
@@ -63,7 +66,7 @@ impl Target {
 pub struct Targets {
     names: Vec<String>,
     targets: Vec<Target>,
-    default: TargetId,
+    default: Option<TargetId>,
 }
 
 /// A target that could not be built from its (already validated) configuration.
@@ -106,14 +109,19 @@ impl Targets {
             names.push(name.clone());
             targets.push(built);
         }
-        let default = names
-            .iter()
-            .position(|n| n == &config.server.default_target)
-            .map(TargetId)
-            .ok_or_else(|| BuildError {
-                name: config.server.default_target.clone(),
-                source: std::io::Error::other("default target is not defined").into(),
-            })?;
+        let default = match &config.server.default_target {
+            Some(name) => Some(
+                names
+                    .iter()
+                    .position(|n| n == name)
+                    .map(TargetId)
+                    .ok_or_else(|| BuildError {
+                        name: name.clone(),
+                        source: std::io::Error::other("default target is not defined").into(),
+                    })?,
+            ),
+            None => None,
+        };
         Ok(Targets {
             names,
             targets,
@@ -121,11 +129,22 @@ impl Targets {
         })
     }
 
-    /// The route every request takes until something chooses otherwise.
-    pub fn default_route(&self) -> Route {
-        Route {
-            target: self.default,
-        }
+    /// The route a request takes when no plugin chose one (`None`: no default target).
+    pub fn default_route(&self) -> Option<Route> {
+        self.default.map(|target| Route {
+            target,
+            mount: None,
+        })
+    }
+
+    /// The target with this name.
+    pub fn find(&self, name: &str) -> Option<TargetId> {
+        self.names.iter().position(|n| n == name).map(TargetId)
+    }
+
+    /// All target names, in id order.
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 
     /// The target behind an id.

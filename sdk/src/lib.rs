@@ -1,5 +1,158 @@
-//! The Gatehouse plugin SDK.
+//! Write Gatehouse plugins in Rust.
 //!
-//! Plugin authors will implement a `Filter` trait here and export it with one macro; the Plugins issue
-//! fills this crate in. It exists now so the workspace layout is final from the first commit.
+//! A plugin is a type that implements [`Filter`], exported with [`export_filter!`] and built for
+//! `wasm32-wasip2`:
+//!
+//! ```
+//! use gatehouse_sdk::{Action, Filter, Request, Response};
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Config {
+//!     deny_user_agents: Vec<String>,
+//! }
+//!
+//! struct BotBlock {
+//!     config: Config,
+//! }
+//!
+//! impl Filter for BotBlock {
+//!     type Config = Config;
+//!
+//!     fn new(config: Config) -> Result<Self, String> {
+//!         Ok(BotBlock { config })
+//!     }
+//!
+//!     fn on_request(&self, req: &mut Request) -> Action {
+//!         let agent = req.header("user-agent").unwrap_or_default();
+//!         if self.config.deny_user_agents.iter().any(|bad| agent.contains(bad.as_str())) {
+//!             gatehouse_sdk::counter::incr("blocked", 1);
+//!             return Response::new(403).body("no bots\n").into();
+//!         }
+//!         Action::Continue
+//!     }
+//! }
+//!
+//! gatehouse_sdk::export_filter!(BotBlock);
+//! # fn main() {}
+//! ```
+//!
+//! Host services live in [`kv`], [`counter`], [`metrics`], [`log`] and [`clock`]. The [`testing`]
+//! module runs a filter natively under `cargo test`, with in-memory services.
 #![deny(missing_docs)]
+
+mod http;
+pub mod services;
+pub mod testing;
+
+pub use http::{Action, BodyError, Reply, Request, Response};
+pub use services::{clock, counter, kv, log, metrics};
+
+/// A plugin. Every hook has a default that does nothing, so a filter implements only what it needs.
+pub trait Filter: Sized + 'static {
+    /// The plugin's configuration: its `config` table in the Gatehouse TOML file.
+    type Config: serde::de::DeserializeOwned;
+
+    /// Set to `true` to read and change streamed response bodies in [`Filter::on_response`] (the
+    /// host then buffers them, up to `server.limits.body_buffer_size`).
+    const RESPONSE_BODY: bool = false;
+
+    /// Builds the filter from its configuration; an `Err` is reported by `gatehouse check` and at
+    /// startup with the plugin's name.
+    fn new(config: Self::Config) -> Result<Self, String>;
+
+    /// Called for each request, in chain order: change it, answer it, or pick its target.
+    fn on_request(&self, _req: &mut Request) -> Action {
+        Action::Continue
+    }
+
+    /// Called for each response, in reverse chain order. The default does nothing, and tells the host
+    /// it need not call it again.
+    fn on_response(&self, _req: &mut Request, _resp: &mut Reply) {
+        http::mark_unimplemented();
+    }
+
+    /// Called once the response has been sent (for logs and counters). The default does nothing,
+    /// and tells the host it need not call it again.
+    fn on_log(&self, _req: &mut Request, _entry: &LogEntry) {
+        http::mark_unimplemented();
+    }
+}
+
+/// The names of the targets in the Gatehouse config (set before [`Filter::new`] runs), so a filter
+/// that routes can check its config at load time.
+pub fn targets() -> Vec<String> {
+    http::TARGETS.with(|t| t.borrow().clone())
+}
+
+/// What happened to a request, as seen by [`Filter::on_log`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    /// The status sent.
+    pub status: u16,
+    /// Body bytes sent.
+    pub bytes_sent: u64,
+    /// From the request's arrival to its last byte, in microseconds.
+    pub duration_us: u64,
+    /// The target that answered, if one did.
+    pub target: Option<String>,
+}
+
+/// Exports a [`Filter`] as the plugin's implementation of the `gatehouse:plugin` world.
+#[macro_export]
+macro_rules! export_filter {
+    ($filter:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            struct GatehouseExport;
+            impl $crate::__private::Guest for GatehouseExport {
+                fn init(
+                    config: ::std::string::String,
+                    targets: ::std::vec::Vec<::std::string::String>,
+                ) -> ::std::result::Result<
+                    $crate::__private::Capabilities,
+                    ::std::string::String,
+                > {
+                    $crate::__private::init::<$filter>(config, targets)
+                }
+                fn on_request(req: &$crate::__private::WitRequest) -> $crate::__private::WitAction {
+                    $crate::__private::on_request::<$filter>(req)
+                }
+                fn on_response(
+                    req: &$crate::__private::WitRequest,
+                    resp: &$crate::__private::WitResponse,
+                ) -> $crate::__private::HookStatus {
+                    $crate::__private::on_response::<$filter>(req, resp)
+                }
+                fn on_log(
+                    req: &$crate::__private::WitRequest,
+                    entry: $crate::__private::WitLogEntry,
+                ) -> $crate::__private::HookStatus {
+                    $crate::__private::on_log::<$filter>(req, entry)
+                }
+            }
+            $crate::__export_plugin_impl!(GatehouseExport with_types_in $crate::__private::bindings);
+        };
+    };
+}
+
+/// Glue for [`export_filter!`]; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::http::{init, on_log, on_request, on_response};
+    pub use bindings::Guest;
+    pub use bindings::gatehouse::plugin::http::{
+        Action as WitAction, Capabilities, HookStatus, LogEntry as WitLogEntry,
+        Request as WitRequest, Response as WitResponse,
+    };
+
+    #[allow(missing_docs, unsafe_code, clippy::all)]
+    pub mod bindings {
+        wit_bindgen::generate!({
+            path: "../wit",
+            world: "plugin",
+            pub_export_macro: true,
+            export_macro_name: "__export_plugin_impl",
+            default_bindings_module: "gatehouse_sdk::__private::bindings",
+        });
+    }
+}

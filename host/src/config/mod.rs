@@ -4,7 +4,10 @@
 //! can be checked before the first request (unknown target names, duplicate listeners, missing
 //! directories) is checked here.
 
+mod plugins;
 pub mod units;
+
+pub use plugins::{Isolation, MAX_CHAIN, OnError, PluginConfig, PluginSource};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -27,6 +30,10 @@ pub struct Config {
     pub log: LogConfig,
     /// Named targets, in name order.
     pub targets: BTreeMap<String, TargetConfig>,
+    /// The plugin chain, in order.
+    pub plugins: Vec<PluginConfig>,
+    /// `[store] kv_budget`: bytes the shared key-value store may hold.
+    pub kv_budget: u64,
 }
 
 /// `[server]`: listeners, the default target, limits.
@@ -34,8 +41,11 @@ pub struct Config {
 pub struct ServerConfig {
     /// Addresses to listen on, each at most once.
     pub listen: Vec<ListenAddr>,
-    /// The target that receives a request nobody routed elsewhere.
-    pub default_target: String,
+    /// The target that receives a request no plugin routed elsewhere; with none, such a request
+    /// gets 404.
+    pub default_target: Option<String>,
+    /// Where compiled plugins are cached (`None`: not cached).
+    pub plugin_cache_dir: Option<PathBuf>,
     /// Request limits and timeouts.
     pub limits: Limits,
     /// How long in-flight requests may run after SIGTERM/SIGINT before the process exits anyway.
@@ -312,6 +322,10 @@ struct RawConfig {
     log: RawLog,
     #[serde(default)]
     targets: BTreeMap<Spanned<String>, Spanned<RawTarget>>,
+    #[serde(default)]
+    plugins: Vec<plugins::RawPlugin>,
+    #[serde(default)]
+    store: plugins::RawStore,
 }
 
 #[derive(Deserialize)]
@@ -323,6 +337,7 @@ struct RawServer {
     limits: RawLimits,
     shutdown_timeout: Option<Seconds>,
     threads: Option<Spanned<u32>>,
+    plugin_cache_dir: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -423,6 +438,8 @@ impl RawConfig {
             None if self.targets.len() == 1 => {
                 self.targets.keys().next().map(|k| k.get_ref().clone())
             }
+            // With plugins, routing is theirs; what nobody routes gets 404.
+            None if !self.plugins.is_empty() => None,
             None if self.targets.is_empty() => {
                 errors.push(doc.error(
                     0..0,
@@ -435,10 +452,29 @@ impl RawConfig {
                 errors.push(doc.error(
                     self.server.listen.span(),
                     "server.default_target",
-                    "several targets are defined: say which receives requests with server.default_target",
+                    "several targets are defined: say which receives requests with server.default_target, or route with the `router` plugin",
                 ));
                 None
             }
+        };
+
+        if self.plugins.len() > MAX_CHAIN {
+            errors.push(doc.error(
+                0..0,
+                "plugins",
+                format!("at most {MAX_CHAIN} plugins in a chain"),
+            ));
+        }
+        let plugins: Vec<PluginConfig> = self
+            .plugins
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.validate(i, doc, base, errors))
+            .collect();
+        let plugin_cache_dir = match self.server.plugin_cache_dir.as_deref() {
+            Some("") => None,
+            Some(dir) => Some(base.join(dir)),
+            None => crate::plugin::cache::default_dir(),
         };
 
         let threads = match &self.server.threads {
@@ -458,7 +494,8 @@ impl RawConfig {
             source: doc.file.to_string(),
             server: ServerConfig {
                 listen,
-                default_target: default_target?,
+                default_target,
+                plugin_cache_dir,
                 limits,
                 shutdown_timeout: self
                     .server
@@ -468,6 +505,8 @@ impl RawConfig {
             },
             log,
             targets,
+            plugins,
+            kv_budget: self.store.kv_budget(),
         })
     }
 }
@@ -857,7 +896,7 @@ mod tests {
         let config: Config = "[server]\nlisten = [\"127.0.0.1:0\", \"[::1]:0\", \"unix:gh.sock\"]\n[targets.site]\nstatic = \".\"\n"
             .parse()
             .expect("valid");
-        assert_eq!(config.server.default_target, "site");
+        assert_eq!(config.server.default_target.as_deref(), Some("site"));
         assert_eq!(config.server.listen.len(), 3);
         assert!(matches!(config.server.listen[2], ListenAddr::Unix(ref p) if p.is_absolute()));
         assert_eq!(config.server.limits, Limits::default());

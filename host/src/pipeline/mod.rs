@@ -1,4 +1,5 @@
-//! A request, phase by phase: admit -> read body -> route -> serve -> log.
+//! A request, phase by phase: admit -> read body -> plugins' on-request -> route -> serve ->
+//! plugins' on-response -> log (access log, plugins' on-log).
 //!
 //! Each phase is a small function with typed input and output. Errors from any phase become a status
 //! in exactly one place ([`error_response`]).
@@ -18,7 +19,6 @@ use bytes::{Bytes, BytesMut};
 use http::header::{
     ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, REFERER, USER_AGENT,
 };
-use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Request, Response, Version};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -27,17 +27,20 @@ use crate::access_log::{AccessLog, Entry};
 use crate::body::Body;
 use crate::config::Limits;
 use crate::error::HttpError;
+use crate::plugin::{Chain, Choice, Decision, Exchange, LogEntry, Ran};
 use crate::server::conn::{Activity, RequestGuard};
 use crate::server::wire::Verdicts;
 use crate::target::{Route, Targets};
 
 pub use admit::admit;
 
-/// Everything a request needs that outlives it: targets, limits, the access log.
+/// Everything a request needs that outlives it: targets, plugins, limits, the access log.
 #[derive(Debug)]
 pub struct Gateway {
     /// The configured targets.
     pub targets: Targets,
+    /// The plugin chain.
+    pub plugins: Chain,
     /// Request limits.
     pub limits: Limits,
     /// The access log.
@@ -80,25 +83,60 @@ where
     };
 
     let mut route: Option<Route> = None;
-    let result = async {
+    let mut ran = Ran::default();
+    let mut slot: Option<Box<Exchange>> = None;
+    let received = async {
         admit(&req, verdict, &gateway.limits)?;
         let (parts, body) = req.into_parts();
         let body = read_body(body, &gateway.limits).await?;
-        let chosen = route_request(&gateway.targets, &parts);
-        route = Some(chosen);
-        serve(&gateway.targets, chosen, &parts, &body, &conn).await
+        Ok::<_, HttpError>(Box::new(Exchange::new(parts, body, conn.client)))
     }
     .await;
+    let response = match received {
+        Err(e) => error_response(&e, version),
+        Ok(ex) => {
+            slot = Some(ex);
+            let response = match gateway.plugins.on_request(&mut slot, &mut ran) {
+                Ok(Decision::Respond(response)) => response,
+                Ok(Decision::Serve(choice)) => {
+                    match route_request(&gateway.targets, choice.as_ref()) {
+                        Ok(chosen) => {
+                            let served = match slot.as_deref() {
+                                Some(ex) => serve(&gateway.targets, &chosen, ex, &conn).await,
+                                None => Err(HttpError::Internal),
+                            };
+                            route = Some(chosen);
+                            served.unwrap_or_else(|e| error_response(&e, version))
+                        }
+                        Err(e) => error_response(&e, version),
+                    }
+                }
+                Err(e) => error_response(&e, version),
+            };
+            respond(&gateway, &mut slot, ran, response, version).await
+        }
+    };
 
-    let response = result.unwrap_or_else(|e| error_response(&e, version));
     let target = route.map_or_else(
         || "-".to_string(),
         |r| gateway.targets.name(r.target).to_string(),
     );
+    let plugin_log = (gateway.plugins.wants_log(ran))
+        .then(|| {
+            slot.take().map(|ex| PluginLog {
+                gateway: Arc::clone(&gateway),
+                exchange: Some(ex),
+                ran,
+                target: (target != "-").then(|| target.clone()),
+                started,
+            })
+        })
+        .flatten();
     let (parts, body) = response.into_parts();
+    let status = parts.status.as_u16();
     let log = entry.map(|entry| PendingLog {
         entry,
-        status: parts.status.as_u16(),
+        status,
         target,
         started,
         log: gateway.access_log.clone(),
@@ -108,7 +146,9 @@ where
         LoggedBody {
             inner: body,
             sent: 0,
+            status,
             log,
+            plugin_log,
             _guard: guard,
         },
     ))
@@ -228,20 +268,101 @@ fn check_trailers(trailers: &HeaderMap) -> Result<(), HttpError> {
     Ok(())
 }
 
-/// Route phase: which target answers. The plugin chain will set this; today it is the default target.
-fn route_request(targets: &Targets, _req: &Parts) -> Route {
-    targets.default_route()
+/// Route phase: the target a plugin chose, else the default target, else 404.
+fn route_request(targets: &Targets, choice: Option<&Choice>) -> Result<Route, HttpError> {
+    match choice {
+        Some(choice) => {
+            let Some(target) = targets.find(&choice.target) else {
+                tracing::error!(plugin = %choice.by, target = %choice.target, "plugin routed to a target that is not configured");
+                return Err(HttpError::Internal);
+            };
+            Ok(Route {
+                target,
+                mount: choice.strip_prefix.clone(),
+            })
+        }
+        None => targets.default_route().ok_or(HttpError::NoRoute),
+    }
 }
 
 /// Serve phase: hand the request to its target.
 async fn serve(
     targets: &Targets,
-    route: Route,
-    req: &Parts,
-    body: &RequestBody,
+    route: &Route,
+    ex: &Exchange,
     conn: &ConnCtx,
 ) -> Result<Response<Body>, HttpError> {
-    targets.get(route.target).serve(req, body, conn).await
+    targets
+        .get(route.target)
+        .serve(&ex.request, &ex.body, conn, route.mount.as_deref())
+        .await
+}
+
+/// Response phase: `on-response` of every plugin whose `on-request` ran, in reverse order, with the
+/// body buffered first if one of them asked for it.
+async fn respond(
+    gateway: &Gateway,
+    slot: &mut Option<Box<Exchange>>,
+    ran: Ran,
+    response: Response<Body>,
+    version: Version,
+) -> Response<Body> {
+    if ran == Ran::default() {
+        return response;
+    }
+    let response = if gateway.plugins.wants_response_body(ran) {
+        match buffer_response(response, gateway.limits.body_buffer_size).await {
+            Ok(r) => r,
+            Err(e) => return error_response(&e, version),
+        }
+    } else {
+        response
+    };
+    let Some(ex) = slot.as_deref_mut() else {
+        return response;
+    };
+    ex.response = Some(response);
+    let outcome = gateway.plugins.on_response(slot, ran);
+    let response = slot.as_deref_mut().and_then(|ex| ex.response.take());
+    match (outcome, response) {
+        (Ok(()), Some(response)) => response,
+        (Err(e), _) => error_response(&e, version),
+        (Ok(()), None) => error_response(&HttpError::Internal, version),
+    }
+}
+
+/// Reads a streamed response body into memory for plugins that change bodies.
+async fn buffer_response(
+    response: Response<Body>,
+    limit: u64,
+) -> Result<Response<Body>, HttpError> {
+    let (mut parts, body) = response.into_parts();
+    if matches!(body, Body::Empty | Body::Full(_)) {
+        return Ok(Response::from_parts(parts, body));
+    }
+    let mut body = body;
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            tracing::warn!(error = %e, "response body failed while buffering it for plugins");
+            HttpError::BadGateway
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if (buf.len() + data.len()) as u64 > limit {
+                tracing::error!(
+                    limit,
+                    "response body larger than body_buffer_size, which plugins with RESPONSE_BODY may buffer"
+                );
+                return Err(HttpError::Internal);
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    parts.headers.remove(http::header::TRANSFER_ENCODING);
+    parts
+        .headers
+        .insert(CONTENT_LENGTH, HeaderValue::from(buf.len()));
+    Ok(Response::from_parts(parts, Body::full(buf.freeze())))
 }
 
 /// The one place an [`HttpError`] becomes a response.
@@ -323,13 +444,26 @@ struct PendingLog {
     log: AccessLog,
 }
 
-/// A response body that counts what it sends, writes the access-log line when it is done (or the
-/// client goes away), and marks the request finished for the keep-alive timer.
+/// The plugins' log phase, waiting for the body to finish.
+#[derive(Debug)]
+struct PluginLog {
+    gateway: Arc<Gateway>,
+    exchange: Option<Box<Exchange>>,
+    ran: Ran,
+    target: Option<String>,
+    started: Instant,
+}
+
+/// A response body that counts what it sends, writes the access-log line and runs the plugins'
+/// log phase when it is done (or the client goes away), and marks the request finished for the
+/// keep-alive timer.
 #[derive(Debug)]
 pub struct LoggedBody {
     inner: Body,
     sent: u64,
+    status: u16,
     log: Option<PendingLog>,
+    plugin_log: Option<PluginLog>,
     _guard: RequestGuard,
 }
 
@@ -368,6 +502,18 @@ impl Drop for LoggedBody {
             pending.entry.duration = pending.started.elapsed();
             pending.entry.target = std::mem::take(&mut pending.target);
             pending.log.record(&pending.entry);
+        }
+        if let Some(mut pending) = self.plugin_log.take() {
+            let entry = LogEntry {
+                status: self.status,
+                bytes_sent: self.sent,
+                duration: pending.started.elapsed(),
+                target: pending.target.take(),
+            };
+            pending
+                .gateway
+                .plugins
+                .on_log(&mut pending.exchange, pending.ran, &entry);
         }
     }
 }

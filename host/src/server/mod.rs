@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::access_log::AccessLog;
 use crate::config::Config;
 use crate::pipeline::Gateway;
+use crate::plugin::{Chain, Services};
 use crate::target::{BuildError, Targets};
 use listener::{BindError, Bound, Listener, LoopSocket};
 
@@ -27,6 +28,9 @@ pub enum StartError {
     /// A listener could not be bound.
     #[error(transparent)]
     Bind(#[from] BindError),
+    /// A plugin could not be loaded or refused its config.
+    #[error(transparent)]
+    Plugin(#[from] crate::plugin::LoadError),
 }
 
 /// The gateway requests use, swapped whole on reload: requests in flight keep the one they started with.
@@ -49,10 +53,15 @@ impl Reloader {
                 "server.listen and server.threads changes take effect at the next restart"
             );
         }
+        // Plugins first: a plugin that fails to load leaves the old chain serving, with no new
+        // workers started for nothing. The shared store survives the reload.
+        let current = self.gateway.load();
+        let plugins = Chain::for_config(config, Arc::clone(current.plugins.services()))?;
         let targets = Targets::build(config)?;
-        let access_log = self.gateway.load().access_log.clone();
+        let access_log = current.access_log.clone();
         self.gateway.store(Arc::new(Gateway {
             targets,
+            plugins,
             limits: config.server.limits.clone(),
             access_log,
         }));
@@ -72,6 +81,8 @@ pub struct Server {
 impl Server {
     /// Builds the targets and binds every listener, once per event loop.
     pub fn bind(config: &Config, access_log: AccessLog) -> Result<Server, StartError> {
+        let services = Arc::new(Services::new(config.kv_budget as usize));
+        let plugins = Chain::for_config(config, services)?;
         let targets = Targets::build(config)?;
         let loops = config.server.threads;
         let listeners = config
@@ -82,6 +93,7 @@ impl Server {
             .collect::<Result<Vec<_>, _>>()?;
         let gateway = Arc::new(ArcSwap::from_pointee(Gateway {
             targets,
+            plugins,
             limits: config.server.limits.clone(),
             access_log,
         }));

@@ -83,12 +83,13 @@ impl StaticFiles {
     }
 
     /// Answers one request.
-    pub fn serve(&self, req: &Parts) -> Result<Response<Body>, HttpError> {
+    pub fn serve(&self, req: &Parts, mount: Option<&str>) -> Result<Response<Body>, HttpError> {
         if req.method != Method::GET && req.method != Method::HEAD {
             return Err(HttpError::MethodNotAllowed("GET, HEAD"));
         }
         let url_path = req.uri.path();
-        let rest = crate::target::below_mount(url_path, &self.mount).ok_or(HttpError::NotFound)?;
+        let mount = mount.unwrap_or(&self.mount);
+        let rest = crate::target::below_mount(url_path, mount).ok_or(HttpError::NotFound)?;
         let rel = path::relative_path(rest, self.show_hidden).map_err(|_| HttpError::NotFound)?;
 
         let file = self.open_beneath(&self.root, &rel)?;

@@ -117,8 +117,10 @@ impl WsgiTarget {
         req: &Parts,
         body: &RequestBody,
         conn: &ConnCtx,
+        mount: Option<&str>,
     ) -> Result<Response<Body>, HttpError> {
-        crate::target::below_mount(req.uri.path(), &self.script_name).ok_or(HttpError::NotFound)?;
+        let script_name = mount.unwrap_or(&self.script_name);
+        crate::target::below_mount(req.uri.path(), script_name).ok_or(HttpError::NotFound)?;
         let client = forwarded::resolve(conn.client, &req.headers, &self.trusted);
         let origin = environ::Origin {
             remote_ip: client.forwarded_ip.or(client.addr.map(|a| a.ip())),
@@ -129,7 +131,7 @@ impl WsgiTarget {
             },
             local: conn.local,
             scheme: client.scheme,
-            script_name: &self.script_name,
+            script_name,
         };
 
         // The request frame is written in one buffer: header space, environ pairs, body.

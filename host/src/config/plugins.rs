@@ -1,0 +1,214 @@
+//! `[[plugins]]`: the plugin chain, in order, and `[store]`, the shared key-value store's budget.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::units::{Bytes, Seconds};
+use super::{ConfigError, Doc};
+use crate::plugin::{builtin, sandbox};
+
+/// Most plugins in one chain.
+pub const MAX_CHAIN: usize = 64;
+
+/// One plugin of the chain, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginConfig {
+    /// Its name in logs and metrics (`name`, else the built-in name or the file stem).
+    pub name: String,
+    /// Where its code comes from.
+    pub source: PluginSource,
+    /// Its `config` table as a JSON document, handed to its `init`.
+    pub config_json: String,
+    /// Wall-clock budget of one call.
+    pub time_limit: Duration,
+    /// Linear-memory ceiling of one instance.
+    pub memory_limit: u64,
+    /// What a failure of this plugin does to the request.
+    pub on_error: OnError,
+    /// Instance reuse.
+    pub isolation: Isolation,
+    /// Runs only for these hosts (`example.com`, `*.example.com`); all when empty.
+    pub hosts: Vec<String>,
+    /// Runs only under these path prefixes; all when empty.
+    pub paths: Vec<String>,
+    /// Prefix of its keys and counters in the shared store (`kv_namespace`, default its name).
+    pub namespace: String,
+}
+
+/// Where a plugin's code comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginSource {
+    /// A first-party plugin shipped inside the binary.
+    Builtin(String),
+    /// A component file.
+    File(PathBuf),
+}
+
+/// What a plugin failure (trap, panic, timeout, out of memory) does to the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Answer 500.
+    Fail,
+    /// Skip the plugin and go on.
+    Continue,
+}
+
+/// How instances are reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Isolation {
+    /// Instances are kept and reused across requests (state in a plugin's globals persists).
+    Pooled,
+    /// A fresh instance for every request (~20 us more per request).
+    PerRequest,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPlugin {
+    #[serde(rename = "use")]
+    uses: Spanned<String>,
+    name: Option<Spanned<String>>,
+    config: Option<toml::Table>,
+    time_limit: Option<Spanned<Seconds>>,
+    memory_limit: Option<Spanned<Bytes>>,
+    on_error: Option<OnError>,
+    isolation: Option<Isolation>,
+    hosts: Option<Spanned<Vec<String>>>,
+    paths: Option<Spanned<Vec<String>>>,
+    kv_namespace: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStore {
+    kv_budget: Option<Bytes>,
+}
+
+impl RawStore {
+    pub(super) fn kv_budget(&self) -> u64 {
+        self.kv_budget.map_or(sandbox::KV_BUDGET, |b| b.0)
+    }
+}
+
+impl RawPlugin {
+    pub(super) fn validate(
+        &self,
+        index: usize,
+        doc: &Doc<'_>,
+        base: &Path,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<PluginConfig> {
+        let key = format!("plugins[{index}]");
+        let before = errors.len();
+        let uses = self.uses.get_ref();
+        let looks_like_path = uses.contains('/') || uses.ends_with(".wasm");
+        let source = if looks_like_path {
+            let path = base.join(uses);
+            if !path.is_file() {
+                errors.push(doc.error(
+                    self.uses.span(),
+                    &format!("{key}.use"),
+                    format!("no plugin file at {}", path.display()),
+                ));
+            }
+            PluginSource::File(path)
+        } else if builtin::get(uses).is_some() {
+            PluginSource::Builtin(uses.clone())
+        } else {
+            errors.push(doc.error(
+                self.uses.span(),
+                &format!("{key}.use"),
+                format!(
+                    "no built-in plugin named {uses:?} (built in: {}); a file path ends in `.wasm`",
+                    builtin::names().join(", ")
+                ),
+            ));
+            PluginSource::Builtin(uses.clone())
+        };
+        let name = match &self.name {
+            Some(n) => n.get_ref().clone(),
+            None if looks_like_path => Path::new(uses)
+                .file_stem()
+                .map_or_else(|| uses.clone(), |s| s.to_string_lossy().into_owned()),
+            None => uses.clone(),
+        };
+        let config_json = match &self.config {
+            Some(table) => serde_json::to_string(table).unwrap_or_else(|_| "{}".into()),
+            None => "{}".into(),
+        };
+        let time_limit = match &self.time_limit {
+            Some(t) if t.get_ref().0.is_zero() || t.get_ref().0 > Duration::from_secs(60) => {
+                errors.push(doc.error(
+                    t.span(),
+                    &format!("{key}.time_limit"),
+                    "must be between 1ms and 60s",
+                ));
+                sandbox::TIME_LIMIT
+            }
+            Some(t) => t.get_ref().0,
+            None => sandbox::TIME_LIMIT,
+        };
+        let memory_limit = match &self.memory_limit {
+            Some(m) if m.get_ref().0 < 1 << 20 || m.get_ref().0 > 4 << 30 => {
+                errors.push(doc.error(
+                    m.span(),
+                    &format!("{key}.memory_limit"),
+                    "must be between 1MiB and 4GiB",
+                ));
+                sandbox::MEMORY_LIMIT
+            }
+            Some(m) => m.get_ref().0,
+            None => sandbox::MEMORY_LIMIT,
+        };
+        if let Some(paths) = &self.paths {
+            if let Some(bad) = paths.get_ref().iter().find(|p| !p.starts_with('/')) {
+                errors.push(doc.error(
+                    paths.span(),
+                    &format!("{key}.paths"),
+                    format!("a path prefix starts with `/`: {bad:?}"),
+                ));
+            }
+        }
+        if let Some(hosts) = &self.hosts {
+            if let Some(bad) = hosts.get_ref().iter().find(|h| {
+                h.is_empty()
+                    || (h.contains('*') && !h.starts_with("*."))
+                    || h.matches('*').count() > 1
+            }) {
+                errors.push(doc.error(
+                    hosts.span(),
+                    &format!("{key}.hosts"),
+                    format!("a host is a name or `*.suffix`: {bad:?}"),
+                ));
+            }
+        }
+        if errors.len() > before {
+            return None;
+        }
+        Some(PluginConfig {
+            namespace: self.kv_namespace.clone().unwrap_or_else(|| name.clone()),
+            name,
+            source,
+            config_json,
+            time_limit,
+            memory_limit,
+            on_error: self.on_error.unwrap_or(OnError::Fail),
+            isolation: self.isolation.unwrap_or(Isolation::Pooled),
+            hosts: self
+                .hosts
+                .as_ref()
+                .map(|h| h.get_ref().iter().map(|s| s.to_ascii_lowercase()).collect())
+                .unwrap_or_default(),
+            paths: self
+                .paths
+                .as_ref()
+                .map(|p| p.get_ref().clone())
+                .unwrap_or_default(),
+        })
+    }
+}

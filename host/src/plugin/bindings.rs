@@ -1,0 +1,12 @@
+//! The one `bindgen!` of the WIT contract, fenced here; the generated Host traits are implemented in
+//! `host_impl.rs`.
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "plugin",
+    imports: { default: trappable },
+    with: {
+        "gatehouse:plugin/http.request": super::exchange::RequestRef,
+        "gatehouse:plugin/http.response": super::exchange::ResponseRef,
+    },
+});

@@ -1,0 +1,152 @@
+//! The request (and later the response) the plugin chain works on, owned by the host.
+//!
+//! An [`Exchange`] is moved into a plugin's store for the duration of one call and moved back after
+//! it, so guests read and change it through host calls and nothing is copied that a plugin does not
+//! touch.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::request::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue, Response, Version};
+
+use crate::body::Body;
+use crate::pipeline::RequestBody;
+
+/// Marker type for the WIT `request` resource: handles point at the exchange in the store.
+#[derive(Debug)]
+pub struct RequestRef;
+
+/// Marker type for the WIT `response` resource.
+#[derive(Debug)]
+pub struct ResponseRef;
+
+/// A request on its way through the chain, and its response once there is one.
+#[derive(Debug)]
+pub struct Exchange {
+    /// Method, URI, version and headers as the target will see them.
+    pub request: Parts,
+    /// The whole request body.
+    pub body: RequestBody,
+    /// The client's address (`None` on a Unix socket).
+    pub client: Option<SocketAddr>,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+    /// The per-request context shared by plugins and phases.
+    pub context: Vec<(String, String)>,
+    /// The response, present during `on-response` and `on-log`.
+    pub response: Option<Response<Body>>,
+}
+
+impl Exchange {
+    /// An exchange for a request whose body has been read.
+    pub fn new(request: Parts, body: RequestBody, client: Option<SocketAddr>) -> Exchange {
+        Exchange {
+            request,
+            body,
+            client,
+            tls: false,
+            context: Vec::new(),
+            response: None,
+        }
+    }
+
+    /// The host the client asked for, without the port.
+    pub fn host(&self) -> Option<&str> {
+        let raw = match self.request.headers.get(HOST) {
+            Some(v) => v.to_str().ok()?,
+            None => self.request.uri.host()?,
+        };
+        Some(strip_port(raw))
+    }
+
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
+    }
+
+    /// The version as written on a request line.
+    pub fn version(&self) -> &'static str {
+        match self.request.version {
+            Version::HTTP_10 => "HTTP/1.0",
+            Version::HTTP_2 => "HTTP/2.0",
+            _ => "HTTP/1.1",
+        }
+    }
+
+    /// Replaces the request body, keeping the framing headers true to it.
+    pub fn set_request_body(&mut self, body: Vec<u8>) {
+        let len = body.len();
+        self.body = RequestBody::Memory(Bytes::from(body));
+        self.request.headers.remove(TRANSFER_ENCODING);
+        self.request
+            .headers
+            .insert(CONTENT_LENGTH, HeaderValue::from(len));
+    }
+
+    /// A context value.
+    pub fn context_get(&self, key: &str) -> Option<&str> {
+        self.context
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Sets a context value.
+    pub fn context_set(&mut self, key: String, value: String) {
+        match self.context.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value,
+            None => self.context.push((key, value)),
+        }
+    }
+}
+
+/// `example.com:8080` -> `example.com`; `[::1]:80` -> `[::1]`.
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map_or(host, |end| &host[..=end]);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+/// A header name from a guest, lower-cased by `HeaderName`; invalid names are the guest's error.
+pub fn header_name(name: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name {name:?}"))
+}
+
+/// A header value from a guest: no CR, LF or NUL.
+pub fn header_value(value: Vec<u8>) -> Result<HeaderValue, String> {
+    HeaderValue::from_maybe_shared(Bytes::from(value))
+        .map_err(|_| "invalid header value (CR, LF or NUL)".to_string())
+}
+
+/// Every value of `name` in `headers`.
+pub fn all_values(headers: &HeaderMap, name: &str) -> Vec<Vec<u8>> {
+    headers
+        .get_all(name)
+        .iter()
+        .map(|v| v.as_bytes().to_vec())
+        .collect()
+}
+
+/// All fields of `headers`, in order.
+pub fn all_fields(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+    headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_port;
+
+    #[test]
+    fn ports_are_stripped() {
+        assert_eq!(strip_port("example.com:8080"), "example.com");
+        assert_eq!(strip_port("example.com"), "example.com");
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
+    }
+}

@@ -1,0 +1,484 @@
+//! The host side of the WIT contract: what a guest's calls on `request`, `response` and `host` do.
+//!
+//! Every call acts on the [`Exchange`] moved into the store for the current hook call. A handle can
+//! only exist during such a call (the guest receives borrows), so a missing exchange is a host bug,
+//! reported as a trap rather than a panic.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, StatusCode, Uri};
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::{Result, StoreLimits};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::gatehouse::plugin::{host, http as wit};
+use super::exchange::{self, Exchange, RequestRef, ResponseRef};
+use super::sandbox::MAX_PLUGIN_BODY;
+use super::services::{self, Services};
+use crate::body::Body;
+use crate::pipeline::RequestBody;
+
+/// What every call of one plugin shares: its name, its key namespace and the process's services.
+#[derive(Debug)]
+pub struct PluginInfo {
+    /// The plugin's name in logs and metrics.
+    pub name: String,
+    /// Prefix of its keys and counters in the shared store.
+    pub namespace: String,
+    /// The shared store.
+    pub services: Arc<Services>,
+    /// Largest request body handed to plugins.
+    pub body_limit: u64,
+}
+
+/// A plugin store's data.
+pub struct HostState {
+    /// The request being worked on, present only during a hook call.
+    pub exchange: Option<Box<Exchange>>,
+    /// Memory limits enforced by wasmtime.
+    pub limits: StoreLimits,
+    /// The plugin this store belongs to.
+    pub info: Arc<PluginInfo>,
+    /// WASI with nothing granted (no files, sockets, environment), for what Rust's std links to.
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl HostState {
+    /// Fresh state for one instance of a plugin.
+    pub fn new(info: Arc<PluginInfo>, limits: StoreLimits) -> HostState {
+        HostState {
+            exchange: None,
+            limits,
+            info,
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+        }
+    }
+
+    fn ex(&mut self) -> Result<&mut Exchange> {
+        self.exchange
+            .as_deref_mut()
+            .ok_or_else(|| wasmtime::format_err!("request handle used outside a hook call"))
+    }
+
+    fn response(&mut self) -> Result<&mut http::Response<Body>> {
+        self.ex()?
+            .response
+            .as_mut()
+            .ok_or_else(|| wasmtime::format_err!("response handle used before there is a response"))
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}\u{0}{key}", self.info.namespace)
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+fn checked_body(body: Vec<u8>) -> Result<Vec<u8>> {
+    if body.len() > MAX_PLUGIN_BODY {
+        wasmtime::bail!(
+            "body of {} bytes is larger than the {MAX_PLUGIN_BODY} bytes a plugin may set",
+            body.len()
+        );
+    }
+    Ok(body)
+}
+
+fn fields(headers: &http::HeaderMap) -> Vec<wit::Header> {
+    exchange::all_fields(headers)
+        .into_iter()
+        .map(|(name, value)| wit::Header { name, value })
+        .collect()
+}
+
+fn set_header(
+    headers: &mut http::HeaderMap,
+    name: &str,
+    value: Vec<u8>,
+    append: bool,
+) -> std::result::Result<(), String> {
+    let name = exchange::header_name(name)?;
+    let value = exchange::header_value(value)?;
+    if append {
+        headers.append(name, value);
+    } else {
+        headers.insert(name, value);
+    }
+    Ok(())
+}
+
+fn first(headers: &http::HeaderMap, name: &str) -> Option<Vec<u8>> {
+    headers.get(name).map(|v| v.as_bytes().to_vec())
+}
+
+impl wit::Host for HostState {}
+
+impl wit::HostRequest for HostState {
+    fn method(&mut self, _: Resource<RequestRef>) -> Result<String> {
+        Ok(self.ex()?.request.method.as_str().to_string())
+    }
+
+    fn set_method(
+        &mut self,
+        _: Resource<RequestRef>,
+        method: String,
+    ) -> Result<std::result::Result<(), String>> {
+        Ok(match Method::from_bytes(method.as_bytes()) {
+            Ok(m) => {
+                self.ex()?.request.method = m;
+                Ok(())
+            }
+            Err(_) => Err(format!("invalid method {method:?}")),
+        })
+    }
+
+    fn path(&mut self, _: Resource<RequestRef>) -> Result<String> {
+        Ok(self.ex()?.request.uri.path().to_string())
+    }
+
+    fn set_path(
+        &mut self,
+        _: Resource<RequestRef>,
+        path: String,
+    ) -> Result<std::result::Result<(), String>> {
+        let ex = self.ex()?;
+        if !path.starts_with('/') {
+            return Ok(Err(format!("a path starts with `/`: {path:?}")));
+        }
+        let query = ex.request.uri.query().map(str::to_string);
+        Ok(replace_path_and_query(
+            &mut ex.request.uri,
+            &path,
+            query.as_deref(),
+        ))
+    }
+
+    fn query(&mut self, _: Resource<RequestRef>) -> Result<Option<String>> {
+        Ok(self.ex()?.request.uri.query().map(str::to_string))
+    }
+
+    fn set_query(
+        &mut self,
+        _: Resource<RequestRef>,
+        query: Option<String>,
+    ) -> Result<std::result::Result<(), String>> {
+        let ex = self.ex()?;
+        let path = ex.request.uri.path().to_string();
+        Ok(replace_path_and_query(
+            &mut ex.request.uri,
+            &path,
+            query.as_deref(),
+        ))
+    }
+
+    fn host(&mut self, _: Resource<RequestRef>) -> Result<Option<String>> {
+        Ok(self.ex()?.host().map(str::to_string))
+    }
+
+    fn header(&mut self, _: Resource<RequestRef>, name: String) -> Result<Option<Vec<u8>>> {
+        Ok(first(&self.ex()?.request.headers, &name))
+    }
+
+    fn header_all(&mut self, _: Resource<RequestRef>, name: String) -> Result<Vec<Vec<u8>>> {
+        Ok(exchange::all_values(&self.ex()?.request.headers, &name))
+    }
+
+    fn headers(&mut self, _: Resource<RequestRef>) -> Result<Vec<wit::Header>> {
+        Ok(fields(&self.ex()?.request.headers))
+    }
+
+    fn set_header(
+        &mut self,
+        _: Resource<RequestRef>,
+        name: String,
+        value: Vec<u8>,
+    ) -> Result<std::result::Result<(), String>> {
+        Ok(set_header(
+            &mut self.ex()?.request.headers,
+            &name,
+            value,
+            false,
+        ))
+    }
+
+    fn append_header(
+        &mut self,
+        _: Resource<RequestRef>,
+        name: String,
+        value: Vec<u8>,
+    ) -> Result<std::result::Result<(), String>> {
+        Ok(set_header(
+            &mut self.ex()?.request.headers,
+            &name,
+            value,
+            true,
+        ))
+    }
+
+    fn remove_header(&mut self, _: Resource<RequestRef>, name: String) -> Result<()> {
+        self.ex()?.request.headers.remove(name.as_str());
+        Ok(())
+    }
+
+    fn client_ip(&mut self, _: Resource<RequestRef>) -> Result<Option<String>> {
+        Ok(self.ex()?.client.map(|a| a.ip().to_string()))
+    }
+
+    fn scheme(&mut self, _: Resource<RequestRef>) -> Result<String> {
+        Ok(self.ex()?.scheme().to_string())
+    }
+
+    fn is_tls(&mut self, _: Resource<RequestRef>) -> Result<bool> {
+        Ok(self.ex()?.tls)
+    }
+
+    fn version(&mut self, _: Resource<RequestRef>) -> Result<String> {
+        Ok(self.ex()?.version().to_string())
+    }
+
+    fn body(
+        &mut self,
+        _: Resource<RequestRef>,
+    ) -> Result<std::result::Result<Vec<u8>, wit::BodyError>> {
+        let limit = self.info.body_limit;
+        Ok(match &self.ex()?.body {
+            RequestBody::Memory(b) if b.len() as u64 <= limit => Ok(b.to_vec()),
+            _ => Err(wit::BodyError::TooLarge),
+        })
+    }
+
+    fn set_body(&mut self, _: Resource<RequestRef>, body: Vec<u8>) -> Result<()> {
+        let body = checked_body(body)?;
+        self.ex()?.set_request_body(body);
+        Ok(())
+    }
+
+    fn context_get(&mut self, _: Resource<RequestRef>, key: String) -> Result<Option<String>> {
+        Ok(self.ex()?.context_get(&key).map(str::to_string))
+    }
+
+    fn context_set(&mut self, _: Resource<RequestRef>, key: String, value: String) -> Result<()> {
+        self.ex()?.context_set(key, value);
+        Ok(())
+    }
+
+    fn drop(&mut self, _: Resource<RequestRef>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Rebuilds a URI's path and query, keeping scheme and authority (HTTP/2 and absolute-form).
+fn replace_path_and_query(
+    uri: &mut Uri,
+    path: &str,
+    query: Option<&str>,
+) -> std::result::Result<(), String> {
+    let pq = match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let mut parts = std::mem::take(uri).into_parts();
+    let old = parts.path_and_query.clone();
+    match pq.parse() {
+        Ok(pq) => {
+            parts.path_and_query = Some(pq);
+            *uri = Uri::from_parts(parts).unwrap_or_default();
+            Ok(())
+        }
+        Err(_) => {
+            parts.path_and_query = old;
+            *uri = Uri::from_parts(parts).unwrap_or_default();
+            Err(format!("invalid path or query {pq:?}"))
+        }
+    }
+}
+
+impl wit::HostResponse for HostState {
+    fn status(&mut self, _: Resource<ResponseRef>) -> Result<u16> {
+        Ok(self.response()?.status().as_u16())
+    }
+
+    fn set_status(
+        &mut self,
+        _: Resource<ResponseRef>,
+        status: u16,
+    ) -> Result<std::result::Result<(), String>> {
+        Ok(match StatusCode::from_u16(status) {
+            Ok(s) => {
+                *self.response()?.status_mut() = s;
+                Ok(())
+            }
+            Err(_) => Err(format!("invalid status {status}")),
+        })
+    }
+
+    fn header(&mut self, _: Resource<ResponseRef>, name: String) -> Result<Option<Vec<u8>>> {
+        Ok(first(self.response()?.headers(), &name))
+    }
+
+    fn header_all(&mut self, _: Resource<ResponseRef>, name: String) -> Result<Vec<Vec<u8>>> {
+        Ok(exchange::all_values(self.response()?.headers(), &name))
+    }
+
+    fn headers(&mut self, _: Resource<ResponseRef>) -> Result<Vec<wit::Header>> {
+        Ok(fields(self.response()?.headers()))
+    }
+
+    fn set_header(
+        &mut self,
+        _: Resource<ResponseRef>,
+        name: String,
+        value: Vec<u8>,
+    ) -> Result<std::result::Result<(), String>> {
+        Ok(set_header(
+            self.response()?.headers_mut(),
+            &name,
+            value,
+            false,
+        ))
+    }
+
+    fn append_header(
+        &mut self,
+        _: Resource<ResponseRef>,
+        name: String,
+        value: Vec<u8>,
+    ) -> Result<std::result::Result<(), String>> {
+        Ok(set_header(
+            self.response()?.headers_mut(),
+            &name,
+            value,
+            true,
+        ))
+    }
+
+    fn remove_header(&mut self, _: Resource<ResponseRef>, name: String) -> Result<()> {
+        self.response()?.headers_mut().remove(name.as_str());
+        Ok(())
+    }
+
+    fn body(
+        &mut self,
+        _: Resource<ResponseRef>,
+    ) -> Result<std::result::Result<Vec<u8>, wit::BodyError>> {
+        Ok(match self.response()?.body() {
+            Body::Empty => Ok(Vec::new()),
+            Body::Full(Some(b)) => Ok(b.to_vec()),
+            Body::Full(None) => Ok(Vec::new()),
+            _ => Err(wit::BodyError::NotBuffered),
+        })
+    }
+
+    fn set_body(&mut self, _: Resource<ResponseRef>, body: Vec<u8>) -> Result<()> {
+        let body = checked_body(body)?;
+        let response = self.response()?;
+        let len = body.len();
+        *response.body_mut() = Body::full(Bytes::from(body));
+        let headers = response.headers_mut();
+        headers.remove(http::header::TRANSFER_ENCODING);
+        headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+        Ok(())
+    }
+
+    fn drop(&mut self, _: Resource<ResponseRef>) -> Result<()> {
+        Ok(())
+    }
+}
+
+fn ttl(ms: Option<u64>) -> Option<Duration> {
+    ms.map(Duration::from_millis)
+}
+
+impl host::Host for HostState {
+    fn log(&mut self, level: host::Level, message: String) -> Result<()> {
+        let plugin = self.info.name.as_str();
+        match level {
+            host::Level::Trace => tracing::trace!(plugin, "{message}"),
+            host::Level::Debug => tracing::debug!(plugin, "{message}"),
+            host::Level::Info => tracing::info!(plugin, "{message}"),
+            host::Level::Warn => tracing::warn!(plugin, "{message}"),
+            host::Level::Error => tracing::error!(plugin, "{message}"),
+        }
+        Ok(())
+    }
+
+    fn kv_get(&mut self, key: String) -> Result<Option<Vec<u8>>> {
+        Ok(self.info.services.kv_get(&self.key(&key)))
+    }
+
+    fn kv_set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<bool> {
+        Ok(self
+            .info
+            .services
+            .kv_set(self.key(&key), value, ttl(ttl_ms)))
+    }
+
+    fn kv_delete(&mut self, key: String) -> Result<bool> {
+        Ok(self.info.services.kv_delete(&self.key(&key)))
+    }
+
+    fn kv_compare_and_swap(
+        &mut self,
+        key: String,
+        expected: Option<Vec<u8>>,
+        new: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> Result<bool> {
+        Ok(self.info.services.kv_compare_and_swap(
+            self.key(&key),
+            expected.as_deref(),
+            new,
+            ttl(ttl_ms),
+        ))
+    }
+
+    fn counter_incr(&mut self, name: String, delta: i64, window_ms: Option<u64>) -> Result<i64> {
+        Ok(self
+            .info
+            .services
+            .counter_incr(self.key(&name), delta, ttl(window_ms)))
+    }
+
+    fn counter_get(&mut self, name: String, window_ms: Option<u64>) -> Result<i64> {
+        Ok(self
+            .info
+            .services
+            .counter_get(self.key(&name), ttl(window_ms)))
+    }
+
+    fn metric_add(&mut self, name: String, delta: u64) -> Result<()> {
+        self.info.services.metric_add(&self.info.name, &name, delta);
+        Ok(())
+    }
+
+    fn now_ms(&mut self) -> Result<u64> {
+        Ok(services::now_ms())
+    }
+
+    fn monotonic_ns(&mut self) -> Result<u64> {
+        Ok(monotonic_ns())
+    }
+
+    fn random_u64(&mut self) -> Result<u64> {
+        Ok(rand::random())
+    }
+}
+
+fn monotonic_ns() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_nanos() as u64
+}

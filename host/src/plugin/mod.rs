@@ -1,0 +1,547 @@
+//! The plugin chain: WebAssembly components run by wasmtime in a sandbox, called at each phase.
+//!
+//! [`Chain::load`] compiles every `[[plugins]]` entry once (cached on disk), initialises one instance
+//! of each with its config, and keeps instances in a pool per plugin. A hook call takes an instance
+//! from the pool, moves the request's [`Exchange`] into its store, calls the guest with a deadline
+//! (epochs) and a memory ceiling, moves the exchange back, and returns the instance. An instance
+//! that traps, panics, times out or runs out of memory is dropped and replaced; the request gets
+//! 500 (or the plugin is skipped with `on_error = "continue"`).
+
+mod bindings;
+pub mod builtin;
+pub mod cache;
+mod exchange;
+mod host_impl;
+pub mod sandbox;
+pub mod services;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderValue, Response, StatusCode};
+use wasmtime::component::{HasSelf, Linker, Resource};
+use wasmtime::{Engine, Store, StoreLimitsBuilder};
+
+use crate::body::Body;
+use crate::config::{Isolation, OnError, PluginConfig, PluginSource};
+use crate::error::HttpError;
+use bindings::gatehouse::plugin::http as wit;
+pub use exchange::Exchange;
+use exchange::{RequestRef, ResponseRef};
+use host_impl::{HostState, PluginInfo};
+pub use services::Services;
+
+/// Why a plugin could not be loaded; names the plugin.
+#[derive(Debug, thiserror::Error)]
+#[error("plugin `{name}`: {message}")]
+pub struct LoadError {
+    /// The plugin's name.
+    pub name: String,
+    /// What went wrong (the plugin's own message for a config error).
+    pub message: String,
+}
+
+/// The process-wide wasmtime engine and linker, and the epoch ticker behind `time_limit`.
+struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+}
+
+fn runtime() -> Result<&'static Runtime, String> {
+    static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            let engine = Engine::new(&sandbox::engine_config()).map_err(|e| e.to_string())?;
+            let mut linker = Linker::new(&engine);
+            wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| e.to_string())?;
+            bindings::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+                .map_err(|e| e.to_string())?;
+            let ticker = engine.clone();
+            std::thread::Builder::new()
+                .name("gatehouse-epoch".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(sandbox::EPOCH_TICK);
+                        ticker.increment_epoch();
+                    }
+                })
+                .map_err(|e| e.to_string())?;
+            Ok(Runtime { engine, linker })
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// One instance of a plugin, with its store.
+struct Instance {
+    store: Store<HostState>,
+    bindings: bindings::Plugin,
+}
+
+/// Why a hook call failed.
+#[derive(Debug)]
+struct Failure(String);
+
+/// A loaded plugin: compiled code, settings, and its pool of ready instances.
+struct Plugin {
+    info: Arc<PluginInfo>,
+    pre: bindings::PluginPre<HostState>,
+    config: PluginConfig,
+    targets: Vec<String>,
+    ticks: u64,
+    pool: Mutex<Vec<Instance>>,
+    response_body: bool,
+    has_on_response: AtomicBool,
+    has_on_log: AtomicBool,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.info.name)
+            .finish()
+    }
+}
+
+impl Plugin {
+    fn load(
+        config: &PluginConfig,
+        targets: &[String],
+        services: &Arc<Services>,
+        body_limit: u64,
+        cache_dir: Option<&std::path::Path>,
+    ) -> Result<Plugin, String> {
+        let rt = runtime()?;
+        let wasm: std::borrow::Cow<'static, [u8]> = match &config.source {
+            PluginSource::Builtin(name) => builtin::get(name)
+                .ok_or_else(|| format!("no built-in plugin named {name:?}"))?
+                .into(),
+            PluginSource::File(path) => std::fs::read(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+                .into(),
+        };
+        let component = cache::load_or_compile(&rt.engine, &wasm, cache_dir)
+            .map_err(|e| format!("not a valid component: {e:#}"))?;
+        let pre = rt
+            .linker
+            .instantiate_pre(&component)
+            .and_then(bindings::PluginPre::new)
+            .map_err(|e| format!("does not fit the gatehouse:plugin world: {e:#}"))?;
+        let mut plugin = Plugin {
+            info: Arc::new(PluginInfo {
+                name: config.name.clone(),
+                namespace: config.namespace.clone(),
+                services: Arc::clone(services),
+                body_limit,
+            }),
+            pre,
+            config: config.clone(),
+            targets: targets.to_vec(),
+            ticks: sandbox::deadline_ticks(config.time_limit),
+            pool: Mutex::new(Vec::new()),
+            response_body: false,
+            has_on_response: AtomicBool::new(true),
+            has_on_log: AtomicBool::new(true),
+        };
+        // The first instance proves the config is good and tells what the plugin needs.
+        let (instance, caps) = plugin.instantiate()?;
+        plugin.response_body = caps.response_body;
+        if config.isolation == Isolation::Pooled {
+            plugin.checkin(instance);
+        }
+        Ok(plugin)
+    }
+
+    fn instantiate(&self) -> Result<(Instance, wit::Capabilities), String> {
+        let rt = runtime()?;
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.config.memory_limit as usize)
+            .instances(4)
+            .tables(16)
+            .memories(4)
+            .trap_on_grow_failure(true)
+            .build();
+        let mut store = Store::new(&rt.engine, HostState::new(Arc::clone(&self.info), limits));
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(self.ticks);
+        let bindings = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| describe(&e, &self.config))?;
+        let caps = bindings
+            .call_init(&mut store, &self.config.config_json, &self.targets)
+            .map_err(|e| describe(&e, &self.config))?
+            .map_err(|message| format!("config error: {message}"))?;
+        Ok((Instance { store, bindings }, caps))
+    }
+
+    fn checkout(&self) -> Result<Instance, Failure> {
+        if self.config.isolation == Isolation::Pooled {
+            if let Some(instance) = lock(&self.pool).pop() {
+                return Ok(instance);
+            }
+        }
+        self.instantiate().map(|(i, _)| i).map_err(Failure)
+    }
+
+    fn checkin(&self, instance: Instance) {
+        if self.config.isolation == Isolation::Pooled {
+            let mut pool = lock(&self.pool);
+            if pool.len() < sandbox::POOL_MAX {
+                pool.push(instance);
+            }
+        }
+    }
+
+    /// Runs one hook with the exchange moved into the instance's store.
+    fn call<R>(
+        &self,
+        slot: &mut Option<Box<Exchange>>,
+        hook: impl FnOnce(&bindings::Plugin, &mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R, Failure> {
+        let mut instance = self.checkout()?;
+        instance.store.data_mut().exchange = slot.take();
+        instance.store.set_epoch_deadline(self.ticks);
+        let result = hook(&instance.bindings, &mut instance.store);
+        *slot = instance.store.data_mut().exchange.take();
+        match result {
+            Ok(value) => {
+                self.checkin(instance);
+                Ok(value)
+            }
+            // The instance may be half-way through anything: it is dropped, never reused.
+            Err(e) => Err(Failure(describe(&e, &self.config))),
+        }
+    }
+
+    fn applies_to(&self, ex: &Exchange) -> bool {
+        let c = &self.config;
+        if !c.paths.is_empty() {
+            let path = ex.request.uri.path();
+            if !c
+                .paths
+                .iter()
+                .any(|p| crate::target::below_mount(path, p.trim_end_matches('/')).is_some())
+            {
+                return false;
+            }
+        }
+        if !c.hosts.is_empty() {
+            let Some(host) = ex.host().map(str::to_ascii_lowercase) else {
+                return false;
+            };
+            if !c.hosts.iter().any(|pattern| host_matches(pattern, &host)) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Logs a failed call and says whether the request goes on.
+    fn failed(&self, hook: &str, failure: &Failure) -> Result<(), HttpError> {
+        tracing::error!(plugin = %self.info.name, hook, reason = %failure.0, "plugin failed; instance replaced");
+        match self.config.on_error {
+            OnError::Continue => Ok(()),
+            OnError::Fail => Err(HttpError::Internal),
+        }
+    }
+}
+
+/// `example.com` matches itself; `*.example.com` matches any name below it (not itself).
+fn host_matches(pattern: &str, host: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => host
+            .strip_suffix(suffix)
+            .is_some_and(|rest| rest.ends_with('.') && rest.len() > 1),
+        None => pattern == host,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A trap, in words a user can act on.
+fn describe(error: &wasmtime::Error, config: &PluginConfig) -> String {
+    match error.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => {
+            format!("ran longer than its time_limit ({:?})", config.time_limit)
+        }
+        Some(wasmtime::Trap::UnreachableCodeReached) => {
+            "trapped (a panic or abort in the plugin; its message, if any, is logged above)".into()
+        }
+        _ => {
+            let text = format!("{error:#}");
+            if text.contains("forcing trap when growing memory") {
+                format!(
+                    "ran out of memory (memory_limit {} bytes)",
+                    config.memory_limit
+                )
+            } else {
+                text
+            }
+        }
+    }
+}
+
+/// Which plugins' `on-request` ran for a request (bit i: plugin i), so `on-response` and `on-log`
+/// run for exactly those.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ran(u64);
+
+impl Ran {
+    fn set(&mut self, i: usize) {
+        self.0 |= 1 << i;
+    }
+
+    fn has(self, i: usize) -> bool {
+        self.0 & (1 << i) != 0
+    }
+}
+
+/// A target chosen by a plugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Choice {
+    /// The target's name.
+    pub target: String,
+    /// A prefix the target treats as its mount point.
+    pub strip_prefix: Option<String>,
+    /// The plugin that chose, for messages.
+    pub by: String,
+}
+
+/// What the chain decided for a request.
+#[derive(Debug)]
+pub enum Decision {
+    /// Serve from a target: the one chosen, or the default.
+    Serve(Option<Choice>),
+    /// Answer with this response.
+    Respond(Response<Body>),
+}
+
+/// The loaded chain of a configuration.
+#[derive(Debug)]
+pub struct Chain {
+    plugins: Vec<Plugin>,
+    services: Arc<Services>,
+}
+
+impl Chain {
+    /// Loads and initialises every plugin of the chain, or says which one failed and why.
+    pub fn load(
+        configs: &[PluginConfig],
+        targets: &[String],
+        services: Arc<Services>,
+        body_limit: u64,
+        cache_dir: Option<&std::path::Path>,
+    ) -> Result<Chain, LoadError> {
+        let plugins = configs
+            .iter()
+            .map(|c| {
+                Plugin::load(c, targets, &services, body_limit, cache_dir).map_err(|message| {
+                    LoadError {
+                        name: c.name.clone(),
+                        message,
+                    }
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Chain { plugins, services })
+    }
+
+    /// The chain of a validated config (`[[plugins]]`, with its targets and limits).
+    pub fn for_config(
+        config: &crate::config::Config,
+        services: Arc<Services>,
+    ) -> Result<Chain, LoadError> {
+        let targets: Vec<String> = config.targets.keys().cloned().collect();
+        Chain::load(
+            &config.plugins,
+            &targets,
+            services,
+            config.server.limits.body_buffer_size,
+            config.server.plugin_cache_dir.as_deref(),
+        )
+    }
+
+    /// A chain with no plugins.
+    pub fn empty(services: Arc<Services>) -> Chain {
+        Chain {
+            plugins: Vec::new(),
+            services,
+        }
+    }
+
+    /// The shared services (kept across reloads).
+    pub fn services(&self) -> &Arc<Services> {
+        &self.services
+    }
+
+    /// Whether there are no plugins.
+    pub fn is_empty(&self) -> bool {
+        self.plugins.is_empty()
+    }
+
+    /// Runs `on-request` in order until a plugin answers.
+    pub fn on_request(
+        &self,
+        slot: &mut Option<Box<Exchange>>,
+        ran: &mut Ran,
+    ) -> Result<Decision, HttpError> {
+        let mut choice = None;
+        for (i, plugin) in self.plugins.iter().enumerate() {
+            match slot.as_deref() {
+                Some(ex) if plugin.applies_to(ex) => {}
+                _ => continue,
+            }
+            ran.set(i);
+            let action = plugin.call(slot, |b, store| {
+                b.call_on_request(&mut *store, Resource::<RequestRef>::new_borrow(0))
+            });
+            match action {
+                Ok(wit::Action::Continue) => {}
+                Ok(wit::Action::Route(route)) => {
+                    choice = Some(Choice {
+                        target: route.target,
+                        strip_prefix: route.strip_prefix,
+                        by: plugin.info.name.clone(),
+                    });
+                }
+                Ok(wit::Action::Respond(local)) => match local_response(local) {
+                    Ok(response) => return Ok(Decision::Respond(response)),
+                    Err(reason) => plugin.failed("on-request", &Failure(reason))?,
+                },
+                Err(failure) => plugin.failed("on-request", &failure)?,
+            }
+        }
+        Ok(Decision::Serve(choice))
+    }
+
+    /// Whether a plugin that will see this response wants its body in memory.
+    pub fn wants_response_body(&self, ran: Ran) -> bool {
+        self.plugins
+            .iter()
+            .enumerate()
+            .any(|(i, p)| ran.has(i) && p.response_body)
+    }
+
+    /// Runs `on-response` in reverse order over the plugins whose `on-request` ran.
+    pub fn on_response(&self, slot: &mut Option<Box<Exchange>>, ran: Ran) -> Result<(), HttpError> {
+        for (i, plugin) in self.plugins.iter().enumerate().rev() {
+            if !ran.has(i) || !plugin.has_on_response.load(Ordering::Relaxed) {
+                continue;
+            }
+            let status = plugin.call(slot, |b, store| {
+                b.call_on_response(
+                    &mut *store,
+                    Resource::<RequestRef>::new_borrow(0),
+                    Resource::<ResponseRef>::new_borrow(0),
+                )
+            });
+            match status {
+                Ok(wit::HookStatus::Done) => {}
+                Ok(wit::HookStatus::Unimplemented) => {
+                    plugin.has_on_response.store(false, Ordering::Relaxed);
+                }
+                Err(failure) => plugin.failed("on-response", &failure)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether any plugin that ran still wants the log hook.
+    pub fn wants_log(&self, ran: Ran) -> bool {
+        self.plugins
+            .iter()
+            .enumerate()
+            .any(|(i, p)| ran.has(i) && p.has_on_log.load(Ordering::Relaxed))
+    }
+
+    /// Runs `on-log` (in reverse order) once the response is sent; failures are only logged.
+    pub fn on_log(&self, slot: &mut Option<Box<Exchange>>, ran: Ran, entry: &LogEntry) {
+        for (i, plugin) in self.plugins.iter().enumerate().rev() {
+            if !ran.has(i) || !plugin.has_on_log.load(Ordering::Relaxed) {
+                continue;
+            }
+            let wit_entry = wit::LogEntry {
+                status: entry.status,
+                bytes_sent: entry.bytes_sent,
+                duration_us: entry.duration.as_micros() as u64,
+                target: entry.target.clone(),
+            };
+            match plugin.call(slot, |b, store| {
+                b.call_on_log(
+                    &mut *store,
+                    Resource::<RequestRef>::new_borrow(0),
+                    &wit_entry,
+                )
+            }) {
+                Ok(wit::HookStatus::Done) => {}
+                Ok(wit::HookStatus::Unimplemented) => {
+                    plugin.has_on_log.store(false, Ordering::Relaxed);
+                }
+                Err(failure) => {
+                    let _ = plugin.failed("on-log", &failure);
+                }
+            }
+        }
+    }
+}
+
+/// What the log phase tells plugins.
+#[derive(Debug, Clone)]
+pub struct LogEntry {
+    /// The status sent.
+    pub status: u16,
+    /// Body bytes sent.
+    pub bytes_sent: u64,
+    /// From arrival to the last byte.
+    pub duration: Duration,
+    /// The target that answered.
+    pub target: Option<String>,
+}
+
+/// A plugin's local response as an HTTP response; a bad status, header or oversized body is the
+/// plugin's error.
+fn local_response(local: wit::LocalResponse) -> Result<Response<Body>, String> {
+    let status = StatusCode::from_u16(local.status)
+        .map_err(|_| format!("invalid status {}", local.status))?;
+    if local.body.len() > sandbox::MAX_PLUGIN_BODY {
+        return Err(format!(
+            "local response body of {} bytes is larger than the {} bytes a plugin may send",
+            local.body.len(),
+            sandbox::MAX_PLUGIN_BODY
+        ));
+    }
+    let mut response = Response::new(Body::Empty);
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    for h in local.headers {
+        let name = exchange::header_name(&h.name)?;
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+            continue;
+        }
+        headers.append(name, exchange::header_value(h.value)?);
+    }
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(local.body.len()));
+    *response.body_mut() = Body::full(Bytes::from(local.body));
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_matches;
+
+    #[test]
+    fn host_patterns() {
+        assert!(host_matches("example.com", "example.com"));
+        assert!(!host_matches("example.com", "www.example.com"));
+        assert!(host_matches("*.example.com", "www.example.com"));
+        assert!(host_matches("*.example.com", "a.b.example.com"));
+        assert!(!host_matches("*.example.com", "example.com"));
+        assert!(!host_matches("*.example.com", "badexample.com"));
+    }
+}

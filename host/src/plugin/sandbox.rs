@@ -1,0 +1,51 @@
+//! The sandbox's defaults and fixed limits, in one place.
+
+use std::time::Duration;
+
+/// Default wall-clock budget of one plugin call (`time_limit`).
+pub const TIME_LIMIT: Duration = Duration::from_millis(100);
+
+/// Default linear-memory ceiling of one plugin instance (`memory_limit`).
+pub const MEMORY_LIMIT: u64 = 64 * 1024 * 1024;
+
+/// How often the epoch advances: the resolution of `time_limit`.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Largest body a plugin may produce (a local response or a replaced body); more is a plugin error.
+pub const MAX_PLUGIN_BODY: usize = 16 * 1024 * 1024;
+
+/// Default byte budget of the shared key-value store.
+pub const KV_BUDGET: u64 = 64 * 1024 * 1024;
+
+/// Most instances of one plugin kept warm in its pool; more concurrent calls than event-loop
+/// threads never happen, so this only bounds what a burst of replacements leaves behind.
+pub const POOL_MAX: usize = 64;
+
+/// Epoch ticks for a time limit: rounded up, plus one because the current tick is already partly
+/// spent when the deadline is set.
+pub fn deadline_ticks(limit: Duration) -> u64 {
+    let tick = EPOCH_TICK.as_nanos();
+    (limit.as_nanos().div_ceil(tick) as u64).max(1) + 1
+}
+
+/// The engine configuration every plugin runs under: compiled with Cranelift, interrupted by
+/// epochs, no WASI, no threads, no async (sync calls keep a call at ~0.5 us).
+pub fn engine_config() -> wasmtime::Config {
+    let mut config = wasmtime::Config::new();
+    config.epoch_interruption(true);
+    config.wasm_component_model(true);
+    config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+    config
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_round_up() {
+        assert_eq!(deadline_ticks(Duration::from_millis(100)), 21);
+        assert_eq!(deadline_ticks(Duration::from_millis(1)), 2);
+        assert_eq!(deadline_ticks(Duration::ZERO), 2);
+    }
+}

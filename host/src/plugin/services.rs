@@ -1,0 +1,305 @@
+//! Host services shared by every plugin and every event-loop thread of the front process: the
+//! key-value store, counters and plugin metrics.
+//!
+//! One store per process (not per thread or per instance), so a rate limit counts every request the
+//! process sees. Keys are namespaced per plugin by the caller.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use lru::LruCache;
+
+/// Bookkeeping bytes charged per entry on top of its key and value.
+const ENTRY_OVERHEAD: usize = 64;
+
+/// The services behind the WIT `host` interface.
+#[derive(Debug)]
+pub struct Services {
+    kv: Mutex<Kv>,
+    counters: Mutex<Counters>,
+    metrics: Mutex<BTreeMap<(String, String), u64>>,
+}
+
+impl Services {
+    /// Services whose key-value store holds at most `kv_budget` bytes.
+    pub fn new(kv_budget: usize) -> Services {
+        Services {
+            kv: Mutex::new(Kv {
+                entries: LruCache::unbounded(),
+                bytes: 0,
+                budget: kv_budget,
+            }),
+            counters: Mutex::new(Counters {
+                map: HashMap::new(),
+                sweep_at: 1024,
+            }),
+            metrics: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The value of `key`, unless absent or expired.
+    pub fn kv_get(&self, key: &str) -> Option<Vec<u8>> {
+        lock(&self.kv).get(key, Instant::now())
+    }
+
+    /// Sets `key`; false if the value alone exceeds the budget.
+    pub fn kv_set(&self, key: String, value: Vec<u8>, ttl: Option<Duration>) -> bool {
+        lock(&self.kv).set(key, value, ttl, Instant::now())
+    }
+
+    /// Deletes `key`; true if it was there (and not expired).
+    pub fn kv_delete(&self, key: &str) -> bool {
+        let mut kv = lock(&self.kv);
+        let present = kv.get(key, Instant::now()).is_some();
+        kv.remove(key);
+        present
+    }
+
+    /// Sets `key` to `new` if its current value is `expected` (`None`: absent).
+    pub fn kv_compare_and_swap(
+        &self,
+        key: String,
+        expected: Option<&[u8]>,
+        new: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> bool {
+        let now = Instant::now();
+        let mut kv = lock(&self.kv);
+        let current = kv.peek(&key, now);
+        if current != expected {
+            return false;
+        }
+        kv.set(key, new, ttl, now)
+    }
+
+    /// Adds `delta` to a counter (in its current window, if `window` is set) and returns the result.
+    pub fn counter_incr(&self, name: String, delta: i64, window: Option<Duration>) -> i64 {
+        let window_ms = window.map_or(0, |w| w.as_millis().max(1) as u64);
+        let now = now_ms();
+        let mut counters = lock(&self.counters);
+        counters.sweep(now);
+        let slot = counters.map.entry((name, window_ms)).or_insert(Counter {
+            window: 0,
+            value: 0,
+        });
+        let current = current_window(now, window_ms);
+        if slot.window != current {
+            *slot = Counter {
+                window: current,
+                value: 0,
+            };
+        }
+        slot.value = slot.value.saturating_add(delta);
+        slot.value
+    }
+
+    /// A counter's value (in its current window, if `window` is set).
+    pub fn counter_get(&self, name: String, window: Option<Duration>) -> i64 {
+        let window_ms = window.map_or(0, |w| w.as_millis().max(1) as u64);
+        let counters = lock(&self.counters);
+        match counters.map.get(&(name, window_ms)) {
+            Some(c) if c.window == current_window(now_ms(), window_ms) => c.value,
+            _ => 0,
+        }
+    }
+
+    /// Adds to a plugin-defined metric.
+    pub fn metric_add(&self, plugin: &str, name: &str, delta: u64) {
+        let mut metrics = lock(&self.metrics);
+        match metrics.get_mut(&(plugin.to_string(), name.to_string())) {
+            Some(v) => *v = v.saturating_add(delta),
+            None => {
+                metrics.insert((plugin.to_string(), name.to_string()), delta);
+            }
+        }
+    }
+
+    /// Plugin metrics in the Prometheus text format.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        for ((plugin, name), value) in lock(&self.metrics).iter() {
+            let metric = format!(
+                "gatehouse_plugin_{}_{}_total",
+                metric_part(plugin),
+                metric_part(name)
+            );
+            let _ = writeln!(out, "# TYPE {metric} counter\n{metric} {value}");
+        }
+    }
+}
+
+/// Locks a mutex; a panic while holding it cannot leave these maps half-updated in a way that
+/// matters more than losing the server, so poisoning is ignored.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn current_window(now_ms: u64, window_ms: u64) -> u64 {
+    if window_ms == 0 {
+        0
+    } else {
+        now_ms / window_ms
+    }
+}
+
+/// Metric names allow `[a-zA-Z0-9_]`; anything else becomes `_`.
+fn metric_part(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+#[derive(Debug)]
+struct Entry {
+    value: Vec<u8>,
+    expires: Option<Instant>,
+}
+
+/// An LRU map with a byte budget and per-entry expiry.
+#[derive(Debug)]
+struct Kv {
+    entries: LruCache<String, Entry>,
+    bytes: usize,
+    budget: usize,
+}
+
+impl Kv {
+    fn cost(key: &str, value: &[u8]) -> usize {
+        key.len() + value.len() + ENTRY_OVERHEAD
+    }
+
+    fn get(&mut self, key: &str, now: Instant) -> Option<Vec<u8>> {
+        match self.entries.get(key) {
+            Some(e) if e.expires.is_none_or(|t| t > now) => Some(e.value.clone()),
+            Some(_) => {
+                self.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn peek(&self, key: &str, now: Instant) -> Option<&[u8]> {
+        self.entries
+            .peek(key)
+            .filter(|e| e.expires.is_none_or(|t| t > now))
+            .map(|e| e.value.as_slice())
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Some((k, e)) = self.entries.pop_entry(key) {
+            self.bytes -= Kv::cost(&k, &e.value);
+        }
+    }
+
+    fn set(&mut self, key: String, value: Vec<u8>, ttl: Option<Duration>, now: Instant) -> bool {
+        let cost = Kv::cost(&key, &value);
+        if cost > self.budget {
+            return false;
+        }
+        self.remove(&key);
+        while self.bytes + cost > self.budget {
+            match self.entries.pop_lru() {
+                Some((k, e)) => self.bytes -= Kv::cost(&k, &e.value),
+                None => break,
+            }
+        }
+        self.bytes += cost;
+        self.entries.put(
+            key,
+            Entry {
+                value,
+                expires: ttl.map(|t| now + t),
+            },
+        );
+        true
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Counter {
+    window: u64,
+    value: i64,
+}
+
+/// Counters by (name, window length); windows that have passed are swept as the map grows.
+#[derive(Debug)]
+struct Counters {
+    map: HashMap<(String, u64), Counter>,
+    sweep_at: usize,
+}
+
+impl Counters {
+    fn sweep(&mut self, now: u64) {
+        if self.map.len() < self.sweep_at {
+            return;
+        }
+        self.map.retain(|(_, window_ms), c| {
+            *window_ms == 0 || c.window == current_window(now, *window_ms)
+        });
+        self.sweep_at = (self.map.len() * 2).max(1024);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kv_ttl_cas_and_budget() {
+        let s = Services::new(3 * (ENTRY_OVERHEAD + 2));
+        assert!(s.kv_set("a".into(), b"1".to_vec(), None));
+        assert_eq!(s.kv_get("a"), Some(b"1".to_vec()));
+        assert!(!s.kv_compare_and_swap("a".into(), Some(b"2"), b"3".to_vec(), None));
+        assert!(s.kv_compare_and_swap("a".into(), Some(b"1"), b"3".to_vec(), None));
+        assert!(s.kv_compare_and_swap("n".into(), None, b"x".to_vec(), None));
+        assert!(!s.kv_compare_and_swap("n".into(), None, b"y".to_vec(), None));
+        assert!(s.kv_set("b".into(), b"2".to_vec(), None));
+        // Touch a so b is the least recently used, then overflow the budget.
+        assert!(s.kv_get("a").is_some());
+        assert!(s.kv_set("c".into(), b"3".to_vec(), None));
+        assert_eq!(s.kv_get("n"), None, "least recently used entry evicted");
+        assert!(s.kv_get("a").is_some() && s.kv_get("c").is_some());
+        assert!(!s.kv_set("big".into(), vec![0; 1000], None));
+        assert!(s.kv_set("t".into(), b"1".to_vec(), Some(Duration::from_millis(0))));
+        assert_eq!(s.kv_get("t"), None, "expired");
+        assert!(s.kv_delete("a"));
+        assert!(!s.kv_delete("a"));
+    }
+
+    #[test]
+    fn counters_count_within_windows() {
+        let s = Services::new(1024);
+        assert_eq!(s.counter_incr("x".into(), 2, None), 2);
+        assert_eq!(s.counter_incr("x".into(), 3, None), 5);
+        assert_eq!(s.counter_get("x".into(), None), 5);
+        let hour = Some(Duration::from_secs(3600));
+        assert_eq!(
+            s.counter_incr("x".into(), 1, hour),
+            1,
+            "a windowed counter is separate"
+        );
+        assert_eq!(s.counter_get("x".into(), hour), 1);
+    }
+
+    #[test]
+    fn metrics_render_in_prometheus_format() {
+        let s = Services::new(1024);
+        s.metric_add("bot-block", "blocked", 2);
+        s.metric_add("bot-block", "blocked", 1);
+        let mut out = String::new();
+        s.render_metrics(&mut out);
+        assert!(
+            out.contains("gatehouse_plugin_bot_block_blocked_total 3"),
+            "{out}"
+        );
+    }
+}

@@ -1,0 +1,131 @@
+//! Host services: a shared key-value store, counters, metrics, logging, clock and random.
+//!
+//! In a plugin each call goes to the Gatehouse process (one store for all threads and plugins, keys
+//! namespaced per plugin). Natively (under `cargo test`) they use an in-memory store per test
+//! thread, inspected and reset through [`crate::testing`].
+
+#[cfg(target_arch = "wasm32")]
+use crate::__private::bindings::gatehouse::plugin::host as backend;
+#[cfg(not(target_arch = "wasm32"))]
+use crate::testing::backend;
+
+fn millis(d: Option<std::time::Duration>) -> Option<u64> {
+    d.map(|d| d.as_millis().min(u128::from(u64::MAX)) as u64)
+}
+
+/// The shared key-value store: values with an optional time to live, evicted least-recently-used
+/// when the store's byte budget is full.
+pub mod kv {
+    use super::{backend, millis};
+    use std::time::Duration;
+
+    /// The value of `key`, unless absent or expired.
+    pub fn get(key: &str) -> Option<Vec<u8>> {
+        backend::kv_get(key)
+    }
+
+    /// Sets `key`, optionally expiring after `ttl`; false if the value cannot fit in the store.
+    pub fn set(key: &str, value: &[u8], ttl: Option<Duration>) -> bool {
+        backend::kv_set(key, value, millis(ttl))
+    }
+
+    /// Deletes `key`; true if it was there.
+    pub fn delete(key: &str) -> bool {
+        backend::kv_delete(key)
+    }
+
+    /// Sets `key` to `new` only if its value is `expected` (`None`: absent); true if it was set.
+    pub fn compare_and_swap(
+        key: &str,
+        expected: Option<&[u8]>,
+        new: &[u8],
+        ttl: Option<Duration>,
+    ) -> bool {
+        backend::kv_compare_and_swap(key, expected, new, millis(ttl))
+    }
+}
+
+/// Atomic counters, exact across every thread of the server; optionally in fixed time windows
+/// (a rate limit: the count starts from zero in each new window).
+pub mod counter {
+    use super::{backend, millis};
+    use std::time::Duration;
+
+    /// Adds `delta` and returns the new value.
+    pub fn incr(name: &str, delta: i64) -> i64 {
+        backend::counter_incr(name, delta, None)
+    }
+
+    /// Adds `delta` within the current window of length `window` and returns the window's count.
+    pub fn incr_in_window(name: &str, delta: i64, window: Duration) -> i64 {
+        backend::counter_incr(name, delta, millis(Some(window)))
+    }
+
+    /// The current value.
+    pub fn get(name: &str) -> i64 {
+        backend::counter_get(name, None)
+    }
+
+    /// The count in the current window of length `window`.
+    pub fn get_in_window(name: &str, window: Duration) -> i64 {
+        backend::counter_get(name, millis(Some(window)))
+    }
+}
+
+/// Metrics the plugin defines, exported with the host's metrics as
+/// `gatehouse_plugin_<plugin>_<name>_total`.
+pub mod metrics {
+    use super::backend;
+
+    /// Adds `delta` to the metric `name`.
+    pub fn add(name: &str, delta: u64) {
+        backend::metric_add(name, delta);
+    }
+}
+
+/// Log lines in the host's log, tagged with the plugin's name.
+pub mod log {
+    use super::backend;
+    use backend::Level;
+
+    /// Logs at `trace`.
+    pub fn trace(message: &str) {
+        backend::log(Level::Trace, message);
+    }
+    /// Logs at `debug`.
+    pub fn debug(message: &str) {
+        backend::log(Level::Debug, message);
+    }
+    /// Logs at `info`.
+    pub fn info(message: &str) {
+        backend::log(Level::Info, message);
+    }
+    /// Logs at `warn`.
+    pub fn warn(message: &str) {
+        backend::log(Level::Warn, message);
+    }
+    /// Logs at `error`.
+    pub fn error(message: &str) {
+        backend::log(Level::Error, message);
+    }
+}
+
+/// Time and randomness from the host.
+pub mod clock {
+    use super::backend;
+
+    /// Milliseconds since the Unix epoch.
+    pub fn now_ms() -> u64 {
+        backend::now_ms()
+    }
+
+    /// A monotonic clock in nanoseconds, for measuring durations.
+    pub fn monotonic_ns() -> u64 {
+        backend::monotonic_ns()
+    }
+
+    /// A random number from the host's cryptographic generator.
+    pub fn random_u64() -> u64 {
+        backend::random_u64()
+    }
+}

@@ -1,0 +1,375 @@
+//! Unit-test a filter natively, with plain `cargo test` and no wasm.
+//!
+//! ```
+//! use gatehouse_sdk::testing::{self, TestRequest};
+//! use gatehouse_sdk::{Action, Filter, Request};
+//!
+//! struct Tag;
+//! impl Filter for Tag {
+//!     type Config = serde_json::Value;
+//!     fn new(_: serde_json::Value) -> Result<Self, String> { Ok(Tag) }
+//!     fn on_request(&self, req: &mut Request) -> Action {
+//!         req.set_header("x-tag", "yes").unwrap();
+//!         Action::Continue
+//!     }
+//! }
+//!
+//! let tag: Tag = testing::init("{}").unwrap();
+//! let mut req = TestRequest::get("/");
+//! assert_eq!(testing::on_request(&tag, &mut req), Action::Continue);
+//! assert_eq!(req.header("x-tag").as_deref(), Some("yes"));
+//! ```
+//!
+//! Host services ([`crate::kv`], [`crate::counter`], ...) work in memory, one store per test thread;
+//! [`logs`], [`metric`] and [`reset`] inspect and clear them.
+
+use std::collections::HashMap;
+
+use crate::http::{Reply, Request, run_hook};
+use crate::{Action, Filter, LogEntry};
+
+/// A request for a test: method, path, headers, body, client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestRequest {
+    /// The method.
+    pub method: String,
+    /// The path (percent-encoded).
+    pub path: String,
+    /// The query string without `?`.
+    pub query: Option<String>,
+    /// Header fields, names in lower case.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The body.
+    pub body: Vec<u8>,
+    /// The client's IP address.
+    pub client_ip: Option<String>,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+    /// The per-request context.
+    pub context: HashMap<String, String>,
+}
+
+impl TestRequest {
+    /// A request with this method and target (`/path?query`).
+    pub fn new(method: &str, target: &str) -> TestRequest {
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p.to_string(), Some(q.to_string())),
+            None => (target.to_string(), None),
+        };
+        TestRequest {
+            method: method.to_string(),
+            path,
+            query,
+            headers: Vec::new(),
+            body: Vec::new(),
+            client_ip: Some("127.0.0.1".into()),
+            tls: false,
+            context: HashMap::new(),
+        }
+    }
+
+    /// A `GET` request.
+    pub fn get(target: &str) -> TestRequest {
+        TestRequest::new("GET", target)
+    }
+
+    /// Adds a header (builder style).
+    pub fn with_header(mut self, name: &str, value: &str) -> TestRequest {
+        self.headers
+            .push((name.to_ascii_lowercase(), value.as_bytes().to_vec()));
+        self
+    }
+
+    /// Sets the body (builder style).
+    pub fn with_body(mut self, body: impl Into<Vec<u8>>) -> TestRequest {
+        self.body = body.into();
+        self
+    }
+
+    /// Sets the client address (builder style).
+    pub fn with_client_ip(mut self, ip: &str) -> TestRequest {
+        self.client_ip = Some(ip.to_string());
+        self
+    }
+
+    /// The first value of a header as text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.header_raw(name)
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+    }
+
+    pub(crate) fn header_raw(&self, name: &str) -> Option<Vec<u8>> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    }
+
+    pub(crate) fn header_all(&self, name: &str) -> Vec<Vec<u8>> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    pub(crate) fn set_header(
+        &mut self,
+        name: &str,
+        value: &[u8],
+        append: bool,
+    ) -> Result<(), String> {
+        set_field(&mut self.headers, name, value, append)
+    }
+
+    pub(crate) fn remove_header(&mut self, name: &str) {
+        self.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+    }
+}
+
+fn set_field(
+    headers: &mut Vec<(String, Vec<u8>)>,
+    name: &str,
+    value: &[u8],
+    append: bool,
+) -> Result<(), String> {
+    let valid_name = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !valid_name {
+        return Err(format!("invalid header name {name:?}"));
+    }
+    if value.iter().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
+        return Err("invalid header value (CR, LF or NUL)".into());
+    }
+    if !append {
+        headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+    }
+    headers.push((name.to_ascii_lowercase(), value.to_vec()));
+    Ok(())
+}
+
+/// A response for testing [`Filter::on_response`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestResponse {
+    /// The status.
+    pub status: u16,
+    /// Header fields.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl TestResponse {
+    /// A response with this status and body.
+    pub fn new(status: u16, body: impl Into<Vec<u8>>) -> TestResponse {
+        TestResponse {
+            status,
+            headers: Vec::new(),
+            body: body.into(),
+        }
+    }
+
+    /// The first value of a header as text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+
+    pub(crate) fn set_header(
+        &mut self,
+        name: &str,
+        value: &[u8],
+        append: bool,
+    ) -> Result<(), String> {
+        set_field(&mut self.headers, name, value, append)
+    }
+}
+
+/// Builds a filter from a JSON config, as the host's `init` would (config errors included), with no
+/// targets configured.
+pub fn init<F: Filter>(config_json: &str) -> Result<F, String> {
+    init_with_targets(config_json, &[])
+}
+
+/// Builds a filter as [`init`] does, with these target names configured ([`crate::targets`]).
+pub fn init_with_targets<F: Filter>(config_json: &str, targets: &[&str]) -> Result<F, String> {
+    crate::http::TARGETS
+        .with(|t| *t.borrow_mut() = targets.iter().map(|s| s.to_string()).collect());
+    crate::http::build::<F>(config_json)
+}
+
+/// Runs [`Filter::on_request`].
+pub fn on_request<F: Filter>(filter: &F, req: &mut TestRequest) -> Action {
+    filter.on_request(&mut Request::test(req))
+}
+
+/// Runs [`Filter::on_response`]; false if the filter does not implement it.
+pub fn on_response<F: Filter>(filter: &F, req: &mut TestRequest, resp: &mut TestResponse) -> bool {
+    !run_hook(|| filter.on_response(&mut Request::test(req), &mut Reply::test(resp)))
+}
+
+/// Runs [`Filter::on_log`]; false if the filter does not implement it.
+pub fn on_log<F: Filter>(filter: &F, req: &mut TestRequest, entry: &LogEntry) -> bool {
+    !run_hook(|| filter.on_log(&mut Request::test(req), entry))
+}
+
+/// Log lines written by the filter on this thread, as `(level, message)`.
+pub fn logs() -> Vec<(String, String)> {
+    backend::STATE.with(|s| s.borrow().logs.clone())
+}
+
+/// A metric's value on this thread.
+pub fn metric(name: &str) -> u64 {
+    backend::STATE.with(|s| s.borrow().metrics.get(name).copied().unwrap_or(0))
+}
+
+/// Clears this thread's store, counters, metrics and logs.
+pub fn reset() {
+    backend::STATE.with(|s| *s.borrow_mut() = backend::State::default());
+}
+
+/// The in-memory host services used natively.
+#[doc(hidden)]
+pub mod backend {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    /// Log levels, as in the WIT `host` interface.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Level {
+        /// trace
+        Trace,
+        /// debug
+        Debug,
+        /// info
+        Info,
+        /// warn
+        Warn,
+        /// error
+        Error,
+    }
+
+    /// One test thread's services.
+    #[derive(Debug, Default)]
+    pub struct State {
+        kv: HashMap<String, (Vec<u8>, Option<u64>)>,
+        counters: HashMap<(String, u64), (u64, i64)>,
+        pub(crate) metrics: HashMap<String, u64>,
+        pub(crate) logs: Vec<(String, String)>,
+    }
+
+    thread_local! {
+        pub(crate) static STATE: RefCell<State> = RefCell::new(State::default());
+    }
+
+    fn with<R>(f: impl FnOnce(&mut State) -> R) -> R {
+        STATE.with(|s| f(&mut s.borrow_mut()))
+    }
+
+    /// See [`crate::clock::now_ms`].
+    pub fn now_ms() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+
+    fn live(entry: &(Vec<u8>, Option<u64>)) -> bool {
+        entry.1.is_none_or(|t| t > now_ms())
+    }
+
+    /// See [`crate::kv::get`].
+    pub fn kv_get(key: &str) -> Option<Vec<u8>> {
+        with(|s| s.kv.get(key).filter(|e| live(e)).map(|e| e.0.clone()))
+    }
+
+    /// See [`crate::kv::set`].
+    pub fn kv_set(key: &str, value: &[u8], ttl: Option<u64>) -> bool {
+        with(|s| {
+            s.kv.insert(key.to_string(), (value.to_vec(), ttl.map(|t| now_ms() + t)));
+        });
+        true
+    }
+
+    /// See [`crate::kv::delete`].
+    pub fn kv_delete(key: &str) -> bool {
+        with(|s| s.kv.remove(key).is_some_and(|e| live(&e)))
+    }
+
+    /// See [`crate::kv::compare_and_swap`].
+    pub fn kv_compare_and_swap(
+        key: &str,
+        expected: Option<&[u8]>,
+        new: &[u8],
+        ttl: Option<u64>,
+    ) -> bool {
+        if kv_get(key).as_deref() != expected {
+            return false;
+        }
+        kv_set(key, new, ttl)
+    }
+
+    fn window(window_ms: Option<u64>) -> (u64, u64) {
+        match window_ms {
+            Some(w) if w > 0 => (w, now_ms() / w),
+            _ => (0, 0),
+        }
+    }
+
+    /// See [`crate::counter::incr`].
+    pub fn counter_incr(name: &str, delta: i64, window_ms: Option<u64>) -> i64 {
+        let (len, current) = window(window_ms);
+        with(|s| {
+            let slot = s
+                .counters
+                .entry((name.to_string(), len))
+                .or_insert((current, 0));
+            if slot.0 != current {
+                *slot = (current, 0);
+            }
+            slot.1 = slot.1.saturating_add(delta);
+            slot.1
+        })
+    }
+
+    /// See [`crate::counter::get`].
+    pub fn counter_get(name: &str, window_ms: Option<u64>) -> i64 {
+        let (len, current) = window(window_ms);
+        with(|s| match s.counters.get(&(name.to_string(), len)) {
+            Some((w, v)) if *w == current => *v,
+            _ => 0,
+        })
+    }
+
+    /// See [`crate::metrics::add`].
+    pub fn metric_add(name: &str, delta: u64) {
+        with(|s| *s.metrics.entry(name.to_string()).or_default() += delta);
+    }
+
+    /// See [`crate::log`].
+    pub fn log(level: Level, message: &str) {
+        with(|s| {
+            s.logs
+                .push((format!("{level:?}").to_lowercase(), message.to_string()))
+        });
+    }
+
+    /// See [`crate::clock::monotonic_ns`].
+    pub fn monotonic_ns() -> u64 {
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        START
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_nanos() as u64
+    }
+
+    /// See [`crate::clock::random_u64`]: not cryptographic natively, only varied.
+    pub fn random_u64() -> u64 {
+        use std::hash::{BuildHasher, RandomState};
+        RandomState::new().hash_one(monotonic_ns())
+    }
+}
