@@ -191,14 +191,25 @@ impl Gatehouse {
 
     /// Waits until `needle` appears on standard output (access-log lines are written asynchronously).
     pub fn wait_stdout(&self, needle: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let out = self.stdout();
-            if out.contains(needle) || Instant::now() > deadline {
-                return out;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        wait_for(|| self.stdout(), needle, timeout)
+    }
+
+    /// Waits until standard error (the log) contains `needle`; panics with the log if it never does.
+    pub fn wait_stderr(&self, needle: &str, timeout: Duration) -> String {
+        let out = wait_for(|| self.stderr(), needle, timeout);
+        assert!(out.contains(needle), "{needle:?} never logged:\n{out}");
+        out
+    }
+}
+
+fn wait_for(read: impl Fn() -> String, needle: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let out = read();
+        if out.contains(needle) || Instant::now() > deadline {
+            return out;
         }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -1,0 +1,14 @@
+//! Builds the fixture plugins in `plugins/fixtures/` from source (wasm32-wasip2) and tells the tests
+//! where they are: `env!("FIXTURE_PROBE")` and so on.
+
+fn main() {
+    let out = std::path::PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
+    let fixtures = ["probe", "adversarial", "services", "noop", "body-rewrite"];
+    for (name, path) in wasm_build::build(&fixtures, &wasm_build::target_dir(&out)) {
+        let var = format!("FIXTURE_{}", name.to_uppercase().replace('-', "_"));
+        println!("cargo:rustc-env={var}={}", path.display());
+    }
+}
+
+#[path = "../plugins/build_support.rs"]
+mod wasm_build;

@@ -1,0 +1,404 @@
+//! The plugin chain, black-box: fixture plugins built from source (tests/build.rs), loaded by the
+//! real binary from a real config.
+
+use std::process::Command;
+use std::time::Duration;
+
+use gatehouse_tests::{Gatehouse, binary, client, site};
+use reqwest::StatusCode;
+
+const PROBE: &str = env!("FIXTURE_PROBE");
+const ADVERSARIAL: &str = env!("FIXTURE_ADVERSARIAL");
+const SERVICES: &str = env!("FIXTURE_SERVICES");
+const BODY_REWRITE: &str = env!("FIXTURE_BODY_REWRITE");
+
+/// A config with a static site at `/`, a second static target `other`, and `plugins` appended.
+fn config(plugins: &str) -> String {
+    format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\ndefault_target = \"site\"\n\n[targets.site]\nstatic = \"site\"\n\n[targets.other]\nstatic = \"site/other\"\n\n{plugins}"
+    )
+}
+
+fn start(plugins: &str) -> (tempfile::TempDir, Gatehouse) {
+    let dir = site(&[
+        ("index.html", b"hello from site\n"),
+        ("other/index.html", b"hello from other\n"),
+        ("other/page.txt", b"other page\n"),
+    ]);
+    let gh = Gatehouse::start(dir.path(), &config(plugins));
+    (dir, gh)
+}
+
+fn probe(label: &str, extra: &str) -> String {
+    format!(
+        "[[plugins]]\nuse = \"{PROBE}\"\nname = \"{label}\"\nconfig = {{ label = \"{label}\"{extra} }}\n"
+    )
+}
+
+#[test]
+fn chain_runs_in_order_and_back_in_reverse() {
+    let plugins = [
+        probe("a", ", context = { user = \"alice\" }"),
+        probe("b", ", report_context = \"user\""),
+        probe("c", ", echo = true"),
+    ]
+    .concat();
+    let (_dir, gh) = start(&plugins);
+    let r = client()
+        .post(gh.url("/some/path?x=1"))
+        .body("payload")
+        .send()
+        .expect("request");
+    assert_eq!(r.status(), StatusCode::OK);
+    let back: Vec<_> = r
+        .headers()
+        .get_all("x-chain-back")
+        .iter()
+        .map(|v| v.to_str().expect("ascii").to_string())
+        .collect();
+    assert_eq!(
+        back,
+        ["c", "b", "a"],
+        "on-response runs in reverse, the responder included"
+    );
+    assert_eq!(
+        r.headers()["x-context-user"],
+        "alice",
+        "context passes between plugins"
+    );
+    let body = r.text().expect("body");
+    for line in [
+        "chain=a,b,c",
+        "method=POST",
+        "path=/some/path",
+        "query=x=1",
+        "client=127.0.0.1",
+        "scheme=http",
+        "context.user=alice",
+        "body=payload",
+    ] {
+        assert!(body.lines().any(|l| l == line), "{line:?} not in\n{body}");
+    }
+}
+
+#[test]
+fn local_response_skips_later_plugins_and_the_target() {
+    let plugins = [probe("a", ""), probe("b", ", echo = true"), probe("c", "")].concat();
+    let (_dir, gh) = start(&plugins);
+    let r = client().get(gh.url("/")).send().expect("request");
+    let back: Vec<_> = r
+        .headers()
+        .get_all("x-chain-back")
+        .iter()
+        .map(|v| v.to_str().expect("ascii").to_string())
+        .collect();
+    assert_eq!(back, ["b", "a"], "c never ran");
+    assert!(r.text().expect("body").contains("chain=a,b\n"));
+}
+
+#[test]
+fn plugins_choose_targets_and_strip_prefixes() {
+    let plugins = probe("r", ", route = \"other\", strip_prefix = \"/o\"");
+    let (_dir, gh) = start(&plugins);
+    let c = client();
+    let r = c.get(gh.url("/o/page.txt")).send().expect("request");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.text().expect("body"), "other page\n");
+    // Outside the stripped prefix the target has nothing to serve.
+    assert_eq!(
+        c.get(gh.url("/page.txt")).send().expect("request").status(),
+        StatusCode::NOT_FOUND
+    );
+    assert!(gh.stdout().contains("target=other"), "{}", gh.stdout());
+}
+
+#[test]
+fn router_plugin_routes_by_host_and_path() {
+    let plugins = r#"
+[[plugins]]
+use = "router"
+[[plugins.config.routes]]
+path = "/o/"
+target = "other"
+strip_prefix = true
+[[plugins.config.routes]]
+host = "*.example.com"
+target = "other"
+[[plugins.config.routes]]
+exact = "/"
+target = "site"
+[[plugins.config.routes]]
+path = "/old/"
+redirect = "https://example.org{path}"
+status = 301
+"#;
+    let (_dir, gh) = start(plugins);
+    let c = client();
+    assert_eq!(
+        c.get(gh.url("/"))
+            .send()
+            .expect("get")
+            .text()
+            .expect("body"),
+        "hello from site\n"
+    );
+    assert_eq!(
+        c.get(gh.url("/o/page.txt"))
+            .send()
+            .expect("get")
+            .text()
+            .expect("body"),
+        "other page\n"
+    );
+    let r = c
+        .get(gh.url("/"))
+        .header("host", "www.example.com")
+        .send()
+        .expect("get");
+    assert_eq!(r.text().expect("body"), "hello from other\n");
+    let r = c.get(gh.url("/old/x?y=1")).send().expect("get");
+    assert_eq!(r.status(), StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(r.headers()["location"], "https://example.org/old/x?y=1");
+    let r = c.get(gh.url("/nothing")).send().expect("get");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert!(
+        r.text()
+            .expect("body")
+            .contains("no route for 127.0.0.1/nothing")
+    );
+}
+
+#[test]
+fn request_and_response_bodies_can_be_changed() {
+    let plugins = [
+        format!("[[plugins]]\nuse = \"{BODY_REWRITE}\"\n"),
+        probe("u", ", upper_body = true"),
+        probe("e", ", echo = true"),
+    ]
+    .concat();
+    let (_dir, gh) = start(&plugins);
+    let r = client()
+        .post(gh.url("/"))
+        .body("hello body")
+        .send()
+        .expect("request");
+    assert_eq!(r.headers()["x-rewritten"], "yes");
+    let text = r.text().expect("body");
+    assert!(text.contains("body=HELLO BODY\n"), "{text}");
+    assert!(
+        text.contains("body-seen=yes\n"),
+        "a header set after reading the body: {text}"
+    );
+
+    // A streamed file body is buffered for a plugin that asked for it.
+    let plugins = format!("[[plugins]]\nuse = \"{BODY_REWRITE}\"\n");
+    let (_dir, gh) = start(&plugins);
+    let r = client().get(gh.url("/")).send().expect("request");
+    assert_eq!(r.headers()["content-length"], "16");
+    assert_eq!(r.text().expect("body"), "HELLO from site\n");
+}
+
+#[test]
+fn misbehaving_plugins_get_500_and_the_next_request_succeeds() {
+    let plugins = format!(
+        "[[plugins]]\nuse = \"{ADVERSARIAL}\"\ntime_limit = \"500ms\"\nmemory_limit = \"256MiB\"\n"
+    );
+    let (_dir, gh) = start(&plugins);
+    let c = client();
+    for (path, reason) in [
+        ("/loop", "ran longer than its time_limit"),
+        ("/alloc", "ran out of memory"),
+        ("/panic", "adversarial fixture panicked on purpose"),
+        ("/trap", "trapped"),
+        ("/huge", "larger than the"),
+    ] {
+        let r = c.get(gh.url(path)).send().expect("request");
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR, "{path}");
+        assert_eq!(
+            r.text().expect("body"),
+            "500 Internal Server Error\n",
+            "no details leak"
+        );
+        let r = c.get(gh.url("/")).send().expect("request");
+        assert_eq!(r.status(), StatusCode::OK, "the request after {path}");
+        assert_eq!(r.text().expect("body"), "hello from site\n");
+        let log = gh.wait_stderr(reason, Duration::from_secs(5));
+        assert!(
+            log.contains("adversarial"),
+            "the log names the plugin:\n{log}"
+        );
+    }
+}
+
+#[test]
+fn on_error_continue_skips_a_failing_plugin() {
+    let plugins = format!(
+        "[[plugins]]\nuse = \"{ADVERSARIAL}\"\non_error = \"continue\"\ntime_limit = \"100ms\"\n{}",
+        probe("after", "")
+    );
+    let (_dir, gh) = start(&plugins);
+    let r = client().get(gh.url("/panic")).send().expect("request");
+    // The plugin is skipped; the static target has no /panic.
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(r.headers()["x-chain-back"], "after");
+}
+
+#[test]
+fn counters_and_kv_are_exact_under_concurrency() {
+    let plugins = format!("[[plugins]]\nuse = \"{SERVICES}\"\n");
+    let (_dir, gh) = start(&plugins);
+    let url = gh.url("/hit");
+    let per_client = 20;
+    std::thread::scope(|s| {
+        for _ in 0..64 {
+            s.spawn(|| {
+                let c = client();
+                for _ in 0..per_client {
+                    let r = c.get(&url).send().expect("hit");
+                    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+                }
+            });
+        }
+    });
+    let r = client().get(gh.url("/count")).send().expect("count");
+    assert_eq!(
+        r.text().expect("body"),
+        format!("hits={0} n={0}", 64 * per_client)
+    );
+}
+
+#[test]
+fn kv_ttl_delete_and_rate_limit() {
+    let plugins = format!("[[plugins]]\nuse = \"{SERVICES}\"\nconfig = {{ limit = 3 }}\n");
+    let (_dir, gh) = start(&plugins);
+    let c = client();
+    let get = |path: &str| {
+        let r = c.get(gh.url(path)).send().expect("request");
+        (r.status().as_u16(), r.text().expect("body"))
+    };
+    assert_eq!(get("/kv/set/a/1"), (200, "true".into()));
+    assert_eq!(get("/kv/get/a"), (200, "1".into()));
+    assert_eq!(get("/kv/del/a"), (200, "true".into()));
+    assert_eq!(get("/kv/get/a").0, 404);
+    assert_eq!(get("/kv/set/t/1?ttl_ms=200"), (200, "true".into()));
+    assert_eq!(get("/kv/get/t").0, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(get("/kv/get/t").0, 404, "expired");
+
+    let statuses: Vec<u16> = (0..5).map(|_| get("/limited").0).collect();
+    // The first 3 pass through (to the static target, which has no such file), then 429.
+    assert_eq!(statuses, [404, 404, 404, 429, 429]);
+}
+
+#[test]
+fn check_reports_a_plugins_own_config_error_with_its_name() {
+    let dir = site(&[("index.html", b"x"), ("other/index.html", b"y")]);
+    let path = dir.path().join("gatehouse.toml");
+    let write_and_check = |plugins: &str| {
+        std::fs::write(&path, config(plugins)).expect("write");
+        let out = Command::new(binary())
+            .args(["check", "-c"])
+            .arg(&path)
+            .output()
+            .expect("run check");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned()
+                + &String::from_utf8_lossy(&out.stdout),
+        )
+    };
+    let (ok, text) = write_and_check(&probe("picky", ", fail_init = \"label must be shouty\""));
+    assert!(!ok);
+    assert!(
+        text.contains("plugin `picky`: config error: label must be shouty"),
+        "{text}"
+    );
+
+    let (ok, text) = write_and_check(
+        "[[plugins]]\nuse = \"router\"\nconfig = { routes = [ { target = \"nope\" } ] }\n",
+    );
+    assert!(!ok);
+    assert!(
+        text.contains("plugin `router`") && text.contains("no target named \"nope\""),
+        "{text}"
+    );
+
+    let (ok, text) = write_and_check("[[plugins]]\nuse = \"nonesuch\"\n");
+    assert!(!ok);
+    assert!(
+        text.contains("plugins[0].use") && text.contains("built in: router"),
+        "{text}"
+    );
+
+    let (ok, text) = write_and_check("[[plugins]]\nuse = \"./missing.wasm\"\n");
+    assert!(!ok);
+    assert!(
+        text.contains("gatehouse.toml:12:7:") && text.contains("no plugin file"),
+        "file and line: {text}"
+    );
+
+    let (ok, text) = write_and_check(&probe("fine", ""));
+    assert!(ok, "{text}");
+    assert!(text.contains("1 plugin(s)"), "{text}");
+}
+
+#[test]
+fn reload_with_a_broken_plugin_keeps_the_old_chain() {
+    let (dir, gh) = start(&probe("v1", ""));
+    let c = client();
+    assert_eq!(
+        c.get(gh.url("/")).send().expect("get").headers()["x-chain-back"],
+        "v1"
+    );
+
+    std::fs::write(
+        dir.path().join("gatehouse.toml"),
+        config(&probe("v2", ", fail_init = \"broken\"")),
+    )
+    .expect("write");
+    gh.signal("HUP");
+    gh.wait_stderr("broken", Duration::from_secs(10));
+    assert_eq!(
+        c.get(gh.url("/")).send().expect("get").headers()["x-chain-back"],
+        "v1"
+    );
+
+    std::fs::write(dir.path().join("gatehouse.toml"), config(&probe("v3", ""))).expect("write");
+    gh.signal("HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let back = c.get(gh.url("/")).send().expect("get").headers()["x-chain-back"].clone();
+        if back == "v3" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "reload did not apply");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn conditions_limit_a_plugin_to_hosts_and_paths() {
+    let plugins = [
+        format!("[[plugins]]\nuse = \"{PROBE}\"\npaths = [\"/api\"]\nconfig = {{ label = \"api\" }}\n"),
+        format!("[[plugins]]\nuse = \"{PROBE}\"\nhosts = [\"*.example.com\"]\nconfig = {{ label = \"ex\" }}\n"),
+    ]
+    .concat();
+    let (_dir, gh) = start(&plugins);
+    let c = client();
+    let back = |path: &str, host: &str| {
+        let r = c
+            .get(gh.url(path))
+            .header("host", host)
+            .send()
+            .expect("get");
+        r.headers()
+            .get_all("x-chain-back")
+            .iter()
+            .map(|v| v.to_str().expect("ascii").to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(back("/api/x", "localhost"), ["api"]);
+    assert_eq!(back("/apix", "localhost"), Vec::<String>::new());
+    assert_eq!(back("/", "a.example.com"), ["ex"]);
+    assert_eq!(back("/api", "a.example.com:80"), ["ex", "api"]);
+}
