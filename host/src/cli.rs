@@ -1,4 +1,5 @@
-//! The command line: `gatehouse -c FILE`, `gatehouse check -c FILE`, and (soon) `gatehouse MODULE:CALLABLE`.
+//! The command line: `gatehouse -c FILE`, `gatehouse check -c FILE`, `gatehouse MODULE:CALLABLE`,
+//! `gatehouse plugin new NAME`.
 
 use std::path::PathBuf;
 
@@ -8,7 +9,9 @@ const EXAMPLES: &str = "\
 Examples:
   gatehouse -c gatehouse.toml                  serve with a config file
   gatehouse -c gatehouse.toml --ready-file r   also write the bound addresses to r once listening
-  gatehouse check -c gatehouse.toml            validate a config file and exit 0 (valid) or 1
+  gatehouse check -c gatehouse.toml            validate a config file (and load its plugins)
+  gatehouse plugin new bot-block               create a plugin crate with a passing test
+  gatehouse app:app --static /static=./static  quick mode with static files under /static
   gatehouse app:app                            quick mode: serve a WSGI app on 127.0.0.1:8000
   gatehouse mysite.wsgi:application -b 0.0.0.0:8000 -w 4 --threads 2
   RUST_LOG=debug gatehouse -c gatehouse.toml   more logging (overrides [log] level)";
@@ -44,6 +47,9 @@ pub struct Cli {
     /// Quick mode: directory to import the app from (default: the current directory).
     #[arg(long, value_name = "DIR", requires = "app")]
     pub chdir: Option<PathBuf>,
+    /// Quick mode: serve files of DIR under /PREFIX (routed by the `router` plugin); repeatable.
+    #[arg(long = "static", value_name = "/PREFIX=DIR", requires = "app")]
+    pub statics: Vec<String>,
 }
 
 impl Cli {
@@ -74,8 +80,40 @@ impl Cli {
         if let Some(dir) = &self.chdir {
             text.push_str(&format!("chdir = {}\n", quote(&dir.display().to_string())));
         }
+        if !self.statics.is_empty() {
+            // Routing is the router plugin's job, here as with a config file.
+            let mut routes = String::new();
+            for (i, spec) in self.statics.iter().enumerate() {
+                let (prefix, dir) = spec.split_once('=').unwrap_or((spec.as_str(), ""));
+                let name = format!("static{}", i + 1);
+                text.push_str(&format!("\n[targets.{name}]\nstatic = {}\n", quote(dir)));
+                routes.push_str(&format!(
+                    "\n[[plugins.config.routes]]\npath = {}\ntarget = \"{name}\"\nstrip_prefix = true\n",
+                    quote(prefix)
+                ));
+            }
+            text.push_str("\n[[plugins]]\nuse = \"router\"\n");
+            text.push_str(&routes);
+            text.push_str("\n[[plugins.config.routes]]\npath = \"/\"\ntarget = \"app\"\n");
+        }
         Some(text)
     }
+}
+
+/// `gatehouse plugin ...`.
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Create a plugin crate NAME (a filter with a passing test) that builds to wasm32-wasip2.
+    New {
+        /// The crate name, e.g. `bot-block`.
+        name: String,
+        /// Where to create it (default: the current directory).
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+        /// The gatehouse-sdk crate to depend on (default: the one this binary was built from).
+        #[arg(long, value_name = "PATH")]
+        sdk: Option<PathBuf>,
+    },
 }
 
 /// Subcommands.
@@ -86,6 +124,12 @@ pub enum Command {
         /// The TOML config file to check.
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
+    },
+    /// Plugin tools.
+    Plugin {
+        /// What to do.
+        #[command(subcommand)]
+        command: PluginCommand,
     },
     /// Internal: run as a Python worker process (started by gatehouse itself).
     #[command(name = "__worker", hide = true)]

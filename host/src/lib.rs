@@ -12,6 +12,7 @@ pub mod error;
 pub mod logging;
 pub mod pipeline;
 pub mod plugin;
+pub mod scaffold;
 pub mod server;
 pub mod static_files;
 pub mod target;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Parser;
 use gatehouse::access_log::AccessLog;
-use gatehouse::cli::{Cli, Command};
+use gatehouse::cli::{Cli, Command, PluginCommand};
 use std::sync::Arc;
 
 use gatehouse::config::Config;
@@ -25,6 +25,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Check { config }) => check(&config),
         Some(Command::Worker) => return gatehouse::wsgi::worker_main(),
+        Some(Command::Plugin {
+            command: PluginCommand::New { name, dir, sdk },
+        }) => plugin_new(&name, &dir, sdk),
         None => serve(&cli),
     };
     match result {
@@ -34,6 +37,16 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn plugin_new(name: &str, dir: &Path, sdk: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let sdk = sdk.unwrap_or_else(gatehouse::scaffold::default_sdk);
+    let root = gatehouse::scaffold::new_plugin(name, dir, &sdk)?;
+    println!(
+        "created {root}\n\nnext:\n  cd {root}\n  rustup target add wasm32-wasip2\n  cargo test\n  cargo build --release --target wasm32-wasip2",
+        root = root.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn check(path: &Path) -> anyhow::Result<ExitCode> {

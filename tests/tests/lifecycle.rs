@@ -52,7 +52,7 @@ fn check_accepts_a_valid_config() {
     let (code, out, err) = run(&["check", "-c", "g.toml"], dir.path());
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains("g.toml: ok (1 listener(s), 1 target(s))"),
+        out.contains("g.toml: ok (1 listener(s), 1 target(s), 0 plugin(s))"),
         "{out}"
     );
 }
