@@ -14,6 +14,13 @@ fi
 # The WSGI tests serve real Flask and Django apps with the python3 on PATH (the one gatehouse embeds).
 python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 
+# Plugins are WebAssembly components: first-party ones are embedded in the binary and test fixtures
+# are built from source, both for this target.
+rustup target add wasm32-wasip2
+
+# The first-party plugins' own unit tests (natively, through the SDK's test harness).
+(cd plugins && cargo test --locked --quiet)
+
 # The black-box tests run the binary cargo builds here.
 cargo build --locked -p gatehouse
 cargo test --locked --workspace

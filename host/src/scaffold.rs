@@ -6,13 +6,17 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum ScaffoldError {
     /// The name is not a valid crate name.
-    #[error("{0:?} is not a valid plugin name: use lowercase letters, digits, `-` and `_`, starting with a letter")]
+    #[error(
+        "{0:?} is not a valid plugin name: use lowercase letters, digits, `-` and `_`, starting with a letter"
+    )]
     BadName(String),
     /// The directory exists already.
     #[error("{0} already exists")]
     Exists(PathBuf),
     /// The SDK was not found.
-    #[error("the gatehouse-sdk crate was not found at {0}: pass --sdk PATH (the `sdk/` folder of the Gatehouse repository)")]
+    #[error(
+        "the gatehouse-sdk crate was not found at {0}: pass --sdk PATH (the `sdk/` folder of the Gatehouse repository)"
+    )]
     NoSdk(PathBuf),
     /// Writing failed.
     #[error("cannot write {path}: {source}")]
@@ -67,7 +71,8 @@ pub fn new_plugin(name: &str, dir: &Path, sdk: &Path) -> Result<PathBuf, Scaffol
         ("src/lib.rs", LIB_RS.replace("{Type}", &type_name)),
         (
             "README.md",
-            README.replace("{name}", name)
+            README
+                .replace("{name}", name)
                 .replace("{file}", &name.replace('-', "_")),
         ),
         (".gitignore", "/target\n".to_string()),

@@ -132,6 +132,12 @@ macro_rules! export_filter {
             }
             $crate::__export_plugin_impl!(GatehouseExport with_types_in $crate::__private::bindings);
         };
+        // Natively (unit tests) there is nothing to export; this keeps the filter reachable so
+        // the compiler does not call it dead code.
+        #[cfg(not(target_arch = "wasm32"))]
+        const _: () = {
+            let _ = $crate::__private::init::<$filter>;
+        };
     };
 }
 

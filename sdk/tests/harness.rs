@@ -22,7 +22,9 @@ impl Filter for Limiter {
         if config.limit <= 0 {
             return Err("limit must be positive".into());
         }
-        Ok(Limiter { limit: config.limit })
+        Ok(Limiter {
+            limit: config.limit,
+        })
     }
 
     fn on_request(&self, req: &mut Request) -> Action {
@@ -53,8 +55,15 @@ fn limiter() -> Limiter {
 
 #[test]
 fn config_is_parsed_and_checked() {
-    assert!(testing::init::<Limiter>(r#"{"limit": 0}"#).err().expect("error").contains("positive"));
-    let err = testing::init::<Limiter>(r#"{"limit": "many"}"#).err().expect("error");
+    assert!(
+        testing::init::<Limiter>(r#"{"limit": 0}"#)
+            .err()
+            .expect("error")
+            .contains("positive")
+    );
+    let err = testing::init::<Limiter>(r#"{"limit": "many"}"#)
+        .err()
+        .expect("error");
     assert!(err.contains("invalid type"), "{err}");
 }
 
@@ -71,7 +80,10 @@ fn requests_are_counted_per_client_and_limited() {
         panic!("third request must be limited")
     };
     assert_eq!(r.status, 429);
-    assert_eq!(testing::logs(), [("warn".to_string(), "10.0.0.1 over the limit".to_string())]);
+    assert_eq!(
+        testing::logs(),
+        [("warn".to_string(), "10.0.0.1 over the limit".to_string())]
+    );
     let mut other = TestRequest::get("/").with_client_ip("10.0.0.2");
     assert_eq!(testing::on_request(&f, &mut other), Action::Continue);
 }
@@ -81,7 +93,10 @@ fn request_changes_and_response_hook() {
     let f = limiter();
     let mut req = TestRequest::new("POST", "/rewrite?x=1").with_body("abc");
     assert_eq!(testing::on_request(&f, &mut req), Action::Continue);
-    assert_eq!((req.path.as_str(), req.query.as_deref()), ("/rewritten", Some("x=1")));
+    assert_eq!(
+        (req.path.as_str(), req.query.as_deref()),
+        ("/rewritten", Some("x=1"))
+    );
     assert_eq!(req.body, b"ABC");
     let mut resp = TestResponse::new(200, "ok");
     assert!(testing::on_response(&f, &mut req, &mut resp), "implemented");
@@ -92,7 +107,10 @@ fn request_changes_and_response_hook() {
         duration_us: 5,
         target: None,
     };
-    assert!(!testing::on_log(&f, &mut req, &entry), "the default on_log reports itself unimplemented");
+    assert!(
+        !testing::on_log(&f, &mut req, &entry),
+        "the default on_log reports itself unimplemented"
+    );
 }
 
 #[test]

@@ -767,6 +767,54 @@ fn quick_mode_serves_an_app_without_a_config_file() {
 }
 
 #[test]
+fn quick_mode_static_prefixes_go_through_the_router_plugin() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let assets = dir.path().join("assets");
+    std::fs::create_dir_all(&assets).expect("mkdir");
+    std::fs::write(assets.join("app.css"), "body {}\n").expect("write");
+    let apps = apps_dir().display().to_string();
+    let args = [
+        "stdlib_app:app",
+        "--chdir",
+        &apps,
+        "--bind",
+        "127.0.0.1:0",
+        "--static",
+        "/static=assets",
+    ];
+    let gh = Gatehouse::start_args(dir.path(), &args, &[]);
+    let c = client();
+    let r = c.get(gh.url("/static/app.css")).send().expect("get");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.text().expect("body"), "body {}\n");
+    let env = json(c.get(gh.url("/environ")).send().expect("get"));
+    assert_eq!(
+        env["PATH_INFO"], "/environ",
+        "everything else reaches the app"
+    );
+    assert!(gh.stdout().contains("target=static1"), "{}", gh.stdout());
+}
+
+#[test]
+fn router_strip_prefix_becomes_script_name() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n\n[targets.app]\nwsgi = \"stdlib_app:app\"\nchdir = {:?}\n\n[[plugins]]\nuse = \"router\"\n[[plugins.config.routes]]\npath = \"/shop\"\ntarget = \"app\"\nstrip_prefix = true\n",
+        apps_dir().display().to_string()
+    );
+    let gh = Gatehouse::start(dir.path(), &config);
+    let env = json(client().get(gh.url("/shop/environ")).send().expect("get"));
+    assert_eq!(env["SCRIPT_NAME"], "/shop");
+    assert_eq!(env["PATH_INFO"], "/environ");
+    let r = client().get(gh.url("/elsewhere")).send().expect("get");
+    assert_eq!(
+        r.status(),
+        StatusCode::NOT_FOUND,
+        "nothing matches: the router's 404"
+    );
+}
+
+#[test]
 fn proxy_headers_are_believed_only_from_trusted_peers() {
     let spoof = |s: &Served| {
         json(

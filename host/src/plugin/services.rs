@@ -143,11 +143,7 @@ pub fn now_ms() -> u64 {
 }
 
 fn current_window(now_ms: u64, window_ms: u64) -> u64 {
-    if window_ms == 0 {
-        0
-    } else {
-        now_ms / window_ms
-    }
+    now_ms.checked_div(window_ms).unwrap_or(0)
 }
 
 /// Metric names allow `[a-zA-Z0-9_]`; anything else becomes `_`.

@@ -210,7 +210,7 @@ impl Filter for Router {
             let Some(rank) = route.path_rank(&path) else {
                 continue;
             };
-            if !route.methods.is_empty() && !route.methods.iter().any(|m| *m == method) {
+            if !route.methods.is_empty() && !route.methods.contains(&method) {
                 allowed.extend(route.methods.iter().map(String::as_str));
                 continue;
             }
