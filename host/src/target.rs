@@ -10,6 +10,7 @@ use crate::body::Body;
 use crate::config::{Config, TargetConfig};
 use crate::error::HttpError;
 use crate::pipeline::{ConnCtx, RequestBody};
+use crate::plugin::Services;
 use crate::static_files::StaticFiles;
 use crate::wsgi::{WsgiError, WsgiTarget};
 
@@ -43,6 +44,8 @@ pub enum Target {
     Static(StaticFiles),
     /// A WSGI application in worker processes.
     Wsgi(WsgiTarget),
+    /// The process's metrics in the Prometheus text format.
+    Metrics,
 }
 
 impl Target {
@@ -53,12 +56,25 @@ impl Target {
         body: &RequestBody,
         conn: &ConnCtx,
         mount: Option<&str>,
+        services: &Services,
     ) -> Result<Response<Body>, HttpError> {
         match self {
             Target::Static(files) => files.serve(req, mount),
             Target::Wsgi(app) => app.serve(req, body, conn, mount).await,
+            Target::Metrics => Ok(metrics_response(services)),
         }
     }
+}
+
+fn metrics_response(services: &Services) -> Response<Body> {
+    let mut text = String::new();
+    services.render_metrics(&mut text);
+    let mut response = Response::new(Body::full(text));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
 }
 
 /// All targets of a configuration, by id and name.
@@ -105,6 +121,7 @@ impl Targets {
                 TargetConfig::Wsgi(w) => {
                     Target::Wsgi(WsgiTarget::start(name, w).map_err(|e| wrap(e.into()))?)
                 }
+                TargetConfig::Metrics => Target::Metrics,
             };
             names.push(name.clone());
             targets.push(built);

@@ -109,7 +109,8 @@ fn plugins_choose_targets_and_strip_prefixes() {
         c.get(gh.url("/page.txt")).send().expect("request").status(),
         StatusCode::NOT_FOUND
     );
-    assert!(gh.stdout().contains("target=other"), "{}", gh.stdout());
+    let log = gh.wait_stdout("target=other", Duration::from_secs(5));
+    assert!(log.contains("target=other"), "{log}");
 }
 
 #[test]
@@ -401,4 +402,54 @@ fn conditions_limit_a_plugin_to_hosts_and_paths() {
     assert_eq!(back("/apix", "localhost"), Vec::<String>::new());
     assert_eq!(back("/", "a.example.com"), ["ex"]);
     assert_eq!(back("/api", "a.example.com:80"), ["ex", "api"]);
+}
+
+#[test]
+fn metrics_target_exports_plugin_metrics_and_failures() {
+    let plugins = format!(
+        "[targets.stats]\nmetrics = true\n\n[[plugins]]\nuse = \"{SERVICES}\"\n\n[[plugins]]\nuse = \"{ADVERSARIAL}\"\non_error = \"continue\"\n\n[[plugins]]\nuse = \"router\"\n[[plugins.config.routes]]\nexact = \"/metrics\"\ntarget = \"stats\"\n[[plugins.config.routes]]\npath = \"/\"\ntarget = \"site\"\n"
+    );
+    let (_dir, gh) = start(&plugins);
+    let c = client();
+    for _ in 0..3 {
+        assert_eq!(
+            c.get(gh.url("/metric")).send().expect("get").status(),
+            StatusCode::NO_CONTENT
+        );
+    }
+    assert_eq!(
+        c.get(gh.url("/trap")).send().expect("get").status(),
+        StatusCode::NOT_FOUND
+    );
+    let r = c.get(gh.url("/metrics")).send().expect("metrics");
+    assert_eq!(r.status(), StatusCode::OK);
+    let text = r.text().expect("body");
+    for line in [
+        "gatehouse_plugin_services_hits_total 3",
+        "gatehouse_plugin_failures_total{plugin=\"adversarial\"} 1",
+        "gatehouse_responses_total{class=\"2xx\"} 3",
+        "gatehouse_responses_total{class=\"4xx\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line:?} not in\n{text}");
+    }
+}
+
+#[test]
+fn pooled_instances_are_reused_and_per_request_ones_are_fresh() {
+    for (isolation, second) in [("pooled", "calls=2"), ("per-request", "calls=1")] {
+        let plugins = format!(
+            "[[plugins]]\nuse = \"{PROBE}\"\nisolation = \"{isolation}\"\nconfig = {{ label = \"p\", echo = true }}\n[[plugins]]\nuse = \"{ADVERSARIAL}\"\nisolation = \"{isolation}\"\n"
+        );
+        let (_dir, gh) = start(&plugins);
+        let c = client();
+        let body = |path: &str| {
+            c.get(gh.url(path))
+                .send()
+                .expect("get")
+                .text()
+                .expect("body")
+        };
+        assert!(body("/").starts_with("calls=1\n"));
+        assert!(body("/").starts_with(&format!("{second}\n")), "{isolation}");
+    }
 }

@@ -792,7 +792,8 @@ fn quick_mode_static_prefixes_go_through_the_router_plugin() {
         env["PATH_INFO"], "/environ",
         "everything else reaches the app"
     );
-    assert!(gh.stdout().contains("target=static1"), "{}", gh.stdout());
+    let log = gh.wait_stdout("target=static1", std::time::Duration::from_secs(5));
+    assert!(log.contains("target=static1"), "{log}");
 }
 
 #[test]

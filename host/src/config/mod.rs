@@ -148,6 +148,8 @@ pub enum TargetConfig {
     Static(StaticConfig),
     /// A Python WSGI application.
     Wsgi(WsgiConfig),
+    /// Prometheus metrics of the process (requests, plugin failures, plugin-defined metrics).
+    Metrics,
 }
 
 /// `wsgi = "module:callable"` target options (Gunicorn's settings, same names where they exist).
@@ -375,6 +377,7 @@ struct RawTarget {
     show_hidden: Option<Spanned<bool>>,
     precompressed: Option<Spanned<bool>>,
     wsgi: Option<Spanned<String>>,
+    metrics: Option<Spanned<bool>>,
     workers: Option<Spanned<u32>>,
     threads: Option<Spanned<u32>>,
     timeout: Option<Seconds>,
@@ -659,6 +662,25 @@ impl RawTarget {
         errors: &mut Vec<ConfigError>,
     ) -> Option<TargetConfig> {
         let mount = self.mount(key, doc, errors)?;
+        if let Some(m) = &self.metrics {
+            let others = self.static_root.is_some()
+                || self.wsgi.is_some()
+                || !self.wsgi_settings_used().is_empty()
+                || self.index.is_some()
+                || self.autoindex.is_some()
+                || self.show_hidden.is_some()
+                || self.precompressed.is_some()
+                || self.mount.is_some();
+            if !*m.get_ref() || others {
+                errors.push(doc.error(
+                    m.span(),
+                    &format!("{key}.metrics"),
+                    "a metrics target is just `metrics = true` (route to it with the router plugin)",
+                ));
+                return None;
+            }
+            return Some(TargetConfig::Metrics);
+        }
         match (&self.static_root, &self.wsgi) {
             (Some(_), Some(w)) => {
                 errors.push(doc.error(
@@ -674,7 +696,7 @@ impl RawTarget {
                 errors.push(doc.error(
                     span,
                     key,
-                    "a target needs a kind: `static = \"DIR\"` or `wsgi = \"module:callable\"`",
+                    "a target needs a kind: `static = \"DIR\"`, `wsgi = \"module:callable\"` or `metrics = true`",
                 ));
                 None
             }

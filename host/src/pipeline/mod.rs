@@ -102,7 +102,7 @@ where
                     match route_request(&gateway.targets, choice.as_ref()) {
                         Ok(chosen) => {
                             let served = match slot.as_deref() {
-                                Some(ex) => serve(&gateway.targets, &chosen, ex, &conn).await,
+                                Some(ex) => serve(&gateway, &chosen, ex, &conn).await,
                                 None => Err(HttpError::Internal),
                             };
                             route = Some(chosen);
@@ -134,6 +134,7 @@ where
         .flatten();
     let (parts, body) = response.into_parts();
     let status = parts.status.as_u16();
+    gateway.plugins.services().count_response(status);
     let log = entry.map(|entry| PendingLog {
         entry,
         status,
@@ -287,14 +288,21 @@ fn route_request(targets: &Targets, choice: Option<&Choice>) -> Result<Route, Ht
 
 /// Serve phase: hand the request to its target.
 async fn serve(
-    targets: &Targets,
+    gateway: &Gateway,
     route: &Route,
     ex: &Exchange,
     conn: &ConnCtx,
 ) -> Result<Response<Body>, HttpError> {
-    targets
+    gateway
+        .targets
         .get(route.target)
-        .serve(&ex.request, &ex.body, conn, route.mount.as_deref())
+        .serve(
+            &ex.request,
+            &ex.body,
+            conn,
+            route.mount.as_deref(),
+            gateway.plugins.services(),
+        )
         .await
 }
 

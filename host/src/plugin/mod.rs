@@ -243,6 +243,7 @@ impl Plugin {
     /// Logs a failed call and says whether the request goes on.
     fn failed(&self, hook: &str, failure: &Failure) -> Result<(), HttpError> {
         tracing::error!(plugin = %self.info.name, hook, reason = %failure.0, "plugin failed; instance replaced");
+        self.info.services.count_plugin_failure(&self.info.name);
         match self.config.on_error {
             OnError::Continue => Ok(()),
             OnError::Fail => Err(HttpError::Internal),

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lru::LruCache;
@@ -19,6 +20,8 @@ pub struct Services {
     kv: Mutex<Kv>,
     counters: Mutex<Counters>,
     metrics: Mutex<BTreeMap<(String, String), u64>>,
+    responses: [AtomicU64; 5],
+    plugin_failures: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Services {
@@ -35,7 +38,22 @@ impl Services {
                 sweep_at: 1024,
             }),
             metrics: Mutex::new(BTreeMap::new()),
+            responses: Default::default(),
+            plugin_failures: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Counts a response by status class.
+    pub fn count_response(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.responses[class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a failed plugin call.
+    pub fn count_plugin_failure(&self, plugin: &str) {
+        *lock(&self.plugin_failures)
+            .entry(plugin.to_string())
+            .or_default() += 1;
     }
 
     /// The value of `key`, unless absent or expired.
@@ -115,9 +133,26 @@ impl Services {
         }
     }
 
-    /// Plugin metrics in the Prometheus text format.
+    /// The process's metrics in the Prometheus text format.
     pub fn render_metrics(&self, out: &mut String) {
         use std::fmt::Write as _;
+        out.push_str("# HELP gatehouse_responses_total Responses sent, by status class.\n# TYPE gatehouse_responses_total counter\n");
+        for (i, n) in self.responses.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "gatehouse_responses_total{{class=\"{}xx\"}} {}",
+                i + 1,
+                n.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# HELP gatehouse_plugin_failures_total Plugin calls that trapped, timed out or ran out of memory.\n# TYPE gatehouse_plugin_failures_total counter\n");
+        for (plugin, n) in lock(&self.plugin_failures).iter() {
+            let _ = writeln!(
+                out,
+                "gatehouse_plugin_failures_total{{plugin=\"{}\"}} {n}",
+                plugin.replace(['\\', '"', '\n'], "_")
+            );
+        }
         for ((plugin, name), value) in lock(&self.metrics).iter() {
             let metric = format!(
                 "gatehouse_plugin_{}_{}_total",
