@@ -3,7 +3,14 @@
 
 fn main() {
     let out = std::path::PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
-    let fixtures = ["probe", "adversarial", "services", "noop", "body-rewrite"];
+    let fixtures = [
+        "probe",
+        "adversarial",
+        "services",
+        "noop",
+        "body-rewrite",
+        "ratelimit",
+    ];
     let target_dir = wasm_build::target_dir(&out);
     // The scaffolding test builds its crate here too, reusing compiled dependencies.
     println!("cargo:rustc-env=WASM_TARGET_DIR={}", target_dir.display());

@@ -232,6 +232,48 @@ fn misbehaving_plugins_get_500_and_the_next_request_succeeds() {
 }
 
 #[test]
+fn the_sandbox_grants_no_files_environment_or_network() {
+    let plugins = format!("[[plugins]]\nuse = \"{ADVERSARIAL}\"\n");
+    let (_dir, gh) = start(&plugins);
+    let r = client().get(gh.url("/escape")).send().expect("request");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.text().expect("body"),
+        "file=false dir=false env=0 net=false dns=false\n"
+    );
+}
+
+#[test]
+fn compiled_plugins_are_cached_on_disk() {
+    let dir = site(&[("index.html", b"cached\n"), ("other/index.html", b"o")]);
+    let text = config(&probe("c", "")).replace(
+        "[server]\n",
+        "[server]\nplugin_cache_dir = \"wasm-cache\"\n",
+    );
+    let mut written = None;
+    for _ in 0..2 {
+        let gh = Gatehouse::start(dir.path(), &text);
+        let r = client().get(gh.url("/")).send().expect("get");
+        assert_eq!(r.headers()["x-chain-back"], "c");
+        let entries: Vec<_> = std::fs::read_dir(dir.path().join("wasm-cache"))
+            .expect("cache dir")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        assert_eq!(
+            entries[0].extension().and_then(|e| e.to_str()),
+            Some("cwasm")
+        );
+        let mtime = std::fs::metadata(&entries[0])
+            .expect("meta")
+            .modified()
+            .expect("mtime");
+        // The second start loads the entry instead of compiling and writing it again.
+        assert_eq!(*written.get_or_insert(mtime), mtime);
+    }
+}
+
+#[test]
 fn on_error_continue_skips_a_failing_plugin() {
     let plugins = format!(
         "[[plugins]]\nuse = \"{ADVERSARIAL}\"\non_error = \"continue\"\ntime_limit = \"100ms\"\n{}",
@@ -452,4 +494,19 @@ fn pooled_instances_are_reused_and_per_request_ones_are_fresh() {
         assert!(body("/").starts_with("calls=1\n"));
         assert!(body("/").starts_with(&format!("{second}\n")), "{isolation}");
     }
+}
+
+#[test]
+fn rate_limit_and_no_op_fixtures() {
+    let plugins = format!(
+        "[[plugins]]\nuse = \"{}\"\n[[plugins]]\nuse = \"{}\"\nconfig = {{ limit = 2, window_ms = 60000 }}\n",
+        env!("FIXTURE_NOOP"),
+        env!("FIXTURE_RATELIMIT")
+    );
+    let (_dir, gh) = start(&plugins);
+    let c = client();
+    let statuses: Vec<u16> = (0..3)
+        .map(|_| c.get(gh.url("/")).send().expect("get").status().as_u16())
+        .collect();
+    assert_eq!(statuses, [200, 200, 429]);
 }

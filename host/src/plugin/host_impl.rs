@@ -53,7 +53,7 @@ impl HostState {
             exchange: None,
             limits,
             info,
-            wasi: WasiCtx::builder().build(),
+            wasi: super::sandbox::wasi_ctx(),
             table: ResourceTable::new(),
         }
     }

@@ -38,6 +38,17 @@ pub fn engine_config() -> wasmtime::Config {
     config
 }
 
+/// WASI for what Rust's `std` links to, with nothing granted: no preopened directories, no
+/// environment variables or arguments, no sockets or name lookups, stdio discarded.
+pub fn wasi_ctx() -> wasmtime_wasi::WasiCtx {
+    let mut builder = wasmtime_wasi::WasiCtx::builder();
+    builder
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+    builder.build()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,81 @@
+//! What one plugin call costs: the built-in router deciding a route, and (with `NOOP_WASM` pointing at
+//! the `noop` fixture, as `bench/plugins.sh` does) one and three no-op plugins.
+//!
+//! Run: `cargo bench -p gatehouse --bench plugin_call`.
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use gatehouse::config::{Isolation, OnError, PluginConfig, PluginSource};
+use gatehouse::pipeline::RequestBody;
+use gatehouse::plugin::{Chain, Exchange, Ran, Services, sandbox};
+
+fn plugin(name: &str, source: PluginSource, config_json: &str) -> PluginConfig {
+    PluginConfig {
+        name: name.to_string(),
+        source,
+        config_json: config_json.to_string(),
+        time_limit: sandbox::TIME_LIMIT,
+        memory_limit: sandbox::MEMORY_LIMIT,
+        on_error: OnError::Fail,
+        isolation: Isolation::Pooled,
+        hosts: Vec::new(),
+        paths: Vec::new(),
+        namespace: name.to_string(),
+    }
+}
+
+fn exchange() -> Option<Box<Exchange>> {
+    let (parts, ()) = http::Request::get("/static/app.css")
+        .header("host", "www.example.com")
+        .header("user-agent", "bench")
+        .body(())
+        .expect("request")
+        .into_parts();
+    Some(Box::new(Exchange::new(
+        parts,
+        RequestBody::Memory(Bytes::new()),
+        None,
+    )))
+}
+
+fn bench_chain(c: &mut Criterion, label: &str, plugins: &[PluginConfig]) {
+    let services = Arc::new(Services::new(1 << 20));
+    let targets = ["app".to_string(), "assets".to_string()];
+    let chain = Chain::load(plugins, &targets, services, 1 << 20, None).expect("load the chain");
+    let mut slot = exchange();
+    c.bench_function(label, |b| {
+        b.iter(|| {
+            let mut ran = Ran::default();
+            black_box(chain.on_request(&mut slot, &mut ran).is_ok())
+        })
+    });
+}
+
+fn benches(c: &mut Criterion) {
+    let routes = r#"{"routes": [
+        {"path": "/static/", "target": "assets", "strip_prefix": true},
+        {"host": "*.example.com", "path": "/api", "target": "app"},
+        {"path": "/", "target": "app"}
+    ]}"#;
+    bench_chain(
+        c,
+        "router on-request",
+        &[plugin(
+            "router",
+            PluginSource::Builtin("router".into()),
+            routes,
+        )],
+    );
+    if let Some(noop) = std::env::var_os("NOOP_WASM").map(PathBuf::from) {
+        let one = plugin("noop", PluginSource::File(noop), "{}");
+        bench_chain(c, "1 no-op on-request", std::slice::from_ref(&one));
+        bench_chain(c, "3 no-op on-request", &[one.clone(), one.clone(), one]);
+    }
+}
+
+criterion_group!(plugin_calls, benches);
+criterion_main!(plugin_calls);
