@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 source bench/lib.sh
 
 rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
-(cd plugins && cargo build --release --locked --target wasm32-wasip2 -p noop -p probe -p ratelimit >&2)
+(cd plugins && cargo build --release --locked --target wasm32-wasip2 -p noop -p headers -p ratelimit >&2)
 FIX=$PWD/plugins/target/wasm32-wasip2/release
 
 work=$(mktemp -d)
@@ -50,24 +50,24 @@ path = "/"
 target = "site"
 
 [[plugins]]
-use = "$FIX/probe.wasm"
-name = "headers"
-config = { label = "h", response_headers = { "x-frame-options" = "DENY", "x-content-type-options" = "nosniff" } }
+use = "$FIX/headers.wasm"
+config = { "x-frame-options" = "DENY", "x-content-type-options" = "nosniff" }
 
 [[plugins]]
 use = "$FIX/ratelimit.wasm"
 config = { limit = 1000000000, window_ms = 1000 }
 CONF
 
-start() {
-  rm -f "$work/$1.ready"
-  "$GATEHOUSE" -c "$work/$1.toml" --ready-file "$work/$1.ready" &
-  pids+=($!)
-  for _ in $(seq 200); do [ -s "$work/$1.ready" ] && break; sleep 0.05; done
-  head -1 "$work/$1.ready"
-}
 declare -A addr
-for c in none noop3 real; do addr[$c]=$(start "$c"); done
+for c in none noop3 real; do
+  "$GATEHOUSE" -c "$work/$c.toml" --ready-file "$work/$c.ready" >"$work/$c.log" 2>&1 &
+  pids+=($!)
+done
+for c in none noop3 real; do
+  for _ in $(seq 200); do [ -s "$work/$c.ready" ] && break; sleep 0.05; done
+  [ -s "$work/$c.ready" ] || { echo "gatehouse ($c) did not start:" >&2; cat "$work/$c.log" >&2; exit 1; }
+  addr[$c]=$(head -1 "$work/$c.ready")
+done
 
 echo "static 1 KiB, wrk -t2 -c$CONNS -d$DURATION, $ROUNDS interleaved rounds, medians (req/s)"
 for c in none noop3 real; do

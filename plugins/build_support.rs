@@ -18,8 +18,17 @@ pub fn target_dir(out_dir: &Path) -> PathBuf {
 pub fn build(packages: &[&str], target_dir: &Path) -> Vec<(String, PathBuf)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let workspace = root.join("plugins");
-    for dir in ["plugins", "sdk", "wit"] {
-        println!("cargo:rerun-if-changed={}", root.join(dir).display());
+    // Sources only: `plugins/target` (a local build's output) must not trigger rebuilds.
+    for path in [
+        "plugins/Cargo.toml",
+        "plugins/Cargo.lock",
+        "plugins/router",
+        "plugins/fixtures",
+        "sdk/Cargo.toml",
+        "sdk/src",
+        "wit",
+    ] {
+        println!("cargo:rerun-if-changed={}", root.join(path).display());
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);

@@ -10,6 +10,7 @@ fn main() {
         "noop",
         "body-rewrite",
         "ratelimit",
+        "headers",
     ];
     let target_dir = wasm_build::target_dir(&out);
     // The scaffolding test builds its crate here too, reusing compiled dependencies.

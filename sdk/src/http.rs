@@ -44,6 +44,8 @@ enum ReqInner<'a> {
 /// The client's request. Changes made in [`Filter::on_request`] are what the target sees.
 pub struct Request<'a> {
     inner: ReqInner<'a>,
+    /// Method, path, query and host, fetched from the host together on first use.
+    head: std::cell::OnceCell<wit::RequestHead>,
 }
 
 impl std::fmt::Debug for Request<'_> {
@@ -60,25 +62,32 @@ impl<'a> Request<'a> {
     pub(crate) fn host(req: &'a wit::Request) -> Request<'a> {
         Request {
             inner: ReqInner::Host(req),
+            head: std::cell::OnceCell::new(),
         }
     }
 
     pub(crate) fn test(req: &'a mut TestRequest) -> Request<'a> {
         Request {
             inner: ReqInner::Test(req),
+            head: std::cell::OnceCell::new(),
         }
+    }
+
+    fn head(&self, req: &wit::Request) -> &wit::RequestHead {
+        self.head.get_or_init(|| req.head())
     }
 
     /// The method, e.g. `GET`.
     pub fn method(&self) -> String {
         match &self.inner {
-            ReqInner::Host(r) => r.method(),
+            ReqInner::Host(r) => self.head(r).method.clone(),
             ReqInner::Test(t) => t.method.clone(),
         }
     }
 
     /// Replaces the method.
     pub fn set_method(&mut self, method: &str) -> Result<(), String> {
+        self.head.take();
         match &mut self.inner {
             ReqInner::Host(r) => r.set_method(method),
             ReqInner::Test(t) => {
@@ -91,13 +100,14 @@ impl<'a> Request<'a> {
     /// The path as received (percent-encoded), e.g. `/a%20b`.
     pub fn path(&self) -> String {
         match &self.inner {
-            ReqInner::Host(r) => r.path(),
+            ReqInner::Host(r) => self.head(r).path.clone(),
             ReqInner::Test(t) => t.path.clone(),
         }
     }
 
     /// Replaces the path (it must start with `/`).
     pub fn set_path(&mut self, path: &str) -> Result<(), String> {
+        self.head.take();
         match &mut self.inner {
             ReqInner::Host(r) => r.set_path(path),
             ReqInner::Test(t) if path.starts_with('/') => {
@@ -111,13 +121,14 @@ impl<'a> Request<'a> {
     /// The raw query string without `?`.
     pub fn query(&self) -> Option<String> {
         match &self.inner {
-            ReqInner::Host(r) => r.query(),
+            ReqInner::Host(r) => self.head(r).query.clone(),
             ReqInner::Test(t) => t.query.clone(),
         }
     }
 
     /// Replaces or (with `None`) removes the query string.
     pub fn set_query(&mut self, query: Option<&str>) -> Result<(), String> {
+        self.head.take();
         match &mut self.inner {
             ReqInner::Host(r) => r.set_query(query),
             ReqInner::Test(t) => {
@@ -130,7 +141,7 @@ impl<'a> Request<'a> {
     /// The host the client asked for, without the port.
     pub fn host_name(&self) -> Option<String> {
         match &self.inner {
-            ReqInner::Host(r) => r.host(),
+            ReqInner::Host(r) => self.head(r).host.clone(),
             ReqInner::Test(t) => t
                 .header("host")
                 .map(|h| h.rsplit_once(':').map_or(h.clone(), |(n, _)| n.to_string())),
@@ -168,14 +179,27 @@ impl<'a> Request<'a> {
 
     /// Sets a header, replacing its values.
     pub fn set_header(&mut self, name: &str, value: impl AsRef<[u8]>) -> Result<(), String> {
+        self.head.take();
         match &mut self.inner {
             ReqInner::Host(r) => r.set_header(name, value.as_ref()),
             ReqInner::Test(t) => t.set_header(name, value.as_ref(), false),
         }
     }
 
+    /// Sets several headers at once (one host call), each replacing its values.
+    pub fn set_headers(&mut self, headers: &[(&str, &str)]) -> Result<(), String> {
+        self.head.take();
+        match &mut self.inner {
+            ReqInner::Host(r) => r.set_headers(&wit_headers(headers)),
+            ReqInner::Test(t) => headers
+                .iter()
+                .try_for_each(|(n, v)| t.set_header(n, v.as_bytes(), false)),
+        }
+    }
+
     /// Adds a header value, keeping the others.
     pub fn append_header(&mut self, name: &str, value: impl AsRef<[u8]>) -> Result<(), String> {
+        self.head.take();
         match &mut self.inner {
             ReqInner::Host(r) => r.append_header(name, value.as_ref()),
             ReqInner::Test(t) => t.set_header(name, value.as_ref(), true),
@@ -184,6 +208,7 @@ impl<'a> Request<'a> {
 
     /// Removes a header.
     pub fn remove_header(&mut self, name: &str) {
+        self.head.take();
         match &mut self.inner {
             ReqInner::Host(r) => r.remove_header(name),
             ReqInner::Test(t) => t.remove_header(name),
@@ -250,6 +275,16 @@ impl<'a> Request<'a> {
     }
 }
 
+fn wit_headers(headers: &[(&str, &str)]) -> Vec<wit::Header> {
+    headers
+        .iter()
+        .map(|(name, value)| wit::Header {
+            name: name.to_string(),
+            value: value.as_bytes().to_vec(),
+        })
+        .collect()
+}
+
 enum RespInner<'a> {
     Host(&'a wit::Response),
     Test(&'a mut TestResponse),
@@ -314,6 +349,16 @@ impl<'a> Reply<'a> {
         match &mut self.inner {
             RespInner::Host(r) => r.set_header(name, value.as_ref()),
             RespInner::Test(t) => t.set_header(name, value.as_ref(), false),
+        }
+    }
+
+    /// Sets several headers at once (one host call), each replacing its values.
+    pub fn set_headers(&mut self, headers: &[(&str, &str)]) -> Result<(), String> {
+        match &mut self.inner {
+            RespInner::Host(r) => r.set_headers(&wit_headers(headers)),
+            RespInner::Test(t) => headers
+                .iter()
+                .try_for_each(|(n, v)| t.set_header(n, v.as_bytes(), false)),
         }
     }
 

@@ -497,16 +497,26 @@ fn pooled_instances_are_reused_and_per_request_ones_are_fresh() {
 }
 
 #[test]
-fn rate_limit_and_no_op_fixtures() {
+fn rate_limit_headers_and_no_op_fixtures() {
     let plugins = format!(
-        "[[plugins]]\nuse = \"{}\"\n[[plugins]]\nuse = \"{}\"\nconfig = {{ limit = 2, window_ms = 60000 }}\n",
+        "[[plugins]]\nuse = \"{}\"\n[[plugins]]\nuse = \"{}\"\nconfig = {{ \"x-frame-options\" = \"DENY\", \"x-a\" = \"1\" }}\n[[plugins]]\nuse = \"{}\"\nconfig = {{ limit = 2, window_ms = 60000 }}\n",
         env!("FIXTURE_NOOP"),
+        env!("FIXTURE_HEADERS"),
         env!("FIXTURE_RATELIMIT")
     );
     let (_dir, gh) = start(&plugins);
     let c = client();
     let statuses: Vec<u16> = (0..3)
-        .map(|_| c.get(gh.url("/")).send().expect("get").status().as_u16())
+        .map(|_| {
+            let r = c.get(gh.url("/")).send().expect("get");
+            assert_eq!(r.headers()["x-frame-options"], "DENY");
+            assert_eq!(r.headers()["x-a"], "1");
+            r.status().as_u16()
+        })
         .collect();
-    assert_eq!(statuses, [200, 200, 429]);
+    assert_eq!(
+        statuses,
+        [200, 200, 429],
+        "the 429 is a local response the headers plugin still sees"
+    );
 }

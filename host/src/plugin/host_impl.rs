@@ -124,7 +124,35 @@ fn first(headers: &http::HeaderMap, name: &str) -> Option<Vec<u8>> {
 
 impl wit::Host for HostState {}
 
+fn set_all(
+    headers: &mut http::HeaderMap,
+    fields: Vec<wit::Header>,
+) -> std::result::Result<(), String> {
+    for h in fields {
+        set_header(headers, &h.name, h.value, false)?;
+    }
+    Ok(())
+}
+
 impl wit::HostRequest for HostState {
+    fn head(&mut self, _: Resource<RequestRef>) -> Result<wit::RequestHead> {
+        let ex = self.ex()?;
+        Ok(wit::RequestHead {
+            method: ex.request.method.as_str().to_string(),
+            path: ex.request.uri.path().to_string(),
+            query: ex.request.uri.query().map(str::to_string),
+            host: ex.host().map(str::to_string),
+        })
+    }
+
+    fn set_headers(
+        &mut self,
+        _: Resource<RequestRef>,
+        headers: Vec<wit::Header>,
+    ) -> Result<std::result::Result<(), String>> {
+        Ok(set_all(&mut self.ex()?.request.headers, headers))
+    }
+
     fn method(&mut self, _: Resource<RequestRef>) -> Result<String> {
         Ok(self.ex()?.request.method.as_str().to_string())
     }
@@ -305,6 +333,14 @@ fn replace_path_and_query(
 }
 
 impl wit::HostResponse for HostState {
+    fn set_headers(
+        &mut self,
+        _: Resource<ResponseRef>,
+        headers: Vec<wit::Header>,
+    ) -> Result<std::result::Result<(), String>> {
+        Ok(set_all(self.response()?.headers_mut(), headers))
+    }
+
     fn status(&mut self, _: Resource<ResponseRef>) -> Result<u16> {
         Ok(self.response()?.status().as_u16())
     }

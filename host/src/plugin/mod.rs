@@ -298,6 +298,10 @@ impl Ran {
         self.0 |= 1 << i;
     }
 
+    fn clear(&mut self, i: usize) {
+        self.0 &= !(1 << i);
+    }
+
     fn has(self, i: usize) -> bool {
         self.0 & (1 << i) != 0
     }
@@ -413,9 +417,16 @@ impl Chain {
                 }
                 Ok(wit::Action::Respond(local)) => match local_response(local) {
                     Ok(response) => return Ok(Decision::Respond(response)),
-                    Err(reason) => plugin.failed("on-request", &Failure(reason))?,
+                    Err(reason) => {
+                        ran.clear(i);
+                        plugin.failed("on-request", &Failure(reason))?;
+                    }
                 },
-                Err(failure) => plugin.failed("on-request", &failure)?,
+                // A failed plugin's instance is gone; it gets no on-response for this request.
+                Err(failure) => {
+                    ran.clear(i);
+                    plugin.failed("on-request", &failure)?;
+                }
             }
         }
         Ok(Decision::Serve(choice))
