@@ -1,4 +1,4 @@
-//! What one plugin call costs: the built-in router deciding a route, and (with `NOOP_WASM` pointing at
+//! What one plugin call costs: the built-in router choosing a target (a static prefix, stripped), and (with `NOOP_WASM` pointing at
 //! the `noop` fixture, as `bench/plugins.sh` does) one and three no-op plugins.
 //!
 //! Run: `cargo bench -p gatehouse --bench plugin_call`.
@@ -30,7 +30,7 @@ fn plugin(name: &str, source: PluginSource, config_json: &str) -> PluginConfig {
 
 fn exchange() -> Option<Box<Exchange>> {
     let (parts, ()) = http::Request::get("/static/app.css")
-        .header("host", "www.example.com")
+        .header("host", "shop.example.org")
         .header("user-agent", "bench")
         .body(())
         .expect("request")

@@ -15,14 +15,16 @@ mod host_impl;
 pub mod sandbox;
 pub mod services;
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderValue, Response, StatusCode};
 use wasmtime::component::{HasSelf, Linker, Resource};
+use thread_local::ThreadLocal;
 use wasmtime::{Engine, Store, StoreLimitsBuilder};
 
 use crate::body::Body;
@@ -92,7 +94,9 @@ struct Plugin {
     config: PluginConfig,
     targets: Vec<String>,
     ticks: u64,
-    pool: Mutex<Vec<Instance>>,
+    /// Ready instances, per event-loop thread: an instance stays on the core that uses it (no lock,
+    /// no cache lines bouncing between cores), and all of them go when the plugin is dropped.
+    pool: ThreadLocal<RefCell<Vec<Instance>>>,
     response_body: bool,
     has_on_response: AtomicBool,
     has_on_log: AtomicBool,
@@ -141,17 +145,15 @@ impl Plugin {
             config: config.clone(),
             targets: targets.to_vec(),
             ticks: sandbox::deadline_ticks(config.time_limit),
-            pool: Mutex::new(Vec::new()),
+            pool: ThreadLocal::new(),
             response_body: false,
             has_on_response: AtomicBool::new(true),
             has_on_log: AtomicBool::new(true),
         };
-        // The first instance proves the config is good and tells what the plugin needs.
-        let (instance, caps) = plugin.instantiate()?;
+        // A first instance proves the config is good and tells what the plugin needs; it is not
+        // kept, since instances live on the event-loop threads that use them.
+        let (_, caps) = plugin.instantiate()?;
         plugin.response_body = caps.response_body;
-        if config.isolation == Isolation::Pooled {
-            plugin.checkin(instance);
-        }
         Ok(plugin)
     }
 
@@ -180,7 +182,8 @@ impl Plugin {
 
     fn checkout(&self) -> Result<Instance, Failure> {
         if self.config.isolation == Isolation::Pooled {
-            if let Some(instance) = lock(&self.pool).pop() {
+            let pool = self.pool.get_or_default();
+            if let Some(instance) = pool.borrow_mut().pop() {
                 return Ok(instance);
             }
         }
@@ -189,7 +192,7 @@ impl Plugin {
 
     fn checkin(&self, instance: Instance) {
         if self.config.isolation == Isolation::Pooled {
-            let mut pool = lock(&self.pool);
+            let mut pool = self.pool.get_or_default().borrow_mut();
             if pool.len() < sandbox::POOL_MAX {
                 pool.push(instance);
             }
@@ -259,10 +262,6 @@ fn host_matches(pattern: &str, host: &str) -> bool {
             .is_some_and(|rest| rest.ends_with('.') && rest.len() > 1),
         None => pattern == host,
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A trap, in words a user can act on.
