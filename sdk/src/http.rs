@@ -78,10 +78,10 @@ impl<'a> Request<'a> {
     }
 
     /// The method, e.g. `GET`.
-    pub fn method(&self) -> String {
+    pub fn method(&self) -> &str {
         match &self.inner {
-            ReqInner::Host(r) => self.head(r).method.clone(),
-            ReqInner::Test(t) => t.method.clone(),
+            ReqInner::Host(r) => &self.head(r).method,
+            ReqInner::Test(t) => &t.method,
         }
     }
 
@@ -98,10 +98,10 @@ impl<'a> Request<'a> {
     }
 
     /// The path as received (percent-encoded), e.g. `/a%20b`.
-    pub fn path(&self) -> String {
+    pub fn path(&self) -> &str {
         match &self.inner {
-            ReqInner::Host(r) => self.head(r).path.clone(),
-            ReqInner::Test(t) => t.path.clone(),
+            ReqInner::Host(r) => &self.head(r).path,
+            ReqInner::Test(t) => &t.path,
         }
     }
 
@@ -119,10 +119,10 @@ impl<'a> Request<'a> {
     }
 
     /// The raw query string without `?`.
-    pub fn query(&self) -> Option<String> {
+    pub fn query(&self) -> Option<&str> {
         match &self.inner {
-            ReqInner::Host(r) => self.head(r).query.clone(),
-            ReqInner::Test(t) => t.query.clone(),
+            ReqInner::Host(r) => self.head(r).query.as_deref(),
+            ReqInner::Test(t) => t.query.as_deref(),
         }
     }
 
@@ -139,12 +139,10 @@ impl<'a> Request<'a> {
     }
 
     /// The host the client asked for, without the port.
-    pub fn host_name(&self) -> Option<String> {
+    pub fn host_name(&self) -> Option<&str> {
         match &self.inner {
-            ReqInner::Host(r) => self.head(r).host.clone(),
-            ReqInner::Test(t) => t
-                .header("host")
-                .map(|h| h.rsplit_once(':').map_or(h.clone(), |(n, _)| n.to_string())),
+            ReqInner::Host(r) => self.head(r).host.as_deref(),
+            ReqInner::Test(t) => t.host_name(),
         }
     }
 
@@ -518,8 +516,10 @@ pub fn init<F: Filter>(config: String, targets: Vec<String>) -> Result<wit::Capa
 /// `on-request` export.
 pub fn on_request<F: Filter>(req: &wit::Request) -> wit::Action {
     let mut request = Request::host(req);
-    let action = with_filter::<F, _>(|f| f.on_request(&mut request));
+    let mut action = Action::Continue;
+    let unimplemented = run_hook(|| action = with_filter::<F, _>(|f| f.on_request(&mut request)));
     match action {
+        Action::Continue if unimplemented => wit::Action::Unimplemented,
         Action::Continue => wit::Action::Continue,
         Action::Respond(r) => wit::Action::Respond(wit::LocalResponse {
             status: r.status,

@@ -60,8 +60,10 @@ pub trait Filter: Sized + 'static {
     /// startup with the plugin's name.
     fn new(config: Self::Config) -> Result<Self, String>;
 
-    /// Called for each request, in chain order: change it, answer it, or pick its target.
+    /// Called for each request, in chain order: change it, answer it, or pick its target. The
+    /// default goes on, and tells the host it need not call it again.
     fn on_request(&self, _req: &mut Request) -> Action {
+        http::mark_unimplemented();
         Action::Continue
     }
 

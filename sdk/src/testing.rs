@@ -98,6 +98,15 @@ impl TestRequest {
             .map(|v| String::from_utf8_lossy(&v).into_owned())
     }
 
+    pub(crate) fn host_name(&self) -> Option<&str> {
+        let (_, value) = self
+            .headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("host"))?;
+        let host = std::str::from_utf8(value).ok()?;
+        Some(host.rsplit_once(':').map_or(host, |(n, _)| n))
+    }
+
     pub(crate) fn header_raw(&self, name: &str) -> Option<Vec<u8>> {
         self.headers
             .iter()
@@ -204,7 +213,9 @@ pub fn init_with_targets<F: Filter>(config_json: &str, targets: &[&str]) -> Resu
 
 /// Runs [`Filter::on_request`].
 pub fn on_request<F: Filter>(filter: &F, req: &mut TestRequest) -> Action {
-    filter.on_request(&mut Request::test(req))
+    let mut action = Action::Continue;
+    run_hook(|| action = filter.on_request(&mut Request::test(req)));
+    action
 }
 
 /// Runs [`Filter::on_response`]; false if the filter does not implement it.

@@ -274,7 +274,7 @@ fn route_request(targets: &Targets, choice: Option<&Choice>) -> Result<Route, Ht
     match choice {
         Some(choice) => {
             let Some(target) = targets.find(&choice.target) else {
-                tracing::error!(plugin = %choice.by, target = %choice.target, "plugin routed to a target that is not configured");
+                tracing::error!(plugin = %choice.by(), target = %choice.target, "plugin routed to a target that is not configured");
                 return Err(HttpError::Internal);
             };
             Ok(Route {

@@ -23,8 +23,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderValue, Response, StatusCode};
-use wasmtime::component::{HasSelf, Linker, Resource};
 use thread_local::ThreadLocal;
+use wasmtime::component::{HasSelf, Linker, Resource};
 use wasmtime::{Engine, Store, StoreLimitsBuilder};
 
 use crate::body::Body;
@@ -98,6 +98,7 @@ struct Plugin {
     /// no cache lines bouncing between cores), and all of them go when the plugin is dropped.
     pool: ThreadLocal<RefCell<Vec<Instance>>>,
     response_body: bool,
+    has_on_request: AtomicBool,
     has_on_response: AtomicBool,
     has_on_log: AtomicBool,
 }
@@ -147,6 +148,7 @@ impl Plugin {
             ticks: sandbox::deadline_ticks(config.time_limit),
             pool: ThreadLocal::new(),
             response_body: false,
+            has_on_request: AtomicBool::new(true),
             has_on_response: AtomicBool::new(true),
             has_on_log: AtomicBool::new(true),
         };
@@ -307,14 +309,21 @@ impl Ran {
 }
 
 /// A target chosen by a plugin.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Choice {
     /// The target's name.
     pub target: String,
     /// A prefix the target treats as its mount point.
     pub strip_prefix: Option<String>,
     /// The plugin that chose, for messages.
-    pub by: String,
+    by: Arc<PluginInfo>,
+}
+
+impl Choice {
+    /// The name of the plugin that chose.
+    pub fn by(&self) -> &str {
+        &self.by.name
+    }
 }
 
 /// What the chain decided for a request.
@@ -402,16 +411,22 @@ impl Chain {
                 _ => continue,
             }
             ran.set(i);
+            if !plugin.has_on_request.load(Ordering::Relaxed) {
+                continue;
+            }
             let action = plugin.call(slot, |b, store| {
                 b.call_on_request(&mut *store, Resource::<RequestRef>::new_borrow(0))
             });
             match action {
                 Ok(wit::Action::Continue) => {}
+                Ok(wit::Action::Unimplemented) => {
+                    plugin.has_on_request.store(false, Ordering::Relaxed);
+                }
                 Ok(wit::Action::Route(route)) => {
                     choice = Some(Choice {
                         target: route.target,
                         strip_prefix: route.strip_prefix,
-                        by: plugin.info.name.clone(),
+                        by: Arc::clone(&plugin.info),
                     });
                 }
                 Ok(wit::Action::Respond(local)) => match local_response(local) {

@@ -191,26 +191,33 @@ impl Filter for Router {
     }
 
     fn on_request(&self, req: &mut Request) -> Action {
-        let host = req.host_name().unwrap_or_default().to_ascii_lowercase();
+        let raw_host = req.host_name().unwrap_or_default();
+        // Lower-case only when needed: most clients send lower-case hosts.
+        let host: std::borrow::Cow<'_, str> = if raw_host.bytes().any(|b| b.is_ascii_uppercase()) {
+            raw_host.to_ascii_lowercase().into()
+        } else {
+            raw_host.into()
+        };
+        let host = host.as_ref();
         let path = req.path();
         let method = req.method();
 
         // The server block: the most specific host class that has any route for this host.
-        let Some(best_host) = self.routes.iter().filter_map(|r| r.host.rank(&host)).max() else {
-            return not_found(&host, &path);
+        let Some(best_host) = self.routes.iter().filter_map(|r| r.host.rank(host)).max() else {
+            return not_found(host, path);
         };
         let in_server = self
             .routes
             .iter()
-            .filter(|r| r.host.rank(&host) == Some(best_host));
+            .filter(|r| r.host.rank(host) == Some(best_host));
 
         let mut best: Option<((u8, usize), &Route)> = None;
         let mut allowed: Vec<&str> = Vec::new();
         for route in in_server {
-            let Some(rank) = route.path_rank(&path) else {
+            let Some(rank) = route.path_rank(path) else {
                 continue;
             };
-            if !route.methods.is_empty() && !route.methods.contains(&method) {
+            if !route.methods.is_empty() && !route.methods.iter().any(|m| m == method) {
                 allowed.extend(route.methods.iter().map(String::as_str));
                 continue;
             }
@@ -229,9 +236,9 @@ impl Filter for Router {
                 Then::Redirect { to, status } => {
                     let full = match req.query() {
                         Some(q) => format!("{path}?{q}"),
-                        None => path.clone(),
+                        None => path.to_string(),
                     };
-                    let location = to.replace("{path}", &full).replace("{host}", &host);
+                    let location = to.replace("{path}", &full).replace("{host}", host);
                     Response::redirect(*status, &location)
                         .header("content-type", "text/plain; charset=utf-8")
                         .body(format!("{status} redirect to {location}\n"))
@@ -247,7 +254,7 @@ impl Filter for Router {
                     .body(format!("405 Method Not Allowed: {method} {path}\n"))
                     .into()
             }
-            None => not_found(&host, &path),
+            None => not_found(host, path),
         }
     }
 }
