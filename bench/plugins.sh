@@ -4,6 +4,11 @@
 # the host's counters), side by side in one run; then the cost of one plugin call (criterion).
 #
 #   bench/plugins.sh [DURATION] [ROUNDS]     defaults: 10s, 3 rounds, interleaved; medians reported
+#
+# A second table runs each chain (and each plugin of the realistic one alone) on one event-loop
+# thread with wrk on the other core, so 1/throughput is the per-request cost and the difference to
+# "no plugins" is what the plugins add per request inside the real server (caches cold between
+# calls), next to criterion's in-process, hot-cache cost per call.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -87,7 +92,46 @@ done
 
 for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
 pids=()
+
+# One event loop: per-request cost in microseconds, and what each chain adds to it.
+router_only="[[plugins]]
+use = \"router\"
+[[plugins.config.routes]]
+path = \"/\"
+target = \"site\"
+"
+printf '%s%s' "$head_conf" "$router_only" > "$work/router.toml"
+sed -n '/headers.wasm/,/^config/p' "$work/real.toml" | sed '1s/^/[[plugins]]\n/' > "$work/h.part"
+printf '%s' "$head_conf" > "$work/headers.toml"; cat "$work/h.part" >> "$work/headers.toml"
+sed -n '/ratelimit.wasm/,/^config/p' "$work/real.toml" | sed '1s/^/[[plugins]]\n/' > "$work/r.part"
+printf '%s' "$head_conf" > "$work/ratelimit.toml"; cat "$work/r.part" >> "$work/ratelimit.toml"
+singles="none noop3 router headers ratelimit real"
+for c in $singles; do
+  sed 's/^\[server\]$/[server]\nthreads = 1/' "$work/$c.toml" > "$work/$c-1.toml"
+  "$GATEHOUSE" -c "$work/$c-1.toml" --ready-file "$work/$c-1.ready" >"$work/$c-1.log" 2>&1 &
+  pids+=($!)
+done
+for c in $singles; do
+  for _ in $(seq 200); do [ -s "$work/$c-1.ready" ] && break; sleep 0.05; done
+  addr[$c]=$(head -1 "$work/$c-1.ready")
+  : > "$work/$c-1.rps"
+done
+for _ in $(seq "$ROUNDS"); do
+  for c in $singles; do
+    wrk -t1 -c32 -d"$DURATION" "http://${addr[$c]}/1k.bin" | awk '/Requests\/sec/ {print $2}' >> "$work/$c-1.rps"
+  done
+done
+echo
+echo "one event-loop thread (wrk -t1 -c32): microseconds per request, and added by the plugins"
+base=$(median < "$work/none-1.rps")
+for c in $singles; do
+  v=$(median < "$work/$c-1.rps")
+  python3 -c "print(f'{\"$c\":<12} {1e6/$v:8.2f} us  +{1e6/$v - 1e6/$base:6.2f} us')"
+done
+for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+pids=()
+
 echo
 echo "one plugin call (criterion, in-process):"
-NOOP_WASM=$FIX/noop.wasm cargo bench --locked -p gatehouse --bench plugin_call -- --noplot 2>/dev/null \
+FIXTURES=$FIX cargo bench --locked -p gatehouse --bench plugin_call -- --noplot 2>/dev/null \
   | grep -E '^[a-z0-9].*on-request|time:' | paste - - | awk '{$1=$1; print}'

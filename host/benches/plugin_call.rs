@@ -1,5 +1,6 @@
-//! What one plugin call costs: the built-in router choosing a target (a static prefix, stripped), and (with `NOOP_WASM` pointing at
-//! the `noop` fixture, as `bench/plugins.sh` does) one and three no-op plugins.
+//! What one plugin call costs, in process with hot caches: the built-in router choosing a target
+//! (a static prefix, stripped), and with `FIXTURES` naming the fixtures' wasm directory (as
+//! `bench/plugins.sh` does) one and three no-op plugins and the rate-limit fixture.
 //!
 //! Run: `cargo bench -p gatehouse --bench plugin_call`.
 
@@ -70,10 +71,16 @@ fn benches(c: &mut Criterion) {
             routes,
         )],
     );
-    if let Some(noop) = std::env::var_os("NOOP_WASM").map(PathBuf::from) {
-        let one = plugin("noop", PluginSource::File(noop), "{}");
+    if let Some(dir) = std::env::var_os("FIXTURES").map(PathBuf::from) {
+        let one = plugin("noop", PluginSource::File(dir.join("noop.wasm")), "{}");
         bench_chain(c, "1 no-op on-request", std::slice::from_ref(&one));
         bench_chain(c, "3 no-op on-request", &[one.clone(), one.clone(), one]);
+        let ratelimit = plugin(
+            "ratelimit",
+            PluginSource::File(dir.join("ratelimit.wasm")),
+            r#"{"limit": 1000000000, "window_ms": 1000}"#,
+        );
+        bench_chain(c, "ratelimit on-request", std::slice::from_ref(&ratelimit));
     }
 }
 
