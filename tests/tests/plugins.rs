@@ -29,6 +29,15 @@ fn start(plugins: &str) -> (tempfile::TempDir, Gatehouse) {
     (dir, gh)
 }
 
+/// The labels probes appended to `x-chain-back`, in the order on-response ran.
+fn chain_back(r: &reqwest::blocking::Response) -> Vec<String> {
+    r.headers()
+        .get_all("x-chain-back")
+        .iter()
+        .map(|v| v.to_str().expect("ascii").to_string())
+        .collect()
+}
+
 fn probe(label: &str, extra: &str) -> String {
     format!(
         "[[plugins]]\nuse = \"{PROBE}\"\nname = \"{label}\"\nconfig = {{ label = \"{label}\"{extra} }}\n"
@@ -50,12 +59,7 @@ fn chain_runs_in_order_and_back_in_reverse() {
         .send()
         .expect("request");
     assert_eq!(r.status(), StatusCode::OK);
-    let back: Vec<_> = r
-        .headers()
-        .get_all("x-chain-back")
-        .iter()
-        .map(|v| v.to_str().expect("ascii").to_string())
-        .collect();
+    let back = chain_back(&r);
     assert_eq!(
         back,
         ["c", "b", "a"],
@@ -86,12 +90,7 @@ fn local_response_skips_later_plugins_and_the_target() {
     let plugins = [probe("a", ""), probe("b", ", echo = true"), probe("c", "")].concat();
     let (_dir, gh) = start(&plugins);
     let r = client().get(gh.url("/")).send().expect("request");
-    let back: Vec<_> = r
-        .headers()
-        .get_all("x-chain-back")
-        .iter()
-        .map(|v| v.to_str().expect("ascii").to_string())
-        .collect();
+    let back = chain_back(&r);
     assert_eq!(back, ["b", "a"], "c never ran");
     assert!(r.text().expect("body").contains("chain=a,b\n"));
 }
@@ -303,11 +302,22 @@ fn counters_and_kv_are_exact_under_concurrency() {
             });
         }
     });
-    let r = client().get(gh.url("/count")).send().expect("count");
-    assert_eq!(
-        r.text().expect("body"),
-        format!("hits={0} n={0}", 64 * per_client)
-    );
+    // The log phase runs once each response is sent: wait for the last ones.
+    let want = format!("hits={0} n={0} logged={0}", 64 * per_client);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = client()
+            .get(gh.url("/count"))
+            .send()
+            .expect("count")
+            .text()
+            .expect("body");
+        if got == want {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{got} != {want}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
@@ -434,11 +444,7 @@ fn conditions_limit_a_plugin_to_hosts_and_paths() {
             .header("host", host)
             .send()
             .expect("get");
-        r.headers()
-            .get_all("x-chain-back")
-            .iter()
-            .map(|v| v.to_str().expect("ascii").to_string())
-            .collect::<Vec<_>>()
+        chain_back(&r)
     };
     assert_eq!(back("/api/x", "localhost"), ["api"]);
     assert_eq!(back("/apix", "localhost"), Vec::<String>::new());
