@@ -48,7 +48,7 @@ pub struct Cli {
     #[arg(long, value_name = "DIR", requires = "app")]
     pub chdir: Option<PathBuf>,
     /// Quick mode: serve files of DIR under /PREFIX (routed by the `router` plugin); repeatable.
-    #[arg(long = "static", value_name = "/PREFIX=DIR", requires = "app")]
+    #[arg(long = "static", value_name = "/PREFIX=DIR", requires = "app", value_parser = static_spec)]
     pub statics: Vec<String>,
 }
 
@@ -97,6 +97,17 @@ impl Cli {
             text.push_str("\n[[plugins.config.routes]]\npath = \"/\"\ntarget = \"app\"\n");
         }
         Some(text)
+    }
+}
+
+/// `--static /PREFIX=DIR`: checked here so a mistake is a usage error, not a config error about
+/// keys the user never wrote.
+fn static_spec(spec: &str) -> Result<String, String> {
+    match spec.split_once('=') {
+        Some((prefix, dir)) if prefix.starts_with('/') && !dir.is_empty() => Ok(spec.to_string()),
+        _ => Err(format!(
+            "{spec:?} is not /PREFIX=DIR (for example /static=./static)"
+        )),
     }
 }
 

@@ -43,6 +43,11 @@ fn version_and_help() {
         code, 2,
         "a config file and an app exclude each other: {err}"
     );
+    for bad in ["static", "/static=", "static=./s"] {
+        let (code, _, err) = run(&["app:app", "--static", bad], dir.path());
+        assert_eq!(code, 2, "{bad}: {err}");
+        assert!(err.contains("is not /PREFIX=DIR"), "{err}");
+    }
 }
 
 #[test]

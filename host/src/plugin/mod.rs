@@ -351,6 +351,12 @@ impl Chain {
         body_limit: u64,
         cache_dir: Option<&std::path::Path>,
     ) -> Result<Chain, LoadError> {
+        if let Some(extra) = configs.get(crate::config::MAX_CHAIN) {
+            return Err(LoadError {
+                name: extra.name.clone(),
+                message: format!("a chain holds at most {} plugins", crate::config::MAX_CHAIN),
+            });
+        }
         let plugins = configs
             .iter()
             .map(|c| {
