@@ -86,6 +86,48 @@ fn chain_runs_in_order_and_back_in_reverse() {
 }
 
 #[test]
+fn plugins_rewrite_method_path_and_query_for_later_plugins_and_the_target() {
+    // The first probe rewrites; the second echoes what it sees.
+    let plugins = [
+        probe(
+            "w",
+            ", set_method = \"PUT\", set_path = \"/new/place\", set_query = \"a=1&b=%20\"",
+        ),
+        probe("e", ", echo = true"),
+    ]
+    .concat();
+    let (_dir, gh) = start(&plugins);
+    let text = client()
+        .get(gh.url("/old?x=1"))
+        .send()
+        .expect("request")
+        .text()
+        .expect("body");
+    for line in ["method=PUT", "path=/new/place", "query=a=1&b=%20"] {
+        assert!(text.lines().any(|l| l == line), "{line:?} not in\n{text}");
+    }
+
+    // The static target serves the rewritten path.
+    let (_dir, gh) = start(&probe("w", ", set_path = \"/other/page.txt\""));
+    let r = client().get(gh.url("/anything")).send().expect("request");
+    assert_eq!(r.text().expect("body"), "other page\n");
+}
+
+#[test]
+fn http2_requests_go_through_the_chain_with_their_authority() {
+    let (_dir, gh) = start(&probe("e", ", echo = true"));
+    let r = gatehouse_tests::h2_client()
+        .get(gh.url("/h2?q=1"))
+        .send()
+        .expect("request");
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    let text = r.text().expect("body");
+    for line in ["path=/h2", "query=q=1", "host=127.0.0.1"] {
+        assert!(text.lines().any(|l| l == line), "{line:?} not in\n{text}");
+    }
+}
+
+#[test]
 fn local_response_skips_later_plugins_and_the_target() {
     let plugins = [probe("a", ""), probe("b", ", echo = true"), probe("c", "")].concat();
     let (_dir, gh) = start(&plugins);
