@@ -159,11 +159,6 @@ impl Targets {
         self.names.iter().position(|n| n == name).map(TargetId)
     }
 
-    /// All target names, in id order.
-    pub fn names(&self) -> &[String] {
-        &self.names
-    }
-
     /// The target behind an id.
     pub fn get(&self, id: TargetId) -> &Target {
         &self.targets[id.0]

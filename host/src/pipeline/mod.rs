@@ -96,49 +96,32 @@ where
         Err(e) => error_response(&e, version),
         Ok(ex) => {
             slot = Some(ex);
-            let response = match gateway.plugins.on_request(&mut slot, &mut ran) {
-                Ok(Decision::Respond(response)) => response,
-                Ok(Decision::Serve(choice)) => {
-                    match route_request(&gateway.targets, choice.as_ref()) {
-                        Ok(chosen) => {
-                            let served = match slot.as_deref() {
-                                Some(ex) => serve(&gateway, &chosen, ex, &conn).await,
-                                None => Err(HttpError::Internal),
-                            };
-                            route = Some(chosen);
-                            served.unwrap_or_else(|e| error_response(&e, version))
-                        }
-                        Err(e) => error_response(&e, version),
-                    }
-                }
-                Err(e) => error_response(&e, version),
-            };
+            let response = answer(&gateway, &mut slot, &mut ran, &mut route, &conn)
+                .await
+                .unwrap_or_else(|e| error_response(&e, version));
             respond(&gateway, &mut slot, ran, response, version).await
         }
     };
 
-    let target = route.map_or_else(
-        || "-".to_string(),
-        |r| gateway.targets.name(r.target).to_string(),
-    );
-    let plugin_log = (gateway.plugins.wants_log(ran))
-        .then(|| {
-            slot.take().map(|ex| PluginLog {
-                gateway: Arc::clone(&gateway),
-                exchange: Some(ex),
-                ran,
-                target: (target != "-").then(|| target.clone()),
-                started,
-            })
+    let target = route.map(|r| gateway.targets.name(r.target).to_string());
+    let plugin_log = if gateway.plugins.wants_log(ran) {
+        slot.take().map(|ex| PluginLog {
+            gateway: Arc::clone(&gateway),
+            exchange: Some(ex),
+            ran,
+            target: target.clone(),
+            started,
         })
-        .flatten();
+    } else {
+        None
+    };
     let (parts, body) = response.into_parts();
     let status = parts.status.as_u16();
     gateway.plugins.services().count_response(status);
     let log = entry.map(|entry| PendingLog {
         entry,
         status,
-        target,
+        target: target.unwrap_or_else(|| "-".to_string()),
         started,
         log: gateway.access_log.clone(),
     });
@@ -267,6 +250,26 @@ fn check_trailers(trailers: &HeaderMap) -> Result<(), HttpError> {
         return Err(HttpError::BadRequest("forbidden field in trailers"));
     }
     Ok(())
+}
+
+/// Plugins' on-request, then route and serve: the response before on-response runs. The chosen
+/// route is recorded for the access log.
+async fn answer(
+    gateway: &Gateway,
+    slot: &mut Option<Box<Exchange>>,
+    ran: &mut Ran,
+    route: &mut Option<Route>,
+    conn: &ConnCtx,
+) -> Result<Response<Body>, HttpError> {
+    let choice = match gateway.plugins.on_request(slot, ran)? {
+        Decision::Respond(response) => return Ok(response),
+        Decision::Serve(choice) => choice,
+    };
+    let chosen = route_request(&gateway.targets, choice.as_ref())?;
+    let ex = slot.as_deref().ok_or(HttpError::Internal)?;
+    let served = serve(gateway, &chosen, ex, conn).await;
+    *route = Some(chosen);
+    served
 }
 
 /// Route phase: the target a plugin chose, else the default target, else 404.

@@ -222,6 +222,23 @@ impl Plugin {
         }
     }
 
+    /// Runs a hook that answers a hook-status, unless the plugin said it has none; answering
+    /// `unimplemented` means it is not called again.
+    fn status_hook(
+        &self,
+        implemented: &AtomicBool,
+        slot: &mut Option<Box<Exchange>>,
+        hook: impl FnOnce(&bindings::Plugin, &mut Store<HostState>) -> wasmtime::Result<wit::HookStatus>,
+    ) -> Result<(), Failure> {
+        if !implemented.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        if let wit::HookStatus::Unimplemented = self.call(slot, hook)? {
+            implemented.store(false, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
     fn applies_to(&self, ex: &Exchange) -> bool {
         let c = &self.config;
         if !c.paths.is_empty() {
@@ -386,22 +403,9 @@ impl Chain {
         )
     }
 
-    /// A chain with no plugins.
-    pub fn empty(services: Arc<Services>) -> Chain {
-        Chain {
-            plugins: Vec::new(),
-            services,
-        }
-    }
-
     /// The shared services (kept across reloads).
     pub fn services(&self) -> &Arc<Services> {
         &self.services
-    }
-
-    /// Whether there are no plugins.
-    pub fn is_empty(&self) -> bool {
-        self.plugins.is_empty()
     }
 
     /// Runs `on-request` in order until a plugin answers.
@@ -463,22 +467,18 @@ impl Chain {
     /// Runs `on-response` in reverse order over the plugins whose `on-request` ran.
     pub fn on_response(&self, slot: &mut Option<Box<Exchange>>, ran: Ran) -> Result<(), HttpError> {
         for (i, plugin) in self.plugins.iter().enumerate().rev() {
-            if !ran.has(i) || !plugin.has_on_response.load(Ordering::Relaxed) {
+            if !ran.has(i) {
                 continue;
             }
-            let status = plugin.call(slot, |b, store| {
+            let outcome = plugin.status_hook(&plugin.has_on_response, slot, |b, store| {
                 b.call_on_response(
                     &mut *store,
                     Resource::<RequestRef>::new_borrow(0),
                     Resource::<ResponseRef>::new_borrow(0),
                 )
             });
-            match status {
-                Ok(wit::HookStatus::Done) => {}
-                Ok(wit::HookStatus::Unimplemented) => {
-                    plugin.has_on_response.store(false, Ordering::Relaxed);
-                }
-                Err(failure) => plugin.failed("on-response", &failure)?,
+            if let Err(failure) = outcome {
+                plugin.failed("on-response", &failure)?;
             }
         }
         Ok(())
@@ -494,30 +494,25 @@ impl Chain {
 
     /// Runs `on-log` (in reverse order) once the response is sent; failures are only logged.
     pub fn on_log(&self, slot: &mut Option<Box<Exchange>>, ran: Ran, entry: &LogEntry) {
+        let wit_entry = wit::LogEntry {
+            status: entry.status,
+            bytes_sent: entry.bytes_sent,
+            duration_us: entry.duration.as_micros() as u64,
+            target: entry.target.clone(),
+        };
         for (i, plugin) in self.plugins.iter().enumerate().rev() {
-            if !ran.has(i) || !plugin.has_on_log.load(Ordering::Relaxed) {
+            if !ran.has(i) {
                 continue;
             }
-            let wit_entry = wit::LogEntry {
-                status: entry.status,
-                bytes_sent: entry.bytes_sent,
-                duration_us: entry.duration.as_micros() as u64,
-                target: entry.target.clone(),
-            };
-            match plugin.call(slot, |b, store| {
+            let outcome = plugin.status_hook(&plugin.has_on_log, slot, |b, store| {
                 b.call_on_log(
                     &mut *store,
                     Resource::<RequestRef>::new_borrow(0),
                     &wit_entry,
                 )
-            }) {
-                Ok(wit::HookStatus::Done) => {}
-                Ok(wit::HookStatus::Unimplemented) => {
-                    plugin.has_on_log.store(false, Ordering::Relaxed);
-                }
-                Err(failure) => {
-                    let _ = plugin.failed("on-log", &failure);
-                }
+            });
+            if let Err(failure) = outcome {
+                let _ = plugin.failed("on-log", &failure);
             }
         }
     }
