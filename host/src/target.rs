@@ -118,9 +118,10 @@ impl Targets {
                 TargetConfig::Static(s) => {
                     Target::Static(StaticFiles::open(s).map_err(|e| wrap(e.into()))?)
                 }
-                TargetConfig::Wsgi(w) => {
-                    Target::Wsgi(WsgiTarget::start(name, w).map_err(|e| wrap(e.into()))?)
-                }
+                TargetConfig::Wsgi(w) => Target::Wsgi(
+                    WsgiTarget::start(name, w, config.server.threads)
+                        .map_err(|e| wrap(e.into()))?,
+                ),
                 TargetConfig::Metrics => Target::Metrics,
             };
             names.push(name.clone());

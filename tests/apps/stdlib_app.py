@@ -180,6 +180,12 @@ def sleep_view(environ, start_response):
     return respond(start_response, {"slept": True, "pid": os.getpid()})
 
 
+def plain_view(environ, start_response):
+    # A whole response in a list, as most frameworks return it: its frames leave the worker together.
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"plain"]
+
+
 def crash_view(environ, start_response):
     os._exit(1)
 
@@ -212,6 +218,7 @@ ROUTES = {
 UNVALIDATED = {
     "/short": short_view,
     "/long": long_view,
+    "/plain": plain_view,
     "/crash": crash_view,
     "/segfault": segfault_view,
     "/hop": hop_by_hop_view,

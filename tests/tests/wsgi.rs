@@ -478,6 +478,43 @@ fn a_request_past_the_timeout_gets_504_and_its_worker_is_replaced() {
     assert_ne!(before, after, "the hung worker was killed and replaced");
 }
 
+/// With one thread, responses finished while more requests of the same read wait to run are written
+/// together; a request after them that runs long must not hold them back.
+#[test]
+fn a_long_request_does_not_hold_back_responses_finished_before_it() {
+    let dir = tempfile::tempdir().expect("tmp");
+    // One event loop, so the requests below reach the worker on one lane, in order, in one read.
+    let config = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nthreads = 1\n[targets.app]\nwsgi = \"stdlib_app:app\"\nchdir = \"{}\"\nworkers = 1\nthreads = 1\ntimeout = \"20s\"\n",
+        apps_dir().display()
+    );
+    let gh = Gatehouse::start(dir.path(), &config);
+    let get = |path: &str| {
+        let url = gh.url(path);
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let status = client().get(url).send().expect("get").status();
+            (status, started.elapsed())
+        })
+    };
+    // The worker's only thread is busy, so the next requests queue up and are read together.
+    let busy = get("/sleep?0.5");
+    std::thread::sleep(Duration::from_millis(100));
+    let fast: Vec<_> = (0..5).map(|_| get("/plain")).collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let slow = get("/sleep?3");
+    for f in fast {
+        let (status, took) = f.join().expect("thread");
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            took < Duration::from_millis(1500),
+            "a quick response waited for the slow request after it: {took:?}"
+        );
+    }
+    assert_eq!(busy.join().expect("thread").0, StatusCode::OK);
+    assert_eq!(slow.join().expect("thread").0, StatusCode::OK);
+}
+
 #[test]
 fn a_full_queue_answers_503_at_once() {
     let s = serve(

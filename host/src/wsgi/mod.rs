@@ -38,6 +38,8 @@ pub struct WorkerSpec {
     pub worker_id: u32,
     /// The front's socket to connect to.
     pub socket: PathBuf,
+    /// Connections to open to it: one per front event loop.
+    pub lanes: usize,
     /// Threads serving requests in this worker.
     pub threads: usize,
     /// Worker processes in the pool (for `wsgi.multiprocess`).
@@ -70,14 +72,16 @@ pub enum WsgiError {
 }
 
 impl WsgiTarget {
-    /// Finds the interpreter, starts the workers and waits until they have loaded the app.
-    pub fn start(name: &str, config: &WsgiConfig) -> Result<WsgiTarget, WsgiError> {
+    /// Finds the interpreter, starts the workers and waits until they have loaded the app; each
+    /// worker opens `lanes` connections, one per front event loop.
+    pub fn start(name: &str, config: &WsgiConfig, lanes: usize) -> Result<WsgiTarget, WsgiError> {
         let command = interpreter::choose(config.python.as_deref(), config.virtualenv.as_deref());
         let interpreter = interpreter::probe(&command)?;
         let spec = WorkerSpec {
             app: config.app.clone(),
             worker_id: 0,
             socket: PathBuf::new(),
+            lanes: lanes.max(1),
             threads: config.threads,
             workers: config.workers,
             chdir: Some(config.chdir.clone()),

@@ -1,9 +1,11 @@
 //! The front's side of a WSGI target: the worker processes, their sockets, dispatch and supervision.
 //!
 //! A supervisor thread (its own small tokio runtime) spawns `workers` processes (this binary, in worker
-//! mode), accepts their connections on a private Unix socket, reads and writes their frames, restarts
-//! crashed ones with backoff, and kills one whose request runs past `timeout`. Event-loop threads
-//! dispatch requests to the least-loaded live worker and read the response through a channel.
+//! mode), accepts their connections on a private Unix socket, restarts crashed ones with backoff, and
+//! kills one whose request runs past `timeout`. Each worker opens one connection (a lane) per
+//! event-loop thread; an event loop takes its lane to a worker on first use and writes and reads it
+//! itself, so a request and its response never cross to another front thread. Event loops dispatch
+//! requests to the least-loaded live worker.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -16,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderName, HeaderValue, Response, StatusCode};
+use thread_local::ThreadLocal;
 use tokio::io::AsyncReadExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -41,25 +44,37 @@ enum Event {
     Gone,
 }
 
-/// A live worker process, as the event loops see it.
+/// One event loop's connection to one worker: frames out, and the requests waiting for frames back.
+/// A task on that event loop reads it, so a response reaches its request on the same thread.
 #[derive(Debug)]
-struct Worker {
-    pid: u32,
+struct Lane {
     frames: transport::Sender,
     streams: Mutex<HashMap<u32, mpsc::UnboundedSender<Event>>>,
-    in_flight: AtomicUsize,
     next_stream: AtomicU32,
-    alive: AtomicBool,
-    kill: CancellationToken,
-    /// Requests handed to this worker so far.
-    served: AtomicU64,
-    /// Recycle after this many requests (0: never).
-    max_requests: u64,
-    /// Fired when `max_requests` is reached: the supervisor starts a replacement, then drains this one.
-    retire: CancellationToken,
 }
 
-impl Worker {
+impl Lane {
+    /// Takes over an accepted lane socket on the calling event loop and starts reading it.
+    fn adopt(socket: std::os::unix::net::UnixStream) -> std::io::Result<Arc<Lane>> {
+        socket.set_nonblocking(true)?;
+        let (frames, mut receiver) = transport::over_socket(UnixStream::from_std(socket)?);
+        let lane = Arc::new(Lane {
+            frames,
+            streams: Mutex::new(HashMap::new()),
+            next_stream: AtomicU32::new(1),
+        });
+        let reading = Arc::clone(&lane);
+        tokio::spawn(async move {
+            let mut buf = BytesMut::with_capacity(64 * 1024);
+            if let Err(e) = read_frames(&mut receiver, &mut buf, &reading).await {
+                tracing::debug!(error = %e, "worker lane closed");
+            }
+            // The worker is gone (its supervisor sees it exit): whatever waits on this lane fails.
+            reading.fail_all();
+        });
+        Ok(lane)
+    }
+
     fn send(&self, kind: Kind, stream: u32, payload: &[u8]) {
         let mut buf = Vec::with_capacity(frame::HEADER_LEN + payload.len());
         frame::write_frame(&mut buf, kind, stream, payload);
@@ -72,15 +87,16 @@ impl Worker {
         if let Ok(mut streams) = self.streams.lock() {
             streams.insert(id, tx);
         }
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
         (id, rx)
     }
 
-    fn close_stream(&self, id: u32) {
-        let removed = self.streams.lock().ok().and_then(|mut s| s.remove(&id));
-        if removed.is_some() {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
-        }
+    /// Forgets a stream; `false` if it was already gone (failed with its worker).
+    fn close_stream(&self, id: u32) -> bool {
+        self.streams
+            .lock()
+            .ok()
+            .and_then(|mut s| s.remove(&id))
+            .is_some()
     }
 
     fn deliver(&self, id: u32, event: Event) {
@@ -90,9 +106,8 @@ impl Worker {
         }
     }
 
-    /// Marks the worker dead and tells every request on it.
+    /// Tells every request on this lane that the worker is gone.
     fn fail_all(&self) {
-        self.alive.store(false, Ordering::Release);
         let streams: Vec<_> = self
             .streams
             .lock()
@@ -100,6 +115,59 @@ impl Worker {
             .unwrap_or_default();
         for (_, tx) in streams {
             let _ = tx.send(Event::Gone);
+        }
+    }
+}
+
+/// A live worker process, as the event loops see it.
+#[derive(Debug)]
+struct Worker {
+    pid: u32,
+    /// Lane sockets no event loop has taken yet.
+    spare: Mutex<Vec<std::os::unix::net::UnixStream>>,
+    /// Each event loop's lane to this worker.
+    lanes: ThreadLocal<Arc<Lane>>,
+    in_flight: AtomicUsize,
+    alive: AtomicBool,
+    kill: CancellationToken,
+    /// Requests handed to this worker so far.
+    served: AtomicU64,
+    /// Recycle after this many requests (0: never).
+    max_requests: u64,
+    /// Fired when `max_requests` is reached: the supervisor starts a replacement, then drains this one.
+    retire: CancellationToken,
+}
+
+impl Worker {
+    /// The calling event loop's lane, taken from the spares on first use. A thread beyond the lanes
+    /// the worker opened (none in practice: there is one per event loop) borrows another's.
+    fn lane(&self) -> Result<Arc<Lane>, HttpError> {
+        if let Some(lane) = self.lanes.get() {
+            return Ok(Arc::clone(lane));
+        }
+        let spare = self.spare.lock().ok().and_then(|mut s| s.pop());
+        match spare {
+            Some(socket) => {
+                let lane = Lane::adopt(socket).map_err(|e| {
+                    tracing::error!(pid = self.pid, error = %e, "cannot use a worker connection");
+                    HttpError::BadGateway
+                })?;
+                Ok(Arc::clone(self.lanes.get_or(|| lane)))
+            }
+            None => self
+                .lanes
+                .iter()
+                .next()
+                .cloned()
+                .ok_or(HttpError::BadGateway),
+        }
+    }
+
+    /// Marks the worker dead and tells every request on it.
+    fn fail_all(&self) {
+        self.alive.store(false, Ordering::Release);
+        for lane in self.lanes.iter() {
+            lane.fail_all();
         }
     }
 }
@@ -223,15 +291,18 @@ impl Pool {
         let worker = tokio::time::timeout_at(deadline, self.pick())
             .await
             .map_err(|_| HttpError::ServiceUnavailable)?;
+        let lane = worker.lane()?;
         let served = worker.served.fetch_add(1, Ordering::AcqRel) + 1;
         if worker.max_requests > 0 && served == worker.max_requests {
             worker.retire.cancel();
         }
-        let (id, mut events) = worker.open_stream();
+        let (id, mut events) = lane.open_stream();
+        worker.in_flight.fetch_add(1, Ordering::AcqRel);
         frame::seal(&mut request, Kind::Request, id);
-        worker.frames.send(request);
+        lane.frames.send(request);
         let mut stream = ResponseStream {
             worker,
+            lane,
             id,
             events: None,
             _permit: permit,
@@ -322,6 +393,7 @@ fn build_response(
 #[derive(Debug)]
 pub struct ResponseStream {
     worker: Arc<Worker>,
+    lane: Arc<Lane>,
     id: u32,
     events: Option<mpsc::UnboundedReceiver<Event>>,
     _permit: OwnedSemaphorePermit,
@@ -348,7 +420,7 @@ impl ResponseStream {
         };
         match events.poll_recv(cx) {
             Poll::Ready(Some(Event::Body(bytes))) => {
-                self.worker
+                self.lane
                     .send(Kind::Credit, self.id, &(bytes.len() as u32).to_be_bytes());
                 Poll::Ready(Some(Ok(bytes)))
             }
@@ -385,14 +457,16 @@ impl Drop for ResponseStream {
     fn drop(&mut self) {
         if !self.done && self.worker.alive.load(Ordering::Acquire) {
             // The client went away first: let the worker stop and call close().
-            self.worker.send(Kind::Cancel, self.id, b"");
+            self.lane.send(Kind::Cancel, self.id, b"");
         }
-        self.worker.close_stream(self.id);
+        if self.lane.close_stream(self.id) {
+            self.worker.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
-/// Spawns waiting for their worker's connection, by worker id.
-type Waiting = Arc<Mutex<HashMap<u32, oneshot::Sender<UnixStream>>>>;
+/// Spawns waiting for their worker's connections (its lanes), by worker id.
+type Waiting = Arc<Mutex<HashMap<u32, mpsc::UnboundedSender<UnixStream>>>>;
 
 /// Spawns, connects, watches and restarts the workers.
 struct Supervisor {
@@ -529,7 +603,7 @@ impl Supervisor {
         spec.socket = self.socket.clone();
         let spec_json =
             serde_json::to_string(&spec).map_err(|e| PoolError::Start(e.to_string()))?;
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = mpsc::unbounded_channel();
         if let Ok(mut w) = waiting.lock() {
             w.insert(worker_id, tx);
         }
@@ -545,8 +619,19 @@ impl Supervisor {
             .kill_on_drop(true);
         let mut child = command.spawn()?;
         let pid = child.id().unwrap_or(0);
+        let lanes = spec.lanes.max(1);
+        let all_lanes = async {
+            let mut streams = Vec::with_capacity(lanes);
+            while streams.len() < lanes {
+                match rx.recv().await {
+                    Some(stream) => streams.push(stream),
+                    None => return Err(PoolError::Start("connection lost".into())),
+                }
+            }
+            Ok(streams)
+        };
         let connected = tokio::select! {
-            stream = rx => stream.map_err(|_| PoolError::Start("connection lost".into())),
+            streams = all_lanes => streams,
             status = child.wait() => {
                 let status = status?;
                 if status.code() == Some(i32::from(EXIT_APP_LOAD_FAILED)) {
@@ -560,14 +645,15 @@ impl Supervisor {
         if let Ok(mut w) = waiting.lock() {
             w.remove(&worker_id);
         }
-        let stream = connected?;
-        let (frames, receiver) = transport::over_socket(stream);
+        let spare = connected?
+            .into_iter()
+            .map(UnixStream::into_std)
+            .collect::<Result<Vec<_>, _>>()?;
         let worker = Arc::new(Worker {
             pid,
-            frames,
-            streams: Mutex::new(HashMap::new()),
+            spare: Mutex::new(spare),
+            lanes: ThreadLocal::new(),
             in_flight: AtomicUsize::new(0),
-            next_stream: AtomicU32::new(1),
             alive: AtomicBool::new(true),
             kill: CancellationToken::new(),
             served: AtomicU64::new(0),
@@ -582,11 +668,7 @@ impl Supervisor {
         }
         self.shared.changed.notify_waiters();
         tracing::debug!(pool = %config.name, pid, "worker connected");
-        Ok(Running {
-            worker,
-            child,
-            receiver,
-        })
+        Ok(Running { worker, child })
     }
 }
 
@@ -594,11 +676,10 @@ impl Supervisor {
 struct Running {
     worker: Arc<Worker>,
     child: tokio::process::Child,
-    receiver: transport::Receiver,
 }
 
 impl Running {
-    /// Serves the worker's frames until it exits, is killed or the pool stops; or, once it has reached
+    /// Watches the worker until it exits, is killed or the pool stops; or, once it has reached
     /// `max_requests` (reported through `retiring`) and its replacement is up (`replaced`), until its
     /// requests in flight are done or `graceful` has passed.
     async fn supervise(
@@ -611,12 +692,8 @@ impl Running {
         let worker = Arc::clone(&self.worker);
         let mut retiring = Some(retiring);
         let mut draining_until: Option<tokio::time::Instant> = None;
-        let mut buf = BytesMut::with_capacity(64 * 1024);
         let reason = loop {
             tokio::select! {
-                read = read_frames(&mut self.receiver, &mut buf, &worker) => {
-                    break read.err().map_or("closed its connection".to_string(), |e| e.to_string());
-                }
                 status = self.child.wait() => break status.map_or_else(|e| e.to_string(), |s| format!("exited with {s}")),
                 () = worker.kill.cancelled() => break "killed after a request timed out".to_string(),
                 () = shutdown.cancelled() => break "stopped".to_string(),
@@ -667,7 +744,7 @@ fn jitter(max: u64) -> u64 {
 async fn read_frames(
     receiver: &mut transport::Receiver,
     buf: &mut BytesMut,
-    worker: &Worker,
+    worker: &Lane,
 ) -> std::io::Result<()> {
     loop {
         if receiver.recv(buf).await? == 0 {
@@ -714,13 +791,7 @@ async fn read_frames(
     }
 }
 
-fn deliver_started(
-    worker: &Worker,
-    id: u32,
-    status: u16,
-    headers: frame::Pairs,
-    parts: Vec<Bytes>,
-) {
+fn deliver_started(worker: &Lane, id: u32, status: u16, headers: frame::Pairs, parts: Vec<Bytes>) {
     worker.deliver(id, Event::Start(status, headers));
     for part in parts {
         worker.deliver(id, Event::Body(part));
@@ -760,7 +831,7 @@ async fn accept_workers(listener: UnixListener, waiting: Waiting, shutdown: Canc
                 return;
             }
             let id = u32::from_be_bytes([hello[9], hello[10], hello[11], hello[12]]);
-            let tx = waiting.lock().ok().and_then(|mut w| w.remove(&id));
+            let tx = waiting.lock().ok().and_then(|w| w.get(&id).cloned());
             if let Some(tx) = tx {
                 let _ = tx.send(stream);
             }

@@ -124,6 +124,14 @@ impl Response {
         result.map_err(|e| PyOSError::new_err(format!("front connection lost: {e}")))
     }
 
+    /// Sends the response's last frames, which may wait for the rest of the batch when more
+    /// requests are waiting to run.
+    fn finish(&mut self, more_waiting: bool) -> PyResult<()> {
+        let result = self.conn.send_last(&self.out, more_waiting);
+        self.out.clear();
+        result.map_err(|e| PyOSError::new_err(format!("front connection lost: {e}")))
+    }
+
     fn send_headers(&mut self) -> PyResult<()> {
         if self.headers_sent {
             return Ok(());
@@ -404,6 +412,7 @@ pub(super) fn handle(
     request: WireRequest,
     conn: &Arc<Conn>,
     stream: &Arc<Stream>,
+    more_waiting: bool,
 ) {
     let state = Arc::new(Mutex::new(Response {
         id,
@@ -423,7 +432,7 @@ pub(super) fn handle(
     let outcome = result.and_then(|()| {
         response.send_headers()?;
         frame::write_frame(&mut response.out, Kind::End, id, b"");
-        response.flush()
+        response.finish(more_waiting)
     });
     if let Err(e) = outcome {
         let cancelled = stream.cancelled.load(Ordering::Acquire);
@@ -436,7 +445,7 @@ pub(super) fn handle(
         // Whatever was pending is dropped: the front answers 500 (or cuts a started response).
         response.out.clear();
         frame::write_frame(&mut response.out, Kind::Error, id, e.to_string().as_bytes());
-        let _ = response.flush();
+        let _ = response.finish(more_waiting);
     }
 }
 

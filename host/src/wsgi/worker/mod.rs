@@ -1,11 +1,15 @@
-//! The worker process: one embedded CPython serving requests from the front over one socket.
+//! The worker process: one embedded CPython serving requests from the front over its lanes, one
+//! socket per front event loop (so no front thread stands between an event loop and a worker).
 //!
-//! A reader thread takes frames off the socket and queues requests; `threads` handler threads each keep
-//! a Python thread state for their whole life (the GIL is released while waiting, never the thread
-//! state, which would cost an allocation per request) and run the app. Responses go back as frames;
-//! a handler collects a response's frames and writes them in one call.
+//! With one thread, that thread reads the sockets itself and runs every request of one read in one
+//! GIL hold. With more, a reader thread per lane takes frames off its socket and queues requests;
+//! `threads` handler threads each keep a Python thread state for their whole life (the GIL is
+//! released while waiting, never the thread state, which would cost an allocation per request) and
+//! run the app. Responses go back as frames on the request's lane; a handler collects a response's
+//! frames and writes them in one call.
 
 mod app;
+mod deferred;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -19,6 +23,7 @@ use pyo3::prelude::*;
 
 use super::WorkerSpec;
 use super::frame::{self, Kind, WireRequest};
+use deferred::{Deferred, Watchdog};
 
 /// Exit status telling the supervisor the app could not be loaded (retrying will not help).
 pub const EXIT_APP_LOAD_FAILED: u8 = 3;
@@ -34,21 +39,74 @@ struct Stream {
     cancelled: AtomicBool,
 }
 
-/// The socket to the front and the requests in flight on it.
+/// One lane (socket) to the front and the requests in flight on it.
 #[derive(Debug)]
 struct Conn {
+    /// This lane's index among the worker's lanes.
+    lane: usize,
     writer: Mutex<UnixStream>,
     streams: Mutex<HashMap<u32, Arc<Stream>>>,
-    /// With one thread, that thread also reads the socket (no hand-off between threads per request);
-    /// requests read while it waits for flow-control credit queue here.
-    inline: Option<Mutex<Inline>>,
+    /// With one thread, that thread also reads the sockets (no hand-off between threads per
+    /// request); shared by all lanes.
+    inline: Option<Arc<Mutex<Inline>>>,
+    /// With one thread, whole responses finished while more requests of the same read wait to run
+    /// (see [`deferred`]).
+    deferred: Mutex<Deferred>,
+    /// Writes deferred responses that waited too long (with one thread).
+    watchdog: Option<Arc<Watchdog>>,
 }
 
-/// The reading side when the handler thread reads for itself.
+/// A request read off a lane: the lane's index, the stream id and the request.
+type Job = (usize, u32, WireRequest);
+
+/// The reading side when the handler thread reads for itself: every lane's reader, and the
+/// requests read (while waiting for flow-control credit, say) but not yet run.
 #[derive(Debug)]
 struct Inline {
-    reader: FrameReader,
-    pending: std::collections::VecDeque<(u32, WireRequest)>,
+    readers: Vec<FrameReader>,
+    pending: std::collections::VecDeque<Job>,
+}
+
+impl Inline {
+    /// Blocks until at least one lane has sent something; `false` once the front closed a lane.
+    /// Every lane is read without blocking first, so busy lanes cost no poll.
+    fn fill(&mut self, conns: &[Arc<Conn>]) -> bool {
+        if let [reader] = &mut self.readers[..] {
+            return match reader.read_batch(&conns[0]) {
+                Some(batch) => {
+                    self.pending
+                        .extend(batch.into_iter().map(|(id, r)| (0, id, r)));
+                    true
+                }
+                None => false,
+            };
+        }
+        loop {
+            let mut read_any = false;
+            for (lane, reader) in self.readers.iter_mut().enumerate() {
+                match reader.try_read_batch(&conns[lane]) {
+                    Some(batch) => {
+                        read_any |= !batch.is_empty();
+                        self.pending
+                            .extend(batch.into_iter().map(|(id, r)| (lane, id, r)));
+                    }
+                    None => return false,
+                }
+            }
+            if read_any {
+                return true;
+            }
+            let mut fds: Vec<_> = self
+                .readers
+                .iter()
+                .map(|r| rustix::event::PollFd::new(&r.socket, rustix::event::PollFlags::IN))
+                .collect();
+            match rustix::event::poll(&mut fds, None) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(_) => return false,
+            }
+        }
+    }
 }
 
 /// Reads frames off the socket, applying credits and cancels at once and returning requests.
@@ -134,12 +192,46 @@ impl FrameReader {
 }
 
 impl Conn {
+    /// Writes now, after any deferred responses (frames keep their order).
     fn send(&self, bytes: &[u8]) -> std::io::Result<()> {
+        let mut deferred = self
+            .deferred
+            .lock()
+            .map_err(|_| std::io::Error::other("lock poisoned"))?;
         let mut w = self
             .writer
             .lock()
             .map_err(|_| std::io::Error::other("writer lock poisoned"))?;
-        w.write_all(bytes)
+        if deferred.bytes.is_empty() {
+            return w.write_all(bytes);
+        }
+        deferred.bytes.extend_from_slice(bytes);
+        let result = w.write_all(&deferred.bytes);
+        deferred.clear();
+        result
+    }
+
+    /// Sends the last frames of a response: deferred while more requests wait to run on this
+    /// thread (see [`Conn::flush_deferred`]), written at once otherwise.
+    fn send_last(&self, bytes: &[u8], more_waiting: bool) -> std::io::Result<()> {
+        let Some(watchdog) = self.watchdog.as_ref().filter(|_| more_waiting) else {
+            return self.send(bytes);
+        };
+        let full = self
+            .deferred
+            .lock()
+            .map_err(|_| std::io::Error::other("lock poisoned"))?
+            .push(bytes);
+        if full {
+            return self.flush_deferred();
+        }
+        watchdog.deferred();
+        Ok(())
+    }
+
+    /// Writes the deferred responses, if any.
+    fn flush_deferred(&self) -> std::io::Result<()> {
+        self.send(&[])
     }
 
     fn open(&self, id: u32) -> Arc<Stream> {
@@ -165,8 +257,11 @@ impl Conn {
         if let Some(inline) = &self.inline {
             if let Ok(mut inline) = inline.lock() {
                 let inline = &mut *inline;
-                if let Some(requests) = inline.reader.try_read_batch(self) {
-                    inline.pending.extend(requests);
+                if let Some(requests) = inline.readers[self.lane].try_read_batch(self) {
+                    let lane = self.lane;
+                    inline
+                        .pending
+                        .extend(requests.into_iter().map(|(id, r)| (lane, id, r)));
                 }
             }
         }
@@ -180,9 +275,13 @@ impl Conn {
                     .lock()
                     .map_err(|_| std::io::Error::other("lock poisoned"))?;
                 let inline = &mut *inline;
-                match py.detach(|| inline.reader.read_batch(self)) {
+                let reader = &mut inline.readers[self.lane];
+                match py.detach(|| reader.read_batch(self)) {
                     Some(requests) => {
-                        inline.pending.extend(requests);
+                        let lane = self.lane;
+                        inline
+                            .pending
+                            .extend(requests.into_iter().map(|(id, r)| (lane, id, r)));
                         Ok(())
                     }
                     None => Err(std::io::Error::other("front connection closed")),
@@ -207,7 +306,7 @@ impl Conn {
     }
 }
 
-/// Runs a worker: load the app, connect, serve until the front closes the socket.
+/// Runs a worker: load the app, open its lanes, serve until the front closes one.
 pub fn main(spec: WorkerSpec) -> ExitCode {
     if let Some(dir) = &spec.chdir {
         if let Err(e) = std::env::set_current_dir(dir) {
@@ -226,46 +325,45 @@ pub fn main(spec: WorkerSpec) -> ExitCode {
             return ExitCode::from(EXIT_APP_LOAD_FAILED);
         }
     };
-    let socket = match UnixStream::connect(&spec.socket) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!(
-                "gatehouse worker: cannot connect to {}: {e}",
-                spec.socket.display()
-            );
-            return ExitCode::FAILURE;
-        }
-    };
-    let writer = match socket.try_clone() {
-        Ok(w) => w,
-        Err(e) => {
-            eprintln!("gatehouse worker: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     let threads = spec.threads.max(1);
-    let reader = FrameReader::new(socket);
-    let (inline, reader) = if threads == 1 {
-        (
-            Some(Mutex::new(Inline {
-                reader,
-                pending: Default::default(),
-            })),
-            None,
-        )
-    } else {
-        (None, Some(reader))
-    };
-    let conn = Arc::new(Conn {
-        writer: Mutex::new(writer),
-        streams: Mutex::new(HashMap::new()),
-        inline,
-    });
-    let mut hello = Vec::new();
-    frame::write_frame(&mut hello, Kind::Hello, 0, &spec.worker_id.to_be_bytes());
-    if conn.send(&hello).is_err() {
-        return ExitCode::FAILURE;
+    let mut sockets = Vec::new();
+    for _ in 0..spec.lanes.max(1) {
+        match connect(&spec) {
+            Ok(pair) => sockets.push(pair),
+            Err(e) => {
+                eprintln!(
+                    "gatehouse worker: cannot connect to {}: {e}",
+                    spec.socket.display()
+                );
+                return ExitCode::FAILURE;
+            }
+        }
     }
+    let (writers, readers): (Vec<_>, Vec<_>) = sockets.into_iter().unzip();
+    let (inline, readers) = if threads == 1 {
+        let inline = Inline {
+            readers,
+            pending: Default::default(),
+        };
+        (Some(Arc::new(Mutex::new(inline))), Vec::new())
+    } else {
+        (None, readers)
+    };
+    let watchdog = inline.as_ref().map(|_| Arc::new(Watchdog::default()));
+    let conns: Vec<Arc<Conn>> = writers
+        .into_iter()
+        .enumerate()
+        .map(|(lane, writer)| {
+            Arc::new(Conn {
+                lane,
+                writer: Mutex::new(writer),
+                streams: Mutex::new(HashMap::new()),
+                inline: inline.clone(),
+                deferred: Mutex::default(),
+                watchdog: watchdog.clone(),
+            })
+        })
+        .collect();
     let flags = app::Flags {
         multithread: threads > 1,
         multiprocess: spec.workers > 1,
@@ -277,17 +375,32 @@ pub fn main(spec: WorkerSpec) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match reader {
-        None => serve_inline(&conn, &app),
-        Some(reader) => serve_threaded(reader, &conn, app, threads),
+    if let Some(watchdog) = &watchdog {
+        if let Err(e) = watchdog.start(conns.clone()) {
+            eprintln!("gatehouse worker: cannot start a thread: {e}");
+            return ExitCode::FAILURE;
+        }
     }
-    // The front closed the socket: exit now (the front decides about drains).
+    match inline {
+        Some(inline) => serve_inline(&conns, &inline, &app),
+        None => serve_threaded(readers, &conns, app, threads),
+    }
+    // The front closed a lane: exit now (the front decides about drains).
     ExitCode::SUCCESS
 }
 
+/// Opens one lane: connects and says which worker this is.
+fn connect(spec: &WorkerSpec) -> std::io::Result<(UnixStream, FrameReader)> {
+    let mut socket = UnixStream::connect(&spec.socket)?;
+    let mut hello = Vec::new();
+    frame::write_frame(&mut hello, Kind::Hello, 0, &spec.worker_id.to_be_bytes());
+    socket.write_all(&hello)?;
+    let reader = FrameReader::new(socket.try_clone()?);
+    Ok((socket, reader))
+}
+
 /// One thread reads, runs the app and writes: every request that arrived in one read runs in one GIL hold.
-fn serve_inline(conn: &Arc<Conn>, app: &app::App) {
-    let Some(inline) = &conn.inline else { return };
+fn serve_inline(conns: &[Arc<Conn>], inline: &Mutex<Inline>, app: &app::App) {
     Python::attach(|py| {
         loop {
             let next = {
@@ -296,33 +409,40 @@ fn serve_inline(conn: &Arc<Conn>, app: &app::App) {
                     Some(job) => Some(job),
                     None => {
                         let state = &mut *state;
-                        match py.detach(|| state.reader.read_batch(conn)) {
-                            None => return,
-                            Some(batch) => {
-                                state.pending.extend(batch);
-                                None
-                            }
+                        if !py.detach(|| state.fill(conns)) {
+                            return;
                         }
+                        None
                     }
                 }
             };
-            if let Some((id, request)) = next {
-                let stream = conn.open(id);
-                app::handle(py, app, id, request, conn, &stream);
-                conn.close(id);
+            let Some((lane, id, request)) = next else {
+                continue;
+            };
+            let conn = &conns[lane];
+            let stream = conn.open(id);
+            let more_waiting = inline.lock().is_ok_and(|s| !s.pending.is_empty());
+            app::handle(py, app, id, request, conn, &stream, more_waiting);
+            conn.close(id);
+            if !more_waiting {
+                // Nothing else to run: the batch's responses go out before this thread waits.
+                for conn in conns {
+                    let _ = conn.flush_deferred();
+                }
             }
         }
     });
 }
 
-/// A reader thread hands requests to `threads` handler threads (for apps that wait on I/O).
-fn serve_threaded(mut reader: FrameReader, conn: &Arc<Conn>, app: app::App, threads: usize) {
-    let (jobs_tx, jobs_rx) = mpsc::channel::<(u32, WireRequest)>();
+/// A reader thread per lane hands requests to `threads` handler threads (for apps that wait on
+/// I/O); the worker stops when the first lane closes.
+fn serve_threaded(readers: Vec<FrameReader>, conns: &[Arc<Conn>], app: app::App, threads: usize) {
+    let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
     let jobs_rx = Arc::new(Mutex::new(jobs_rx));
     let app = Arc::new(app);
     for i in 0..threads {
         let jobs = Arc::clone(&jobs_rx);
-        let conn = Arc::clone(conn);
+        let conns = conns.to_vec();
         let app = Arc::clone(&app);
         let spawned = std::thread::Builder::new()
             .name(format!("wsgi-{i}"))
@@ -330,9 +450,12 @@ fn serve_threaded(mut reader: FrameReader, conn: &Arc<Conn>, app: app::App, thre
                 Python::attach(|py| {
                     loop {
                         let job = py.detach(|| jobs.lock().ok().and_then(|rx| rx.recv().ok()));
-                        let Some((id, request)) = job else { break };
+                        let Some((lane, id, request)) = job else {
+                            break;
+                        };
+                        let conn = &conns[lane];
                         let stream = conn.open(id);
-                        app::handle(py, &app, id, request, &conn, &stream);
+                        app::handle(py, &app, id, request, conn, &stream, false);
                         conn.close(id);
                     }
                 });
@@ -342,11 +465,27 @@ fn serve_threaded(mut reader: FrameReader, conn: &Arc<Conn>, app: app::App, thre
             return;
         }
     }
-    while let Some(batch) = reader.read_batch(conn) {
-        for job in batch {
-            if jobs_tx.send(job).is_err() {
-                return;
-            }
+    let (closed_tx, closed_rx) = mpsc::channel::<()>();
+    for (lane, mut reader) in readers.into_iter().enumerate() {
+        let conn = Arc::clone(&conns[lane]);
+        let jobs = jobs_tx.clone();
+        let closed = closed_tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("lane-{lane}"))
+            .spawn(move || {
+                while let Some(batch) = reader.read_batch(&conn) {
+                    for (id, request) in batch {
+                        if jobs.send((lane, id, request)).is_err() {
+                            break;
+                        }
+                    }
+                }
+                let _ = closed.send(());
+            });
+        if let Err(e) = spawned {
+            eprintln!("gatehouse worker: cannot start a thread: {e}");
+            return;
         }
     }
+    let _ = closed_rx.recv();
 }
