@@ -128,6 +128,26 @@ fn port_already_in_use_is_a_clear_error() {
     );
 }
 
+/// Its loops share their port through SO_REUSEPORT, which must not let a second Gatehouse join the
+/// port and silently take half of the connections.
+#[test]
+fn a_second_gatehouse_on_the_same_port_is_refused() {
+    let dir = site(&[("index.html", b"x")]);
+    let first = Gatehouse::start(dir.path(), &static_config("", ""));
+    let config = format!(
+        "[server]\nlisten = [\"{}\"]\n[targets.site]\nstatic = \"site\"\n",
+        first.addr()
+    );
+    std::fs::write(dir.path().join("second.toml"), config).expect("write");
+    let (code, _, err) = run(&["-c", "second.toml"], dir.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("in use"), "{err}");
+    assert_eq!(
+        client().get(first.url("/")).send().expect("get").status(),
+        200
+    );
+}
+
 #[test]
 fn combined_access_log() {
     let dir = site(&[("index.html", b"hello")]);

@@ -49,6 +49,9 @@ impl Bound {
         };
         match addr {
             ListenAddr::Tcp(sa) => {
+                if sa.port() != 0 {
+                    ensure_free(*sa).map_err(wrap)?;
+                }
                 let first = bind_tcp(*sa).map_err(wrap)?;
                 // Port 0: the others must join the port the first one got.
                 let actual = first.local_addr().map_err(wrap)?;
@@ -120,6 +123,26 @@ impl LoopSocket {
             LoopSocket::Unix(s) => tokio::net::UnixListener::from_std(s).map(Listener::Unix),
         }
     }
+}
+
+/// `SO_REUSEPORT` would let a second server (another Gatehouse started by mistake, say) join the
+/// port and silently take half of its connections; a plain bind first refuses a port in use.
+fn ensure_free(addr: SocketAddr) -> std::io::Result<()> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into()).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            std::io::Error::new(
+                e.kind(),
+                "address already in use (is another server, or another gatehouse, listening there?)",
+            )
+        } else {
+            e
+        }
+    })
 }
 
 fn bind_tcp(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
