@@ -75,9 +75,10 @@ for case in "hello:app /" "flaskjson:app /json"; do
   set -- $case
   start_servers "$1"
   for name in gh gr ng gu; do : > "$work/$name"; done
+  # Warm-up: Granian in particular gets faster over its first seconds (its thread pool grows).
   for name in gh gr ng gu; do
     eval "p=\$$(tr a-z A-Z <<<"$name")"
-    wrk -t2 -c"$CONNS" -d1s "http://127.0.0.1:$p$2" >/dev/null
+    wrk -t2 -c"$CONNS" -d3s "http://127.0.0.1:$p$2" >/dev/null
   done
   for _ in $(seq "$ROUNDS"); do
     rps "http://127.0.0.1:$GH$2" >> "$work/gh"
