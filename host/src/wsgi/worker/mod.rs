@@ -69,7 +69,7 @@ struct Inline {
 
 impl Inline {
     /// Blocks until at least one lane has sent something; `false` once the front closed a lane.
-    /// Every lane is read without blocking first, so busy lanes cost no poll.
+    /// With several lanes, one poll says which to read (reading them all would mostly find nothing).
     fn fill(&mut self, conns: &[Arc<Conn>]) -> bool {
         if let [reader] = &mut self.readers[..] {
             return match reader.read_batch(&conns[0]) {
@@ -81,31 +81,32 @@ impl Inline {
                 None => false,
             };
         }
-        loop {
-            let mut read_any = false;
-            for (lane, reader) in self.readers.iter_mut().enumerate() {
-                match reader.try_read_batch(&conns[lane]) {
-                    Some(batch) => {
-                        read_any |= !batch.is_empty();
-                        self.pending
-                            .extend(batch.into_iter().map(|(id, r)| (lane, id, r)));
-                    }
-                    None => return false,
-                }
-            }
-            if read_any {
-                return true;
-            }
+        let ready: Vec<bool> = {
             let mut fds: Vec<_> = self
                 .readers
                 .iter()
                 .map(|r| rustix::event::PollFd::new(&r.socket, rustix::event::PollFlags::IN))
                 .collect();
             match rustix::event::poll(&mut fds, None) {
-                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => return true,
                 Err(_) => return false,
             }
+            fds.iter().map(|fd| !fd.revents().is_empty()).collect()
+        };
+        for (lane, reader) in self.readers.iter_mut().enumerate() {
+            if !ready[lane] {
+                continue;
+            }
+            // Readable (or closed): this read does not block.
+            match reader.read_batch(&conns[lane]) {
+                Some(batch) => self
+                    .pending
+                    .extend(batch.into_iter().map(|(id, r)| (lane, id, r))),
+                None => return false,
+            }
         }
+        true
     }
 }
 
