@@ -288,9 +288,13 @@ impl Pool {
             .try_acquire_owned()
             .map_err(|_| HttpError::ServiceUnavailable)?;
         let deadline = tokio::time::Instant::now() + self.shared.config.timeout;
-        let worker = tokio::time::timeout_at(deadline, self.pick())
-            .await
-            .map_err(|_| HttpError::ServiceUnavailable)?;
+        // Almost always a worker is up: no timer for the wait then.
+        let worker = match self.try_pick() {
+            Some(worker) => worker,
+            None => tokio::time::timeout_at(deadline, self.pick())
+                .await
+                .map_err(|_| HttpError::ServiceUnavailable)?,
+        };
         let lane = worker.lane()?;
         let served = worker.served.fetch_add(1, Ordering::AcqRel) + 1;
         if worker.max_requests > 0 && served == worker.max_requests {
@@ -306,17 +310,16 @@ impl Pool {
             id,
             events: None,
             _permit: permit,
-            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            deadline,
+            timer: None,
             done: false,
             timeout: self.shared.config.timeout,
             _pool: Arc::clone(&self.guard),
         };
-        let first = tokio::select! {
-            event = events.recv() => event,
-            () = &mut stream.deadline => {
-                stream.timed_out();
-                return Err(HttpError::GatewayTimeout);
-            }
+        // The timer lives in this future (no allocation); a streamed body gets its own below.
+        let Ok(first) = tokio::time::timeout_at(deadline, events.recv()).await else {
+            stream.timed_out();
+            return Err(HttpError::GatewayTimeout);
         };
         match first {
             Some(Event::Complete(status, headers, body)) => {
@@ -347,23 +350,27 @@ impl Pool {
     async fn pick(&self) -> Arc<Worker> {
         loop {
             let notified = self.shared.changed.notified();
-            // Ties go round-robin, so an idle pool spreads requests over all its workers.
-            let slots = &self.shared.slots;
-            let start = self.shared.cursor.fetch_add(1, Ordering::Relaxed);
-            let best = (0..slots.len())
-                .filter_map(|i| {
-                    slots[(start + i) % slots.len()]
-                        .lock()
-                        .ok()
-                        .and_then(|w| w.clone())
-                })
-                .filter(|w| w.alive.load(Ordering::Acquire))
-                .min_by_key(|w| w.in_flight.load(Ordering::Acquire));
-            if let Some(worker) = best {
+            if let Some(worker) = self.try_pick() {
                 return worker;
             }
             notified.await;
         }
+    }
+
+    /// The live worker with the fewest requests in flight, if any is up. Ties go round-robin, so
+    /// an idle pool spreads requests over all its workers.
+    fn try_pick(&self) -> Option<Arc<Worker>> {
+        let slots = &self.shared.slots;
+        let start = self.shared.cursor.fetch_add(1, Ordering::Relaxed);
+        (0..slots.len())
+            .filter_map(|i| {
+                slots[(start + i) % slots.len()]
+                    .lock()
+                    .ok()
+                    .and_then(|w| w.clone())
+            })
+            .filter(|w| w.alive.load(Ordering::Acquire))
+            .min_by_key(|w| w.in_flight.load(Ordering::Acquire))
     }
 }
 
@@ -397,7 +404,9 @@ pub struct ResponseStream {
     id: u32,
     events: Option<mpsc::UnboundedReceiver<Event>>,
     _permit: OwnedSemaphorePermit,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    deadline: tokio::time::Instant,
+    /// The deadline's timer, made when the body first has to wait.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
     done: bool,
     timeout: Duration,
     _pool: Arc<PoolGuard>,
@@ -441,7 +450,11 @@ impl ResponseStream {
                 ))))
             }
             Poll::Pending => {
-                if self.deadline.as_mut().poll(cx).is_ready() {
+                let deadline = self.deadline;
+                let timer = self
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if timer.as_mut().poll(cx).is_ready() {
                     self.timed_out();
                     return Poll::Ready(Some(Err(std::io::Error::other(
                         "request timed out mid-response",
