@@ -329,7 +329,7 @@ mod tests {
         encoder.finish();
         crate::wsgi::frame::encode_body(&mut payload, Ok(b"abc"));
         let decoded = crate::wsgi::frame::decode_request(payload.into()).expect("decodes");
-        assert_eq!(decoded.environ, listed);
+        assert_eq!(decoded.environ.to_vec(), listed);
         assert_eq!(&decoded.body[..], b"abc");
         assert_eq!(get(&listed, "HTTP_X_LONG_NAME"), Some(&b"v"[..]));
         assert_eq!(get(&listed, "HTTP_COOKIE"), Some(&b"x=1; y=2"[..]));

@@ -112,7 +112,7 @@ pub fn take_frame(buf: &mut bytes::BytesMut) -> io::Result<Option<Frame>> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WireRequest {
     /// `(name, value)` pairs for the environ, in order.
-    pub environ: Pairs,
+    pub environ: EnvironPairs,
     /// The whole request body, when it was small enough to travel in the frame.
     pub body: bytes::Bytes,
     /// Otherwise the file the front spooled it to (removed by the front when the response ends).
@@ -257,7 +257,10 @@ impl super::environ::Sink for PairEncoder<'_> {
 /// Decodes a request frame's payload (pairs, then the body or the spooled body's path).
 pub fn decode_request(payload: bytes::Bytes) -> io::Result<WireRequest> {
     use std::os::unix::ffi::OsStrExt;
-    let (environ, at) = decode_pairs(&payload)?;
+    // Checked once here, read in place later: no allocation per pair.
+    let at = pairs_in(&payload)?.try_fold(0, |_, pair| pair.map(|(_, _, end)| end))?;
+    let at = at.max(2);
+    let environ = EnvironPairs(payload.slice(..at));
     let rest = payload.slice(at..);
     match rest.first() {
         Some(&BODY_INLINE) => Ok(WireRequest {
@@ -277,26 +280,58 @@ pub fn decode_request(payload: bytes::Bytes) -> io::Result<WireRequest> {
     }
 }
 
-/// Decodes [`encode_pairs`]'s output; returns the pairs and where they end.
-fn decode_pairs(payload: &[u8]) -> io::Result<(Pairs, usize)> {
+/// A request's environ pairs, still in the frame they came in (checked by [`decode_request`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvironPairs(bytes::Bytes);
+
+impl EnvironPairs {
+    /// The pairs in order, borrowed from the frame.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        pairs_in(&self.0)
+            .into_iter()
+            .flatten()
+            .map_while(Result::ok)
+            .map(|(key, value, _)| (key, value))
+    }
+
+    /// The pairs as owned values.
+    pub fn to_vec(&self) -> Pairs {
+        self.iter()
+            .map(|(k, v)| (k.to_string(), v.to_vec()))
+            .collect()
+    }
+}
+
+/// Walks [`encode_pairs`]'s output: each pair with the offset where it ends.
+fn pairs_in(payload: &[u8]) -> io::Result<impl Iterator<Item = io::Result<(&str, &[u8], usize)>>> {
     let bad = || io::Error::new(io::ErrorKind::InvalidData, "truncated frame");
-    let mut at = 0usize;
-    let mut take = |n: usize| -> io::Result<&[u8]> {
+    let count = payload
+        .get(..2)
+        .map(|b| u16::from_be_bytes([b[0], b[1]]))
+        .ok_or_else(bad)?;
+    let mut at = 2usize;
+    let mut take = move |n: usize| -> io::Result<(&[u8], usize)> {
         let end = at.checked_add(n).ok_or_else(bad)?;
         let slice = payload.get(at..end).ok_or_else(bad)?;
         at = end;
-        Ok(slice)
+        Ok((slice, end))
     };
-    let count = u16::from_be_bytes(take(2)?.try_into().map_err(|_| bad())?);
-    let mut pairs = Vec::with_capacity(count as usize);
-    for _ in 0..count {
-        let klen = u16::from_be_bytes(take(2)?.try_into().map_err(|_| bad())?) as usize;
-        let key = String::from_utf8(take(klen)?.to_vec()).map_err(|_| bad())?;
-        let vlen = u32::from_be_bytes(take(4)?.try_into().map_err(|_| bad())?) as usize;
-        let value = take(vlen)?.to_vec();
-        pairs.push((key, value));
-    }
-    Ok((pairs, at))
+    Ok((0..count).map(move |_| {
+        let (klen, _) = take(2)?;
+        let (key, _) = take(usize::from(u16::from_be_bytes([klen[0], klen[1]])))?;
+        let key = std::str::from_utf8(key).map_err(|_| bad())?;
+        let (vlen, _) = take(4)?;
+        let vlen = u32::from_be_bytes([vlen[0], vlen[1], vlen[2], vlen[3]]) as usize;
+        let (value, end) = take(vlen)?;
+        Ok((key, value, end))
+    }))
+}
+
+/// Decodes [`encode_pairs`]'s output into owned pairs.
+fn decode_pairs(payload: &[u8]) -> io::Result<Pairs> {
+    pairs_in(payload)?
+        .map(|pair| pair.map(|(key, value, _)| (key.to_string(), value.to_vec())))
+        .collect()
 }
 
 /// Encodes the response head: `status: u16 | reason-len: u16 | reason | count: u16 | (nlen: u16 | name | vlen: u32 | value)*`.
@@ -320,7 +355,7 @@ pub fn decode_start(payload: bytes::Bytes) -> io::Result<(u16, String, Pairs)> {
     let rlen = u16::from_be_bytes([payload[2], payload[3]]) as usize;
     let reason = payload.get(4..4 + rlen).ok_or_else(bad)?;
     let reason = String::from_utf8_lossy(reason).into_owned();
-    let (headers, _) = decode_pairs(&payload[4 + rlen..])?;
+    let headers = decode_pairs(&payload[4 + rlen..])?;
     Ok((status, reason, headers))
 }
 
@@ -372,7 +407,10 @@ mod tests {
         ];
         let wire = encode_request(&environ, b"body!");
         let req = decode_request(bytes::Bytes::from(wire.clone())).expect("decodes");
-        assert_eq!(req.environ, environ);
+        assert_eq!(req.environ.to_vec(), environ);
+        let empty = decode_request(bytes::Bytes::from(encode_request(&[], b"x"))).expect("decodes");
+        assert!(empty.environ.to_vec().is_empty());
+        assert_eq!(&empty.body[..], b"x");
         assert_eq!(&req.body[..], b"body!");
         assert!(decode_request(bytes::Bytes::from_static(&[0, 1, 0])).is_err());
         // Sealing a frame written in place gives the same bytes as writing it whole.

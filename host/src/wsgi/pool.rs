@@ -757,7 +757,7 @@ fn jitter(max: u64) -> u64 {
 async fn read_frames(
     receiver: &mut transport::Receiver,
     buf: &mut BytesMut,
-    worker: &Lane,
+    lane: &Lane,
 ) -> std::io::Result<()> {
     loop {
         if receiver.recv(buf).await? == 0 {
@@ -772,42 +772,42 @@ async fn read_frames(
                     Ok((status, _reason, headers)) => {
                         whole.push((f.stream, status, headers, Vec::new()))
                     }
-                    Err(e) => worker.deliver(f.stream, Event::Error(e.to_string())),
+                    Err(e) => lane.deliver(f.stream, Event::Error(e.to_string())),
                 },
                 (Kind::Body, Some(i)) => whole[i].3.push(f.payload),
                 (Kind::End, Some(i)) => {
                     let (id, status, headers, parts) = whole.swap_remove(i);
-                    worker.deliver(id, Event::Complete(status, headers, concat(parts)));
+                    lane.deliver(id, Event::Complete(status, headers, concat(parts)));
                 }
                 (Kind::Error, Some(i)) => {
                     // Started but failed: the client sees the start, then the failure, as if streamed.
                     let (id, status, headers, parts) = whole.swap_remove(i);
-                    deliver_started(worker, id, status, headers, parts);
-                    worker.deliver(
+                    deliver_started(lane, id, status, headers, parts);
+                    lane.deliver(
                         id,
                         Event::Error(String::from_utf8_lossy(&f.payload).into_owned()),
                     );
                 }
-                (Kind::Body, None) => worker.deliver(f.stream, Event::Body(f.payload)),
-                (Kind::End, None) => worker.deliver(f.stream, Event::End),
-                (Kind::Error, None) => worker.deliver(
+                (Kind::Body, None) => lane.deliver(f.stream, Event::Body(f.payload)),
+                (Kind::End, None) => lane.deliver(f.stream, Event::End),
+                (Kind::Error, None) => lane.deliver(
                     f.stream,
                     Event::Error(String::from_utf8_lossy(&f.payload).into_owned()),
                 ),
-                (other, _) => tracing::warn!(?other, "unexpected frame from a worker"),
+                (other, _) => tracing::warn!(?other, "unexpected frame from a lane"),
             }
         }
         // Responses still going on: what came so far is streamed.
         for (id, status, headers, parts) in whole {
-            deliver_started(worker, id, status, headers, parts);
+            deliver_started(lane, id, status, headers, parts);
         }
     }
 }
 
-fn deliver_started(worker: &Lane, id: u32, status: u16, headers: frame::Pairs, parts: Vec<Bytes>) {
-    worker.deliver(id, Event::Start(status, headers));
+fn deliver_started(lane: &Lane, id: u32, status: u16, headers: frame::Pairs, parts: Vec<Bytes>) {
+    lane.deliver(id, Event::Start(status, headers));
     for part in parts {
-        worker.deliver(id, Event::Body(part));
+        lane.deliver(id, Event::Body(part));
     }
 }
 

@@ -457,7 +457,7 @@ fn run(
 ) -> PyResult<()> {
     // The constant wsgi.* entries are copied from a template (one C-level dict copy).
     let environ = app.template.bind(py).copy()?;
-    for (key, value) in &request.environ {
+    for (key, value) in request.environ.iter() {
         // PEP 3333: native strings whose code points are the bytes (latin-1).
         match std::str::from_utf8(value)
             .ok()
