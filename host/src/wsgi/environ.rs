@@ -4,6 +4,7 @@
 //! PEP 3333 requires, so any byte in a path or header survives the trip. The worker adds the `wsgi.*`
 //! objects (input, errors, file_wrapper, flags).
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 
 use http::Version;
@@ -146,7 +147,7 @@ pub fn write(req: &Parts, origin: &Origin<'_>, body_len: usize, env: &mut impl S
 }
 
 /// `SERVER_NAME`/`SERVER_PORT`: from the Host header (or the HTTP/2 authority), else the local address.
-fn server_name_port(req: &Parts, origin: &Origin<'_>) -> (String, String) {
+fn server_name_port<'a>(req: &'a Parts, origin: &Origin<'_>) -> (Cow<'a, str>, Cow<'a, str>) {
     let default_port = if origin.scheme == "https" {
         "443"
     } else {
@@ -156,26 +157,19 @@ fn server_name_port(req: &Parts, origin: &Origin<'_>) -> (String, String) {
         .headers
         .get(HOST)
         .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| req.uri.authority().map(|a| a.as_str().to_string()));
+        .or_else(|| req.uri.authority().map(|a| a.as_str()));
     if let Some(host) = host.filter(|h| !h.is_empty()) {
         // `[::1]:8000`, `example.com:8000`, `example.com`
         let (name, port) = match host.rfind(':') {
-            Some(i) if !host[i..].contains(']') => {
-                (host[..i].to_string(), host[i + 1..].to_string())
-            }
-            _ => (host.clone(), String::new()),
+            Some(i) if !host[i..].contains(']') => (&host[..i], &host[i + 1..]),
+            _ => (host, ""),
         };
-        let port = if port.is_empty() {
-            default_port.to_string()
-        } else {
-            port
-        };
-        return (name, port);
+        let port = if port.is_empty() { default_port } else { port };
+        return (name.into(), port.into());
     }
     match origin.local {
-        Some(addr) => (addr.ip().to_string(), addr.port().to_string()),
-        None => ("localhost".to_string(), default_port.to_string()),
+        Some(addr) => (addr.ip().to_string().into(), addr.port().to_string().into()),
+        None => ("localhost".into(), default_port.into()),
     }
 }
 

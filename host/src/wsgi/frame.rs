@@ -327,13 +327,6 @@ fn pairs_in(payload: &[u8]) -> io::Result<impl Iterator<Item = io::Result<(&str,
     }))
 }
 
-/// Decodes [`encode_pairs`]'s output into owned pairs.
-fn decode_pairs(payload: &[u8]) -> io::Result<Pairs> {
-    pairs_in(payload)?
-        .map(|pair| pair.map(|(key, value, _)| (key.to_string(), value.to_vec())))
-        .collect()
-}
-
 /// Encodes the response head: `status: u16 | reason-len: u16 | reason | count: u16 | (nlen: u16 | name | vlen: u32 | value)*`.
 pub fn encode_start(status: u16, reason: &str, headers: &[(String, Vec<u8>)]) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 + 48 * headers.len());
@@ -346,17 +339,37 @@ pub fn encode_start(status: u16, reason: &str, headers: &[(String, Vec<u8>)]) ->
 }
 
 /// Decodes [`encode_start`]'s output into status, reason and headers.
-pub fn decode_start(payload: bytes::Bytes) -> io::Result<(u16, String, Pairs)> {
+/// Decodes a response head straight into a header map: values share the frame's bytes (no copy).
+/// The reason phrase is not kept (HTTP/2 has none and hyper writes the standard one). A header
+/// that is not valid HTTP is dropped with a warning: the app's mistake must not cost the response.
+pub fn decode_start(payload: bytes::Bytes) -> io::Result<(u16, http::HeaderMap)> {
     let bad = || io::Error::new(io::ErrorKind::InvalidData, "truncated start frame");
     if payload.len() < 4 {
         return Err(bad());
     }
     let status = u16::from_be_bytes([payload[0], payload[1]]);
     let rlen = u16::from_be_bytes([payload[2], payload[3]]) as usize;
-    let reason = payload.get(4..4 + rlen).ok_or_else(bad)?;
-    let reason = String::from_utf8_lossy(reason).into_owned();
-    let headers = decode_pairs(&payload[4 + rlen..])?;
-    Ok((status, reason, headers))
+    let pairs_at = 4usize
+        .checked_add(rlen)
+        .filter(|&at| at <= payload.len())
+        .ok_or_else(bad)?;
+    let pairs = &payload[pairs_at..];
+    let mut headers = http::HeaderMap::new();
+    for pair in pairs_in(pairs)? {
+        let (name, value, end) = pair?;
+        let start = pairs_at + end - value.len();
+        let value = payload.slice(start..pairs_at + end);
+        match (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_maybe_shared(value),
+        ) {
+            (Ok(name), Ok(value)) => {
+                headers.append(name, value);
+            }
+            _ => tracing::warn!(header = name, "dropping an invalid header from the app"),
+        }
+    }
+    Ok((status, headers))
 }
 
 #[cfg(test)]
@@ -429,8 +442,21 @@ mod tests {
         assert!(req.body.is_empty());
 
         let start = encode_start(404, "Not Found", &[("X-A".into(), b"1".to_vec())]);
-        let (status, reason, headers) = decode_start(bytes::Bytes::from(start)).expect("decodes");
-        assert_eq!((status, reason.as_str()), (404, "Not Found"));
-        assert_eq!(headers, vec![("X-A".to_string(), b"1".to_vec())]);
+        let (status, headers) = decode_start(bytes::Bytes::from(start)).expect("decodes");
+        assert_eq!(status, 404);
+        assert_eq!(headers.len(), 1);
+        assert_eq!(headers["x-a"], "1");
+        let bad = encode_start(
+            200,
+            "OK",
+            &[
+                ("Bad Name".into(), b"1".to_vec()),
+                ("X-B".into(), b"line\nbreak".to_vec()),
+                ("X-C".into(), b"kept".to_vec()),
+            ],
+        );
+        let (_, headers) = decode_start(bytes::Bytes::from(bad)).expect("decodes");
+        assert_eq!(headers.len(), 1, "invalid names and values are dropped");
+        assert_eq!(headers["x-c"], "kept");
     }
 }

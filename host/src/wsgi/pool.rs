@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderName, HeaderValue, Response, StatusCode};
+use http::{HeaderMap, Response, StatusCode};
 use thread_local::ThreadLocal;
 use tokio::io::AsyncReadExt;
 use tokio::net::{UnixListener, UnixStream};
@@ -35,8 +35,8 @@ use crate::error::HttpError;
 #[derive(Debug)]
 enum Event {
     /// A whole small response whose head, body and end arrived in one read: one hand-off, no stream.
-    Complete(u16, frame::Pairs, Bytes),
-    Start(u16, frame::Pairs),
+    Complete(u16, HeaderMap, Bytes),
+    Start(u16, HeaderMap),
     Body(Bytes),
     End,
     Error(String),
@@ -376,23 +376,13 @@ impl Pool {
 
 fn build_response(
     status: u16,
-    headers: frame::Pairs,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Response<Body>, HttpError> {
     let status = StatusCode::from_u16(status).map_err(|_| HttpError::BadGateway)?;
-    let mut response = Response::new(Body::Empty);
+    let mut response = Response::new(body);
     *response.status_mut() = status;
-    for (name, value) in headers {
-        let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_bytes(&value),
-        ) else {
-            tracing::warn!("dropping an invalid header from the app");
-            continue;
-        };
-        response.headers_mut().append(name, value);
-    }
-    *response.body_mut() = body;
+    *response.headers_mut() = headers;
     Ok(response)
 }
 
@@ -764,14 +754,12 @@ async fn read_frames(
             return Ok(());
         }
         // Responses whose start, body and end all came in this read go over as one event.
-        let mut whole: Vec<(u32, u16, frame::Pairs, Vec<Bytes>)> = Vec::new();
+        let mut whole: Vec<(u32, u16, HeaderMap, Vec<Bytes>)> = Vec::new();
         while let Some(f) = frame::take_frame(buf)? {
             let open = whole.iter().position(|(id, ..)| *id == f.stream);
             match (f.kind, open) {
                 (Kind::Start, _) => match frame::decode_start(f.payload) {
-                    Ok((status, _reason, headers)) => {
-                        whole.push((f.stream, status, headers, Vec::new()))
-                    }
+                    Ok((status, headers)) => whole.push((f.stream, status, headers, Vec::new())),
                     Err(e) => lane.deliver(f.stream, Event::Error(e.to_string())),
                 },
                 (Kind::Body, Some(i)) => whole[i].3.push(f.payload),
@@ -804,7 +792,7 @@ async fn read_frames(
     }
 }
 
-fn deliver_started(lane: &Lane, id: u32, status: u16, headers: frame::Pairs, parts: Vec<Bytes>) {
+fn deliver_started(lane: &Lane, id: u32, status: u16, headers: HeaderMap, parts: Vec<Bytes>) {
     lane.deliver(id, Event::Start(status, headers));
     for part in parts {
         lane.deliver(id, Event::Body(part));

@@ -283,7 +283,7 @@ impl StartResponse {
                     .map_err(|_| PyTypeError::new_err("header values must be str"))?
                     .to_str()?,
             )?;
-            if HOP_BY_HOP.contains(&name.to_ascii_lowercase().as_str()) {
+            if HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(&name)) {
                 return Err(PyAssertionError::new_err(format!(
                     "hop-by-hop header not allowed: {name}"
                 )));
