@@ -74,8 +74,7 @@ impl Inline {
         if let [reader] = &mut self.readers[..] {
             return match reader.read_batch(&conns[0]) {
                 Some(batch) => {
-                    self.pending
-                        .extend(batch.into_iter().map(|(id, r)| (0, id, r)));
+                    self.pending.extend(batch);
                     true
                 }
                 None => false,
@@ -100,9 +99,7 @@ impl Inline {
             }
             // Readable (or closed): this read does not block.
             match reader.read_batch(&conns[lane]) {
-                Some(batch) => self
-                    .pending
-                    .extend(batch.into_iter().map(|(id, r)| (lane, id, r))),
+                Some(batch) => self.pending.extend(batch),
                 None => return false,
             }
         }
@@ -128,7 +125,7 @@ impl FrameReader {
     }
 
     /// Blocks for one read; returns the requests it completed (`None`: the front closed the socket).
-    fn read_batch(&mut self, conn: &Conn) -> Option<Vec<(u32, WireRequest)>> {
+    fn read_batch(&mut self, conn: &Conn) -> Option<Vec<Job>> {
         let n = match self.socket.read(&mut self.chunk) {
             Ok(0) | Err(_) => return None,
             Ok(n) => n,
@@ -138,7 +135,7 @@ impl FrameReader {
 
     /// Like [`FrameReader::read_batch`] but never blocks: picks up cancels and credits between the
     /// blocks of a streamed response.
-    fn try_read_batch(&mut self, conn: &Conn) -> Option<Vec<(u32, WireRequest)>> {
+    fn try_read_batch(&mut self, conn: &Conn) -> Option<Vec<Job>> {
         match rustix::net::recv(
             &self.socket,
             &mut self.chunk,
@@ -152,7 +149,7 @@ impl FrameReader {
     }
 
     /// Takes the frames out of `n` freshly read bytes.
-    fn dispatch(&mut self, n: usize, conn: &Conn) -> Option<Vec<(u32, WireRequest)>> {
+    fn dispatch(&mut self, n: usize, conn: &Conn) -> Option<Vec<Job>> {
         self.buf.extend_from_slice(&self.chunk[..n]);
         let mut requests = Vec::new();
         loop {
@@ -166,7 +163,7 @@ impl FrameReader {
             };
             match frame.kind {
                 Kind::Request => match frame::decode_request(frame.payload) {
-                    Ok(req) => requests.push((frame.stream, req)),
+                    Ok(req) => requests.push((conn.lane, frame.stream, req)),
                     Err(e) => eprintln!("gatehouse worker: bad request frame: {e}"),
                 },
                 Kind::Credit => {
@@ -259,10 +256,7 @@ impl Conn {
             if let Ok(mut inline) = inline.lock() {
                 let inline = &mut *inline;
                 if let Some(requests) = inline.readers[self.lane].try_read_batch(self) {
-                    let lane = self.lane;
-                    inline
-                        .pending
-                        .extend(requests.into_iter().map(|(id, r)| (lane, id, r)));
+                    inline.pending.extend(requests);
                 }
             }
         }
@@ -279,10 +273,7 @@ impl Conn {
                 let reader = &mut inline.readers[self.lane];
                 match py.detach(|| reader.read_batch(self)) {
                     Some(requests) => {
-                        let lane = self.lane;
-                        inline
-                            .pending
-                            .extend(requests.into_iter().map(|(id, r)| (lane, id, r)));
+                        inline.pending.extend(requests);
                         Ok(())
                     }
                     None => Err(std::io::Error::other("front connection closed")),
@@ -475,8 +466,8 @@ fn serve_threaded(readers: Vec<FrameReader>, conns: &[Arc<Conn>], app: app::App,
             .name(format!("lane-{lane}"))
             .spawn(move || {
                 while let Some(batch) = reader.read_batch(&conn) {
-                    for (id, request) in batch {
-                        if jobs.send((lane, id, request)).is_err() {
+                    for job in batch {
+                        if jobs.send(job).is_err() {
                             break;
                         }
                     }
