@@ -1015,6 +1015,49 @@ fn sighup_reloads_app_code_and_config_with_no_failed_request() {
     );
 }
 
+/// Workers open one lane per event loop, counted from the config; a reload that lowers
+/// `server.threads` (which takes effect only at restart) leaves an event loop without a lane of its
+/// own, and it borrows another's: every request still gets its answer.
+#[test]
+fn an_event_loop_without_its_own_lane_borrows_one() {
+    let dir = tempfile::tempdir().expect("tmp");
+    versioned_app(dir.path(), 1);
+    let config = |threads: u32| {
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\nthreads = {threads}\n[targets.app]\nwsgi = \"versioned:app\"\nworkers = 1\n"
+        )
+    };
+    let gh = Gatehouse::start(dir.path(), &config(2));
+    versioned_app(dir.path(), 2);
+    std::fs::write(dir.path().join("gatehouse.toml"), config(1)).expect("write");
+    gh.signal("HUP");
+    wait_for("version 2 to be served", || {
+        client()
+            .get(gh.url("/"))
+            .send()
+            .is_ok_and(|r| r.text().is_ok_and(|t| t == "2"))
+    });
+    // Fresh connections land on both event loops.
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let url = gh.url("/");
+            std::thread::spawn(move || {
+                (0..25)
+                    .map(|_| {
+                        let r = client().get(&url).send().expect("request");
+                        (r.status(), r.text().expect("body"))
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for c in clients {
+        for (status, body) in c.join().expect("client") {
+            assert_eq!((status, body.as_str()), (StatusCode::OK, "2"));
+        }
+    }
+}
+
 #[test]
 fn sigterm_lets_python_requests_in_flight_finish() {
     let s = serve("stdlib_app:app", "workers = 1\nthreads = 2");
