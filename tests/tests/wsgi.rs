@@ -929,6 +929,16 @@ fn max_requests_recycles_workers_without_dropping_a_request() {
     );
 }
 
+/// Waits until the app answers `version` (after a reload).
+fn wait_for_version(gh: &Gatehouse, version: &str) {
+    wait_for(&format!("version {version} to be served"), || {
+        client()
+            .get(gh.url("/"))
+            .send()
+            .is_ok_and(|r| r.text().is_ok_and(|t| t == version))
+    });
+}
+
 fn versioned_app(dir: &Path, version: u32) {
     let code = format!(
         "import time\nVERSION = {version}\n\ndef app(environ, start_response):\n    if environ['PATH_INFO'] == '/slow':\n        time.sleep(1.5)\n    body = str(VERSION).encode()\n    start_response('200 OK', [('Content-Type', 'text/plain'), ('Content-Length', str(len(body)))])\n    return [body]\n"
@@ -971,12 +981,7 @@ fn sighup_reloads_app_code_and_config_with_no_failed_request() {
     std::thread::sleep(Duration::from_millis(300));
     versioned_app(dir.path(), 2);
     gh.signal("HUP");
-    wait_for("version 2 to be served", || {
-        client()
-            .get(gh.url("/"))
-            .send()
-            .is_ok_and(|r| r.text().is_ok_and(|t| t == "2"))
-    });
+    wait_for_version(&gh, "2");
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut all = Vec::new();
@@ -1031,12 +1036,7 @@ fn an_event_loop_without_its_own_lane_borrows_one() {
     versioned_app(dir.path(), 2);
     std::fs::write(dir.path().join("gatehouse.toml"), config(1)).expect("write");
     gh.signal("HUP");
-    wait_for("version 2 to be served", || {
-        client()
-            .get(gh.url("/"))
-            .send()
-            .is_ok_and(|r| r.text().is_ok_and(|t| t == "2"))
-    });
+    wait_for_version(&gh, "2");
     // Fresh connections land on both event loops.
     let clients: Vec<_> = (0..8)
         .map(|_| {
