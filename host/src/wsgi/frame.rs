@@ -258,8 +258,8 @@ impl super::environ::Sink for PairEncoder<'_> {
 pub fn decode_request(payload: bytes::Bytes) -> io::Result<WireRequest> {
     use std::os::unix::ffi::OsStrExt;
     // Checked once here, read in place later: no allocation per pair.
-    let at = pairs_in(&payload)?.try_fold(0, |_, pair| pair.map(|(_, _, end)| end))?;
-    let at = at.max(2);
+    // With no pairs they end right after the 2-byte count.
+    let at = pairs_in(&payload)?.try_fold(2, |_, pair| pair.map(|(_, _, end)| end))?;
     let environ = EnvironPairs(payload.slice(..at));
     let rest = payload.slice(at..);
     match rest.first() {
