@@ -29,7 +29,7 @@ fn plugin(name: &str, source: PluginSource, config_json: &str) -> PluginConfig {
     }
 }
 
-fn exchange() -> Option<Box<Exchange>> {
+fn exchange(client: Option<std::net::SocketAddr>) -> Option<Box<Exchange>> {
     let (parts, ()) = http::Request::get("/static/app.css")
         .header("host", "shop.example.org")
         .header("user-agent", "bench")
@@ -39,7 +39,7 @@ fn exchange() -> Option<Box<Exchange>> {
     Some(Box::new(Exchange::new(
         parts,
         RequestBody::Memory(Bytes::new()),
-        None,
+        client,
     )))
 }
 
@@ -47,7 +47,7 @@ fn bench_chain(c: &mut Criterion, label: &str, plugins: &[PluginConfig]) {
     let services = Arc::new(Services::new(1 << 20));
     let targets = ["app".to_string(), "assets".to_string()];
     let chain = Chain::load(plugins, &targets, services, 1 << 20, None).expect("load the chain");
-    let mut slot = exchange();
+    let mut slot = exchange(None);
     c.bench_function(label, |b| {
         b.iter(|| {
             let mut ran = Ran::default();
@@ -81,7 +81,46 @@ fn benches(c: &mut Criterion) {
             r#"{"limit": 1000000000, "window_ms": 1000}"#,
         );
         bench_chain(c, "ratelimit on-request", std::slice::from_ref(&ratelimit));
+        let headers = plugin(
+            "headers",
+            PluginSource::File(dir.join("headers.wasm")),
+            r#"{"x-frame-options": "DENY", "x-content-type-options": "nosniff"}"#,
+        );
+        let router = plugin(
+            "router",
+            PluginSource::Builtin("router".into()),
+            r#"{"routes": [{"path": "/admin/", "redirect": "/"}, {"path": "/", "target": "app"}]}"#,
+        );
+        bench_request(c, &[router, headers, ratelimit]);
     }
+}
+
+/// The realistic chain of `bench/plugins.sh` over a whole request: on-request, then on-response
+/// on a response with the headers a static file has.
+fn bench_request(c: &mut Criterion, plugins: &[PluginConfig]) {
+    let services = Arc::new(Services::new(1 << 20));
+    let targets = ["app".to_string()];
+    let chain = Chain::load(plugins, &targets, services, 1 << 20, None).expect("load the chain");
+    let mut slot = exchange(Some(([127, 0, 0, 1], 40000).into()));
+    c.bench_function("router + headers + ratelimit, one request", |b| {
+        b.iter(|| {
+            let mut ran = Ran::default();
+            let served = chain.on_request(&mut slot, &mut ran).is_ok();
+            if let Some(ex) = slot.as_deref_mut() {
+                ex.response = Some(
+                    http::Response::builder()
+                        .header("content-type", "application/octet-stream")
+                        .header("content-length", "1024")
+                        .header("etag", "\"400-5f2b\"")
+                        .body(gatehouse::body::Body::Empty)
+                        .expect("response"),
+                );
+            }
+            let answered = chain.on_response(&mut slot, ran).is_ok();
+            black_box(slot.as_deref_mut().and_then(|ex| ex.response.take()));
+            black_box(served && answered)
+        })
+    });
 }
 
 criterion_group!(plugin_calls, benches);

@@ -80,7 +80,7 @@ impl<'a> Request<'a> {
     /// The method, e.g. `GET`.
     pub fn method(&self) -> &str {
         match &self.inner {
-            ReqInner::Host(r) => &self.head(r).method,
+            ReqInner::Host(r) => method_str(&self.head(r).method),
             ReqInner::Test(t) => &t.method,
         }
     }
@@ -89,7 +89,7 @@ impl<'a> Request<'a> {
     pub fn set_method(&mut self, method: &str) -> Result<(), String> {
         self.head.take();
         match &mut self.inner {
-            ReqInner::Host(r) => r.set_method(method),
+            ReqInner::Host(r) => r.set_method(wit_method(method)),
             ReqInner::Test(t) => {
                 t.method = method.to_string();
                 Ok(())
@@ -273,12 +273,42 @@ impl<'a> Request<'a> {
     }
 }
 
-fn wit_headers(headers: &[(&str, &str)]) -> Vec<wit::Header> {
+fn method_str(method: &wit::MethodResult) -> &str {
+    match method {
+        wit::MethodResult::Get => "GET",
+        wit::MethodResult::Head => "HEAD",
+        wit::MethodResult::Post => "POST",
+        wit::MethodResult::Put => "PUT",
+        wit::MethodResult::Delete => "DELETE",
+        wit::MethodResult::Connect => "CONNECT",
+        wit::MethodResult::Options => "OPTIONS",
+        wit::MethodResult::Trace => "TRACE",
+        wit::MethodResult::Patch => "PATCH",
+        wit::MethodResult::Other(token) => token,
+    }
+}
+
+fn wit_method(method: &str) -> wit::MethodParam<'_> {
+    match method {
+        "GET" => wit::MethodParam::Get,
+        "HEAD" => wit::MethodParam::Head,
+        "POST" => wit::MethodParam::Post,
+        "PUT" => wit::MethodParam::Put,
+        "DELETE" => wit::MethodParam::Delete,
+        "CONNECT" => wit::MethodParam::Connect,
+        "OPTIONS" => wit::MethodParam::Options,
+        "TRACE" => wit::MethodParam::Trace,
+        "PATCH" => wit::MethodParam::Patch,
+        other => wit::MethodParam::Other(other),
+    }
+}
+
+fn wit_headers<'a>(headers: &[(&'a str, &'a str)]) -> Vec<wit::HeaderParam<'a>> {
     headers
         .iter()
-        .map(|(name, value)| wit::Header {
-            name: name.to_string(),
-            value: value.as_bytes().to_vec(),
+        .map(|(name, value)| wit::HeaderParam {
+            name,
+            value: value.as_bytes(),
         })
         .collect()
 }
@@ -526,7 +556,7 @@ pub fn on_request<F: Filter>(req: &wit::Request) -> wit::Action {
             headers: r
                 .headers
                 .into_iter()
-                .map(|(name, value)| wit::Header { name, value })
+                .map(|(name, value)| wit::HeaderResult { name, value })
                 .collect(),
             body: r.body,
         }),
@@ -571,4 +601,24 @@ pub fn on_log<F: Filter>(req: &wit::Request, entry: wit::LogEntry) -> wit::HookS
     status(run_hook(|| {
         with_filter::<F, _>(|f| f.on_log(&mut request, &entry))
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{method_str, wit, wit_method};
+
+    #[test]
+    fn methods_cross_the_contract_as_cases_or_tokens() {
+        assert!(matches!(wit_method("GET"), wit::MethodParam::Get));
+        assert!(matches!(wit_method("PATCH"), wit::MethodParam::Patch));
+        assert!(matches!(
+            wit_method("PROPFIND"),
+            wit::MethodParam::Other("PROPFIND")
+        ));
+        assert_eq!(method_str(&wit::MethodResult::Options), "OPTIONS");
+        assert_eq!(
+            method_str(&wit::MethodResult::Other("PROPFIND".into())),
+            "PROPFIND"
+        );
+    }
 }

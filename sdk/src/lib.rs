@@ -161,6 +161,8 @@ pub mod __private {
             pub_export_macro: true,
             export_macro_name: "__export_plugin_impl",
             default_bindings_module: "gatehouse_sdk::__private::bindings",
+            // Imports borrow their arguments: setting headers copies nothing in the guest.
+            ownership: Borrowing { duplicate_if_necessary: true },
         });
     }
 }

@@ -107,6 +107,31 @@ fn plugins_rewrite_method_path_and_query_for_later_plugins_and_the_target() {
         assert!(text.lines().any(|l| l == line), "{line:?} not in\n{text}");
     }
 
+    // Methods without a case of their own in the contract cross as tokens, both ways.
+    let propfind = reqwest::Method::from_bytes(b"PROPFIND").expect("method");
+    let (_dir, gh) = start(
+        &[
+            probe("w", ", set_method = \"MKCOL\""),
+            probe("e", ", echo = true"),
+        ]
+        .concat(),
+    );
+    let text = client()
+        .request(propfind.clone(), gh.url("/x"))
+        .send()
+        .expect("request")
+        .text()
+        .expect("body");
+    assert!(text.lines().any(|l| l == "method=MKCOL"), "{text}");
+    let (_dir, gh) = start(&probe("e", ", echo = true"));
+    let text = client()
+        .request(propfind, gh.url("/x"))
+        .send()
+        .expect("request")
+        .text()
+        .expect("body");
+    assert!(text.lines().any(|l| l == "method=PROPFIND"), "{text}");
+
     // The static target serves the rewritten path.
     let (_dir, gh) = start(&probe("w", ", set_path = \"/other/page.txt\""));
     let r = client().get(gh.url("/anything")).send().expect("request");
