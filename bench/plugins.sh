@@ -134,4 +134,4 @@ pids=()
 echo
 echo "one plugin call (criterion, in-process):"
 FIXTURES=$FIX cargo bench --locked -p gatehouse --bench plugin_call -- --noplot 2>/dev/null \
-  | grep -E '^[a-z0-9].*on-request|time:' | paste - - | awk '{$1=$1; print}'
+  | grep -E '^[a-z0-9].*(on-request|one request)|time:' | paste - - | awk '{$1=$1; print}'
