@@ -110,11 +110,11 @@ pub fn write(req: &Parts, origin: &Origin<'_>, body_len: usize, env: &mut impl S
     env.put("SERVER_NAME", name.as_bytes());
     env.put("SERVER_PORT", port.as_bytes());
     match origin.remote_ip {
-        Some(ip) => env.put("REMOTE_ADDR", ip.to_string().as_bytes()),
+        Some(ip) => env.put("REMOTE_ADDR", crate::server::conn::ip_text(ip).as_bytes()),
         None => env.put("REMOTE_ADDR", b"unix"),
     }
     if let Some(port) = origin.remote_port {
-        env.put("REMOTE_PORT", port.to_string().as_bytes());
+        env.put("REMOTE_PORT", itoa::Buffer::new().format(port).as_bytes());
     }
     env.put("wsgi.url_scheme", origin.scheme.as_bytes());
 
@@ -124,7 +124,10 @@ pub fn write(req: &Parts, origin: &Origin<'_>, body_len: usize, env: &mut impl S
     // The body is fully buffered, so a chunked body has a known length too: frameworks such as
     // Django read exactly CONTENT_LENGTH bytes.
     if req.headers.contains_key(CONTENT_LENGTH) || body_len > 0 {
-        env.put("CONTENT_LENGTH", body_len.to_string().as_bytes());
+        env.put(
+            "CONTENT_LENGTH",
+            itoa::Buffer::new().format(body_len).as_bytes(),
+        );
     }
 
     // `keys()` yields each name once, whatever the number of values.

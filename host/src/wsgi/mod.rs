@@ -7,6 +7,7 @@
 pub mod environ;
 pub mod forwarded;
 pub mod frame;
+mod inbox;
 pub mod interpreter;
 pub mod pool;
 pub mod transport;

@@ -25,9 +25,9 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::frame::{self, Kind};
-use super::transport;
 use super::worker::EXIT_APP_LOAD_FAILED;
 use super::{WORKER_ENV, WorkerSpec};
+use super::{inbox, transport};
 use crate::body::Body;
 use crate::error::HttpError;
 
@@ -49,7 +49,7 @@ enum Event {
 #[derive(Debug)]
 struct Lane {
     frames: transport::Sender,
-    streams: Mutex<HashMap<u32, mpsc::UnboundedSender<Event>>>,
+    streams: Mutex<HashMap<u32, inbox::Sender<Event>>>,
     next_stream: AtomicU32,
 }
 
@@ -81,9 +81,9 @@ impl Lane {
         self.frames.send(buf);
     }
 
-    fn open_stream(&self) -> (u32, mpsc::UnboundedReceiver<Event>) {
+    fn open_stream(&self) -> (u32, inbox::Receiver<Event>) {
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed).max(1);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = inbox::inbox();
         if let Ok(mut streams) = self.streams.lock() {
             streams.insert(id, tx);
         }
@@ -100,9 +100,8 @@ impl Lane {
     }
 
     fn deliver(&self, id: u32, event: Event) {
-        let tx = self.streams.lock().ok().and_then(|s| s.get(&id).cloned());
-        if let Some(tx) = tx {
-            let _ = tx.send(event);
+        if let Some(tx) = self.streams.lock().ok().as_ref().and_then(|s| s.get(&id)) {
+            tx.send(event);
         }
     }
 
@@ -114,7 +113,7 @@ impl Lane {
             .map(|mut s| s.drain().collect())
             .unwrap_or_default();
         for (_, tx) in streams {
-            let _ = tx.send(Event::Gone);
+            tx.send(Event::Gone);
         }
     }
 }
@@ -392,7 +391,7 @@ pub struct ResponseStream {
     worker: Arc<Worker>,
     lane: Arc<Lane>,
     id: u32,
-    events: Option<mpsc::UnboundedReceiver<Event>>,
+    events: Option<inbox::Receiver<Event>>,
     _permit: OwnedSemaphorePermit,
     deadline: tokio::time::Instant,
     /// The deadline's timer, made when the body first has to wait.
