@@ -374,11 +374,50 @@ impl FileWrapper {
     }
 }
 
+/// Environ keys most requests carry. Their Python strings are made once per worker, so a request
+/// reuses them (with their hashes already computed) instead of building and hashing ~20 new keys.
+const COMMON_KEYS: [&str; 32] = [
+    "REQUEST_METHOD",
+    "SCRIPT_NAME",
+    "PATH_INFO",
+    "QUERY_STRING",
+    "SERVER_PROTOCOL",
+    "SERVER_NAME",
+    "SERVER_PORT",
+    "REMOTE_ADDR",
+    "REMOTE_PORT",
+    "wsgi.url_scheme",
+    "CONTENT_TYPE",
+    "CONTENT_LENGTH",
+    "HTTP_HOST",
+    "HTTP_USER_AGENT",
+    "HTTP_ACCEPT",
+    "HTTP_ACCEPT_ENCODING",
+    "HTTP_ACCEPT_LANGUAGE",
+    "HTTP_CONNECTION",
+    "HTTP_COOKIE",
+    "HTTP_REFERER",
+    "HTTP_ORIGIN",
+    "HTTP_AUTHORIZATION",
+    "HTTP_CACHE_CONTROL",
+    "HTTP_PRAGMA",
+    "HTTP_IF_NONE_MATCH",
+    "HTTP_IF_MODIFIED_SINCE",
+    "HTTP_X_FORWARDED_FOR",
+    "HTTP_X_FORWARDED_PROTO",
+    "HTTP_X_REQUEST_ID",
+    "HTTP_X_REQUESTED_WITH",
+    "HTTP_UPGRADE_INSECURE_REQUESTS",
+    "HTTP_DNT",
+];
+
 /// The loaded app and what every request's environ shares, prepared once per worker.
 #[derive(Debug)]
 pub struct App {
     callable: Py<PyAny>,
     template: Py<PyDict>,
+    /// `COMMON_KEYS` as Python strings, same order.
+    keys: Vec<Py<PyString>>,
     bytes_io: Py<PyAny>,
     open: Py<PyAny>,
 }
@@ -398,6 +437,10 @@ impl App {
         Ok(App {
             callable,
             template: template.unbind(),
+            keys: COMMON_KEYS
+                .iter()
+                .map(|k| PyString::intern(py, k).unbind())
+                .collect(),
             bytes_io: io.getattr("BytesIO")?.unbind(),
             open: io.getattr("open")?.unbind(),
         })
@@ -458,6 +501,10 @@ fn run(
     // The constant wsgi.* entries are copied from a template (one C-level dict copy).
     let environ = app.template.bind(py).copy()?;
     for (key, value) in request.environ.iter() {
+        let key = match COMMON_KEYS.iter().position(|k| *k == key) {
+            Some(i) => app.keys[i].bind(py).clone(),
+            None => PyString::new(py, key),
+        };
         // PEP 3333: native strings whose code points are the bytes (latin-1).
         match std::str::from_utf8(value)
             .ok()
