@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Response, StatusCode};
+use rustc_hash::FxHashMap;
 use thread_local::ThreadLocal;
 use tokio::io::AsyncReadExt;
 use tokio::net::{UnixListener, UnixStream};
@@ -49,7 +50,8 @@ enum Event {
 #[derive(Debug)]
 struct Lane {
     frames: transport::Sender,
-    streams: Mutex<HashMap<u32, inbox::Sender<Event>>>,
+    /// Requests waiting for frames, by stream id (ours, sequential: a fast hash is safe).
+    streams: Mutex<FxHashMap<u32, inbox::Sender<Event>>>,
     next_stream: AtomicU32,
 }
 
@@ -60,7 +62,7 @@ impl Lane {
         let (frames, mut receiver) = transport::over_socket(UnixStream::from_std(socket)?);
         let lane = Arc::new(Lane {
             frames,
-            streams: Mutex::new(HashMap::new()),
+            streams: Mutex::new(FxHashMap::default()),
             next_stream: AtomicU32::new(1),
         });
         let reading = Arc::clone(&lane);

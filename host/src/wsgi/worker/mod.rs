@@ -11,7 +11,7 @@
 mod app;
 mod deferred;
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
@@ -45,7 +45,8 @@ struct Conn {
     /// This lane's index among the worker's lanes.
     lane: usize,
     writer: Mutex<UnixStream>,
-    streams: Mutex<HashMap<u32, Arc<Stream>>>,
+    /// By stream id (the front's, sequential: a fast hash is safe).
+    streams: Mutex<FxHashMap<u32, Arc<Stream>>>,
     /// With one thread, that thread also reads the sockets (no hand-off between threads per
     /// request); shared by all lanes.
     inline: Option<Arc<Mutex<Inline>>>,
@@ -349,7 +350,7 @@ pub fn main(spec: WorkerSpec) -> ExitCode {
             Arc::new(Conn {
                 lane,
                 writer: Mutex::new(writer),
-                streams: Mutex::new(HashMap::new()),
+                streams: Mutex::new(FxHashMap::default()),
                 inline: inline.clone(),
                 deferred: Mutex::default(),
                 watchdog: watchdog.clone(),
