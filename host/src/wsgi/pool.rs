@@ -27,8 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::frame::{self, Kind};
 use super::worker::EXIT_APP_LOAD_FAILED;
-use super::{WORKER_ENV, WorkerSpec};
-use super::{inbox, transport};
+use super::{WORKER_ENV, WorkerSpec, inbox, transport};
 use crate::body::Body;
 use crate::error::HttpError;
 
