@@ -128,11 +128,7 @@ impl LoopSocket {
 /// `SO_REUSEPORT` would let a second server (another Gatehouse started by mistake, say) join the
 /// port and silently take half of its connections; a plain bind first refuses a port in use.
 fn ensure_free(addr: SocketAddr) -> std::io::Result<()> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    socket.set_reuse_address(true)?;
+    let socket = tcp_socket(addr)?;
     socket.bind(&addr.into()).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
             std::io::Error::new(
@@ -145,13 +141,19 @@ fn ensure_free(addr: SocketAddr) -> std::io::Result<()> {
     })
 }
 
-fn bind_tcp(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+/// A TCP socket for `addr`, set up as every listener (and the free-port probe) wants it.
+fn tcp_socket(addr: SocketAddr) -> std::io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
         // `[::]:80` and `0.0.0.0:80` can then both be listed, as in nginx.
         socket.set_only_v6(true)?;
     }
     socket.set_reuse_address(true)?;
+    Ok(socket)
+}
+
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = tcp_socket(addr)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;

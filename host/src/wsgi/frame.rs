@@ -338,10 +338,10 @@ pub fn encode_start(status: u16, reason: &str, headers: &[(String, Vec<u8>)]) ->
     out
 }
 
-/// Decodes [`encode_start`]'s output into status, reason and headers.
-/// Decodes a response head straight into a header map: values share the frame's bytes (no copy).
-/// The reason phrase is not kept (HTTP/2 has none and hyper writes the standard one). A header
-/// that is not valid HTTP is dropped with a warning: the app's mistake must not cost the response.
+/// Decodes [`encode_start`]'s output straight into a status and a header map whose values share
+/// the frame's bytes (no copy). The reason phrase is not kept (HTTP/2 has none and hyper writes the
+/// standard one). A header that is not valid HTTP is dropped with a warning: the app's mistake must
+/// not cost the response.
 pub fn decode_start(payload: bytes::Bytes) -> io::Result<(u16, http::HeaderMap)> {
     let bad = || io::Error::new(io::ErrorKind::InvalidData, "truncated start frame");
     if payload.len() < 4 {
