@@ -11,7 +11,6 @@
 mod app;
 mod deferred;
 
-use rustc_hash::FxHashMap;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
@@ -20,6 +19,7 @@ use std::sync::{Arc, Condvar, Mutex, mpsc};
 
 use bytes::BytesMut;
 use pyo3::prelude::*;
+use rustc_hash::FxHashMap;
 
 use super::WorkerSpec;
 use super::frame::{self, Kind, WireRequest};
