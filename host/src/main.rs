@@ -107,7 +107,7 @@ fn serve(cli: &Cli) -> anyhow::Result<ExitCode> {
     let server = Server::bind(&config, access_log)?;
     let addrs = server.local_addrs();
     for addr in &addrs {
-        tracing::info!("listening on {addr}");
+        tracing::info!(threads = config.server.threads, "listening on {addr}");
     }
     // Handlers are installed before anyone is told we are ready: a SIGTERM right after the ready file
     // appears must be a graceful stop, not the default action.

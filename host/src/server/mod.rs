@@ -48,9 +48,15 @@ impl Reloader {
     /// Builds the new targets (starting new workers and waiting for them) and swaps them in. On any
     /// error the running configuration keeps serving. Listener and thread changes need a restart.
     pub fn reload(&self, config: &Config) -> Result<(), StartError> {
-        if config.server.listen != self.listen || config.server.threads != self.threads {
+        if config.server.listen != self.listen {
+            tracing::warn!("server.listen changes take effect at the next restart");
+        }
+        if config.server.threads != self.threads {
+            // Also reached without touching `threads`: its default follows the WSGI workers.
             tracing::warn!(
-                "server.listen and server.threads changes take effect at the next restart"
+                running = self.threads,
+                configured = config.server.threads,
+                "the number of event-loop threads (server.threads) changes at the next restart"
             );
         }
         // Plugins first: a plugin that fails to load leaves the old chain serving, with no new
