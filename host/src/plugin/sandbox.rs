@@ -35,8 +35,15 @@ pub fn engine_config() -> wasmtime::Config {
     config.epoch_interruption(true);
     config.wasm_component_model(true);
     config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+    // For profiling plugins: `perf report` then names their functions (from /tmp/perf-PID.map).
+    if std::env::var_os(PERFMAP_ENV).is_some_and(|v| v == "1") {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     config
 }
+
+/// Set to `1` to have wasmtime write a perf map of the plugins' compiled code.
+pub const PERFMAP_ENV: &str = "GATEHOUSE_PERFMAP";
 
 /// WASI for what Rust's `std` links to, with nothing granted: no preopened directories, no
 /// environment variables or arguments, no sockets or name lookups, stdio discarded.
