@@ -478,7 +478,8 @@ pub struct LoggedBody {
     sent: u64,
     status: u16,
     // Boxed: hyper moves the response (and so this body) several times per request, and a
-    // 500-byte body made those moves a visible share of a small request's cost.
+    // 416-byte body (528 with the response head) made those moves a visible share of a small
+    // request's cost.
     log: Option<Box<PendingLog>>,
     plugin_log: Option<Box<PluginLog>>,
     _guard: RequestGuard,
