@@ -26,6 +26,18 @@ impl<T> Shared<T> {
         // A panic while holding this lock leaves the queue consistent (push/pop only).
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Changes the state, then wakes the waiting task (outside the lock).
+    fn change_and_wake(&self, change: impl FnOnce(&mut State<T>)) {
+        let waker = {
+            let mut state = self.lock();
+            change(&mut state);
+            state.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
 }
 
 /// A new inbox: the sender for the lane, the receiver for the request.
@@ -47,27 +59,13 @@ pub struct Sender<T>(Arc<Shared<T>>);
 impl<T> Sender<T> {
     /// Queues an event and wakes the waiting task.
     pub fn send(&self, event: T) {
-        let waker = {
-            let mut state = self.0.lock();
-            state.queue.push_back(event);
-            state.waker.take()
-        };
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        self.0.change_and_wake(|state| state.queue.push_back(event));
     }
 }
 
 impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
-        let waker = {
-            let mut state = self.0.lock();
-            state.closed = true;
-            state.waker.take()
-        };
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        self.0.change_and_wake(|state| state.closed = true);
     }
 }
 
