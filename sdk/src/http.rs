@@ -44,7 +44,8 @@ enum ReqInner<'a> {
 /// The client's request. Changes made in [`Filter::on_request`] are what the target sees.
 pub struct Request<'a> {
     inner: ReqInner<'a>,
-    /// Method, path, query and host, fetched from the host together on first use.
+    /// Method, path, query and host: passed with the call ([`Filter::REQUEST_HEAD`]) or fetched
+    /// from the host together on first use.
     head: std::cell::OnceCell<wit::RequestHead>,
 }
 
@@ -59,10 +60,10 @@ fn lossy(bytes: Vec<u8>) -> String {
 }
 
 impl<'a> Request<'a> {
-    pub(crate) fn host(req: &'a wit::Request) -> Request<'a> {
+    pub(crate) fn host(req: &'a wit::Request, head: Option<wit::RequestHead>) -> Request<'a> {
         Request {
             inner: ReqInner::Host(req),
-            head: std::cell::OnceCell::new(),
+            head: head.map_or_else(std::cell::OnceCell::new, std::cell::OnceCell::from),
         }
     }
 
@@ -184,14 +185,18 @@ impl<'a> Request<'a> {
         }
     }
 
-    /// Sets several headers at once (one host call), each replacing its values.
-    pub fn set_headers(&mut self, headers: &[(&str, &str)]) -> Result<(), String> {
+    /// Sets several headers at once (one host call), each replacing its values; names and values
+    /// as `&str` or `String` (values may also be bytes).
+    pub fn set_headers<N: AsRef<str>, V: AsRef<[u8]>>(
+        &mut self,
+        headers: &[(N, V)],
+    ) -> Result<(), String> {
         self.head.take();
         match &mut self.inner {
             ReqInner::Host(r) => r.set_headers(&wit_headers(headers)),
             ReqInner::Test(t) => headers
                 .iter()
-                .try_for_each(|(n, v)| t.set_header(n, v.as_bytes(), false)),
+                .try_for_each(|(n, v)| t.set_header(n.as_ref(), v.as_ref(), false)),
         }
     }
 
@@ -214,9 +219,22 @@ impl<'a> Request<'a> {
     }
 
     /// The client's IP address (`None` on a Unix-socket listener).
+    pub fn client_addr(&self) -> Option<std::net::IpAddr> {
+        match &self.inner {
+            ReqInner::Host(r) => r.client_addr().map(|a| match a {
+                wit::IpAddress::V4((a, b, c, d)) => std::net::Ipv4Addr::new(a, b, c, d).into(),
+                wit::IpAddress::V6((a, b, c, d, e, f, g, h)) => {
+                    std::net::Ipv6Addr::new(a, b, c, d, e, f, g, h).into()
+                }
+            }),
+            ReqInner::Test(t) => t.client_ip.as_deref().and_then(|ip| ip.parse().ok()),
+        }
+    }
+
+    /// The client's IP address as text, e.g. `192.0.2.7` (`None` on a Unix-socket listener).
     pub fn client_ip(&self) -> Option<String> {
         match &self.inner {
-            ReqInner::Host(r) => r.client_ip(),
+            ReqInner::Host(_) => self.client_addr().map(ip_text),
             ReqInner::Test(t) => t.client_ip.clone(),
         }
     }
@@ -303,12 +321,33 @@ fn wit_method(method: &str) -> wit::MethodParam<'_> {
     }
 }
 
-fn wit_headers<'a>(headers: &[(&'a str, &'a str)]) -> Vec<wit::HeaderParam<'a>> {
+/// IPv4 by hand: `Display` (the formatting machinery) costs more than the host call that fetched it.
+fn ip_text(ip: std::net::IpAddr) -> String {
+    let std::net::IpAddr::V4(v4) = ip else {
+        return ip.to_string();
+    };
+    let mut text = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text.push('.');
+        }
+        if octet >= 100 {
+            text.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            text.push(char::from(b'0' + octet / 10 % 10));
+        }
+        text.push(char::from(b'0' + octet % 10));
+    }
+    text
+}
+
+fn wit_headers<N: AsRef<str>, V: AsRef<[u8]>>(headers: &[(N, V)]) -> Vec<wit::HeaderParam<'_>> {
     headers
         .iter()
         .map(|(name, value)| wit::HeaderParam {
-            name,
-            value: value.as_bytes(),
+            name: name.as_ref(),
+            value: value.as_ref(),
         })
         .collect()
 }
@@ -380,13 +419,17 @@ impl<'a> Reply<'a> {
         }
     }
 
-    /// Sets several headers at once (one host call), each replacing its values.
-    pub fn set_headers(&mut self, headers: &[(&str, &str)]) -> Result<(), String> {
+    /// Sets several headers at once (one host call), each replacing its values; names and values
+    /// as `&str` or `String` (values may also be bytes).
+    pub fn set_headers<N: AsRef<str>, V: AsRef<[u8]>>(
+        &mut self,
+        headers: &[(N, V)],
+    ) -> Result<(), String> {
         match &mut self.inner {
             RespInner::Host(r) => r.set_headers(&wit_headers(headers)),
             RespInner::Test(t) => headers
                 .iter()
-                .try_for_each(|(n, v)| t.set_header(n, v.as_bytes(), false)),
+                .try_for_each(|(n, v)| t.set_header(n.as_ref(), v.as_ref(), false)),
         }
     }
 
@@ -473,9 +516,10 @@ pub enum Action {
     Respond(Response),
     /// Go on, and send the request to this target (unless a later plugin chooses again).
     Route {
-        /// A target name from the config's `[targets]`.
+        /// A target name from the config's `[targets]`; another name fails the request (500).
         target: String,
-        /// A path prefix the target treats as its mount point (WSGI: `SCRIPT_NAME`).
+        /// A prefix of the request's path, ending at a segment, that the target treats as its
+        /// mount point (WSGI: `SCRIPT_NAME`); one the path is not below fails the request (500).
         strip_prefix: Option<String>,
     },
 }
@@ -500,6 +544,15 @@ thread_local! {
     static UNIMPLEMENTED: Cell<bool> = const { Cell::new(false) };
     static FILTER: std::cell::RefCell<Option<Box<dyn std::any::Any>>> = const { std::cell::RefCell::new(None) };
     pub(crate) static TARGETS: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The request and response handles `init` received; they stand for those of every hook call.
+    static HANDLES: std::cell::RefCell<Option<(wit::Request, wit::Response)>> = const { std::cell::RefCell::new(None) };
+}
+
+fn with_handles<R>(f: impl FnOnce(&wit::Request, &wit::Response) -> R) -> R {
+    HANDLES.with(|cell| match cell.borrow().as_ref() {
+        Some((req, resp)) => f(req, resp),
+        None => panic!("gatehouse-sdk: a hook ran before init"),
+    })
 }
 
 /// Called by the default hooks: the host will stop calling them.
@@ -531,8 +584,14 @@ fn with_filter<F: Filter, R>(f: impl FnOnce(&F) -> R) -> R {
 }
 
 /// `init` export.
-pub fn init<F: Filter>(config: String, targets: Vec<String>) -> Result<wit::Capabilities, String> {
+pub fn init<F: Filter>(
+    config: String,
+    targets: Vec<String>,
+    req: wit::Request,
+    resp: wit::Response,
+) -> Result<wit::Capabilities, String> {
     TARGETS.with(|t| *t.borrow_mut() = targets);
+    HANDLES.with(|h| *h.borrow_mut() = Some((req, resp)));
     std::panic::set_hook(Box::new(|info| {
         crate::log::error(&format!("plugin panicked: {info}"));
     }));
@@ -540,33 +599,70 @@ pub fn init<F: Filter>(config: String, targets: Vec<String>) -> Result<wit::Capa
     FILTER.with(|cell| *cell.borrow_mut() = Some(Box::new(filter)));
     Ok(wit::Capabilities {
         response_body: F::RESPONSE_BODY,
+        request_head: F::REQUEST_HEAD,
     })
 }
 
 /// `on-request` export.
-pub fn on_request<F: Filter>(req: &wit::Request) -> wit::Action {
-    let mut request = Request::host(req);
-    let mut action = Action::Continue;
-    let unimplemented = run_hook(|| action = with_filter::<F, _>(|f| f.on_request(&mut request)));
-    match action {
-        Action::Continue if unimplemented => wit::Action::Unimplemented,
-        Action::Continue => wit::Action::Continue,
-        Action::Respond(r) => wit::Action::Respond(wit::LocalResponse {
-            status: r.status,
-            headers: r
-                .headers
-                .into_iter()
-                .map(|(name, value)| wit::HeaderResult { name, value })
-                .collect(),
-            body: r.body,
-        }),
-        Action::Route {
-            target,
-            strip_prefix,
-        } => wit::Action::Route(wit::Route {
-            target,
-            strip_prefix,
-        }),
+pub fn on_request<F: Filter>(head: Option<wit::RequestHead>) -> wit::Action {
+    with_handles(|req, _| {
+        let mut request = Request::host(req, head);
+        let mut action = Action::Continue;
+        let unimplemented =
+            run_hook(|| action = with_filter::<F, _>(|f| f.on_request(&mut request)));
+        match action {
+            Action::Continue if unimplemented => wit::Action::Unimplemented,
+            Action::Continue => wit::Action::Continue,
+            Action::Respond(r) => {
+                let headers: Vec<wit::HeaderParam<'_>> = r
+                    .headers
+                    .iter()
+                    .map(|(name, value)| wit::HeaderParam { name, value })
+                    .collect();
+                req.respond(wit::LocalResponse {
+                    status: r.status,
+                    headers: &headers,
+                    body: &r.body,
+                });
+                wit::Action::Respond
+            }
+            Action::Route {
+                target,
+                strip_prefix,
+            } => wit::Action::Route(wit_route(&request, &target, strip_prefix.as_deref())),
+        }
+    })
+}
+
+/// A route as the contract has it: the target's position in the config's list, and the mount
+/// point's length in the path. A name or prefix that does not fit is logged here (the host only
+/// sees numbers) and sent as a number the host rejects, so the request fails as for any plugin error.
+fn wit_route(request: &Request, target: &str, strip_prefix: Option<&str>) -> wit::Route {
+    const INVALID: u32 = u32::MAX;
+    let index = TARGETS.with(|t| t.borrow().iter().position(|name| name == target));
+    let target = index.map_or_else(
+        || {
+            crate::log::error(&format!(
+                "routed to {target:?}, which is not a configured target"
+            ));
+            INVALID
+        },
+        |i| i as u32,
+    );
+    let strip_prefix = match strip_prefix {
+        None | Some("") => 0,
+        Some(prefix) if request.path().starts_with(prefix) => prefix.len() as u32,
+        Some(prefix) => {
+            crate::log::error(&format!(
+                "strip_prefix {prefix:?} is not a prefix of the path {:?}",
+                request.path()
+            ));
+            INVALID
+        }
+    };
+    wit::Route {
+        target,
+        strip_prefix,
     }
 }
 
@@ -579,28 +675,32 @@ fn status(unimplemented: bool) -> wit::HookStatus {
 }
 
 /// `on-response` export.
-pub fn on_response<F: Filter>(req: &wit::Request, resp: &wit::Response) -> wit::HookStatus {
-    let mut request = Request::host(req);
-    let mut reply = Reply {
-        inner: RespInner::Host(resp),
-    };
-    status(run_hook(|| {
-        with_filter::<F, _>(|f| f.on_response(&mut request, &mut reply))
-    }))
+pub fn on_response<F: Filter>() -> wit::HookStatus {
+    with_handles(|req, resp| {
+        let mut request = Request::host(req, None);
+        let mut reply = Reply {
+            inner: RespInner::Host(resp),
+        };
+        status(run_hook(|| {
+            with_filter::<F, _>(|f| f.on_response(&mut request, &mut reply))
+        }))
+    })
 }
 
 /// `on-log` export.
-pub fn on_log<F: Filter>(req: &wit::Request, entry: wit::LogEntry) -> wit::HookStatus {
-    let mut request = Request::host(req);
-    let entry = LogEntry {
-        status: entry.status,
-        bytes_sent: entry.bytes_sent,
-        duration_us: entry.duration_us,
-        target: entry.target,
-    };
-    status(run_hook(|| {
-        with_filter::<F, _>(|f| f.on_log(&mut request, &entry))
-    }))
+pub fn on_log<F: Filter>(entry: wit::LogEntry) -> wit::HookStatus {
+    with_handles(|req, _| {
+        let mut request = Request::host(req, None);
+        let entry = LogEntry {
+            status: entry.status,
+            bytes_sent: entry.bytes_sent,
+            duration_us: entry.duration_us,
+            target: entry.target,
+        };
+        status(run_hook(|| {
+            with_filter::<F, _>(|f| f.on_log(&mut request, &entry))
+        }))
+    })
 }
 
 #[cfg(test)]

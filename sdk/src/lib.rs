@@ -56,6 +56,11 @@ pub trait Filter: Sized + 'static {
     /// host then buffers them, up to `server.limits.body_buffer_size`).
     const RESPONSE_BODY: bool = false;
 
+    /// Set to `true` if the filter reads the method, path, query or host on most requests (a router
+    /// does): the host then passes them with each [`Filter::on_request`] call, saving the host call
+    /// that otherwise fetches them on first use.
+    const REQUEST_HEAD: bool = false;
+
     /// Builds the filter from its configuration; an `Err` is reported by `gatehouse check` and at
     /// startup with the plugin's name.
     fn new(config: Self::Config) -> Result<Self, String>;
@@ -110,26 +115,26 @@ macro_rules! export_filter {
                 fn init(
                     config: ::std::string::String,
                     targets: ::std::vec::Vec<::std::string::String>,
+                    req: $crate::__private::WitRequest,
+                    resp: $crate::__private::WitResponse,
                 ) -> ::std::result::Result<
                     $crate::__private::Capabilities,
                     ::std::string::String,
                 > {
-                    $crate::__private::init::<$filter>(config, targets)
+                    $crate::__private::init::<$filter>(config, targets, req, resp)
                 }
-                fn on_request(req: &$crate::__private::WitRequest) -> $crate::__private::WitAction {
-                    $crate::__private::on_request::<$filter>(req)
+                fn on_request(
+                    head: ::std::option::Option<$crate::__private::WitRequestHead>,
+                ) -> $crate::__private::WitAction {
+                    $crate::__private::on_request::<$filter>(head)
                 }
-                fn on_response(
-                    req: &$crate::__private::WitRequest,
-                    resp: &$crate::__private::WitResponse,
-                ) -> $crate::__private::HookStatus {
-                    $crate::__private::on_response::<$filter>(req, resp)
+                fn on_response() -> $crate::__private::HookStatus {
+                    $crate::__private::on_response::<$filter>()
                 }
                 fn on_log(
-                    req: &$crate::__private::WitRequest,
                     entry: $crate::__private::WitLogEntry,
                 ) -> $crate::__private::HookStatus {
-                    $crate::__private::on_log::<$filter>(req, entry)
+                    $crate::__private::on_log::<$filter>(entry)
                 }
             }
             $crate::__export_plugin_impl!(GatehouseExport with_types_in $crate::__private::bindings);
@@ -150,7 +155,7 @@ pub mod __private {
     pub use bindings::Guest;
     pub use bindings::gatehouse::plugin::http::{
         Action as WitAction, Capabilities, HookStatus, LogEntry as WitLogEntry,
-        Request as WitRequest, Response as WitResponse,
+        Request as WitRequest, RequestHead as WitRequestHead, Response as WitResponse,
     };
 
     #[allow(missing_docs, unsafe_code, clippy::all)]

@@ -166,13 +166,31 @@ fn plugins_choose_targets_and_strip_prefixes() {
     let r = c.get(gh.url("/o/page.txt")).send().expect("request");
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.text().expect("body"), "other page\n");
-    // Outside the stripped prefix the target has nothing to serve.
-    assert_eq!(
-        c.get(gh.url("/page.txt")).send().expect("request").status(),
-        StatusCode::NOT_FOUND
-    );
     let log = gh.wait_stdout("target=other", Duration::from_secs(5));
     assert!(log.contains("target=other"), "{log}");
+    // A mount point the path is not below is the plugin's error, and says so.
+    assert_eq!(
+        c.get(gh.url("/page.txt")).send().expect("request").status(),
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    let log = gh.wait_stderr("is not a prefix of the path", Duration::from_secs(5));
+    assert!(
+        log.contains("strip_prefix") && log.contains("/page.txt") && log.contains("plugin"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_route_to_an_unknown_target_fails_with_its_name() {
+    let plugins = probe("r", ", route = \"nope\"");
+    let (_dir, gh) = start(&plugins);
+    let r = client().get(gh.url("/page.txt")).send().expect("request");
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let log = gh.wait_stderr("not a configured target", Duration::from_secs(5));
+    assert!(log.contains("nope"), "{log}");
+    // The server stays up and the next request gets the same clear answer.
+    let r = client().get(gh.url("/page.txt")).send().expect("request");
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
 }
 
 #[test]

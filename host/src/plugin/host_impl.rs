@@ -1,8 +1,8 @@
 //! The host side of the WIT contract: what a guest's calls on `request`, `response` and `host` do.
 //!
-//! Every call acts on the [`Exchange`] moved into the store for the current hook call. A handle can
-//! only exist during such a call (the guest receives borrows), so a missing exchange is a host bug,
-//! reported as a trap rather than a panic.
+//! Every call acts on the [`Exchange`] moved into the store for the current hook call. The guest holds
+//! its handles for the instance's life (`init` hands them over), so a call outside a hook finds no
+//! exchange: an error (a trap), never a panic.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +37,10 @@ pub struct PluginInfo {
 pub struct HostState {
     /// The request being worked on, present only during a hook call.
     pub exchange: Option<Box<Exchange>>,
+    /// The response `on-request` answers with, set by `request.respond`.
+    pub local: Option<wit::LocalResponse>,
+    /// Where [`scoped`] builds keys.
+    scratch: String,
     /// Memory limits enforced by wasmtime.
     pub limits: StoreLimits,
     /// The plugin this store belongs to.
@@ -51,6 +55,8 @@ impl HostState {
     pub fn new(info: Arc<PluginInfo>, limits: StoreLimits) -> HostState {
         HostState {
             exchange: None,
+            local: None,
+            scratch: String::new(),
             limits,
             info,
             wasi: super::sandbox::wasi_ctx(),
@@ -70,16 +76,6 @@ impl HostState {
             .as_mut()
             .ok_or_else(|| wasmtime::format_err!("response handle used before there is a response"))
     }
-
-    fn key(&self, key: &str) -> String {
-        // Built by hand: `format!` cost ~1,000 instructions here, more than the counter update itself.
-        let namespace = &self.info.namespace;
-        let mut full = String::with_capacity(namespace.len() + 1 + key.len());
-        full.push_str(namespace);
-        full.push('\0');
-        full.push_str(key);
-        full
-    }
 }
 
 impl WasiView for HostState {
@@ -87,6 +83,41 @@ impl WasiView for HostState {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+/// `key` in `namespace`, built in a buffer the store keeps (no allocation for a lookup; by hand,
+/// since `format!` costs more than a counter update).
+fn scoped<'a>(scratch: &'a mut String, namespace: &str, key: &str) -> &'a str {
+    scratch.clear();
+    scratch.push_str(namespace);
+    scratch.push('\0');
+    scratch.push_str(key);
+    scratch
+}
+
+/// Method, path, query and host, as `request.head` returns them and `on-request` may receive them.
+pub fn request_head(ex: &Exchange) -> wit::RequestHead {
+    wit::RequestHead {
+        method: wit_method(&ex.request.method),
+        path: ex.request.uri.path().to_string(),
+        query: ex.request.uri.query().map(str::to_string),
+        host: ex.host().map(str::to_string),
+    }
+}
+
+/// An address as the contract's numbers; an IPv4-mapped IPv6 address (a dual-stack listener's view
+/// of an IPv4 client) is the IPv4 address it stands for.
+fn wit_ip(ip: std::net::IpAddr) -> wit::IpAddress {
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            wit::IpAddress::V4((a, b, c, d))
+        }
+        std::net::IpAddr::V6(v6) => {
+            let [a, b, c, d, e, f, g, h] = v6.segments();
+            wit::IpAddress::V6((a, b, c, d, e, f, g, h))
         }
     }
 }
@@ -174,13 +205,7 @@ fn set_all(
 
 impl wit::HostRequest for HostState {
     fn head(&mut self, _: Resource<RequestRef>) -> Result<wit::RequestHead> {
-        let ex = self.ex()?;
-        Ok(wit::RequestHead {
-            method: wit_method(&ex.request.method),
-            path: ex.request.uri.path().to_string(),
-            query: ex.request.uri.query().map(str::to_string),
-            host: ex.host().map(str::to_string),
-        })
+        Ok(request_head(self.ex()?))
     }
 
     fn set_headers(
@@ -297,11 +322,14 @@ impl wit::HostRequest for HostState {
         Ok(())
     }
 
-    fn client_ip(&mut self, _: Resource<RequestRef>) -> Result<Option<String>> {
-        Ok(self
-            .ex()?
-            .client
-            .map(|a| crate::server::conn::ip_text(a.ip())))
+    fn client_addr(&mut self, _: Resource<RequestRef>) -> Result<Option<wit::IpAddress>> {
+        Ok(self.ex()?.client.map(|a| wit_ip(a.ip())))
+    }
+
+    fn respond(&mut self, _: Resource<RequestRef>, response: wit::LocalResponse) -> Result<()> {
+        self.ex()?;
+        self.local = Some(response);
+        Ok(())
     }
 
     fn scheme(&mut self, _: Resource<RequestRef>) -> Result<String> {
@@ -491,18 +519,18 @@ impl host::Host for HostState {
     }
 
     fn kv_get(&mut self, key: String) -> Result<Option<Vec<u8>>> {
-        Ok(self.info.services.kv_get(&self.key(&key)))
+        let key = scoped(&mut self.scratch, &self.info.namespace, &key);
+        Ok(self.info.services.kv_get(key))
     }
 
     fn kv_set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<bool> {
-        Ok(self
-            .info
-            .services
-            .kv_set(self.key(&key), value, ttl(ttl_ms)))
+        let key = scoped(&mut self.scratch, &self.info.namespace, &key).to_string();
+        Ok(self.info.services.kv_set(key, value, ttl(ttl_ms)))
     }
 
     fn kv_delete(&mut self, key: String) -> Result<bool> {
-        Ok(self.info.services.kv_delete(&self.key(&key)))
+        let key = scoped(&mut self.scratch, &self.info.namespace, &key);
+        Ok(self.info.services.kv_delete(key))
     }
 
     fn kv_compare_and_swap(
@@ -512,26 +540,21 @@ impl host::Host for HostState {
         new: Vec<u8>,
         ttl_ms: Option<u64>,
     ) -> Result<bool> {
-        Ok(self.info.services.kv_compare_and_swap(
-            self.key(&key),
-            expected.as_deref(),
-            new,
-            ttl(ttl_ms),
-        ))
+        let key = scoped(&mut self.scratch, &self.info.namespace, &key).to_string();
+        Ok(self
+            .info
+            .services
+            .kv_compare_and_swap(key, expected.as_deref(), new, ttl(ttl_ms)))
     }
 
     fn counter_incr(&mut self, name: String, delta: i64, window_ms: Option<u64>) -> Result<i64> {
-        Ok(self
-            .info
-            .services
-            .counter_incr(self.key(&name), delta, ttl(window_ms)))
+        let key = scoped(&mut self.scratch, &self.info.namespace, &name);
+        Ok(self.info.services.counter_incr(key, delta, ttl(window_ms)))
     }
 
     fn counter_get(&mut self, name: String, window_ms: Option<u64>) -> Result<i64> {
-        Ok(self
-            .info
-            .services
-            .counter_get(self.key(&name), ttl(window_ms)))
+        let key = scoped(&mut self.scratch, &self.info.namespace, &name);
+        Ok(self.info.services.counter_get(key, ttl(window_ms)))
     }
 
     fn metric_add(&mut self, name: String, delta: u64) -> Result<()> {

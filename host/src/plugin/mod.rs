@@ -32,7 +32,6 @@ use crate::config::{Isolation, OnError, PluginConfig, PluginSource};
 use crate::error::HttpError;
 use bindings::gatehouse::plugin::http as wit;
 pub use exchange::Exchange;
-use exchange::{RequestRef, ResponseRef};
 use host_impl::{HostState, PluginInfo};
 pub use services::Services;
 
@@ -98,6 +97,7 @@ struct Plugin {
     /// no cache lines bouncing between cores), and all of them go when the plugin is dropped.
     pool: ThreadLocal<RefCell<Vec<Instance>>>,
     response_body: bool,
+    request_head: bool,
     has_on_request: AtomicBool,
     has_on_response: AtomicBool,
     has_on_log: AtomicBool,
@@ -148,6 +148,7 @@ impl Plugin {
             ticks: sandbox::deadline_ticks(config.time_limit),
             pool: ThreadLocal::new(),
             response_body: false,
+            request_head: false,
             has_on_request: AtomicBool::new(true),
             has_on_response: AtomicBool::new(true),
             has_on_log: AtomicBool::new(true),
@@ -156,6 +157,7 @@ impl Plugin {
         // kept, since instances live on the event-loop threads that use them.
         let (_, caps) = plugin.instantiate()?;
         plugin.response_body = caps.response_body;
+        plugin.request_head = caps.request_head;
         Ok(plugin)
     }
 
@@ -175,8 +177,16 @@ impl Plugin {
             .pre
             .instantiate(&mut store)
             .map_err(|e| describe(&e, &self.config))?;
+        // The guest keeps these handles for the instance's life; each stands for the request (or
+        // response) of whichever hook runs.
         let caps = bindings
-            .call_init(&mut store, &self.config.config_json, &self.targets)
+            .call_init(
+                &mut store,
+                &self.config.config_json,
+                &self.targets,
+                Resource::new_own(0),
+                Resource::new_own(0),
+            )
             .map_err(|e| describe(&e, &self.config))?
             .map_err(|message| format!("config error: {message}"))?;
         Ok((Instance { store, bindings }, caps))
@@ -237,6 +247,35 @@ impl Plugin {
             implemented.store(false, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// The target a `route` answer names, with its mount point cut from the request's path.
+    fn choice(&self, route: wit::Route, slot: &Option<Box<Exchange>>) -> Result<Choice, String> {
+        let target = self.targets.get(route.target as usize).ok_or_else(|| {
+            format!(
+                "routed to target #{} of the {} configured",
+                route.target,
+                self.targets.len()
+            )
+        })?;
+        let strip_prefix = match route.strip_prefix as usize {
+            0 => None,
+            n => {
+                let path = slot.as_deref().map_or("", |ex| ex.request.uri.path());
+                let mount = path
+                    .get(..n)
+                    .filter(|m| crate::target::below_mount(path, m).is_some())
+                    .ok_or_else(|| {
+                        format!("strip-prefix of {n} bytes does not end a segment of {path:?}")
+                    })?;
+                Some(mount.to_string())
+            }
+        };
+        Ok(Choice {
+            target: target.clone(),
+            strip_prefix,
+            by: Arc::clone(&self.info),
+        })
     }
 
     fn applies_to(&self, ex: &Exchange) -> bool {
@@ -424,32 +463,37 @@ impl Chain {
             if !plugin.has_on_request.load(Ordering::Relaxed) {
                 continue;
             }
+            let head = match slot.as_deref() {
+                Some(ex) if plugin.request_head => Some(host_impl::request_head(ex)),
+                _ => None,
+            };
             let action = plugin.call(slot, |b, store| {
-                b.call_on_request(&mut *store, Resource::<RequestRef>::new_borrow(0))
+                let action = b.call_on_request(&mut *store, head.as_ref())?;
+                Ok((action, store.data_mut().local.take()))
             });
-            match action {
-                Ok(wit::Action::Continue) => {}
-                Ok(wit::Action::Unimplemented) => {
+            let answer = match action {
+                Ok((wit::Action::Continue, _)) => Ok(None),
+                Ok((wit::Action::Unimplemented, _)) => {
                     plugin.has_on_request.store(false, Ordering::Relaxed);
+                    Ok(None)
                 }
-                Ok(wit::Action::Route(route)) => {
-                    choice = Some(Choice {
-                        target: route.target,
-                        strip_prefix: route.strip_prefix,
-                        by: Arc::clone(&plugin.info),
-                    });
-                }
-                Ok(wit::Action::Respond(local)) => match local_response(local) {
-                    Ok(response) => return Ok(Decision::Respond(response)),
-                    Err(reason) => {
-                        ran.clear(i);
-                        plugin.failed("on-request", &Failure(reason))?;
-                    }
-                },
-                // A failed plugin's instance is gone; it gets no on-response for this request.
-                Err(failure) => {
+                Ok((wit::Action::Route(route), _)) => plugin.choice(route, slot).map(|c| {
+                    choice = Some(c);
+                    None
+                }),
+                Ok((wit::Action::Respond, local)) => local
+                    .ok_or_else(|| "answered `respond` without calling `request.respond`".into())
+                    .and_then(local_response)
+                    .map(Some),
+                Err(failure) => Err(failure.0),
+            };
+            match answer {
+                Ok(None) => {}
+                Ok(Some(response)) => return Ok(Decision::Respond(response)),
+                // A failed plugin gets no on-response for this request.
+                Err(reason) => {
                     ran.clear(i);
-                    plugin.failed("on-request", &failure)?;
+                    plugin.failed("on-request", &Failure(reason))?;
                 }
             }
         }
@@ -471,11 +515,7 @@ impl Chain {
                 continue;
             }
             let outcome = plugin.status_hook(&plugin.has_on_response, slot, |b, store| {
-                b.call_on_response(
-                    &mut *store,
-                    Resource::<RequestRef>::new_borrow(0),
-                    Resource::<ResponseRef>::new_borrow(0),
-                )
+                b.call_on_response(&mut *store)
             });
             if let Err(failure) = outcome {
                 plugin.failed("on-response", &failure)?;
@@ -505,11 +545,7 @@ impl Chain {
                 continue;
             }
             let outcome = plugin.status_hook(&plugin.has_on_log, slot, |b, store| {
-                b.call_on_log(
-                    &mut *store,
-                    Resource::<RequestRef>::new_borrow(0),
-                    &wit_entry,
-                )
+                b.call_on_log(&mut *store, &wit_entry)
             });
             if let Err(failure) = outcome {
                 let _ = plugin.failed("on-log", &failure);

@@ -34,7 +34,8 @@ impl Services {
                 budget: kv_budget,
             }),
             counters: Mutex::new(Counters {
-                map: HashMap::new(),
+                by_window: HashMap::new(),
+                len: 0,
                 sweep_at: 1024,
             }),
             metrics: Mutex::new(BTreeMap::new()),
@@ -92,31 +93,45 @@ impl Services {
     }
 
     /// Adds `delta` to a counter (in its current window, if `window` is set) and returns the result.
-    pub fn counter_incr(&self, name: String, delta: i64, window: Option<Duration>) -> i64 {
+    pub fn counter_incr(&self, name: &str, delta: i64, window: Option<Duration>) -> i64 {
         let window_ms = window.map_or(0, |w| w.as_millis().max(1) as u64);
         let now = now_ms();
-        let mut counters = lock(&self.counters);
-        counters.sweep(now);
-        let slot = counters.map.entry((name, window_ms)).or_insert(Counter {
-            window: 0,
-            value: 0,
-        });
         let current = current_window(now, window_ms);
-        if slot.window != current {
-            *slot = Counter {
-                window: current,
-                value: 0,
-            };
+        let mut guard = lock(&self.counters);
+        guard.sweep(now);
+        let counters = &mut *guard;
+        let map = counters.by_window.entry(window_ms).or_default();
+        // Looked up by reference: the name is copied only for a new counter.
+        match map.get_mut(name) {
+            Some(slot) => {
+                if slot.window != current {
+                    *slot = Counter {
+                        window: current,
+                        value: 0,
+                    };
+                }
+                slot.value = slot.value.saturating_add(delta);
+                slot.value
+            }
+            None => {
+                map.insert(
+                    name.to_string(),
+                    Counter {
+                        window: current,
+                        value: delta,
+                    },
+                );
+                counters.len += 1;
+                delta
+            }
         }
-        slot.value = slot.value.saturating_add(delta);
-        slot.value
     }
 
     /// A counter's value (in its current window, if `window` is set).
-    pub fn counter_get(&self, name: String, window: Option<Duration>) -> i64 {
+    pub fn counter_get(&self, name: &str, window: Option<Duration>) -> i64 {
         let window_ms = window.map_or(0, |w| w.as_millis().max(1) as u64);
         let counters = lock(&self.counters);
-        match counters.map.get(&(name, window_ms)) {
+        match counters.by_window.get(&window_ms).and_then(|m| m.get(name)) {
             Some(c) if c.window == current_window(now_ms(), window_ms) => c.value,
             _ => 0,
         }
@@ -264,19 +279,25 @@ struct Counter {
 /// Counters by (name, window length); windows that have passed are swept as the map grows.
 #[derive(Debug)]
 struct Counters {
-    map: HashMap<(String, u64), Counter>,
+    /// By window length in milliseconds (0: no window), then by name.
+    by_window: HashMap<u64, HashMap<String, Counter>>,
+    /// Counters in all windows.
+    len: usize,
     sweep_at: usize,
 }
 
 impl Counters {
     fn sweep(&mut self, now: u64) {
-        if self.map.len() < self.sweep_at {
+        if self.len < self.sweep_at {
             return;
         }
-        self.map.retain(|(_, window_ms), c| {
-            *window_ms == 0 || c.window == current_window(now, *window_ms)
-        });
-        self.sweep_at = (self.map.len() * 2).max(1024);
+        for (&window_ms, map) in self.by_window.iter_mut() {
+            if window_ms != 0 {
+                map.retain(|_, c| c.window == current_window(now, window_ms));
+            }
+        }
+        self.len = self.by_window.values().map(HashMap::len).sum();
+        self.sweep_at = (self.len * 2).max(1024);
     }
 }
 
@@ -309,16 +330,23 @@ mod tests {
     #[test]
     fn counters_count_within_windows() {
         let s = Services::new(1024);
-        assert_eq!(s.counter_incr("x".into(), 2, None), 2);
-        assert_eq!(s.counter_incr("x".into(), 3, None), 5);
-        assert_eq!(s.counter_get("x".into(), None), 5);
+        assert_eq!(s.counter_incr("x", 2, None), 2);
+        assert_eq!(s.counter_incr("x", 3, None), 5);
+        assert_eq!(s.counter_get("x", None), 5);
         let hour = Some(Duration::from_secs(3600));
         assert_eq!(
-            s.counter_incr("x".into(), 1, hour),
+            s.counter_incr("x", 1, hour),
             1,
             "a windowed counter is separate"
         );
-        assert_eq!(s.counter_get("x".into(), hour), 1);
+        assert_eq!(s.counter_get("x", hour), 1);
+        assert_eq!(s.counter_get("y", hour), 0);
+        // A window that has passed starts from zero.
+        let ms = Some(Duration::from_millis(1));
+        assert_eq!(s.counter_incr("x", 4, ms), 4);
+        std::thread::sleep(Duration::from_millis(3));
+        assert_eq!(s.counter_incr("x", 1, ms), 1);
+        assert_eq!(s.counter_get("x", None), 5, "the others are untouched");
     }
 
     #[test]

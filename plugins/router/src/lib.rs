@@ -176,6 +176,9 @@ fn route_from(i: usize, r: RouteConfig, targets: &[String]) -> Result<Route, Str
 impl Filter for Router {
     type Config = Config;
 
+    // Every request is routed on its host, path and method.
+    const REQUEST_HEAD: bool = true;
+
     fn new(config: Config) -> Result<Self, String> {
         let targets = gatehouse_sdk::targets();
         if config.routes.is_empty() {
