@@ -154,11 +154,11 @@ for c in $singles; do
 done
 for _ in $(seq "$ROUNDS"); do
   for c in $singles; do
-    wrk -t1 -c32 -d"$DURATION" "http://${addr[$c]}/1k.bin" | awk '/Requests\/sec/ {print $2}' >> "$work/$c-1.rps"
+    chrt -b 0 wrk -t1 -c32 -d"$DURATION" "http://${addr[$c]}/1k.bin" | awk '/Requests\/sec/ {print $2}' >> "$work/$c-1.rps"
   done
 done
 echo
-echo "one event-loop thread (wrk -t1 -c32): microseconds per request, and added by the plugins"
+echo "one event-loop thread (wrk -t1 -c32, SCHED_BATCH): microseconds per request, and added by the plugins"
 base=$(median < "$work/none-1.rps")
 for c in $singles; do
   v=$(median < "$work/$c-1.rps")
@@ -170,4 +170,4 @@ pids=()
 echo
 echo "one plugin call (criterion, in-process):"
 FIXTURES=$FIX cargo bench --locked -p gatehouse --bench plugin_call -- --noplot 2>/dev/null \
-  | grep -E '^[a-z0-9].*(on-request|one request)|time:' | paste - - | awk '{$1=$1; print}'
+  | awk '/^[a-z0-9]/ && !/time:/ {name = $0} /time:/ {if ($0 ~ /^[a-z0-9]/) name = ""; $1 = $1; print name ? name " " $0 : $0}'

@@ -48,7 +48,7 @@ pub struct RouteConfig {
     status: Option<u16>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum HostMatch {
     Any,
     Suffix(String),
@@ -56,15 +56,23 @@ enum HostMatch {
 }
 
 impl HostMatch {
-    /// How specific a match is, when it matches: exact > longest suffix > any.
-    fn rank(&self, host: &str) -> Option<(u8, usize)> {
+    /// Whether the pattern covers `host`.
+    fn matches(&self, host: &str) -> bool {
         match self {
-            HostMatch::Any => Some((0, 0)),
+            HostMatch::Any => true,
             HostMatch::Suffix(s) => host
                 .strip_suffix(s.as_str())
-                .filter(|rest| !rest.is_empty())
-                .map(|_| (1, s.len())),
-            HostMatch::Exact(h) => (h == host).then_some((2, 0)),
+                .is_some_and(|rest| !rest.is_empty()),
+            HostMatch::Exact(h) => h == host,
+        }
+    }
+
+    /// How specific the pattern is: exact > longest suffix > any.
+    fn specificity(&self) -> (u8, usize) {
+        match self {
+            HostMatch::Any => (0, 0),
+            HostMatch::Suffix(s) => (1, s.len()),
+            HostMatch::Exact(_) => (2, 0),
         }
     }
 }
@@ -79,6 +87,8 @@ enum Then {
 struct Route {
     host: HostMatch,
     path: String,
+    /// A prefix route's path without its trailing `/`: the mount point it matches below.
+    mount: String,
     exact: bool,
     methods: Vec<String>,
     then: Then,
@@ -89,19 +99,26 @@ impl Route {
         if self.exact {
             return (path == self.path).then_some((1, self.path.len()));
         }
-        let p = self.path.trim_end_matches('/');
-        let below = p.is_empty()
+        let below = self.mount.is_empty()
             || path
-                .strip_prefix(p)
+                .strip_prefix(self.mount.as_str())
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
         below.then_some((0, self.path.len()))
     }
 }
 
+/// The routes of one host pattern: an Nginx server block.
+#[derive(Debug)]
+struct Server {
+    host: HostMatch,
+    routes: Vec<Route>,
+}
+
 /// The router.
 #[derive(Debug)]
 pub struct Router {
-    routes: Vec<Route>,
+    /// Most specific host pattern first, so the first that matches is the request's server.
+    servers: Vec<Server>,
 }
 
 fn route_from(i: usize, r: RouteConfig, targets: &[String]) -> Result<Route, String> {
@@ -166,6 +183,7 @@ fn route_from(i: usize, r: RouteConfig, targets: &[String]) -> Result<Route, Str
         .collect();
     Ok(Route {
         host,
+        mount: path.trim_end_matches('/').to_string(),
         path,
         exact,
         methods,
@@ -184,13 +202,19 @@ impl Filter for Router {
         if config.routes.is_empty() {
             return Err("`routes` is empty: add at least one route".into());
         }
-        let routes = config
-            .routes
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| route_from(i, r, &targets))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Router { routes })
+        let mut servers: Vec<Server> = Vec::new();
+        for (i, r) in config.routes.into_iter().enumerate() {
+            let route = route_from(i, r, &targets)?;
+            match servers.iter_mut().find(|s| s.host == route.host) {
+                Some(server) => server.routes.push(route),
+                None => servers.push(Server {
+                    host: route.host.clone(),
+                    routes: vec![route],
+                }),
+            }
+        }
+        servers.sort_by_key(|s| std::cmp::Reverse(s.host.specificity()));
+        Ok(Router { servers })
     }
 
     fn on_request(&self, req: &mut Request) -> Action {
@@ -205,14 +229,11 @@ impl Filter for Router {
         let path = req.path();
         let method = req.method();
 
-        // The server block: the most specific host class that has any route for this host.
-        let Some(best_host) = self.routes.iter().filter_map(|r| r.host.rank(host)).max() else {
+        // The server block: the most specific host pattern that has any route for this host.
+        let Some(server) = self.servers.iter().find(|s| s.host.matches(host)) else {
             return not_found(host, path);
         };
-        let in_server = self
-            .routes
-            .iter()
-            .filter(|r| r.host.rank(host) == Some(best_host));
+        let in_server = server.routes.iter();
 
         let mut best: Option<((u8, usize), &Route)> = None;
         let mut allowed: Vec<&str> = Vec::new();
@@ -232,9 +253,8 @@ impl Filter for Router {
             Some((_, route)) => match &route.then {
                 Then::Target { name, strip } => Action::Route {
                     target: name.clone(),
-                    strip_prefix: (*strip && !route.exact)
-                        .then(|| route.path.trim_end_matches('/').to_string())
-                        .filter(|p| !p.is_empty()),
+                    strip_prefix: (*strip && !route.exact && !route.mount.is_empty())
+                        .then(|| route.mount.clone()),
                 },
                 Then::Redirect { to, status } => {
                     let full = match req.query() {
