@@ -327,6 +327,7 @@ impl wit::HostRequest for HostState {
     }
 
     fn respond(&mut self, _: Resource<RequestRef>, response: wit::LocalResponse) -> Result<()> {
+        // Like every request call, an error outside a hook.
         self.ex()?;
         self.local = Some(response);
         Ok(())

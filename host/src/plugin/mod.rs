@@ -468,6 +468,8 @@ impl Chain {
                 _ => None,
             };
             let action = plugin.call(slot, |b, store| {
+                // Only a response given during this very call counts (not one from another hook).
+                store.data_mut().local = None;
                 let action = b.call_on_request(&mut *store, head.as_ref())?;
                 Ok((action, store.data_mut().local.take()))
             });

@@ -140,7 +140,7 @@ pub async fn serve<I>(
     }
 }
 
-/// An IP address as text, for the environ's `REMOTE_ADDR` and plugins. IPv4 by hand: `Display`
+/// An IP address as text, for the environ's `REMOTE_ADDR`. IPv4 by hand: `Display`
 /// (the formatting machinery) costs ~1,300 instructions, 5% of the front's work on a hello world.
 pub fn ip_text(ip: std::net::IpAddr) -> String {
     let std::net::IpAddr::V4(v4) = ip else {
