@@ -48,7 +48,7 @@ pub struct RouteConfig {
     status: Option<u16>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 enum HostMatch {
     Any,
     Suffix(String),
@@ -85,7 +85,6 @@ enum Then {
 
 #[derive(Debug)]
 struct Route {
-    host: HostMatch,
     path: String,
     /// A prefix route's path without its trailing `/`: the mount point it matches below.
     mount: String,
@@ -121,7 +120,8 @@ pub struct Router {
     servers: Vec<Server>,
 }
 
-fn route_from(i: usize, r: RouteConfig, targets: &[String]) -> Result<Route, String> {
+/// A route as written, checked: its host pattern and what it matches below it.
+fn route_from(i: usize, r: RouteConfig, targets: &[String]) -> Result<(HostMatch, Route), String> {
     let at = format!("routes[{i}]");
     let (path, exact) = match (r.path, r.exact) {
         (Some(_), Some(_)) => {
@@ -181,14 +181,14 @@ fn route_from(i: usize, r: RouteConfig, targets: &[String]) -> Result<Route, Str
         .into_iter()
         .map(|m| m.to_ascii_uppercase())
         .collect();
-    Ok(Route {
-        host,
+    let route = Route {
         mount: path.trim_end_matches('/').to_string(),
         path,
         exact,
         methods,
         then,
-    })
+    };
+    Ok((host, route))
 }
 
 impl Filter for Router {
@@ -204,11 +204,11 @@ impl Filter for Router {
         }
         let mut servers: Vec<Server> = Vec::new();
         for (i, r) in config.routes.into_iter().enumerate() {
-            let route = route_from(i, r, &targets)?;
-            match servers.iter_mut().find(|s| s.host == route.host) {
+            let (host, route) = route_from(i, r, &targets)?;
+            match servers.iter_mut().find(|s| s.host == host) {
                 Some(server) => server.routes.push(route),
                 None => servers.push(Server {
-                    host: route.host.clone(),
+                    host,
                     routes: vec![route],
                 }),
             }
