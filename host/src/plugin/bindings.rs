@@ -5,6 +5,8 @@ wasmtime::component::bindgen!({
     path: "../wit",
     world: "plugin",
     imports: { default: trappable },
+    // Export arguments borrow: the request head is lowered from the request's own buffers.
+    ownership: Borrowing { duplicate_if_necessary: true },
     with: {
         "gatehouse:plugin/http.request": super::exchange::RequestRef,
         "gatehouse:plugin/http.response": super::exchange::ResponseRef,

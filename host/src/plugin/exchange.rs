@@ -54,11 +54,16 @@ impl Exchange {
 
     /// The host the client asked for, without the port.
     pub fn host(&self) -> Option<&str> {
-        let raw = match self.request.headers.get(HOST) {
-            Some(v) => v.to_str().ok()?,
-            None => self.request.uri.host()?,
-        };
-        Some(strip_port(raw))
+        host_of(self.request.headers.get(HOST), &self.request.uri)
+    }
+
+    /// The parts of the head `on-request` may pass, held apart from the exchange.
+    pub fn head(&self) -> HeadSource {
+        HeadSource {
+            method: self.request.method.clone(),
+            uri: self.request.uri.clone(),
+            host: self.request.headers.get(HOST).cloned(),
+        }
     }
 
     /// `http` or `https`.
@@ -103,6 +108,34 @@ impl Exchange {
 }
 
 /// `example.com:8080` -> `example.com`; `[::1]:80` -> `[::1]`.
+/// Method, URI and `Host` header of a request: clones that share the request's buffers, so the
+/// head can be lent to a call while the store owns the exchange.
+#[derive(Debug)]
+pub struct HeadSource {
+    /// The method.
+    pub method: http::Method,
+    /// The URI (path and query).
+    pub uri: http::Uri,
+    /// The `Host` header, if any.
+    pub host: Option<HeaderValue>,
+}
+
+impl HeadSource {
+    /// The host the client asked for, without the port.
+    pub fn host(&self) -> Option<&str> {
+        host_of(self.host.as_ref(), &self.uri)
+    }
+}
+
+/// The `Host` header, else the URI's host (absolute form), without the port.
+fn host_of<'a>(header: Option<&'a HeaderValue>, uri: &'a http::Uri) -> Option<&'a str> {
+    let raw = match header {
+        Some(v) => v.to_str().ok()?,
+        None => uri.host()?,
+    };
+    Some(strip_port(raw))
+}
+
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         return host.find(']').map_or(host, |end| &host[..=end]);

@@ -14,7 +14,7 @@ use wasmtime::{Result, StoreLimits};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::gatehouse::plugin::{host, http as wit};
-use super::exchange::{self, Exchange, RequestRef, ResponseRef};
+use super::exchange::{self, Exchange, HeadSource, RequestRef, ResponseRef};
 use super::sandbox::MAX_PLUGIN_BODY;
 use super::services::{self, Services};
 use crate::body::Body;
@@ -97,13 +97,24 @@ fn scoped<'a>(scratch: &'a mut String, namespace: &str, key: &str) -> &'a str {
     scratch
 }
 
-/// Method, path, query and host, as `request.head` returns them and `on-request` may receive them.
-pub fn request_head(ex: &Exchange) -> wit::RequestHead {
-    wit::RequestHead {
+/// Method, path, query and host, as `request.head` returns them.
+pub fn request_head(ex: &Exchange) -> wit::RequestHeadResult {
+    wit::RequestHeadResult {
         method: wit_method(&ex.request.method),
         path: ex.request.uri.path().to_string(),
         query: ex.request.uri.query().map(str::to_string),
         host: ex.host().map(str::to_string),
+    }
+}
+
+/// The same, lent to an `on-request` call: lowered into the guest straight from the request's
+/// buffers.
+pub fn lent_head(head: &HeadSource) -> wit::RequestHeadParam<'_> {
+    wit::RequestHeadParam {
+        method: method_as!(&head.method, MethodParam, |token| token),
+        path: head.uri.path(),
+        query: head.uri.query(),
+        host: head.host(),
     }
 }
 
@@ -161,35 +172,46 @@ fn first(headers: &http::HeaderMap, name: &str) -> Option<Vec<u8>> {
 
 impl wit::Host for HostState {}
 
-/// A method as the contract carries it: the common ones without a string.
-fn wit_method(method: &Method) -> wit::Method {
-    match *method {
-        Method::GET => wit::Method::Get,
-        Method::HEAD => wit::Method::Head,
-        Method::POST => wit::Method::Post,
-        Method::PUT => wit::Method::Put,
-        Method::DELETE => wit::Method::Delete,
-        Method::CONNECT => wit::Method::Connect,
-        Method::OPTIONS => wit::Method::Options,
-        Method::TRACE => wit::Method::Trace,
-        Method::PATCH => wit::Method::Patch,
-        ref other => wit::Method::Other(other.as_str().to_string()),
-    }
+/// A method as the contract carries it (the common ones without a string), as either generated
+/// type: `$other` makes the token of any other method.
+macro_rules! method_as {
+    ($method:expr, $ty:ident, $other:expr) => {
+        match *$method {
+            Method::GET => wit::$ty::Get,
+            Method::HEAD => wit::$ty::Head,
+            Method::POST => wit::$ty::Post,
+            Method::PUT => wit::$ty::Put,
+            Method::DELETE => wit::$ty::Delete,
+            Method::CONNECT => wit::$ty::Connect,
+            Method::OPTIONS => wit::$ty::Options,
+            Method::TRACE => wit::$ty::Trace,
+            Method::PATCH => wit::$ty::Patch,
+            ref other => wit::$ty::Other($other(other.as_str())),
+        }
+    };
+}
+use method_as;
+
+/// A method as `request.method` returns it.
+fn wit_method(method: &Method) -> wit::MethodResult {
+    method_as!(method, MethodResult, str::to_string)
 }
 
 /// A method from a plugin; an invalid token comes back as the error.
-fn http_method(method: wit::Method) -> std::result::Result<Method, String> {
+fn http_method(method: wit::MethodResult) -> std::result::Result<Method, String> {
     Ok(match method {
-        wit::Method::Get => Method::GET,
-        wit::Method::Head => Method::HEAD,
-        wit::Method::Post => Method::POST,
-        wit::Method::Put => Method::PUT,
-        wit::Method::Delete => Method::DELETE,
-        wit::Method::Connect => Method::CONNECT,
-        wit::Method::Options => Method::OPTIONS,
-        wit::Method::Trace => Method::TRACE,
-        wit::Method::Patch => Method::PATCH,
-        wit::Method::Other(token) => Method::from_bytes(token.as_bytes()).map_err(|_| token)?,
+        wit::MethodResult::Get => Method::GET,
+        wit::MethodResult::Head => Method::HEAD,
+        wit::MethodResult::Post => Method::POST,
+        wit::MethodResult::Put => Method::PUT,
+        wit::MethodResult::Delete => Method::DELETE,
+        wit::MethodResult::Connect => Method::CONNECT,
+        wit::MethodResult::Options => Method::OPTIONS,
+        wit::MethodResult::Trace => Method::TRACE,
+        wit::MethodResult::Patch => Method::PATCH,
+        wit::MethodResult::Other(token) => {
+            Method::from_bytes(token.as_bytes()).map_err(|_| token)?
+        }
     })
 }
 
@@ -204,7 +226,7 @@ fn set_all(
 }
 
 impl wit::HostRequest for HostState {
-    fn head(&mut self, _: Resource<RequestRef>) -> Result<wit::RequestHead> {
+    fn head(&mut self, _: Resource<RequestRef>) -> Result<wit::RequestHeadResult> {
         Ok(request_head(self.ex()?))
     }
 
@@ -216,14 +238,14 @@ impl wit::HostRequest for HostState {
         Ok(set_all(&mut self.ex()?.request.headers, headers))
     }
 
-    fn method(&mut self, _: Resource<RequestRef>) -> Result<wit::Method> {
+    fn method(&mut self, _: Resource<RequestRef>) -> Result<wit::MethodResult> {
         Ok(wit_method(&self.ex()?.request.method))
     }
 
     fn set_method(
         &mut self,
         _: Resource<RequestRef>,
-        method: wit::Method,
+        method: wit::MethodResult,
     ) -> Result<std::result::Result<(), String>> {
         Ok(match http_method(method) {
             Ok(m) => {
@@ -586,8 +608,46 @@ fn monotonic_ns() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{http_method, wit_method};
+    use super::{http_method, lent_head, request_head, wit_method};
+    use crate::pipeline::RequestBody;
+    use crate::plugin::exchange::Exchange;
     use http::Method;
+
+    fn exchange(method: &str, uri: &str, host: Option<&str>) -> Exchange {
+        let mut builder = http::Request::builder().method(method).uri(uri);
+        if let Some(host) = host {
+            builder = builder.header("host", host);
+        }
+        let (parts, ()) = builder.body(()).expect("a request").into_parts();
+        Exchange::new(parts, RequestBody::Memory(bytes::Bytes::new()), None)
+    }
+
+    #[test]
+    fn the_head_lent_to_on_request_is_the_one_request_head_returns() {
+        for (method, uri, host) in [
+            ("GET", "/a/b?x=1&y", Some("example.com:8080")),
+            ("PROPFIND", "/", Some("[::1]:8443")),
+            ("POST", "http://origin.example/p", None),
+            ("GET", "/no-host", None),
+        ] {
+            let ex = exchange(method, uri, host);
+            let owned = request_head(&ex);
+            let source = ex.head();
+            let lent = lent_head(&source);
+            assert_eq!(lent.path, owned.path, "{uri}");
+            assert_eq!(lent.query, owned.query.as_deref(), "{uri}");
+            assert_eq!(lent.host, owned.host.as_deref(), "{uri}");
+            assert_eq!(
+                format!("{:?}", lent.method).replace("MethodParam", "MethodResult"),
+                format!("{:?}", owned.method),
+                "{method}"
+            );
+        }
+        assert_eq!(
+            exchange("GET", "/", Some("a.example:80")).head().host(),
+            Some("a.example")
+        );
+    }
 
     #[test]
     fn methods_round_trip() {
@@ -598,9 +658,12 @@ mod tests {
             let method = Method::from_bytes(m.as_bytes()).expect("a method");
             assert_eq!(http_method(wit_method(&method)), Ok(method));
         }
-        assert!(matches!(wit_method(&Method::GET), super::wit::Method::Get));
+        assert!(matches!(
+            wit_method(&Method::GET),
+            super::wit::MethodResult::Get
+        ));
         assert_eq!(
-            http_method(super::wit::Method::Other("BAD METHOD".into())),
+            http_method(super::wit::MethodResult::Other("BAD METHOD".into())),
             Err("BAD METHOD".to_string())
         );
     }

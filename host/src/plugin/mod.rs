@@ -177,13 +177,14 @@ impl Plugin {
             .pre
             .instantiate(&mut store)
             .map_err(|e| describe(&e, &self.config))?;
+        let targets: Vec<&str> = self.targets.iter().map(String::as_str).collect();
         // The guest keeps these handles for the instance's life; each stands for the request (or
         // response) of whichever hook runs.
         let caps = bindings
             .call_init(
                 &mut store,
                 &self.config.config_json,
-                &self.targets,
+                &targets,
                 Resource::new_own(0),
                 Resource::new_own(0),
             )
@@ -464,13 +465,14 @@ impl Chain {
                 continue;
             }
             let head = match slot.as_deref() {
-                Some(ex) if plugin.request_head => Some(host_impl::request_head(ex)),
+                Some(ex) if plugin.request_head => Some(ex.head()),
                 _ => None,
             };
             let action = plugin.call(slot, |b, store| {
                 // Only a response given during this very call counts (not one from another hook).
                 store.data_mut().local = None;
-                let action = b.call_on_request(&mut *store, head.as_ref())?;
+                let action =
+                    b.call_on_request(&mut *store, head.as_ref().map(host_impl::lent_head))?;
                 Ok((action, store.data_mut().local.take()))
             });
             let answer = match action {
@@ -540,14 +542,14 @@ impl Chain {
             status: entry.status,
             bytes_sent: entry.bytes_sent,
             duration_us: entry.duration.as_micros() as u64,
-            target: entry.target.clone(),
+            target: entry.target.as_deref(),
         };
         for (i, plugin) in self.plugins.iter().enumerate().rev() {
             if !ran.has(i) {
                 continue;
             }
             let outcome = plugin.status_hook(&plugin.has_on_log, slot, |b, store| {
-                b.call_on_log(&mut *store, &wit_entry)
+                b.call_on_log(&mut *store, wit_entry.clone())
             });
             if let Err(failure) = outcome {
                 let _ = plugin.failed("on-log", &failure);
