@@ -47,6 +47,8 @@ pub struct Request<'a> {
     /// Method, path, query and host: passed with the call ([`Filter::REQUEST_HEAD`]) or fetched
     /// from the host together on first use.
     head: std::cell::OnceCell<wit::RequestHead>,
+    /// The client's address: passed with `on-request`, else fetched from the host on first use.
+    client: std::cell::OnceCell<Option<std::net::IpAddr>>,
 }
 
 impl std::fmt::Debug for Request<'_> {
@@ -64,6 +66,7 @@ impl<'a> Request<'a> {
         Request {
             inner: ReqInner::Host(req),
             head: head.map_or_else(std::cell::OnceCell::new, std::cell::OnceCell::from),
+            client: std::cell::OnceCell::new(),
         }
     }
 
@@ -71,6 +74,7 @@ impl<'a> Request<'a> {
         Request {
             inner: ReqInner::Test(req),
             head: std::cell::OnceCell::new(),
+            client: std::cell::OnceCell::new(),
         }
     }
 
@@ -221,12 +225,7 @@ impl<'a> Request<'a> {
     /// The client's IP address (`None` on a Unix-socket listener).
     pub fn client_addr(&self) -> Option<std::net::IpAddr> {
         match &self.inner {
-            ReqInner::Host(r) => r.client_addr().map(|a| match a {
-                wit::IpAddress::V4((a, b, c, d)) => std::net::Ipv4Addr::new(a, b, c, d).into(),
-                wit::IpAddress::V6((a, b, c, d, e, f, g, h)) => {
-                    std::net::Ipv6Addr::new(a, b, c, d, e, f, g, h).into()
-                }
-            }),
+            ReqInner::Host(r) => *self.client.get_or_init(|| r.client_addr().map(ip_addr)),
             ReqInner::Test(t) => t.client_ip.as_deref().and_then(|ip| ip.parse().ok()),
         }
     }
@@ -322,6 +321,16 @@ fn wit_method(method: &str) -> wit::MethodParam<'_> {
 }
 
 /// IPv4 by hand: `Display` (the formatting machinery) costs more than the host call that fetched it.
+/// An address from the contract's numbers.
+fn ip_addr(ip: wit::IpAddress) -> std::net::IpAddr {
+    match ip {
+        wit::IpAddress::V4(bits) => std::net::Ipv4Addr::from(bits).into(),
+        wit::IpAddress::V6((high, low)) => {
+            std::net::Ipv6Addr::from((u128::from(high) << 64) | u128::from(low)).into()
+        }
+    }
+}
+
 fn ip_text(ip: std::net::IpAddr) -> String {
     let std::net::IpAddr::V4(v4) = ip else {
         return ip.to_string();
@@ -604,9 +613,15 @@ pub fn init<F: Filter>(
 }
 
 /// `on-request` export.
-pub fn on_request<F: Filter>(head: Option<wit::RequestHead>) -> wit::Action {
+pub fn on_request<F: Filter>(
+    head: Option<wit::RequestHead>,
+    client: Option<wit::IpAddress>,
+) -> wit::Action {
     with_handles(|req, _| {
-        let mut request = Request::host(req, head);
+        let mut request = Request {
+            client: std::cell::OnceCell::from(client.map(ip_addr)),
+            ..Request::host(req, head)
+        };
         let mut action = Action::Continue;
         let unimplemented =
             run_hook(|| action = with_filter::<F, _>(|f| f.on_request(&mut request)));
@@ -705,7 +720,21 @@ pub fn on_log<F: Filter>(entry: wit::LogEntry) -> wit::HookStatus {
 
 #[cfg(test)]
 mod tests {
-    use super::{method_str, wit, wit_method};
+    use super::{ip_addr, ip_text, method_str, wit, wit_method};
+    use std::net::IpAddr;
+
+    #[test]
+    fn addresses_cross_the_contract_as_numbers() {
+        let v4: IpAddr = "192.0.2.7".parse().expect("an address");
+        assert_eq!(ip_addr(wit::IpAddress::V4(0xC000_0207)), v4);
+        assert_eq!(ip_text(v4), "192.0.2.7");
+        let v6: IpAddr = "2001:db8::7:1".parse().expect("an address");
+        assert_eq!(
+            ip_addr(wit::IpAddress::V6((0x2001_0db8_0000_0000, 0x7_0001))),
+            v6
+        );
+        assert_eq!(ip_text(v6), "2001:db8::7:1");
+    }
 
     #[test]
     fn methods_cross_the_contract_as_cases_or_tokens() {

@@ -125,8 +125,9 @@ macro_rules! export_filter {
                 }
                 fn on_request(
                     head: ::std::option::Option<$crate::__private::WitRequestHead>,
+                    client: ::std::option::Option<$crate::__private::WitIpAddress>,
                 ) -> $crate::__private::WitAction {
-                    $crate::__private::on_request::<$filter>(head)
+                    $crate::__private::on_request::<$filter>(head, client)
                 }
                 fn on_response() -> $crate::__private::HookStatus {
                     $crate::__private::on_response::<$filter>()
@@ -154,8 +155,9 @@ pub mod __private {
     pub use crate::http::{init, on_log, on_request, on_response};
     pub use bindings::Guest;
     pub use bindings::gatehouse::plugin::http::{
-        Action as WitAction, Capabilities, HookStatus, LogEntry as WitLogEntry,
-        Request as WitRequest, RequestHead as WitRequestHead, Response as WitResponse,
+        Action as WitAction, Capabilities, HookStatus, IpAddress as WitIpAddress,
+        LogEntry as WitLogEntry, Request as WitRequest, RequestHead as WitRequestHead,
+        Response as WitResponse,
     };
 
     #[allow(missing_docs, unsafe_code, clippy::all)]

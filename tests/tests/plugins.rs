@@ -86,6 +86,34 @@ fn chain_runs_in_order_and_back_in_reverse() {
 }
 
 #[test]
+fn plugins_see_the_client_address_over_ipv6_and_none_over_a_unix_socket() {
+    let dir = site(&[("index.html", b"hello\n")]);
+    let config = format!(
+        "[server]\nlisten = [\"[::1]:0\", \"unix:gh.sock\"]\ndefault_target = \"site\"\n\n[targets.site]\nstatic = \"site\"\n\n{}{}",
+        probe("a", ", report_client = true"),
+        probe("b", ", echo = true"),
+    );
+    let gh = Gatehouse::start(dir.path(), &config);
+    // on-request gets the address with the call; on-response asks the host for it.
+    let r = client()
+        .get(format!("http://{}/", gh.addrs[0]))
+        .send()
+        .expect("request over IPv6");
+    assert_eq!(r.headers()["x-client"], "::1");
+    let body = r.text().expect("body");
+    assert!(body.lines().any(|l| l == "client=::1"), "{body}");
+
+    let sock = gh.addrs[1].strip_prefix("unix:").expect("unix listener");
+    let out = Command::new("curl")
+        .args(["-si", "--unix-socket", sock, "http://localhost/"])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("x-client: (none)"), "{text}");
+    assert!(text.lines().any(|l| l == "client="), "{text}");
+}
+
+#[test]
 fn plugins_rewrite_method_path_and_query_for_later_plugins_and_the_target() {
     // The first probe rewrites; the second echoes what it sees.
     let plugins = [

@@ -120,15 +120,13 @@ pub fn lent_head(head: &HeadSource) -> wit::RequestHeadParam<'_> {
 
 /// An address as the contract's numbers; an IPv4-mapped IPv6 address (a dual-stack listener's view
 /// of an IPv4 client) is the IPv4 address it stands for.
-fn wit_ip(ip: std::net::IpAddr) -> wit::IpAddress {
+pub fn wit_ip(ip: std::net::IpAddr) -> wit::IpAddress {
     match ip.to_canonical() {
-        std::net::IpAddr::V4(v4) => {
-            let [a, b, c, d] = v4.octets();
-            wit::IpAddress::V4((a, b, c, d))
-        }
+        std::net::IpAddr::V4(v4) => wit::IpAddress::V4(u32::from(v4)),
         std::net::IpAddr::V6(v6) => {
-            let [a, b, c, d, e, f, g, h] = v6.segments();
-            wit::IpAddress::V6((a, b, c, d, e, f, g, h))
+            let bits = u128::from(v6);
+            // Truncation is the point: the high and the low 64 bits.
+            wit::IpAddress::V6(((bits >> 64) as u64, bits as u64))
         }
     }
 }
@@ -608,7 +606,7 @@ fn monotonic_ns() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{http_method, lent_head, request_head, wit_method};
+    use super::{http_method, lent_head, request_head, wit_ip, wit_method};
     use crate::pipeline::RequestBody;
     use crate::plugin::exchange::Exchange;
     use http::Method;
@@ -620,6 +618,24 @@ mod tests {
         }
         let (parts, ()) = builder.body(()).expect("a request").into_parts();
         Exchange::new(parts, RequestBody::Memory(bytes::Bytes::new()), None)
+    }
+
+    #[test]
+    fn addresses_cross_the_contract_as_numbers() {
+        let ip = |text: &str| text.parse().expect("an address");
+        assert!(matches!(
+            wit_ip(ip("192.0.2.7")),
+            super::wit::IpAddress::V4(0xC000_0207)
+        ));
+        // A dual-stack listener's view of an IPv4 client is that client.
+        assert!(matches!(
+            wit_ip(ip("::ffff:192.0.2.7")),
+            super::wit::IpAddress::V4(0xC000_0207)
+        ));
+        assert!(matches!(
+            wit_ip(ip("2001:db8::7:1")),
+            super::wit::IpAddress::V6((0x2001_0db8_0000_0000, 0x7_0001))
+        ));
     }
 
     #[test]

@@ -464,15 +464,21 @@ impl Chain {
             if !plugin.has_on_request.load(Ordering::Relaxed) {
                 continue;
             }
-            let head = match slot.as_deref() {
-                Some(ex) if plugin.request_head => Some(ex.head()),
-                _ => None,
+            let (head, client) = match slot.as_deref() {
+                Some(ex) => (
+                    plugin.request_head.then(|| ex.head()),
+                    ex.client.map(|a| host_impl::wit_ip(a.ip())),
+                ),
+                None => (None, None),
             };
             let action = plugin.call(slot, |b, store| {
                 // Only a response given during this very call counts (not one from another hook).
                 store.data_mut().local = None;
-                let action =
-                    b.call_on_request(&mut *store, head.as_ref().map(host_impl::lent_head))?;
+                let action = b.call_on_request(
+                    &mut *store,
+                    head.as_ref().map(host_impl::lent_head),
+                    client,
+                )?;
                 Ok((action, store.data_mut().local.take()))
             });
             let answer = match action {
