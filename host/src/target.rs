@@ -155,9 +155,10 @@ impl Targets {
         })
     }
 
-    /// The target with this name.
-    pub fn find(&self, name: &str) -> Option<TargetId> {
-        self.names.iter().position(|n| n == name).map(TargetId)
+    /// The target at this position of the config's `[targets]`: plugins are given the target
+    /// names in that order (`Chain::for_config`) and route by position.
+    pub fn nth(&self, position: usize) -> Option<TargetId> {
+        (position < self.targets.len()).then_some(TargetId(position))
     }
 
     /// The target behind an id.

@@ -280,8 +280,11 @@ async fn answer(
 fn route_request(targets: &Targets, choice: Option<&Choice>) -> Result<Route, HttpError> {
     match choice {
         Some(choice) => {
-            let Some(target) = targets.find(&choice.target) else {
-                tracing::error!(plugin = %choice.by(), target = %choice.target, "plugin routed to a target that is not configured");
+            let Some(target) = targets.nth(choice.target) else {
+                tracing::error!(
+                    target = choice.target,
+                    "plugin routed to a target that is not configured"
+                );
                 return Err(HttpError::Internal);
             };
             Ok(Route {

@@ -252,13 +252,13 @@ impl Plugin {
 
     /// The target a `route` answer names, with its mount point cut from the request's path.
     fn choice(&self, route: wit::Route, slot: &Option<Box<Exchange>>) -> Result<Choice, String> {
-        let target = self.targets.get(route.target as usize).ok_or_else(|| {
-            format!(
-                "routed to target #{} of the {} configured",
-                route.target,
+        let target = route.target as usize;
+        if target >= self.targets.len() {
+            return Err(format!(
+                "routed to target #{target} of the {} configured",
                 self.targets.len()
-            )
-        })?;
+            ));
+        }
         let strip_prefix = match route.strip_prefix as usize {
             0 => None,
             n => {
@@ -273,9 +273,8 @@ impl Plugin {
             }
         };
         Ok(Choice {
-            target: target.clone(),
+            target,
             strip_prefix,
-            by: Arc::clone(&self.info),
         })
     }
 
@@ -368,19 +367,10 @@ impl Ran {
 /// A target chosen by a plugin.
 #[derive(Debug, Clone)]
 pub struct Choice {
-    /// The target's name.
-    pub target: String,
+    /// The target's position in the config's `[targets]` (see `Targets::nth`).
+    pub target: usize,
     /// A prefix the target treats as its mount point.
     pub strip_prefix: Option<String>,
-    /// The plugin that chose, for messages.
-    by: Arc<PluginInfo>,
-}
-
-impl Choice {
-    /// The name of the plugin that chose.
-    pub fn by(&self) -> &str {
-        &self.by.name
-    }
 }
 
 /// What the chain decided for a request.
@@ -433,6 +423,7 @@ impl Chain {
         config: &crate::config::Config,
         services: Arc<Services>,
     ) -> Result<Chain, LoadError> {
+        // In the order `Targets::build` numbers them: a route's position is its target's.
         let targets: Vec<String> = config.targets.keys().cloned().collect();
         Chain::load(
             &config.plugins,
