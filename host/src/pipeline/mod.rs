@@ -103,14 +103,15 @@ where
         }
     };
 
-    let target = route.map(|r| gateway.targets.name(r.target).to_string());
+    // Copied only for a log that will name it.
+    let target = route.map(|r| gateway.targets.name(r.target));
     let plugin_log = if gateway.plugins.wants_log(ran) {
         slot.take().map(|ex| {
             Box::new(PluginLog {
                 gateway: Arc::clone(&gateway),
                 exchange: Some(ex),
                 ran,
-                target: target.clone(),
+                target: target.map(str::to_string),
                 started,
             })
         })
@@ -124,7 +125,7 @@ where
         Box::new(PendingLog {
             entry,
             status,
-            target: target.unwrap_or_else(|| "-".to_string()),
+            target: target.unwrap_or("-").to_string(),
             started,
             log: gateway.access_log.clone(),
         })
