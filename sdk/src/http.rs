@@ -320,7 +320,6 @@ fn wit_method(method: &str) -> wit::MethodParam<'_> {
     }
 }
 
-/// IPv4 by hand: `Display` (the formatting machinery) costs more than the host call that fetched it.
 /// An address from the contract's numbers.
 fn ip_addr(ip: wit::IpAddress) -> std::net::IpAddr {
     match ip {
@@ -331,6 +330,7 @@ fn ip_addr(ip: wit::IpAddress) -> std::net::IpAddr {
     }
 }
 
+/// IPv4 by hand: `Display` (the formatting machinery) costs more than the host call that fetched it.
 fn ip_text(ip: std::net::IpAddr) -> String {
     let std::net::IpAddr::V4(v4) = ip else {
         return ip.to_string();

@@ -107,7 +107,6 @@ impl Exchange {
     }
 }
 
-/// `example.com:8080` -> `example.com`; `[::1]:80` -> `[::1]`.
 /// Method, URI and `Host` header of a request: clones that share the request's buffers, so the
 /// head can be lent to a call while the store owns the exchange.
 #[derive(Debug)]
@@ -136,6 +135,7 @@ fn host_of<'a>(header: Option<&'a HeaderValue>, uri: &'a http::Uri) -> Option<&'
     Some(strip_port(raw))
 }
 
+/// `example.com:8080` -> `example.com`; `[::1]:80` -> `[::1]`.
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         return host.find(']').map_or(host, |end| &host[..=end]);
