@@ -446,6 +446,11 @@ impl Chain {
         ran: &mut Ran,
     ) -> Result<Decision, HttpError> {
         let mut choice = None;
+        // Plugins cannot change the client's address; the head they can, so it is taken per call.
+        let client = slot
+            .as_deref()
+            .and_then(|ex| ex.client)
+            .map(|a| host_impl::wit_ip(a.ip()));
         for (i, plugin) in self.plugins.iter().enumerate() {
             match slot.as_deref() {
                 Some(ex) if plugin.applies_to(ex) => {}
@@ -455,12 +460,9 @@ impl Chain {
             if !plugin.has_on_request.load(Ordering::Relaxed) {
                 continue;
             }
-            let (head, client) = match slot.as_deref() {
-                Some(ex) => (
-                    plugin.request_head.then(|| ex.head()),
-                    ex.client.map(|a| host_impl::wit_ip(a.ip())),
-                ),
-                None => (None, None),
+            let head = match slot.as_deref() {
+                Some(ex) if plugin.request_head => Some(ex.head()),
+                _ => None,
             };
             let action = plugin.call(slot, |b, store| {
                 // Only a response given during this very call counts (not one from another hook).
