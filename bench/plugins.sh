@@ -3,7 +3,8 @@
 # plugins, and with a realistic chain (router + a header-setting filter + a per-client rate limit on
 # the host's counters), side by side in one run; then the cost of one plugin call (criterion).
 #
-#   bench/plugins.sh [DURATION] [ROUNDS]     defaults: 10s, 3 rounds, interleaved; medians reported
+#   bench/plugins.sh [DURATION] [ROUNDS]     defaults: 10s, 3 rounds, interleaved; medians reported,
+#                                            ratios round by round with their range
 #
 # wrk shares the machine's cores with Gatehouse. At normal priority it preempts the server each time
 # a response wakes it, and on a small VM a context switch costs ~15 us of kernel time on both sides:
@@ -111,19 +112,26 @@ for _ in $(seq "$ROUNDS"); do
   done
 done
 col() { awk -v c="$1" '{print $c}' "$2" | median; }
+# The ratio of column $1 of $3 to that of $2, round by round (the three servers of a round run within
+# seconds of each other, so the VM's slower and faster minutes cancel): "median (min-max)".
+paired() {
+  paste -d' ' "$2" "$3" | awk -v c="$1" -v n="$(awk 'NR == 1 {print NF}' "$2")" '{print $(c + n) / $c}' \
+    | sort -n | awk '{a[NR] = $1} END {m = (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2
+      printf "%.2fx (%.2f-%.2f)", m, a[1], a[NR]}'
+}
 label() { case $1 in none) echo "no plugins";; noop3) echo "3 no-op plugins";; *) echo "router + headers + ratelimit";; esac; }
-echo "static 1 KiB, wrk -t2 -c$CONNS -d$DURATION, $ROUNDS interleaved rounds, medians"
-echo "wrk under SCHED_BATCH:           req/s   ratio   server CPU us/req   ratio"
-none=$(col 1 "$work/none.batch"); none_cpu=$(col 2 "$work/none.batch")
+echo "static 1 KiB, wrk -t2 -c$CONNS -d$DURATION, $ROUNDS interleaved rounds: medians; ratios to no plugins"
+echo "round by round, median (min-max); CPU ratio = no plugins' CPU per request / this chain's"
+echo "wrk under SCHED_BATCH:           req/s   ratio                server CPU us/req   ratio"
 for c in none noop3 real; do
-  v=$(col 1 "$work/$c.batch"); cpu=$(col 2 "$work/$c.batch")
-  printf '%-28s %10.0f %7.2fx %12.2f %12.2fx\n' "$(label $c)" "$v" "$(ratio "$v" "$none")" "$cpu" "$(ratio "$none_cpu" "$cpu")"
+  printf '%-28s %10.0f   %-20s %10.2f   %s\n' "$(label $c)" "$(col 1 "$work/$c.batch")" \
+    "$(paired 1 "$work/none.batch" "$work/$c.batch")" "$(col 2 "$work/$c.batch")" \
+    "$(paired 2 "$work/$c.batch" "$work/none.batch")"
 done
 echo "wrk at normal priority:          req/s   ratio"
-none=$(col 1 "$work/none.normal")
 for c in none noop3 real; do
-  v=$(col 1 "$work/$c.normal")
-  printf '%-28s %10.0f %7.2fx\n' "$(label $c)" "$v" "$(ratio "$v" "$none")"
+  printf '%-28s %10.0f   %s\n' "$(label $c)" "$(col 1 "$work/$c.normal")" \
+    "$(paired 1 "$work/none.normal" "$work/$c.normal")"
 done
 
 for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
