@@ -115,9 +115,9 @@ col() { awk -v c="$1" '{print $c}' "$2" | median; }
 # The ratio of column $1 of $3 to that of $2, round by round (the three servers of a round run within
 # seconds of each other, so the VM's slower and faster minutes cancel): "median (min-max)".
 paired() {
-  paste -d' ' "$2" "$3" | awk -v c="$1" -v n="$(awk 'NR == 1 {print NF}' "$2")" '{print $(c + n) / $c}' \
-    | sort -n | awk '{a[NR] = $1} END {m = (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2
-      printf "%.2fx (%.2f-%.2f)", m, a[1], a[NR]}'
+  local r
+  r=$(paste -d' ' "$2" "$3" | awk -v c="$1" '{print $(c + NF / 2) / $c}' | sort -n)
+  printf '%.2fx (%.2f-%.2f)' "$(median <<<"$r")" "$(head -1 <<<"$r")" "$(tail -1 <<<"$r")"
 }
 label() { case $1 in none) echo "no plugins";; noop3) echo "3 no-op plugins";; *) echo "router + headers + ratelimit";; esac; }
 echo "static 1 KiB, wrk -t2 -c$CONNS -d$DURATION, $ROUNDS interleaved rounds: medians; ratios to no plugins"
