@@ -126,6 +126,26 @@ fn port_already_in_use_is_a_clear_error() {
         err.contains("cannot listen on 127.0.0.1:") && err.contains("in use"),
         "{err}"
     );
+    assert_eq!(err.matches("in use").count(), 1, "the cause once: {err}");
+
+    // The port is refused before any Python worker imports the app.
+    std::fs::write(
+        dir.path().join("marker_app.py"),
+        "open('imported', 'w').close()\ndef app(environ, start_response):\n    start_response('200 OK', [])\n    return [b'']\n",
+    )
+    .expect("app");
+    let config = format!(
+        "[server]\nlisten = [\"{}\"]\n[targets.app]\nwsgi = \"marker_app:app\"\nworkers = 1\n",
+        taken.local_addr().expect("addr")
+    );
+    std::fs::write(dir.path().join("w.toml"), config).expect("write");
+    let (code, _, err) = run(&["-c", "w.toml"], dir.path());
+    assert_eq!(code, 1);
+    assert!(err.contains("in use"), "{err}");
+    assert!(
+        !dir.path().join("imported").exists(),
+        "the app was imported before the port was found taken"
+    );
 }
 
 /// Its loops share their port through SO_REUSEPORT, which must not let a second Gatehouse join the

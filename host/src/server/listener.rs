@@ -34,18 +34,19 @@ pub enum Listener {
 
 /// A listener that could not be bound.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr}: {source}")]
+// The cause is part of the message and not a `source`: error chains print it once.
+#[error("cannot listen on {addr}: {cause}")]
 pub struct BindError {
     addr: String,
-    source: std::io::Error,
+    cause: std::io::Error,
 }
 
 impl Bound {
     /// Binds one configured address for `loops` event loops.
     pub fn bind(addr: &ListenAddr, loops: usize) -> Result<Bound, BindError> {
-        let wrap = |source| BindError {
+        let wrap = |cause| BindError {
             addr: addr.to_string(),
-            source,
+            cause,
         };
         match addr {
             ListenAddr::Tcp(sa) => {

@@ -59,20 +59,33 @@ impl Reloader {
                 "the number of event-loop threads (server.threads) changes at the next restart"
             );
         }
-        // Plugins first: a plugin that fails to load leaves the old chain serving, with no new
-        // workers started for nothing. The shared store survives the reload.
+        // The shared store and the access log survive the reload.
         let current = self.gateway.load();
-        let plugins = Chain::for_config(config, Arc::clone(current.plugins.services()))?;
-        let targets = Targets::build(config)?;
-        let access_log = current.access_log.clone();
-        self.gateway.store(Arc::new(Gateway {
-            targets,
-            plugins,
-            limits: config.server.limits.clone(),
-            access_log,
-        }));
+        let gateway = build_gateway(
+            config,
+            Arc::clone(current.plugins.services()),
+            current.access_log.clone(),
+        )?;
+        self.gateway.store(Arc::new(gateway));
         Ok(())
     }
+}
+
+/// The one place a gateway is built from a config. Plugins first: a plugin that fails to load
+/// starts no workers for nothing (and on reload leaves the old chain serving).
+fn build_gateway(
+    config: &Config,
+    services: Arc<Services>,
+    access_log: AccessLog,
+) -> Result<Gateway, StartError> {
+    let plugins = Chain::for_config(config, services)?;
+    let targets = Targets::build(config)?;
+    Ok(Gateway {
+        targets,
+        plugins,
+        limits: config.server.limits.clone(),
+        access_log,
+    })
 }
 
 /// A server with its sockets bound, ready to run.
@@ -85,11 +98,9 @@ pub struct Server {
 }
 
 impl Server {
-    /// Builds the targets and binds every listener, once per event loop.
+    /// Binds every listener, once per event loop, then loads the plugins and builds the targets:
+    /// a port in use fails at once, before any Python worker has imported the app.
     pub fn bind(config: &Config, access_log: AccessLog) -> Result<Server, StartError> {
-        let services = Arc::new(Services::new(config.kv_budget as usize));
-        let plugins = Chain::for_config(config, services)?;
-        let targets = Targets::build(config)?;
         let loops = config.server.threads;
         let listeners = config
             .server
@@ -97,12 +108,10 @@ impl Server {
             .iter()
             .map(|addr| Bound::bind(addr, loops))
             .collect::<Result<Vec<_>, _>>()?;
-        let gateway = Arc::new(ArcSwap::from_pointee(Gateway {
-            targets,
-            plugins,
-            limits: config.server.limits.clone(),
-            access_log,
-        }));
+        let services = Arc::new(Services::new(config.kv_budget as usize));
+        let gateway = Arc::new(ArcSwap::from_pointee(build_gateway(
+            config, services, access_log,
+        )?));
         Ok(Server {
             listeners,
             gateway,
