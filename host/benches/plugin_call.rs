@@ -8,11 +8,9 @@ use std::hint::black_box;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use gatehouse::config::{Isolation, OnError, PluginConfig, PluginSource};
-use gatehouse::pipeline::RequestBody;
-use gatehouse::plugin::{Chain, Exchange, Ran, Services, sandbox};
+use gatehouse::plugin::{Chain, Exchange, Progress, Services, sandbox};
 
 fn plugin(name: &str, source: PluginSource, config_json: &str) -> PluginConfig {
     PluginConfig {
@@ -29,29 +27,25 @@ fn plugin(name: &str, source: PluginSource, config_json: &str) -> PluginConfig {
     }
 }
 
-fn exchange(client: Option<std::net::SocketAddr>) -> Option<Box<Exchange>> {
+fn exchange(client: Option<std::net::SocketAddr>) -> Box<Exchange> {
     let (parts, ()) = http::Request::get("/static/app.css")
         .header("host", "shop.example.org")
         .header("user-agent", "bench")
         .body(())
         .expect("request")
         .into_parts();
-    Some(Box::new(Exchange::new(
-        parts,
-        RequestBody::Memory(Bytes::new()),
-        client,
-    )))
+    Box::new(Exchange::new(parts, None, client, false))
 }
 
 fn bench_chain(c: &mut Criterion, label: &str, plugins: &[PluginConfig]) {
     let services = Arc::new(Services::new(1 << 20));
     let targets = ["app".to_string(), "assets".to_string()];
     let chain = Chain::load(plugins, &targets, services, 1 << 20, None).expect("load the chain");
-    let mut slot = exchange(None);
+    let mut ex = exchange(None);
     c.bench_function(label, |b| {
         b.iter(|| {
-            let mut ran = Ran::default();
-            black_box(chain.on_request(&mut slot, &mut ran).is_ok())
+            let mut progress = Progress::default();
+            black_box(chain.on_request(&mut ex, &mut progress).is_ok())
         })
     });
 }
@@ -101,23 +95,21 @@ fn bench_request(c: &mut Criterion, plugins: &[PluginConfig]) {
     let services = Arc::new(Services::new(1 << 20));
     let targets = ["app".to_string()];
     let chain = Chain::load(plugins, &targets, services, 1 << 20, None).expect("load the chain");
-    let mut slot = exchange(Some(([127, 0, 0, 1], 40000).into()));
+    let mut ex = exchange(Some(([127, 0, 0, 1], 40000).into()));
     c.bench_function("router + headers + ratelimit, one request", |b| {
         b.iter(|| {
-            let mut ran = Ran::default();
-            let served = chain.on_request(&mut slot, &mut ran).is_ok();
-            if let Some(ex) = slot.as_deref_mut() {
-                ex.response = Some(
-                    http::Response::builder()
-                        .header("content-type", "application/octet-stream")
-                        .header("content-length", "1024")
-                        .header("etag", "\"400-5f2b\"")
-                        .body(gatehouse::body::Body::Empty)
-                        .expect("response"),
-                );
-            }
-            let answered = chain.on_response(&mut slot, ran).is_ok();
-            black_box(slot.as_deref_mut().and_then(|ex| ex.response.take()));
+            let mut progress = Progress::default();
+            let served = chain.on_request(&mut ex, &mut progress).is_ok();
+            ex.response = Some(
+                http::Response::builder()
+                    .header("content-type", "application/octet-stream")
+                    .header("content-length", "1024")
+                    .header("etag", "\"400-5f2b\"")
+                    .body(gatehouse::body::Body::Empty)
+                    .expect("response"),
+            );
+            let answered = chain.on_response(&mut ex, progress.ran).is_ok();
+            black_box(ex.response.take());
             black_box(served && answered)
         })
     });

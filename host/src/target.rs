@@ -9,8 +9,9 @@ use http::request::Parts;
 use crate::body::Body;
 use crate::config::{Config, TargetConfig};
 use crate::error::HttpError;
-use crate::pipeline::{ConnCtx, RequestBody};
+use crate::peer::Peer;
 use crate::plugin::Services;
+use crate::request_body::RequestBody;
 use crate::static_files::StaticFiles;
 use crate::wsgi::{WsgiError, WsgiTarget};
 
@@ -24,17 +25,36 @@ pub fn below_mount<'a>(path: &'a str, mount: &str) -> Option<&'a str> {
     (rest.is_empty() || rest.starts_with('/')).then_some(rest)
 }
 
-/// Index of a target in [`Targets`].
+/// Index of a target in [`Targets`]: its position in the config's `[targets]`, the order plugins
+/// are given the target names in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TargetId(usize);
 
-/// Where a request goes; set by the routing phase.
+impl TargetId {
+    /// The target at `position` of the config's `[targets]`, if there are more than `position`.
+    pub fn at(position: usize, count: usize) -> Option<TargetId> {
+        (position < count).then_some(TargetId(position))
+    }
+}
+
+/// Where a request goes: chosen by a plugin (usually `router`), else the default target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     /// The chosen target.
     pub target: TargetId,
     /// A mount prefix chosen with it (a router's `strip_prefix`), replacing the target's `mount`.
     pub mount: Option<String>,
+}
+
+/// What a target needs of the request body before it serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyPolicy {
+    /// The whole body, read before serving (in memory or spooled): a WSGI app sees a complete
+    /// `wsgi.input`, so a slow upload never holds a Python thread.
+    Whole,
+    /// No body: it is read and thrown away before serving, within the same limits (nginx
+    /// discards the body of a request for a static file), so the connection stays usable.
+    Discard,
 }
 
 /// A built target, ready to answer requests.
@@ -49,18 +69,27 @@ pub enum Target {
 }
 
 impl Target {
-    /// Answers a request whose head is `req` and whose whole body is `body`.
+    /// Whether the body is read before [`Target::serve`].
+    pub fn body_policy(&self) -> BodyPolicy {
+        match self {
+            Target::Wsgi(_) => BodyPolicy::Whole,
+            Target::Static(_) | Target::Metrics => BodyPolicy::Discard,
+        }
+    }
+
+    /// Answers a request whose head is `req`; `body` is the whole body under
+    /// [`BodyPolicy::Whole`], else whatever a plugin read or set (empty if none did).
     pub async fn serve(
         &self,
         req: &Parts,
         body: &RequestBody,
-        conn: &ConnCtx,
+        peer: &Peer,
         mount: Option<&str>,
         services: &Services,
     ) -> Result<Response<Body>, HttpError> {
         match self {
             Target::Static(files) => files.serve(req, mount),
-            Target::Wsgi(app) => app.serve(req, body, conn, mount).await,
+            Target::Wsgi(app) => app.serve(req, body, peer, mount).await,
             Target::Metrics => Ok(metrics_response(services)),
         }
     }
@@ -155,20 +184,15 @@ impl Targets {
         })
     }
 
-    /// The target at this position of the config's `[targets]`: plugins are given the target
-    /// names in that order (`Chain::for_config`) and route by position.
-    pub fn nth(&self, position: usize) -> Option<TargetId> {
-        (position < self.targets.len()).then_some(TargetId(position))
-    }
-
-    /// The target behind an id.
-    pub fn get(&self, id: TargetId) -> &Target {
-        &self.targets[id.0]
+    /// The target behind an id, if it is one of these targets (the chain and the targets of a
+    /// gateway come from the same config, so it always is).
+    pub fn get(&self, id: TargetId) -> Option<&Target> {
+        self.targets.get(id.0)
     }
 
     /// A target's configured name, for logs.
     pub fn name(&self, id: TargetId) -> &str {
-        &self.names[id.0]
+        self.names.get(id.0).map_or("-", String::as_str)
     }
 }
 

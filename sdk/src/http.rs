@@ -16,6 +16,9 @@ pub enum BodyError {
     TooLarge,
     /// A streamed response body, and the filter did not set [`Filter::RESPONSE_BODY`].
     NotBuffered,
+    /// The request body in `on_request` of a filter that did not set [`Filter::REQUEST_BODY`]:
+    /// filters decide on the head, and the host reads no body for them.
+    NotRequested,
 }
 
 impl std::fmt::Display for BodyError {
@@ -23,6 +26,7 @@ impl std::fmt::Display for BodyError {
         f.write_str(match self {
             BodyError::TooLarge => "body too large for plugins",
             BodyError::NotBuffered => "body is streamed and was not buffered",
+            BodyError::NotRequested => "the request body was not requested (Filter::REQUEST_BODY)",
         })
     }
 }
@@ -32,6 +36,7 @@ impl From<wit::BodyError> for BodyError {
         match e {
             wit::BodyError::TooLarge => BodyError::TooLarge,
             wit::BodyError::NotBuffered => BodyError::NotBuffered,
+            wit::BodyError::NotRequested => BodyError::NotRequested,
         }
     }
 }
@@ -49,6 +54,9 @@ pub struct Request<'a> {
     head: std::cell::OnceCell<wit::RequestHead>,
     /// The client's address: passed with `on-request`, else fetched from the host on first use.
     client: std::cell::OnceCell<Option<std::net::IpAddr>>,
+    /// Under the test harness: whether [`Request::body`] gives the body (the host decides this
+    /// itself, by what the filter declared).
+    body_readable: bool,
 }
 
 impl std::fmt::Debug for Request<'_> {
@@ -67,14 +75,16 @@ impl<'a> Request<'a> {
             inner: ReqInner::Host(req),
             head: head.map_or_else(std::cell::OnceCell::new, std::cell::OnceCell::from),
             client: std::cell::OnceCell::new(),
+            body_readable: true,
         }
     }
 
-    pub(crate) fn test(req: &'a mut TestRequest) -> Request<'a> {
+    pub(crate) fn test(req: &'a mut TestRequest, body_readable: bool) -> Request<'a> {
         Request {
             inner: ReqInner::Test(req),
             head: std::cell::OnceCell::new(),
             client: std::cell::OnceCell::new(),
+            body_readable,
         }
     }
 
@@ -254,10 +264,12 @@ impl<'a> Request<'a> {
         }
     }
 
-    /// The whole request body.
+    /// The whole request body, in [`Filter::on_request`] only if the filter set
+    /// [`Filter::REQUEST_BODY`] (else [`BodyError::NotRequested`]).
     pub fn body(&self) -> Result<Vec<u8>, BodyError> {
         match &self.inner {
             ReqInner::Host(r) => r.body().map_err(Into::into),
+            ReqInner::Test(_) if !self.body_readable => Err(BodyError::NotRequested),
             ReqInner::Test(t) => Ok(t.body.clone()),
         }
     }
@@ -609,6 +621,7 @@ pub fn init<F: Filter>(
     Ok(wit::Capabilities {
         response_body: F::RESPONSE_BODY,
         request_head: F::REQUEST_HEAD,
+        request_body: F::REQUEST_BODY,
     })
 }
 

@@ -56,6 +56,12 @@ pub trait Filter: Sized + 'static {
     /// host then buffers them, up to `server.limits.body_buffer_size`).
     const RESPONSE_BODY: bool = false;
 
+    /// Set to `true` if [`Filter::on_request`] reads the request body ([`Request::body`]): the host
+    /// then reads it (within `server.limits`) before this filter runs. Without it the filter
+    /// decides on the head alone, and a request it refuses is answered before the client has sent
+    /// its body (an `Expect: 100-continue` upload is never sent at all).
+    const REQUEST_BODY: bool = false;
+
     /// Set to `true` if the filter reads the method, path, query or host on most requests (a router
     /// does): the host then passes them with each [`Filter::on_request`] call, saving the host call
     /// that otherwise fetches them on first use.

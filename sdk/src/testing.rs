@@ -214,18 +214,18 @@ pub fn init_with_targets<F: Filter>(config_json: &str, targets: &[&str]) -> Resu
 /// Runs [`Filter::on_request`].
 pub fn on_request<F: Filter>(filter: &F, req: &mut TestRequest) -> Action {
     let mut action = Action::Continue;
-    run_hook(|| action = filter.on_request(&mut Request::test(req)));
+    run_hook(|| action = filter.on_request(&mut Request::test(req, F::REQUEST_BODY)));
     action
 }
 
 /// Runs [`Filter::on_response`]; false if the filter does not implement it.
 pub fn on_response<F: Filter>(filter: &F, req: &mut TestRequest, resp: &mut TestResponse) -> bool {
-    !run_hook(|| filter.on_response(&mut Request::test(req), &mut Reply::test(resp)))
+    !run_hook(|| filter.on_response(&mut Request::test(req, true), &mut Reply::test(resp)))
 }
 
 /// Runs [`Filter::on_log`]; false if the filter does not implement it.
 pub fn on_log<F: Filter>(filter: &F, req: &mut TestRequest, entry: &LogEntry) -> bool {
-    !run_hook(|| filter.on_log(&mut Request::test(req), entry))
+    !run_hook(|| filter.on_log(&mut Request::test(req, true), entry))
 }
 
 /// Log lines written by the filter on this thread, as `(level, message)`.

@@ -17,6 +17,8 @@ struct Limiter {
 
 impl Filter for Limiter {
     type Config = Config;
+    // `/rewrite` reads the body.
+    const REQUEST_BODY: bool = true;
 
     fn new(config: Config) -> Result<Self, String> {
         if config.limit <= 0 {
@@ -147,4 +149,27 @@ fn invalid_headers_and_statuses_are_errors() {
     assert!(testing::on_response(&bad, &mut req, &mut resp));
     assert!(resp.headers.is_empty());
     assert_eq!(resp.status, 200);
+}
+
+#[test]
+fn a_filter_that_did_not_ask_for_the_body_gets_not_requested() {
+    struct HeadOnly;
+    impl Filter for HeadOnly {
+        type Config = serde::de::IgnoredAny;
+        fn new(_: serde::de::IgnoredAny) -> Result<Self, String> {
+            Ok(HeadOnly)
+        }
+        fn on_request(&self, req: &mut Request) -> Action {
+            match req.body() {
+                Err(gatehouse_sdk::BodyError::NotRequested) => Action::Continue,
+                other => panic!("expected NotRequested, got {other:?}"),
+            }
+        }
+    }
+    let filter: HeadOnly = testing::init("{}").expect("config");
+    let mut req = TestRequest::new("POST", "/").with_body("secret");
+    assert!(matches!(
+        testing::on_request(&filter, &mut req),
+        Action::Continue
+    ));
 }

@@ -635,3 +635,155 @@ fn rate_limit_headers_and_no_op_fixtures() {
         "the 429 is a local response the headers plugin still sees"
     );
 }
+
+/// Files the front spooled request bodies to, in `dir`.
+fn spooled_bodies(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| name.starts_with("gatehouse-body-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_plugin_refuses_an_upload_on_its_head_before_the_body_is_read() {
+    use std::io::{Read, Write};
+    let dir = site(&[
+        ("index.html", b"hello from site\n"),
+        ("other/index.html", b"other\n"),
+    ]);
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).expect("tmp");
+    let text = config(&format!("[[plugins]]\nuse = \"{ADVERSARIAL}\"\n")).replace(
+        "[server]\n",
+        "[server]\nlimits = { max_body_size = \"100MiB\", body_buffer_size = \"64KiB\" }\n",
+    );
+    let tmp_text = tmp.display().to_string();
+    let gh = Gatehouse::start_with_env(dir.path(), &text, &[("TMPDIR", &tmp_text)]);
+    let size: usize = 50 << 20;
+
+    // The client waits for `100 Continue` before sending 50 MiB; the plugin refuses on the head.
+    let mut stream = std::net::TcpStream::connect(gh.addr()).expect("connect");
+    write!(
+        stream,
+        "POST /deny/upload HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\nExpect: 100-continue\r\n\r\n"
+    )
+    .expect("head");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut head = vec![0u8; 4096];
+    let n = stream
+        .read(&mut head)
+        .expect("a response to the head alone");
+    let head = String::from_utf8_lossy(&head[..n]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    assert!(!head.contains("100 Continue"), "{head}");
+    assert!(head.ends_with("denied\n"), "{head}");
+
+    // A client that sends the body anyway is not read: the connection closes, and what it
+    // managed to write fits in the sockets' buffers, not the 50 MiB.
+    stream
+        .set_write_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let chunk = vec![b'x'; 1 << 20];
+    let mut written = 0;
+    while written < size {
+        match stream.write(&chunk) {
+            Ok(n) => written += n,
+            Err(_) => break,
+        }
+    }
+    assert!(written < size, "the server read the whole refused body");
+    assert_eq!(spooled_bodies(&tmp), Vec::<String>::new());
+
+    // An allowed upload is read, for the plugin that asked for it; the next request is served.
+    let r = client()
+        .post(gh.url("/body"))
+        .body(vec![b'y'; 100_000])
+        .send()
+        .expect("post");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.text().expect("body"),
+        "error=the request body was not requested (Filter::REQUEST_BODY)\n",
+        "a plugin that did not declare it gets no body"
+    );
+    assert_eq!(
+        client().get(gh.url("/")).send().expect("get").status(),
+        StatusCode::OK
+    );
+}
+
+#[test]
+fn a_plugin_that_declares_the_body_gets_it_after_100_continue() {
+    let plugins = probe("p", ", echo = true");
+    let (_dir, gh) = start(&plugins);
+    let reply = gh.raw(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\nExpect: 100-continue\r\nConnection: close\r\n\r\npayload",
+        Duration::from_secs(5),
+    );
+    let text = reply.text();
+    assert_eq!(reply.statuses(), [100, 200], "{text}");
+    assert!(text.contains("body=payload\n"), "{text}");
+}
+
+#[test]
+fn plugins_that_print_sleep_read_stdin_or_pile_up_headers_cost_only_their_request() {
+    let plugins = format!("[[plugins]]\nuse = \"{ADVERSARIAL}\"\ntime_limit = \"2s\"\n");
+    let (_dir, gh) = start(&plugins);
+    let c = client();
+    let after = |path: &str| {
+        let r = c.get(gh.url("/")).send().expect("request");
+        assert_eq!(r.status(), StatusCode::OK, "the request after {path}");
+        assert_eq!(r.text().expect("body"), "hello from site\n");
+    };
+
+    // Printing goes to the log, tagged with the plugin, at a bounded rate.
+    let r = c.get(gh.url("/print")).send().expect("print");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.text().expect("body"), "printed\n");
+    let log = gh.wait_stderr("adversarial fixture prints line 0", Duration::from_secs(5));
+    assert!(log.contains("adversarial"), "{log}");
+    assert!(log.contains("prints to stderr 0"), "{log}");
+    assert!(
+        !log.contains("prints line 9999"),
+        "10,000 lines in one request are not all logged"
+    );
+    after("/print");
+
+    // Sleeping would block the event loop: refused, a 500, the instance replaced.
+    let r = c.get(gh.url("/sleep")).send().expect("sleep");
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    gh.wait_stderr("may not block", Duration::from_secs(5));
+    after("/sleep");
+
+    // Stdin is closed: end of file at once.
+    let r = c.get(gh.url("/stdin")).send().expect("stdin");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.text().expect("body"), "stdin=Ok(0) \"\"\n");
+    after("/stdin");
+
+    // 30,000 headers: setting stops at the bound; a local response with them is the plugin's error.
+    let r = c.get(gh.url("/many-headers")).send().expect("many headers");
+    assert_eq!(
+        r.status(),
+        StatusCode::NOT_FOUND,
+        "the request went on, bounded"
+    );
+    after("/many-headers");
+    let r = c
+        .get(gh.url("/many-local-headers"))
+        .send()
+        .expect("many local headers");
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    gh.wait_stderr(
+        "header fields; a plugin may send at most",
+        Duration::from_secs(5),
+    );
+    after("/many-local-headers");
+}

@@ -12,7 +12,7 @@ use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Response, Version};
 
 use crate::body::Body;
-use crate::pipeline::RequestBody;
+use crate::request_body::RequestBody;
 
 /// Marker type for the WIT `request` resource: handles point at the exchange in the store.
 #[derive(Debug)]
@@ -27,8 +27,9 @@ pub struct ResponseRef;
 pub struct Exchange {
     /// Method, URI, version and headers as the target will see them.
     pub request: Parts,
-    /// The whole request body.
-    pub body: RequestBody,
+    /// The whole request body once it has been read (for a plugin that declared it needs it, or
+    /// by the pipeline for the target) or set by a plugin; `None` while it is unread.
+    pub body: Option<RequestBody>,
     /// The client's address (`None` on a Unix socket).
     pub client: Option<SocketAddr>,
     /// Whether the connection is TLS.
@@ -40,13 +41,18 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    /// An exchange for a request whose body has been read.
-    pub fn new(request: Parts, body: RequestBody, client: Option<SocketAddr>) -> Exchange {
+    /// An exchange for a request head; `body` is `Some` when it is already known (empty).
+    pub fn new(
+        request: Parts,
+        body: Option<RequestBody>,
+        client: Option<SocketAddr>,
+        tls: bool,
+    ) -> Exchange {
         Exchange {
             request,
             body,
             client,
-            tls: false,
+            tls,
             context: Vec::new(),
             response: None,
         }
@@ -83,11 +89,17 @@ impl Exchange {
     /// Replaces the request body, keeping the framing headers true to it.
     pub fn set_request_body(&mut self, body: Vec<u8>) {
         let len = body.len();
-        self.body = RequestBody::Memory(Bytes::from(body));
+        self.body = Some(RequestBody::Memory(Bytes::from(body)));
         self.request.headers.remove(TRANSFER_ENCODING);
         self.request
             .headers
             .insert(CONTENT_LENGTH, HeaderValue::from(len));
+    }
+
+    /// A stand-in an instance holds between hook calls, swapped with the real one for each call.
+    pub fn placeholder() -> Exchange {
+        let (request, ()) = http::Request::new(()).into_parts();
+        Exchange::new(request, None, None, false)
     }
 
     /// A context value.

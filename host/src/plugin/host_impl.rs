@@ -15,10 +15,10 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::gatehouse::plugin::{host, http as wit};
 use super::exchange::{self, Exchange, HeadSource, RequestRef, ResponseRef};
-use super::sandbox::MAX_PLUGIN_BODY;
+use super::sandbox::{MAX_PLUGIN_BODY, MAX_PLUGIN_HEADERS};
 use super::services::{self, Services};
 use crate::body::Body;
-use crate::pipeline::RequestBody;
+use crate::request_body::RequestBody;
 
 /// What every call of one plugin shares: its name, its key namespace and the process's services.
 #[derive(Debug)]
@@ -31,12 +31,17 @@ pub struct PluginInfo {
     pub services: Arc<Services>,
     /// Largest request body handed to plugins.
     pub body_limit: u64,
+    /// What its stdout and stderr may write to the log.
+    pub output: Arc<super::wasi::OutputBudget>,
 }
 
 /// A plugin store's data.
 pub struct HostState {
-    /// The request being worked on, present only during a hook call.
-    pub exchange: Option<Box<Exchange>>,
+    /// The request being worked on during a hook call (swapped in and out by the call), else a
+    /// placeholder.
+    pub exchange: Box<Exchange>,
+    /// Whether a hook call is running: handles used outside one are an error.
+    pub in_hook: bool,
     /// The response `on-request` answers with, set by `request.respond`.
     pub local: Option<wit::LocalResponse>,
     /// Where [`scoped`] builds keys.
@@ -54,20 +59,22 @@ impl HostState {
     /// Fresh state for one instance of a plugin.
     pub fn new(info: Arc<PluginInfo>, limits: StoreLimits) -> HostState {
         HostState {
-            exchange: None,
+            exchange: Box::new(Exchange::placeholder()),
+            in_hook: false,
             local: None,
             scratch: String::new(),
             limits,
+            wasi: super::sandbox::wasi_ctx(&info.output),
             info,
-            wasi: super::sandbox::wasi_ctx(),
             table: ResourceTable::new(),
         }
     }
 
     fn ex(&mut self) -> Result<&mut Exchange> {
-        self.exchange
-            .as_deref_mut()
-            .ok_or_else(|| wasmtime::format_err!("request handle used outside a hook call"))
+        if !self.in_hook {
+            wasmtime::bail!("request handle used outside a hook call");
+        }
+        Ok(&mut self.exchange)
     }
 
     fn response(&mut self) -> Result<&mut http::Response<Body>> {
@@ -75,6 +82,13 @@ impl HostState {
             .response
             .as_mut()
             .ok_or_else(|| wasmtime::format_err!("response handle used before there is a response"))
+    }
+}
+
+impl HostState {
+    /// The resource table WASI's streams and pollables live in.
+    pub fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
     }
 }
 
@@ -156,6 +170,12 @@ fn set_header(
 ) -> std::result::Result<(), String> {
     let name = exchange::header_name(name)?;
     let value = exchange::header_value(value)?;
+    // Each new field grows the map: a bound keeps a plugin from building a head no one can send.
+    if (append || !headers.contains_key(&name)) && headers.len() >= MAX_PLUGIN_HEADERS {
+        return Err(format!(
+            "a message may carry at most {MAX_PLUGIN_HEADERS} header fields set by plugins"
+        ));
+    }
     if append {
         headers.append(name, value);
     } else {
@@ -371,8 +391,9 @@ impl wit::HostRequest for HostState {
     ) -> Result<std::result::Result<Vec<u8>, wit::BodyError>> {
         let limit = self.info.body_limit;
         Ok(match &self.ex()?.body {
-            RequestBody::Memory(b) if b.len() as u64 <= limit => Ok(b.to_vec()),
-            _ => Err(wit::BodyError::TooLarge),
+            None => Err(wit::BodyError::NotRequested),
+            Some(RequestBody::Memory(b)) if b.len() as u64 <= limit => Ok(b.to_vec()),
+            Some(_) => Err(wit::BodyError::TooLarge),
         })
     }
 
@@ -607,7 +628,6 @@ fn monotonic_ns() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::{http_method, lent_head, request_head, wit_ip, wit_method};
-    use crate::pipeline::RequestBody;
     use crate::plugin::exchange::Exchange;
     use http::Method;
 
@@ -617,7 +637,7 @@ mod tests {
             builder = builder.header("host", host);
         }
         let (parts, ()) = builder.body(()).expect("a request").into_parts();
-        Exchange::new(parts, RequestBody::Memory(bytes::Bytes::new()), None)
+        Exchange::new(parts, None, None, false)
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod exchange;
 mod host_impl;
 pub mod sandbox;
 pub mod services;
+mod wasi;
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,6 +31,7 @@ use wasmtime::{Engine, Store, StoreLimitsBuilder};
 use crate::body::Body;
 use crate::config::{Isolation, OnError, PluginConfig, PluginSource};
 use crate::error::HttpError;
+use crate::target::{Route, TargetId};
 use bindings::gatehouse::plugin::http as wit;
 pub use exchange::Exchange;
 use host_impl::{HostState, PluginInfo};
@@ -57,7 +59,7 @@ fn runtime() -> Result<&'static Runtime, String> {
         .get_or_init(|| {
             let engine = Engine::new(&sandbox::engine_config()).map_err(|e| e.to_string())?;
             let mut linker = Linker::new(&engine);
-            wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| e.to_string())?;
+            wasi::add_to_linker(&mut linker).map_err(|e| e.to_string())?;
             bindings::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
                 .map_err(|e| e.to_string())?;
             let ticker = engine.clone();
@@ -98,6 +100,7 @@ struct Plugin {
     pool: ThreadLocal<RefCell<Vec<Instance>>>,
     response_body: bool,
     request_head: bool,
+    request_body: bool,
     has_on_request: AtomicBool,
     has_on_response: AtomicBool,
     has_on_log: AtomicBool,
@@ -141,6 +144,7 @@ impl Plugin {
                 namespace: config.namespace.clone(),
                 services: Arc::clone(services),
                 body_limit,
+                output: wasi::OutputBudget::new(&config.name),
             }),
             pre,
             config: config.clone(),
@@ -149,6 +153,7 @@ impl Plugin {
             pool: ThreadLocal::new(),
             response_body: false,
             request_head: false,
+            request_body: false,
             has_on_request: AtomicBool::new(true),
             has_on_response: AtomicBool::new(true),
             has_on_log: AtomicBool::new(true),
@@ -158,6 +163,7 @@ impl Plugin {
         let (_, caps) = plugin.instantiate()?;
         plugin.response_body = caps.response_body;
         plugin.request_head = caps.request_head;
+        plugin.request_body = caps.request_body;
         Ok(plugin)
     }
 
@@ -212,17 +218,22 @@ impl Plugin {
         }
     }
 
-    /// Runs one hook with the exchange moved into the instance's store.
+    /// Runs one hook with the exchange moved into the instance's store (swapped with the
+    /// placeholder the instance holds between calls, and swapped back after it, whatever happens).
     fn call<R>(
         &self,
-        slot: &mut Option<Box<Exchange>>,
+        ex: &mut Box<Exchange>,
         hook: impl FnOnce(&bindings::Plugin, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, Failure> {
         let mut instance = self.checkout()?;
-        instance.store.data_mut().exchange = slot.take();
+        let state = instance.store.data_mut();
+        std::mem::swap(&mut state.exchange, ex);
+        state.in_hook = true;
         instance.store.set_epoch_deadline(self.ticks);
         let result = hook(&instance.bindings, &mut instance.store);
-        *slot = instance.store.data_mut().exchange.take();
+        let state = instance.store.data_mut();
+        state.in_hook = false;
+        std::mem::swap(&mut state.exchange, ex);
         match result {
             Ok(value) => {
                 self.checkin(instance);
@@ -238,31 +249,31 @@ impl Plugin {
     fn status_hook(
         &self,
         implemented: &AtomicBool,
-        slot: &mut Option<Box<Exchange>>,
+        ex: &mut Box<Exchange>,
         hook: impl FnOnce(&bindings::Plugin, &mut Store<HostState>) -> wasmtime::Result<wit::HookStatus>,
     ) -> Result<(), Failure> {
         if !implemented.load(Ordering::Relaxed) {
             return Ok(());
         }
-        if let wit::HookStatus::Unimplemented = self.call(slot, hook)? {
+        if let wit::HookStatus::Unimplemented = self.call(ex, hook)? {
             implemented.store(false, Ordering::Relaxed);
         }
         Ok(())
     }
 
     /// The target a `route` answer names, with its mount point cut from the request's path.
-    fn choice(&self, route: wit::Route, slot: &Option<Box<Exchange>>) -> Result<Choice, String> {
-        let target = route.target as usize;
-        if target >= self.targets.len() {
-            return Err(format!(
-                "routed to target #{target} of the {} configured",
+    fn route(&self, route: wit::Route, ex: &Exchange) -> Result<Route, String> {
+        let position = route.target as usize;
+        let target = TargetId::at(position, self.targets.len()).ok_or_else(|| {
+            format!(
+                "routed to target #{position} of the {} configured",
                 self.targets.len()
-            ));
-        }
-        let strip_prefix = match route.strip_prefix as usize {
+            )
+        })?;
+        let mount = match route.strip_prefix as usize {
             0 => None,
             n => {
-                let path = slot.as_deref().map_or("", |ex| ex.request.uri.path());
+                let path = ex.request.uri.path();
                 let mount = path
                     .get(..n)
                     .filter(|m| crate::target::below_mount(path, m).is_some())
@@ -272,10 +283,7 @@ impl Plugin {
                 Some(mount.to_string())
             }
         };
-        Ok(Choice {
-            target,
-            strip_prefix,
-        })
+        Ok(Route { target, mount })
     }
 
     fn applies_to(&self, ex: &Exchange) -> bool {
@@ -364,22 +372,28 @@ impl Ran {
     }
 }
 
-/// A target chosen by a plugin.
-#[derive(Debug, Clone)]
-pub struct Choice {
-    /// The target's position in the config's `[targets]` (see `Targets::nth`).
-    pub target: usize,
-    /// A prefix the target treats as its mount point.
-    pub strip_prefix: Option<String>,
+/// How far `on-request` has got through the chain for one request: the chain stops before a
+/// plugin that needs the body until the pipeline has read it, then goes on from there.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// The plugins whose `on-request` ran (and so get `on-response` and `on-log`).
+    pub ran: Ran,
+    /// The next plugin to consider.
+    next: usize,
+    /// The route a plugin chose so far.
+    route: Option<Route>,
 }
 
 /// What the chain decided for a request.
 #[derive(Debug)]
 pub enum Decision {
-    /// Serve from a target: the one chosen, or the default.
-    Serve(Option<Choice>),
-    /// Answer with this response.
+    /// Serve from a target: the one a plugin chose, or (`None`) the default.
+    Serve(Option<Route>),
+    /// Answer with this response (a plugin's local response).
     Respond(Response<Body>),
+    /// The next plugin needs the request body: read it into the exchange and call
+    /// [`Chain::on_request`] again.
+    ReadBody,
 }
 
 /// The loaded chain of a configuration.
@@ -439,32 +453,31 @@ impl Chain {
         &self.services
     }
 
-    /// Runs `on-request` in order until a plugin answers.
+    /// Runs `on-request` in order until a plugin answers, or until a plugin that needs the body
+    /// is next while the body is unread.
     pub fn on_request(
         &self,
-        slot: &mut Option<Box<Exchange>>,
-        ran: &mut Ran,
+        ex: &mut Box<Exchange>,
+        progress: &mut Progress,
     ) -> Result<Decision, HttpError> {
-        let mut choice = None;
         // Plugins cannot change the client's address; the head they can, so it is taken per call.
-        let client = slot
-            .as_deref()
-            .and_then(|ex| ex.client)
-            .map(|a| host_impl::wit_ip(a.ip()));
-        for (i, plugin) in self.plugins.iter().enumerate() {
-            match slot.as_deref() {
-                Some(ex) if plugin.applies_to(ex) => {}
-                _ => continue,
+        let client = ex.client.map(|a| host_impl::wit_ip(a.ip()));
+        while let Some(plugin) = self.plugins.get(progress.next) {
+            let i = progress.next;
+            if !plugin.applies_to(ex) {
+                progress.next += 1;
+                continue;
             }
-            ran.set(i);
+            if plugin.request_body && ex.body.is_none() {
+                return Ok(Decision::ReadBody);
+            }
+            progress.next += 1;
+            progress.ran.set(i);
             if !plugin.has_on_request.load(Ordering::Relaxed) {
                 continue;
             }
-            let head = match slot.as_deref() {
-                Some(ex) if plugin.request_head => Some(ex.head()),
-                _ => None,
-            };
-            let action = plugin.call(slot, |b, store| {
+            let head = plugin.request_head.then(|| ex.head());
+            let action = plugin.call(ex, |b, store| {
                 // Only a response given during this very call counts (not one from another hook).
                 store.data_mut().local = None;
                 let action = b.call_on_request(
@@ -480,8 +493,8 @@ impl Chain {
                     plugin.has_on_request.store(false, Ordering::Relaxed);
                     Ok(None)
                 }
-                Ok((wit::Action::Route(route), _)) => plugin.choice(route, slot).map(|c| {
-                    choice = Some(c);
+                Ok((wit::Action::Route(route), _)) => plugin.route(route, ex).map(|r| {
+                    progress.route = Some(r);
                     None
                 }),
                 Ok((wit::Action::Respond, local)) => local
@@ -495,12 +508,12 @@ impl Chain {
                 Ok(Some(response)) => return Ok(Decision::Respond(response)),
                 // A failed plugin gets no on-response for this request.
                 Err(reason) => {
-                    ran.clear(i);
+                    progress.ran.clear(i);
                     plugin.failed("on-request", &Failure(reason))?;
                 }
             }
         }
-        Ok(Decision::Serve(choice))
+        Ok(Decision::Serve(progress.route.take()))
     }
 
     /// Whether a plugin that will see this response wants its body in memory.
@@ -512,12 +525,12 @@ impl Chain {
     }
 
     /// Runs `on-response` in reverse order over the plugins whose `on-request` ran.
-    pub fn on_response(&self, slot: &mut Option<Box<Exchange>>, ran: Ran) -> Result<(), HttpError> {
+    pub fn on_response(&self, ex: &mut Box<Exchange>, ran: Ran) -> Result<(), HttpError> {
         for (i, plugin) in self.plugins.iter().enumerate().rev() {
             if !ran.has(i) {
                 continue;
             }
-            let outcome = plugin.status_hook(&plugin.has_on_response, slot, |b, store| {
+            let outcome = plugin.status_hook(&plugin.has_on_response, ex, |b, store| {
                 b.call_on_response(&mut *store)
             });
             if let Err(failure) = outcome {
@@ -536,7 +549,7 @@ impl Chain {
     }
 
     /// Runs `on-log` (in reverse order) once the response is sent; failures are only logged.
-    pub fn on_log(&self, slot: &mut Option<Box<Exchange>>, ran: Ran, entry: &LogEntry) {
+    pub fn on_log(&self, ex: &mut Box<Exchange>, ran: Ran, entry: &LogEntry) {
         let wit_entry = wit::LogEntry {
             status: entry.status,
             bytes_sent: entry.bytes_sent,
@@ -547,7 +560,7 @@ impl Chain {
             if !ran.has(i) {
                 continue;
             }
-            let outcome = plugin.status_hook(&plugin.has_on_log, slot, |b, store| {
+            let outcome = plugin.status_hook(&plugin.has_on_log, ex, |b, store| {
                 b.call_on_log(&mut *store, wit_entry.clone())
             });
             if let Err(failure) = outcome {
@@ -580,6 +593,13 @@ fn local_response(local: wit::LocalResponse) -> Result<Response<Body>, String> {
             "local response body of {} bytes is larger than the {} bytes a plugin may send",
             local.body.len(),
             sandbox::MAX_PLUGIN_BODY
+        ));
+    }
+    if local.headers.len() > sandbox::MAX_PLUGIN_HEADERS {
+        return Err(format!(
+            "local response with {} header fields; a plugin may send at most {}",
+            local.headers.len(),
+            sandbox::MAX_PLUGIN_HEADERS
         ));
     }
     let mut response = Response::new(Body::Empty);

@@ -45,14 +45,28 @@ pub fn engine_config() -> wasmtime::Config {
 /// Set to `1` to have wasmtime write a perf map of the plugins' compiled code.
 pub const PERFMAP_ENV: &str = "GATEHOUSE_PERFMAP";
 
+/// Lines of stdout and stderr one plugin may write to the host's log per second; more are
+/// dropped and counted.
+pub const STDIO_LINES_PER_SECOND: u32 = 100;
+
+/// Longest line of a plugin's stdout or stderr kept for the log; the rest of the line is cut.
+pub const STDIO_LINE_MAX: usize = 1024;
+
+/// Most header fields a plugin may leave on a request or response, or put in a local response;
+/// more is the plugin's error.
+pub const MAX_PLUGIN_HEADERS: usize = 1000;
+
 /// WASI for what Rust's `std` links to, with nothing granted: no preopened directories, no
-/// environment variables or arguments, no sockets or name lookups, stdio discarded.
-pub fn wasi_ctx() -> wasmtime_wasi::WasiCtx {
+/// environment variables or arguments, no sockets or name lookups; stdin closed; stdout and stderr
+/// go to the plugin's log (see `plugin::wasi`).
+pub fn wasi_ctx(output: &std::sync::Arc<super::wasi::OutputBudget>) -> wasmtime_wasi::WasiCtx {
     let mut builder = wasmtime_wasi::WasiCtx::builder();
     builder
         .allow_tcp(false)
         .allow_udp(false)
-        .allow_ip_name_lookup(false);
+        .allow_ip_name_lookup(false)
+        .stdout(output.stream("stdout"))
+        .stderr(output.stream("stderr"));
     builder.build()
 }
 

@@ -110,7 +110,7 @@ pub fn write(req: &Parts, origin: &Origin<'_>, body_len: usize, env: &mut impl S
     env.put("SERVER_NAME", name.as_bytes());
     env.put("SERVER_PORT", port.as_bytes());
     match origin.remote_ip {
-        Some(ip) => env.put("REMOTE_ADDR", crate::server::conn::ip_text(ip).as_bytes()),
+        Some(ip) => env.put("REMOTE_ADDR", crate::peer::ip_text(ip).as_bytes()),
         None => env.put("REMOTE_ADDR", b"unix"),
     }
     if let Some(port) = origin.remote_port {

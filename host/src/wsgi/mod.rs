@@ -23,7 +23,8 @@ use serde::{Deserialize, Serialize};
 use crate::body::Body;
 use crate::config::WsgiConfig;
 use crate::error::HttpError;
-use crate::pipeline::{ConnCtx, RequestBody};
+use crate::peer::Peer;
+use crate::request_body::RequestBody;
 use interpreter::Interpreter;
 use pool::{Pool, PoolConfig, PoolError};
 
@@ -121,12 +122,12 @@ impl WsgiTarget {
         &self,
         req: &Parts,
         body: &RequestBody,
-        conn: &ConnCtx,
+        peer: &Peer,
         mount: Option<&str>,
     ) -> Result<Response<Body>, HttpError> {
         let script_name = mount.unwrap_or(&self.script_name);
         crate::target::below_mount(req.uri.path(), script_name).ok_or(HttpError::NotFound)?;
-        let client = forwarded::resolve(conn.client, &req.headers, &self.trusted);
+        let client = forwarded::resolve(peer.client, &req.headers, &self.trusted);
         let origin = environ::Origin {
             remote_ip: client.forwarded_ip.or(client.addr.map(|a| a.ip())),
             remote_port: if client.forwarded_ip.is_some() {
@@ -134,7 +135,7 @@ impl WsgiTarget {
             } else {
                 client.addr.map(|a| a.port())
             },
-            local: conn.local,
+            local: peer.local,
             scheme: client.scheme,
             script_name,
         };

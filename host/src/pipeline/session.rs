@@ -1,0 +1,167 @@
+//! One request's state from admission to its response, and the phases that move it along.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, Version};
+
+use super::{ConnCtx, Gateway, error_response, respond};
+use crate::body::Body;
+use crate::error::HttpError;
+use crate::peer::Peer;
+use crate::plugin::{Decision, Exchange, Progress, Ran};
+use crate::request_body::{self, RequestBody};
+use crate::target::{BodyPolicy, Route, Targets};
+
+/// A request on its way through the phases: the exchange the plugins and the target work on,
+/// the body while nobody has needed it, which plugins ran and where the request went.
+pub(super) struct Session<B> {
+    gateway: Arc<Gateway>,
+    peer: Peer,
+    version: Version,
+    exchange: Box<Exchange>,
+    /// The request body, until a plugin or the target needs it read.
+    unread: Option<B>,
+    progress: Progress,
+    route: Option<Route>,
+}
+
+/// What a session leaves for the log phase.
+pub(super) struct Outcome {
+    /// The response to send.
+    pub response: Response<Body>,
+    /// The exchange, for the plugins' log phase (`None`: the request was refused at admission).
+    pub exchange: Option<Box<Exchange>>,
+    /// The plugins whose `on-request` ran.
+    pub ran: Ran,
+    /// The route taken, if the request reached the route phase.
+    pub route: Option<Route>,
+}
+
+impl Outcome {
+    /// A request refused before any plugin saw it.
+    pub fn refused(response: Response<Body>) -> Outcome {
+        Outcome {
+            response,
+            exchange: None,
+            ran: Ran::default(),
+            route: None,
+        }
+    }
+}
+
+impl<B> Session<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    /// A session for an admitted request; nothing of its body has been read.
+    pub fn new(gateway: Arc<Gateway>, conn: &ConnCtx, req: Request<B>) -> Session<B> {
+        let version = req.version();
+        let (parts, body) = req.into_parts();
+        // A request with no body has nothing to read: plugins that ask for it get it empty.
+        let (known, unread) = if body.is_end_stream() {
+            (Some(RequestBody::EMPTY), None)
+        } else {
+            (None, Some(body))
+        };
+        let exchange = Box::new(Exchange::new(parts, known, conn.peer.client, conn.peer.tls));
+        Session {
+            gateway,
+            peer: conn.peer,
+            version,
+            exchange,
+            unread,
+            progress: Progress::default(),
+            route: None,
+        }
+    }
+
+    /// Runs the phases from the plugins' on-request to their on-response.
+    pub async fn run(mut self) -> Outcome {
+        let response = match self.answer().await {
+            Ok(response) => response,
+            Err(e) => error_response(&e, self.version),
+        };
+        let response = respond::on_response(
+            &self.gateway,
+            &mut self.exchange,
+            self.progress.ran,
+            response,
+            self.version,
+        )
+        .await;
+        // An unread body is dropped here: hyper drains what has already arrived, or closes the
+        // connection after the response instead of reading the rest.
+        drop(self.unread.take());
+        Outcome {
+            response,
+            exchange: Some(self.exchange),
+            ran: self.progress.ran,
+            route: self.route,
+        }
+    }
+
+    /// Plugins' on-request, route, the target's body policy, serve: the response before
+    /// on-response runs.
+    async fn answer(&mut self) -> Result<Response<Body>, HttpError> {
+        let gateway = Arc::clone(&self.gateway);
+        let chosen = loop {
+            match self
+                .gateway
+                .plugins
+                .on_request(&mut self.exchange, &mut self.progress)?
+            {
+                Decision::Respond(response) => return Ok(response),
+                Decision::Serve(route) => break route,
+                Decision::ReadBody => self.read_body().await?,
+            }
+        };
+        let route = route(&gateway.targets, chosen)?;
+        let target = gateway.targets.get(route.target).ok_or_else(|| {
+            tracing::error!(target = ?route.target, "route to a target of another configuration");
+            HttpError::Internal
+        })?;
+        let mount = route.mount.clone();
+        self.route = Some(route);
+        match target.body_policy() {
+            BodyPolicy::Whole => self.read_body().await?,
+            BodyPolicy::Discard => {
+                if let Some(unread) = self.unread.take() {
+                    request_body::discard(unread, &gateway.limits).await?;
+                }
+            }
+        }
+        let empty = RequestBody::EMPTY;
+        let body = self.exchange.body.as_ref().unwrap_or(&empty);
+        target
+            .serve(
+                &self.exchange.request,
+                body,
+                &self.peer,
+                mount.as_deref(),
+                gateway.plugins.services(),
+            )
+            .await
+    }
+
+    /// Reads the body into the exchange, unless it is there already (read, or set by a plugin).
+    async fn read_body(&mut self) -> Result<(), HttpError> {
+        if self.exchange.body.is_some() {
+            return Ok(());
+        }
+        let body = match self.unread.take() {
+            Some(unread) => request_body::read(unread, &self.gateway.limits).await?,
+            None => RequestBody::EMPTY,
+        };
+        self.exchange.body = Some(body);
+        Ok(())
+    }
+}
+
+/// Route phase: the target a plugin chose, else the default target, else 404.
+fn route(targets: &Targets, chosen: Option<Route>) -> Result<Route, HttpError> {
+    match chosen {
+        Some(route) => Ok(route),
+        None => targets.default_route().ok_or(HttpError::NoRoute),
+    }
+}
