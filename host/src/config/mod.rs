@@ -253,24 +253,193 @@ impl Config {
         Config::parse(&text, &path.display().to_string(), &base)
     }
 
-    /// Validates config text; relative paths resolve against `base_dir`.
+    /// Validates config text; relative paths resolve against `base_dir`. Every error is reported,
+    /// not just the first: see [`deserialize_all`].
     pub fn parse(text: &str, source: &str, base_dir: &Path) -> Result<Config, LoadError> {
         let doc = Doc { text, file: source };
-        let raw: RawConfig = {
-            let deserializer = toml::Deserializer::parse(text)
-                .map_err(|e| LoadError::Invalid(vec![doc.toml_error("", &e)]))?;
-            serde_path_to_error::deserialize(deserializer).map_err(|e| {
-                LoadError::Invalid(vec![doc.toml_error(&e.path().to_string(), e.inner())])
-            })?
-        };
-        let base_dir = std::path::absolute(base_dir).unwrap_or_else(|_| base_dir.to_path_buf());
         let mut errors = Vec::new();
-        let config = raw.validate(&doc, &base_dir, &mut errors);
+        let parsed = deserialize_all(&doc, &mut errors);
+        let base_dir = std::path::absolute(base_dir).unwrap_or_else(|_| base_dir.to_path_buf());
+        let config = parsed.and_then(|(raw, removed)| {
+            let shape_errors = errors.len();
+            let config = raw.validate(&doc, &base_dir, &mut errors);
+            // A key whose value was already wrong gets no second error for its stand-in.
+            let mut i = 0;
+            errors.retain(|e| {
+                i += 1;
+                i <= shape_errors || !removed.iter().any(|r| within(&e.key, r))
+            });
+            config
+        });
+        errors.sort_by_key(|e| (e.line, e.column));
         match config {
             Some(config) if errors.is_empty() => Ok(config),
             _ => Err(LoadError::Invalid(errors)),
         }
     }
+}
+
+/// Most type and unknown-key errors reported from one file before giving up.
+const MAX_SHAPE_ERRORS: usize = 50;
+
+/// Deserializes the document, collecting every type and unknown-key error: serde stops at the
+/// first, so each error's entry is taken out of the parsed document (whose values keep their
+/// spans in the text) and the rest is deserialized again. A required key taken out gets a
+/// stand-in of each basic shape until one fits. A syntax error stops at once (nothing after it can
+/// be trusted). Returns the keys taken out with the config, so that their values get no second
+/// error from validation.
+fn deserialize_all(
+    doc: &Doc<'_>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<(RawConfig, Vec<String>)> {
+    let mut table = match toml::de::DeTable::parse(doc.text) {
+        Ok(table) => table,
+        Err(e) => {
+            errors.push(doc.toml_error("", &e));
+            return None;
+        }
+    };
+    let mut removed: Vec<(String, std::ops::Range<usize>, usize)> = Vec::new();
+    for _ in 0..MAX_SHAPE_ERRORS {
+        let deserializer = toml::de::Deserializer::from(table.clone());
+        let e = match serde_path_to_error::deserialize::<_, RawConfig>(deserializer) {
+            Ok(raw) => return Some((raw, removed.into_iter().map(|(k, _, _)| k).collect())),
+            Err(e) => e,
+        };
+        let key = user_key(e.path());
+        let message = e.inner().message().trim().to_string();
+        let steps = steps(e.path());
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.strip_suffix('`'));
+        if let Some(field) = missing {
+            let full = join_key(&key, field);
+            if let Some((_, span, tried)) = removed.iter_mut().find(|(k, _, _)| *k == full) {
+                // Taken out by us: try the next stand-in.
+                let value = stand_in(*tried)?;
+                *tried += 1;
+                let Some(Node::Table(parent)) = walk(table.get_mut(), &steps) else {
+                    return None;
+                };
+                parent.insert(
+                    toml::Spanned::new(span.clone(), std::borrow::Cow::Owned(field.to_string())),
+                    toml::Spanned::new(span.clone(), value),
+                );
+                continue;
+            }
+        }
+        let span = e.inner().span().unwrap_or(0..0);
+        errors.push(doc.error(span.clone(), &key, message));
+        let (last, parents) = steps.split_last()?;
+        let taken = match walk(table.get_mut(), parents) {
+            Some(Node::Table(t)) => match last {
+                Segment::Map { key } => t.remove(key.as_str()).is_some(),
+                _ => false,
+            },
+            Some(Node::Array(a)) => match last {
+                Segment::Seq { index } if *index < a.len() => {
+                    let old = std::mem::replace(a, toml::de::DeArray::new());
+                    for (i, item) in old.iter().enumerate() {
+                        if i != *index {
+                            a.push(item.clone());
+                        }
+                    }
+                    true
+                }
+                _ => false,
+            },
+            None => false,
+        };
+        if !taken {
+            return None;
+        }
+        removed.push((key, span, 0));
+    }
+    None
+}
+
+use serde_path_to_error::Segment;
+
+/// A value of each basic shape, for a required key whose own value was wrong.
+fn stand_in(n: usize) -> Option<toml::de::DeValue<'static>> {
+    use toml::de::DeValue;
+    Some(match n {
+        0 => DeValue::Array(toml::de::DeArray::new()),
+        1 => DeValue::Table(toml::de::DeTable::new()),
+        2 => DeValue::String(std::borrow::Cow::Borrowed("")),
+        3 => DeValue::Boolean(false),
+        _ => return None,
+    })
+}
+
+fn join_key(parent: &str, field: &str) -> String {
+    if parent.is_empty() {
+        field.to_string()
+    } else {
+        format!("{parent}.{field}")
+    }
+}
+
+/// The table and array steps of a serde path, without the private fields through which `Spanned`
+/// values deserialize.
+fn steps(path: &serde_path_to_error::Path) -> Vec<&Segment> {
+    path.iter()
+        .filter(|s| match s {
+            Segment::Map { key } => !key.starts_with("$__"),
+            Segment::Seq { .. } => true,
+            Segment::Enum { .. } | Segment::Unknown => false,
+        })
+        .collect()
+}
+
+/// A serde path as the user wrote the key: `server.listen[1]`, not
+/// `server.listen.$__serde_spanned_private_value`.
+fn user_key(path: &serde_path_to_error::Path) -> String {
+    let mut key = String::new();
+    for segment in steps(path) {
+        match segment {
+            Segment::Map { key: k } => {
+                if !key.is_empty() {
+                    key.push('.');
+                }
+                key.push_str(k);
+            }
+            Segment::Seq { index } => key.push_str(&format!("[{index}]")),
+            Segment::Enum { .. } | Segment::Unknown => {}
+        }
+    }
+    key
+}
+
+/// A table or an array inside the parsed document.
+enum Node<'a, 'i> {
+    Table(&'a mut toml::de::DeTable<'i>),
+    Array(&'a mut toml::de::DeArray<'i>),
+}
+
+/// The table or array at the end of `steps`.
+fn walk<'a, 'i>(table: &'a mut toml::de::DeTable<'i>, steps: &[&Segment]) -> Option<Node<'a, 'i>> {
+    use toml::de::DeValue;
+    let mut node = Node::Table(table);
+    for step in steps {
+        let value = match (node, step) {
+            (Node::Table(t), Segment::Map { key }) => t.get_mut(key.as_str()),
+            (Node::Array(a), Segment::Seq { index }) => a.get_mut(*index),
+            _ => None,
+        };
+        node = match value.map(toml::Spanned::get_mut)? {
+            DeValue::Table(t) => Node::Table(t),
+            DeValue::Array(a) => Node::Array(a),
+            _ => return None,
+        };
+    }
+    Some(node)
+}
+
+/// Whether `key` is `removed` or inside it.
+fn within(key: &str, removed: &str) -> bool {
+    key.strip_prefix(removed)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.') || rest.starts_with('['))
 }
 
 impl std::str::FromStr for Config {
@@ -323,7 +492,8 @@ struct RawConfig {
     #[serde(default)]
     log: RawLog,
     #[serde(default)]
-    targets: BTreeMap<Spanned<String>, Spanned<RawTarget>>,
+    // Names as plain strings: serde reports the path through a `Spanned` key as unknown.
+    targets: BTreeMap<String, Spanned<RawTarget>>,
     #[serde(default)]
     plugins: Vec<plugins::RawPlugin>,
     #[serde(default)]
@@ -416,15 +586,14 @@ impl RawConfig {
 
         let mut targets = BTreeMap::new();
         for (name, target) in &self.targets {
-            let key = format!("targets.{}", name.get_ref());
-            if name.get_ref().is_empty()
+            let key = format!("targets.{name}");
+            if name.is_empty()
                 || !name
-                    .get_ref()
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
             {
                 errors.push(doc.error(
-                    name.span(),
+                    target.span(),
                     &key,
                     "a target name uses only letters, digits, `_` and `-`",
                 ));
@@ -433,16 +602,16 @@ impl RawConfig {
                 .get_ref()
                 .validate(&key, target.span(), doc, base, errors)
             {
-                targets.insert(name.get_ref().clone(), t);
+                targets.insert(name.clone(), t);
             }
         }
 
         let default_target = match &self.server.default_target {
-            Some(name) if self.targets.keys().any(|k| k.get_ref() == name.get_ref()) => {
+            Some(name) if self.targets.keys().any(|k| k == name.get_ref()) => {
                 Some(name.get_ref().clone())
             }
             Some(name) => {
-                let known: Vec<_> = self.targets.keys().map(|k| k.get_ref().as_str()).collect();
+                let known: Vec<_> = self.targets.keys().map(String::as_str).collect();
                 errors.push(doc.error(
                     name.span(),
                     "server.default_target",
@@ -454,9 +623,7 @@ impl RawConfig {
                 ));
                 None
             }
-            None if self.targets.len() == 1 => {
-                self.targets.keys().next().map(|k| k.get_ref().clone())
-            }
+            None if self.targets.len() == 1 => self.targets.keys().next().cloned(),
             // With plugins, routing is theirs; what nobody routes gets 404.
             None if !self.plugins.is_empty() => None,
             None if self.targets.is_empty() => {
@@ -930,6 +1097,36 @@ mod tests {
             Err(LoadError::Invalid(e)) => e,
             other => panic!("expected errors, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn every_shape_error_is_reported_at_once_with_the_key_as_written() {
+        let e = errors(
+            "[server]\nlisten = 5\nbogus = 1\n[server.limits]\nmax_headers = \"many\"\n[targets.site]\nstatic = \".\"\nworkers = true\ncolour = \"blue\"\n[[plugins]]\nuse = \"router\"\nfoo = 1\n",
+        );
+        let found: Vec<(usize, &str)> = e.iter().map(|e| (e.line, e.key.as_str())).collect();
+        assert_eq!(
+            found,
+            [
+                (2, "server.listen"),
+                (3, "server.bogus"),
+                (5, "server.limits.max_headers"),
+                (8, "targets.site.workers"),
+                (9, "targets.site.colour"),
+                (12, "plugins[0].foo"),
+            ],
+            "{e:?}"
+        );
+        assert!(e[0].message.contains("expected a sequence"), "{e:?}");
+    }
+
+    #[test]
+    fn shape_and_meaning_errors_are_reported_together() {
+        let e = errors(
+            "[server]\nlisten = [\"127.0.0.1:0\", 7]\ndefault_target = \"nope\"\n[targets.site]\nstatic = \".\"\n",
+        );
+        let keys: Vec<&str> = e.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(keys, ["server.listen[1]", "server.default_target"], "{e:?}");
     }
 
     #[test]
