@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use gatehouse::config::{Isolation, OnError, PluginConfig, PluginSource};
-use gatehouse::plugin::{Chain, Exchange, Progress, Services, sandbox};
+use gatehouse::metrics::Metrics;
+use gatehouse::plugin::{Chain, Exchange, Progress, sandbox};
+use gatehouse::store::SharedStore;
 
 fn plugin(name: &str, source: PluginSource, config_json: &str) -> PluginConfig {
     PluginConfig {
@@ -38,9 +40,11 @@ fn exchange(client: Option<std::net::SocketAddr>) -> Box<Exchange> {
 }
 
 fn bench_chain(c: &mut Criterion, label: &str, plugins: &[PluginConfig]) {
-    let services = Arc::new(Services::new(1 << 20));
+    let store = Arc::new(SharedStore::new(1 << 20));
+    let metrics = Arc::new(Metrics::new());
     let targets = ["app".to_string(), "assets".to_string()];
-    let chain = Chain::load(plugins, &targets, services, 1 << 20, None).expect("load the chain");
+    let chain =
+        Chain::load(plugins, &targets, store, &metrics, 1 << 20, None).expect("load the chain");
     let mut ex = exchange(None);
     c.bench_function(label, |b| {
         b.iter(|| {
@@ -92,9 +96,11 @@ fn benches(c: &mut Criterion) {
 /// The realistic chain of `bench/plugins.sh` over a whole request: on-request, then on-response
 /// on a response with the headers a static file has.
 fn bench_request(c: &mut Criterion, plugins: &[PluginConfig]) {
-    let services = Arc::new(Services::new(1 << 20));
+    let store = Arc::new(SharedStore::new(1 << 20));
+    let metrics = Arc::new(Metrics::new());
     let targets = ["app".to_string()];
-    let chain = Chain::load(plugins, &targets, services, 1 << 20, None).expect("load the chain");
+    let chain =
+        Chain::load(plugins, &targets, store, &metrics, 1 << 20, None).expect("load the chain");
     let mut ex = exchange(Some(([127, 0, 0, 1], 40000).into()));
     c.bench_function("router + headers + ratelimit, one request", |b| {
         b.iter(|| {

@@ -10,8 +10,10 @@ use gatehouse::cli::{Cli, Command, PluginCommand};
 use std::sync::Arc;
 
 use gatehouse::config::Config;
-use gatehouse::plugin::{Chain, Services};
+use gatehouse::metrics::Metrics;
+use gatehouse::plugin::Chain;
 use gatehouse::server::{Reloader, Server};
+use gatehouse::store::SharedStore;
 use gatehouse::target::Targets;
 use tokio_util::sync::CancellationToken;
 
@@ -74,12 +76,13 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    let services = Arc::new(Services::new(config.kv_budget as usize));
-    if let Err(error) = Chain::for_config(&config, services) {
+    let store = Arc::new(SharedStore::new(config.kv_budget as usize));
+    let metrics = Arc::new(Metrics::new());
+    if let Err(error) = Chain::for_config(&config, store, &metrics) {
         eprintln!("{}: {error}", path.display());
         return Ok(ExitCode::FAILURE);
     }
-    Targets::build(&config)?;
+    Targets::build(&config, &metrics)?;
     println!(
         "{}: ok ({} listener(s), {} target(s), {} plugin(s))",
         path.display(),

@@ -9,8 +9,8 @@ use http::request::Parts;
 use crate::body::Body;
 use crate::config::{Config, TargetConfig};
 use crate::error::HttpError;
+use crate::metrics::Metrics;
 use crate::peer::Peer;
-use crate::plugin::Services;
 use crate::request_body::RequestBody;
 use crate::static_files::StaticFiles;
 use crate::wsgi::{WsgiError, WsgiTarget};
@@ -31,6 +31,11 @@ pub fn below_mount<'a>(path: &'a str, mount: &str) -> Option<&'a str> {
 pub struct TargetId(usize);
 
 impl TargetId {
+    /// The position in the config's `[targets]`.
+    pub fn index(self) -> usize {
+        self.0
+    }
+
     /// The target at `position` of the config's `[targets]`, if there are more than `position`.
     pub fn at(position: usize, count: usize) -> Option<TargetId> {
         (position < count).then_some(TargetId(position))
@@ -64,8 +69,8 @@ pub enum Target {
     Static(StaticFiles),
     /// A WSGI application in worker processes.
     Wsgi(WsgiTarget),
-    /// The process's metrics in the Prometheus text format.
-    Metrics,
+    /// The process's metrics in the OpenMetrics text format.
+    Metrics(std::sync::Arc<Metrics>),
 }
 
 impl Target {
@@ -73,7 +78,7 @@ impl Target {
     pub fn body_policy(&self) -> BodyPolicy {
         match self {
             Target::Wsgi(_) => BodyPolicy::Whole,
-            Target::Static(_) | Target::Metrics => BodyPolicy::Discard,
+            Target::Static(_) | Target::Metrics(_) => BodyPolicy::Discard,
         }
     }
 
@@ -85,23 +90,22 @@ impl Target {
         body: &RequestBody,
         peer: &Peer,
         mount: Option<&str>,
-        services: &Services,
     ) -> Result<Response<Body>, HttpError> {
         match self {
             Target::Static(files) => files.serve(req, mount),
             Target::Wsgi(app) => app.serve(req, body, peer, mount).await,
-            Target::Metrics => Ok(metrics_response(services)),
+            Target::Metrics(metrics) => Ok(metrics_response(metrics)),
         }
     }
 }
 
-fn metrics_response(services: &Services) -> Response<Body> {
-    let mut text = String::new();
-    services.render_metrics(&mut text);
-    let mut response = Response::new(Body::full(text));
+fn metrics_response(metrics: &Metrics) -> Response<Body> {
+    let mut response = Response::new(Body::full(metrics.render()));
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        http::HeaderValue::from_static(
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
     );
     response
 }
@@ -135,7 +139,10 @@ pub enum BuildCause {
 
 impl Targets {
     /// Builds every target of a validated config.
-    pub fn build(config: &Config) -> Result<Targets, BuildError> {
+    pub fn build(
+        config: &Config,
+        metrics: &std::sync::Arc<Metrics>,
+    ) -> Result<Targets, BuildError> {
         let mut names = Vec::new();
         let mut targets = Vec::new();
         for (name, target) in &config.targets {
@@ -151,7 +158,7 @@ impl Targets {
                     WsgiTarget::start(name, w, config.server.threads)
                         .map_err(|e| wrap(e.into()))?,
                 ),
-                TargetConfig::Metrics => Target::Metrics,
+                TargetConfig::Metrics => Target::Metrics(std::sync::Arc::clone(metrics)),
             };
             names.push(name.clone());
             targets.push(built);
@@ -188,6 +195,11 @@ impl Targets {
     /// gateway come from the same config, so it always is).
     pub fn get(&self, id: TargetId) -> Option<&Target> {
         self.targets.get(id.0)
+    }
+
+    /// The configured names, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.names.iter().map(String::as_str)
     }
 
     /// A target's configured name, for logs.

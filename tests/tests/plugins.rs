@@ -562,17 +562,18 @@ fn conditions_limit_a_plugin_to_hosts_and_paths() {
 }
 
 #[test]
-fn metrics_target_exports_plugin_metrics_and_failures() {
+fn metrics_target_exports_labelled_series_that_never_collide() {
+    // Named with the old scheme's collision: `a_b` + `c` and `a` + `b_c` made one series.
     let plugins = format!(
-        "[targets.stats]\nmetrics = true\n\n[[plugins]]\nuse = \"{SERVICES}\"\n\n[[plugins]]\nuse = \"{ADVERSARIAL}\"\non_error = \"continue\"\n\n[[plugins]]\nuse = \"router\"\n[[plugins.config.routes]]\nexact = \"/metrics\"\ntarget = \"stats\"\n[[plugins.config.routes]]\npath = \"/\"\ntarget = \"site\"\n"
+        "[targets.stats]\nmetrics = true\n\n[[plugins]]\nuse = \"{SERVICES}\"\nname = \"a_b\"\nhosts = [\"ab.test\"]\nconfig = {{ metric = \"c\" }}\n\n[[plugins]]\nuse = \"{SERVICES}\"\nname = \"a\"\nhosts = [\"a.test\"]\nconfig = {{ metric = \"b_c\" }}\n\n[[plugins]]\nuse = \"{SERVICES}\"\n\n[[plugins]]\nuse = \"{ADVERSARIAL}\"\non_error = \"continue\"\n\n[[plugins]]\nuse = \"router\"\n[[plugins.config.routes]]\nexact = \"/metrics\"\ntarget = \"stats\"\n[[plugins.config.routes]]\npath = \"/\"\ntarget = \"site\"\n"
     );
     let (_dir, gh) = start(&plugins);
     let c = client();
-    for _ in 0..3 {
-        assert_eq!(
-            c.get(gh.url("/metric")).send().expect("get").status(),
-            StatusCode::NO_CONTENT
-        );
+    for host in ["ab.test", "a.test", "other.test"] {
+        for _ in 0..3 {
+            let r = c.get(gh.url("/metric")).header("host", host).send();
+            assert_eq!(r.expect("get").status(), StatusCode::NO_CONTENT);
+        }
     }
     assert_eq!(
         c.get(gh.url("/trap")).send().expect("get").status(),
@@ -580,15 +581,24 @@ fn metrics_target_exports_plugin_metrics_and_failures() {
     );
     let r = c.get(gh.url("/metrics")).send().expect("metrics");
     assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("application/openmetrics-text"),
+    );
     let text = r.text().expect("body");
     for line in [
-        "gatehouse_plugin_services_hits_total 3",
-        "gatehouse_plugin_failures_total{plugin=\"adversarial\"} 1",
-        "gatehouse_responses_total{class=\"2xx\"} 3",
-        "gatehouse_responses_total{class=\"4xx\"} 1",
+        "gatehouse_plugin_total{plugin=\"services\",name=\"hits\"} 3",
+        "gatehouse_plugin_total{plugin=\"a_b\",name=\"c\"} 3",
+        "gatehouse_plugin_total{plugin=\"a\",name=\"b_c\"} 3",
+        "gatehouse_plugin_failures_total{plugin=\"adversarial\",hook=\"on-request\"} 1",
+        "gatehouse_responses_total{target=\"-\",status=\"204\"} 9",
+        "gatehouse_responses_total{target=\"site\",status=\"404\"} 1",
     ] {
         assert!(text.lines().any(|l| l == line), "{line:?} not in\n{text}");
     }
+    assert!(text.ends_with("# EOF\n"), "{text}");
 }
 
 #[test]

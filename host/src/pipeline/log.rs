@@ -34,7 +34,8 @@ pub(super) fn finish(
         route,
     } = outcome;
     // Copied only for a log that will name it.
-    let target = route.map(|r| gateway.targets.name(r.target));
+    let target_id = route.as_ref().map(|r| r.target);
+    let target = target_id.map(|t| gateway.targets.name(t));
     let plugin_log = match exchange {
         Some(exchange) if gateway.plugins.wants_log(ran) => Some(Box::new(PluginLog {
             gateway: Arc::clone(&gateway),
@@ -47,7 +48,9 @@ pub(super) fn finish(
     };
     let (parts, body) = response.into_parts();
     let status = parts.status.as_u16();
-    gateway.plugins.services().count_response(status);
+    gateway
+        .responses
+        .count(target_id.map(crate::target::TargetId::index), status);
     let log = access.map(|entry| {
         Box::new(PendingLog {
             entry,

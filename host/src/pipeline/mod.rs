@@ -23,6 +23,7 @@ use crate::access_log::AccessLog;
 use crate::body::Body;
 use crate::config::Limits;
 use crate::error::HttpError;
+use crate::metrics::{Metrics, ResponseCounters};
 use crate::peer::Peer;
 use crate::plugin::Chain;
 use crate::server::conn::Activity;
@@ -43,6 +44,10 @@ pub struct Gateway {
     pub limits: Limits,
     /// The access log.
     pub access_log: AccessLog,
+    /// The process's metrics (kept across reloads).
+    pub metrics: Arc<Metrics>,
+    /// Response counters for these targets.
+    pub responses: ResponseCounters,
 }
 
 /// What the pipeline knows about the connection a request came on.

@@ -134,13 +134,7 @@ where
         let empty = RequestBody::EMPTY;
         let body = self.exchange.body.as_ref().unwrap_or(&empty);
         target
-            .serve(
-                &self.exchange.request,
-                body,
-                &self.peer,
-                mount.as_deref(),
-                gateway.plugins.services(),
-            )
+            .serve(&self.exchange.request, body, &self.peer, mount.as_deref())
             .await
     }
 

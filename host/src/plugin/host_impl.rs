@@ -15,10 +15,11 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::gatehouse::plugin::{host, http as wit};
 use super::exchange::{self, Exchange, HeadSource, RequestRef, ResponseRef};
-use super::sandbox::{MAX_PLUGIN_BODY, MAX_PLUGIN_HEADERS};
-use super::services::{self, Services};
+use super::sandbox::{MAX_PLUGIN_BODY, MAX_PLUGIN_HEADERS, MAX_PLUGIN_METRICS};
 use crate::body::Body;
+use crate::metrics::Metrics;
 use crate::request_body::RequestBody;
+use crate::store::{self, SharedStore};
 
 /// What every call of one plugin shares: its name, its key namespace and the process's services.
 #[derive(Debug)]
@@ -27,8 +28,10 @@ pub struct PluginInfo {
     pub name: String,
     /// Prefix of its keys and counters in the shared store.
     pub namespace: String,
-    /// The shared store.
-    pub services: Arc<Services>,
+    /// The shared key-value store and counters.
+    pub store: Arc<SharedStore>,
+    /// The process's metrics.
+    pub metrics: Arc<Metrics>,
     /// Largest request body handed to plugins.
     pub body_limit: u64,
     /// What its stdout and stderr may write to the log.
@@ -562,17 +565,17 @@ impl host::Host for HostState {
 
     fn kv_get(&mut self, key: String) -> Result<Option<Vec<u8>>> {
         let key = scoped(&mut self.scratch, &self.info.namespace, &key);
-        Ok(self.info.services.kv_get(key))
+        Ok(self.info.store.kv_get(key))
     }
 
     fn kv_set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<bool> {
         let key = scoped(&mut self.scratch, &self.info.namespace, &key).to_string();
-        Ok(self.info.services.kv_set(key, value, ttl(ttl_ms)))
+        Ok(self.info.store.kv_set(key, value, ttl(ttl_ms)))
     }
 
     fn kv_delete(&mut self, key: String) -> Result<bool> {
         let key = scoped(&mut self.scratch, &self.info.namespace, &key);
-        Ok(self.info.services.kv_delete(key))
+        Ok(self.info.store.kv_delete(key))
     }
 
     fn kv_compare_and_swap(
@@ -585,27 +588,34 @@ impl host::Host for HostState {
         let key = scoped(&mut self.scratch, &self.info.namespace, &key).to_string();
         Ok(self
             .info
-            .services
+            .store
             .kv_compare_and_swap(key, expected.as_deref(), new, ttl(ttl_ms)))
     }
 
     fn counter_incr(&mut self, name: String, delta: i64, window_ms: Option<u64>) -> Result<i64> {
         let key = scoped(&mut self.scratch, &self.info.namespace, &name);
-        Ok(self.info.services.counter_incr(key, delta, ttl(window_ms)))
+        Ok(self.info.store.counter_incr(key, delta, ttl(window_ms)))
     }
 
     fn counter_get(&mut self, name: String, window_ms: Option<u64>) -> Result<i64> {
         let key = scoped(&mut self.scratch, &self.info.namespace, &name);
-        Ok(self.info.services.counter_get(key, ttl(window_ms)))
+        Ok(self.info.store.counter_get(key, ttl(window_ms)))
     }
 
     fn metric_add(&mut self, name: String, delta: u64) -> Result<()> {
-        self.info.services.metric_add(&self.info.name, &name, delta);
+        if !self
+            .info
+            .metrics
+            .plugin_add(&self.info.name, &name, delta, MAX_PLUGIN_METRICS)
+        {
+            tracing::warn!(plugin = %self.info.name, metric = %name,
+                "plugin metric not counted: a plugin may define at most {MAX_PLUGIN_METRICS}");
+        }
         Ok(())
     }
 
     fn now_ms(&mut self) -> Result<u64> {
-        Ok(services::now_ms())
+        Ok(store::now_ms())
     }
 
     fn monotonic_ns(&mut self) -> Result<u64> {

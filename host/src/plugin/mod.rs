@@ -13,7 +13,6 @@ pub mod cache;
 mod exchange;
 mod host_impl;
 pub mod sandbox;
-pub mod services;
 mod wasi;
 
 use std::cell::RefCell;
@@ -31,11 +30,12 @@ use wasmtime::{Engine, Store, StoreLimitsBuilder};
 use crate::body::Body;
 use crate::config::{Isolation, OnError, PluginConfig, PluginSource};
 use crate::error::HttpError;
+use crate::metrics::Metrics;
+use crate::store::SharedStore;
 use crate::target::{Route, TargetId};
 use bindings::gatehouse::plugin::http as wit;
 pub use exchange::Exchange;
 use host_impl::{HostState, PluginInfo};
-pub use services::Services;
 
 /// Why a plugin could not be loaded; names the plugin.
 #[derive(Debug, thiserror::Error)]
@@ -118,7 +118,8 @@ impl Plugin {
     fn load(
         config: &PluginConfig,
         targets: &[String],
-        services: &Arc<Services>,
+        store: &Arc<SharedStore>,
+        metrics: &Arc<Metrics>,
         body_limit: u64,
         cache_dir: Option<&std::path::Path>,
     ) -> Result<Plugin, String> {
@@ -142,7 +143,8 @@ impl Plugin {
             info: Arc::new(PluginInfo {
                 name: config.name.clone(),
                 namespace: config.namespace.clone(),
-                services: Arc::clone(services),
+                store: Arc::clone(store),
+                metrics: Arc::clone(metrics),
                 body_limit,
                 output: wasi::OutputBudget::new(&config.name),
             }),
@@ -310,9 +312,9 @@ impl Plugin {
     }
 
     /// Logs a failed call and says whether the request goes on.
-    fn failed(&self, hook: &str, failure: &Failure) -> Result<(), HttpError> {
+    fn failed(&self, hook: &'static str, failure: &Failure) -> Result<(), HttpError> {
         tracing::error!(plugin = %self.info.name, hook, reason = %failure.0, "plugin failed; instance replaced");
-        self.info.services.count_plugin_failure(&self.info.name);
+        self.info.metrics.plugin_failure(&self.info.name, hook);
         match self.config.on_error {
             OnError::Continue => Ok(()),
             OnError::Fail => Err(HttpError::Internal),
@@ -400,7 +402,7 @@ pub enum Decision {
 #[derive(Debug)]
 pub struct Chain {
     plugins: Vec<Plugin>,
-    services: Arc<Services>,
+    store: Arc<SharedStore>,
 }
 
 impl Chain {
@@ -408,7 +410,8 @@ impl Chain {
     pub fn load(
         configs: &[PluginConfig],
         targets: &[String],
-        services: Arc<Services>,
+        store: Arc<SharedStore>,
+        metrics: &Arc<Metrics>,
         body_limit: u64,
         cache_dir: Option<&std::path::Path>,
     ) -> Result<Chain, LoadError> {
@@ -421,36 +424,38 @@ impl Chain {
         let plugins = configs
             .iter()
             .map(|c| {
-                Plugin::load(c, targets, &services, body_limit, cache_dir).map_err(|message| {
-                    LoadError {
+                Plugin::load(c, targets, &store, metrics, body_limit, cache_dir).map_err(
+                    |message| LoadError {
                         name: c.name.clone(),
                         message,
-                    }
-                })
+                    },
+                )
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Chain { plugins, services })
+        Ok(Chain { plugins, store })
     }
 
     /// The chain of a validated config (`[[plugins]]`, with its targets and limits).
     pub fn for_config(
         config: &crate::config::Config,
-        services: Arc<Services>,
+        store: Arc<SharedStore>,
+        metrics: &Arc<Metrics>,
     ) -> Result<Chain, LoadError> {
         // In the order `Targets::build` numbers them: a route's position is its target's.
         let targets: Vec<String> = config.targets.keys().cloned().collect();
         Chain::load(
             &config.plugins,
             &targets,
-            services,
+            store,
+            metrics,
             config.server.limits.body_buffer_size,
             config.server.plugin_cache_dir.as_deref(),
         )
     }
 
-    /// The shared services (kept across reloads).
-    pub fn services(&self) -> &Arc<Services> {
-        &self.services
+    /// The key-value store and counters (kept across reloads).
+    pub fn store(&self) -> &Arc<SharedStore> {
+        &self.store
     }
 
     /// Runs `on-request` in order until a plugin answers, or until a plugin that needs the body

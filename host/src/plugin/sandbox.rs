@@ -52,6 +52,10 @@ pub const STDIO_LINES_PER_SECOND: u32 = 100;
 /// Longest line of a plugin's stdout or stderr kept for the log; the rest of the line is cut.
 pub const STDIO_LINE_MAX: usize = 1024;
 
+/// Most counters one plugin may define (`metrics::add` names); adding to another is dropped with a
+/// warning: each is a series `/metrics` shows for the life of the process.
+pub const MAX_PLUGIN_METRICS: usize = 100;
+
 /// Most header fields a plugin may leave on a request or response, or put in a local response;
 /// more is the plugin's error.
 pub const MAX_PLUGIN_HEADERS: usize = 1000;

@@ -14,8 +14,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::access_log::AccessLog;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::pipeline::Gateway;
-use crate::plugin::{Chain, Services};
+use crate::plugin::Chain;
+use crate::store::SharedStore;
 use crate::target::{BuildError, Targets};
 use listener::{BindError, Bound, Listener, LoopSocket};
 
@@ -63,7 +65,8 @@ impl Reloader {
         let current = self.gateway.load();
         let gateway = build_gateway(
             config,
-            Arc::clone(current.plugins.services()),
+            Arc::clone(current.plugins.store()),
+            Arc::clone(&current.metrics),
             current.access_log.clone(),
         )?;
         self.gateway.store(Arc::new(gateway));
@@ -75,16 +78,20 @@ impl Reloader {
 /// starts no workers for nothing (and on reload leaves the old chain serving).
 fn build_gateway(
     config: &Config,
-    services: Arc<Services>,
+    store: Arc<SharedStore>,
+    metrics: Arc<Metrics>,
     access_log: AccessLog,
 ) -> Result<Gateway, StartError> {
-    let plugins = Chain::for_config(config, services)?;
-    let targets = Targets::build(config)?;
+    let plugins = Chain::for_config(config, store, &metrics)?;
+    let targets = Targets::build(config, &metrics)?;
+    let responses = metrics.responses_for(&targets.names().collect::<Vec<_>>());
     Ok(Gateway {
         targets,
         plugins,
         limits: config.server.limits.clone(),
         access_log,
+        metrics,
+        responses,
     })
 }
 
@@ -108,9 +115,12 @@ impl Server {
             .iter()
             .map(|addr| Bound::bind(addr, loops))
             .collect::<Result<Vec<_>, _>>()?;
-        let services = Arc::new(Services::new(config.kv_budget as usize));
+        let store = Arc::new(SharedStore::new(config.kv_budget as usize));
         let gateway = Arc::new(ArcSwap::from_pointee(build_gateway(
-            config, services, access_log,
+            config,
+            store,
+            Arc::new(Metrics::new()),
+            access_log,
         )?));
         Ok(Server {
             listeners,

@@ -1,12 +1,11 @@
-//! Host services shared by every plugin and every event-loop thread of the front process: the
-//! key-value store, counters and plugin metrics.
+//! The key-value store and counters behind the plugins' host services, shared by every plugin and
+//! every event-loop thread of the front process.
 //!
 //! One store per process (not per thread or per instance), so a rate limit counts every request the
 //! process sees. Keys are namespaced per plugin by the caller.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lru::LruCache;
@@ -14,20 +13,17 @@ use lru::LruCache;
 /// Bookkeeping bytes charged per entry on top of its key and value.
 const ENTRY_OVERHEAD: usize = 64;
 
-/// The services behind the WIT `host` interface.
+/// The key-value store and counters, kept across reloads.
 #[derive(Debug)]
-pub struct Services {
+pub struct SharedStore {
     kv: Mutex<Kv>,
     counters: Mutex<Counters>,
-    metrics: Mutex<BTreeMap<(String, String), u64>>,
-    responses: [AtomicU64; 5],
-    plugin_failures: Mutex<BTreeMap<String, u64>>,
 }
 
-impl Services {
-    /// Services whose key-value store holds at most `kv_budget` bytes.
-    pub fn new(kv_budget: usize) -> Services {
-        Services {
+impl SharedStore {
+    /// A store whose key-value part holds at most `kv_budget` bytes.
+    pub fn new(kv_budget: usize) -> SharedStore {
+        SharedStore {
             kv: Mutex::new(Kv {
                 entries: LruCache::unbounded(),
                 bytes: 0,
@@ -38,23 +34,7 @@ impl Services {
                 len: 0,
                 sweep_at: 1024,
             }),
-            metrics: Mutex::new(BTreeMap::new()),
-            responses: Default::default(),
-            plugin_failures: Mutex::new(BTreeMap::new()),
         }
-    }
-
-    /// Counts a response by status class.
-    pub fn count_response(&self, status: u16) {
-        let class = usize::from(status / 100).clamp(1, 5) - 1;
-        self.responses[class].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Counts a failed plugin call.
-    pub fn count_plugin_failure(&self, plugin: &str) {
-        *lock(&self.plugin_failures)
-            .entry(plugin.to_string())
-            .or_default() += 1;
     }
 
     /// The value of `key`, unless absent or expired.
@@ -136,47 +116,6 @@ impl Services {
             _ => 0,
         }
     }
-
-    /// Adds to a plugin-defined metric.
-    pub fn metric_add(&self, plugin: &str, name: &str, delta: u64) {
-        let mut metrics = lock(&self.metrics);
-        match metrics.get_mut(&(plugin.to_string(), name.to_string())) {
-            Some(v) => *v = v.saturating_add(delta),
-            None => {
-                metrics.insert((plugin.to_string(), name.to_string()), delta);
-            }
-        }
-    }
-
-    /// The process's metrics in the Prometheus text format.
-    pub fn render_metrics(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        out.push_str("# HELP gatehouse_responses_total Responses sent, by status class.\n# TYPE gatehouse_responses_total counter\n");
-        for (i, n) in self.responses.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "gatehouse_responses_total{{class=\"{}xx\"}} {}",
-                i + 1,
-                n.load(Ordering::Relaxed)
-            );
-        }
-        out.push_str("# HELP gatehouse_plugin_failures_total Plugin calls that trapped, timed out or ran out of memory.\n# TYPE gatehouse_plugin_failures_total counter\n");
-        for (plugin, n) in lock(&self.plugin_failures).iter() {
-            let _ = writeln!(
-                out,
-                "gatehouse_plugin_failures_total{{plugin=\"{}\"}} {n}",
-                plugin.replace(['\\', '"', '\n'], "_")
-            );
-        }
-        for ((plugin, name), value) in lock(&self.metrics).iter() {
-            let metric = format!(
-                "gatehouse_plugin_{}_{}_total",
-                metric_part(plugin),
-                metric_part(name)
-            );
-            let _ = writeln!(out, "# TYPE {metric} counter\n{metric} {value}");
-        }
-    }
 }
 
 /// Locks a mutex; a panic while holding it cannot leave these maps half-updated in a way that
@@ -194,13 +133,6 @@ pub fn now_ms() -> u64 {
 
 fn current_window(now_ms: u64, window_ms: u64) -> u64 {
     now_ms.checked_div(window_ms).unwrap_or(0)
-}
-
-/// Metric names allow `[a-zA-Z0-9_]`; anything else becomes `_`.
-fn metric_part(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect()
 }
 
 #[derive(Debug)]
@@ -307,7 +239,7 @@ mod tests {
 
     #[test]
     fn kv_ttl_cas_and_budget() {
-        let s = Services::new(3 * (ENTRY_OVERHEAD + 2));
+        let s = SharedStore::new(3 * (ENTRY_OVERHEAD + 2));
         assert!(s.kv_set("a".into(), b"1".to_vec(), None));
         assert_eq!(s.kv_get("a"), Some(b"1".to_vec()));
         assert!(!s.kv_compare_and_swap("a".into(), Some(b"2"), b"3".to_vec(), None));
@@ -329,7 +261,7 @@ mod tests {
 
     #[test]
     fn counters_count_within_windows() {
-        let s = Services::new(1024);
+        let s = SharedStore::new(1024);
         assert_eq!(s.counter_incr("x", 2, None), 2);
         assert_eq!(s.counter_incr("x", 3, None), 5);
         assert_eq!(s.counter_get("x", None), 5);
@@ -347,18 +279,5 @@ mod tests {
         std::thread::sleep(Duration::from_millis(3));
         assert_eq!(s.counter_incr("x", 1, ms), 1);
         assert_eq!(s.counter_get("x", None), 5, "the others are untouched");
-    }
-
-    #[test]
-    fn metrics_render_in_prometheus_format() {
-        let s = Services::new(1024);
-        s.metric_add("bot-block", "blocked", 2);
-        s.metric_add("bot-block", "blocked", 1);
-        let mut out = String::new();
-        s.render_metrics(&mut out);
-        assert!(
-            out.contains("gatehouse_plugin_bot_block_blocked_total 3"),
-            "{out}"
-        );
     }
 }
