@@ -379,6 +379,19 @@ fn compiled_plugins_are_cached_on_disk() {
         // The second start loads the entry instead of compiling and writing it again.
         assert_eq!(*written.get_or_insert(mtime), mtime);
     }
+
+    // A cache others may write to is never loaded from (it would run their native code).
+    use std::os::unix::fs::PermissionsExt;
+    let cache = dir.path().join("wasm-cache");
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let gh = Gatehouse::start(dir.path(), &text);
+    gh.wait_stderr("plugin cache not used", Duration::from_secs(5));
+    let r = client().get(gh.url("/")).send().expect("get");
+    assert_eq!(
+        r.headers()["x-chain-back"],
+        "c",
+        "the plugin was compiled instead"
+    );
 }
 
 #[test]

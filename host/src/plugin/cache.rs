@@ -28,12 +28,17 @@ pub fn load_or_compile(
         return Component::new(engine, wasm);
     };
     let path = dir.join(format!("{}.cwasm", key(engine, wasm)));
+    if dir.exists() && !trusted(dir, &path) {
+        return Component::new(engine, wasm);
+    }
     if path.is_file() {
         // SAFETY: `deserialize_file` runs native code from the file, so the file must be one
         // `Engine::precompile_component` wrote for this engine configuration. The name holds the
         // SHA-256 of the source wasm and the engine's compatibility hash, and the file is written
-        // atomically (temp file + rename) into a directory only this user writes (created 0700);
-        // wasmtime also checks the header and refuses artifacts from another version or config.
+        // atomically (temp file + rename) into a directory only this user writes (created 0700,
+        // and `trusted` checked just now that the directory and the file are this user's and
+        // nobody else may write them); wasmtime also checks the header and refuses artifacts from
+        // another version or config.
         match unsafe { Component::deserialize_file(engine, &path) } {
             Ok(component) => return Ok(component),
             Err(e) => {
@@ -46,6 +51,28 @@ pub fn load_or_compile(
         tracing::debug!(dir = %dir.display(), error = %e, "plugin cache not written");
     }
     Ok(component)
+}
+
+/// Whether native code may be loaded from `file` in `dir`: both owned by the user running the
+/// server, neither writable by its group or others. Anyone else who could write there could make
+/// the server run their code.
+fn trusted(dir: &Path, file: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let me = rustix::process::geteuid().as_raw();
+    let ok = |path: &Path| match std::fs::symlink_metadata(path) {
+        Ok(m) => m.uid() == me && m.mode() & 0o022 == 0 && !m.file_type().is_symlink(),
+        // Not there yet: it will be written by this user.
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound && path != dir,
+    };
+    let trusted = ok(dir) && ok(file);
+    if !trusted {
+        tracing::warn!(
+            dir = %dir.display(),
+            "plugin cache not used: the directory and its files must belong to this user and be \
+             writable by nobody else (chmod go-w); compiling instead"
+        );
+    }
+    trusted
 }
 
 fn key(engine: &Engine, wasm: &[u8]) -> String {
