@@ -11,7 +11,8 @@ use std::sync::Arc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use gatehouse::config::{Isolation, OnError, PluginConfig, PluginSource};
 use gatehouse::metrics::Metrics;
-use gatehouse::plugin::{Chain, Exchange, Progress, sandbox};
+use gatehouse::plugin::{Chain, Exchange, Progress};
+use gatehouse::sandbox;
 use gatehouse::store::SharedStore;
 
 fn plugin(name: &str, source: PluginSource, config_json: &str) -> PluginConfig {

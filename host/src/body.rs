@@ -20,8 +20,15 @@ pub enum Body {
     Full(Option<Bytes>),
     /// A byte range of an open file, streamed in chunks of at most 512 KiB.
     File(FileChunks),
-    /// A response arriving from a WSGI worker.
-    Wsgi(Box<crate::wsgi::pool::ResponseStream>),
+    /// A body a target produces as it goes (a WSGI worker's response).
+    Stream(Box<dyn ChunkStream>),
+}
+
+/// A response body produced piece by piece by a target; a target's own type, so this layer needs
+/// to know none of them.
+pub trait ChunkStream: Send + Sync + std::fmt::Debug {
+    /// The next piece of the body; `None` at its end, an error if it cannot be completed.
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<std::io::Result<Bytes>>>;
 }
 
 impl Body {
@@ -62,7 +69,7 @@ impl http_body::Body for Body {
             Body::Empty => Poll::Ready(None),
             Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Body::File(chunks) => Poll::Ready(chunks.read_next().map(|r| r.map(Frame::data))),
-            Body::Wsgi(stream) => stream.poll_next(cx).map(|r| r.map(|r| r.map(Frame::data))),
+            Body::Stream(stream) => stream.poll_next(cx).map(|r| r.map(|r| r.map(Frame::data))),
         }
     }
 
@@ -71,7 +78,7 @@ impl http_body::Body for Body {
             Body::Empty => true,
             Body::Full(bytes) => bytes.is_none(),
             Body::File(chunks) => chunks.left == 0,
-            Body::Wsgi(_) => false,
+            Body::Stream(_) => false,
         }
     }
 
@@ -80,7 +87,7 @@ impl http_body::Body for Body {
             Body::Empty => SizeHint::with_exact(0),
             Body::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Body::File(chunks) => SizeHint::with_exact(chunks.left),
-            Body::Wsgi(_) => SizeHint::default(),
+            Body::Stream(_) => SizeHint::default(),
         }
     }
 }

@@ -6,15 +6,18 @@
 
 pub mod access_log;
 pub mod body;
+pub mod builtin;
 pub mod cli;
 pub mod config;
 pub mod error;
 pub mod logging;
 pub mod metrics;
+pub mod path;
 pub mod peer;
 pub mod pipeline;
 pub mod plugin;
 pub mod request_body;
+pub mod sandbox;
 pub mod scaffold;
 pub mod server;
 pub mod static_files;

@@ -5,7 +5,10 @@
 //! directories) is checked here.
 
 mod plugins;
+mod trusted;
 pub mod units;
+
+pub use trusted::Trusted;
 
 pub use plugins::{Isolation, MAX_CHAIN, OnError, PluginConfig, PluginSource};
 
@@ -185,7 +188,7 @@ pub struct WsgiConfig {
     pub env: BTreeMap<String, String>,
     /// Peers whose `X-Forwarded-*` / `Forwarded` headers are believed (none by default: Gatehouse is
     /// usually the edge).
-    pub forwarded_allow_ips: crate::wsgi::forwarded::Trusted,
+    pub forwarded_allow_ips: Trusted,
 }
 
 /// `static = "DIR"` target options.
@@ -277,6 +280,14 @@ impl Config {
             _ => Err(LoadError::Invalid(errors)),
         }
     }
+}
+
+/// The default `plugin_cache_dir`: `$XDG_CACHE_HOME/gatehouse` or `~/.cache/gatehouse`.
+fn default_plugin_cache_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|d| d.join("gatehouse").join("plugins"))
 }
 
 /// Most type and unknown-key errors reported from one file before giving up.
@@ -660,7 +671,7 @@ impl RawConfig {
         let plugin_cache_dir = match self.server.plugin_cache_dir.as_deref() {
             Some("") => None,
             Some(dir) => Some(base.join(dir)),
-            None => crate::plugin::cache::default_dir(),
+            None => default_plugin_cache_dir(),
         };
 
         let threads = match &self.server.threads {
@@ -966,8 +977,8 @@ impl RawTarget {
         let workers = count(&self.workers, "workers", 1);
         let threads = count(&self.threads, "threads", 1);
         let trusted = match &self.forwarded_allow_ips {
-            None => Ok(crate::wsgi::forwarded::Trusted::default()),
-            Some(list) => crate::wsgi::forwarded::Trusted::parse(list.get_ref()).map_err(|e| {
+            None => Ok(Trusted::default()),
+            Some(list) => Trusted::parse(list.get_ref()).map_err(|e| {
                 errors.push(doc.error(list.span(), &format!("{key}.forwarded_allow_ips"), e))
             }),
         };

@@ -8,7 +8,7 @@ use toml::Spanned;
 
 use super::units::{Bytes, Seconds};
 use super::{ConfigError, Doc};
-use crate::plugin::{builtin, sandbox};
+use crate::{builtin, sandbox};
 
 /// Most plugins in one chain.
 pub const MAX_CHAIN: usize = 64;

@@ -3,9 +3,9 @@
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http::{HeaderMap, Method, Request, Version};
 
+use super::verdicts::HeadVerdict;
 use crate::config::Limits;
 use crate::error::HttpError;
-use crate::server::wire::HeadVerdict;
 
 /// Checks one request head against the limits and the smuggling rules.
 pub fn admit<B>(

@@ -13,11 +13,11 @@ use http::{HeaderValue, Request, Response, Version};
 use http_body::{Frame, SizeHint};
 
 use super::Gateway;
+use super::RequestGuard;
 use super::session::Outcome;
 use crate::access_log::{AccessLog, Entry};
 use crate::body::Body;
 use crate::plugin::{Exchange, LogEntry, Ran};
-use crate::server::conn::RequestGuard;
 
 /// Wraps the outcome's response so that its end writes the logs.
 pub(super) fn finish(

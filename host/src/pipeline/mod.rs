@@ -6,10 +6,12 @@
 //! phase is a small function with typed input and output. Errors from any phase become a status in
 //! exactly one place ([`error_response`]).
 
+mod activity;
 mod admit;
 mod log;
 mod respond;
 mod session;
+pub mod verdicts;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -26,10 +28,10 @@ use crate::error::HttpError;
 use crate::metrics::{Metrics, ResponseCounters};
 use crate::peer::Peer;
 use crate::plugin::Chain;
-use crate::server::conn::Activity;
-use crate::server::wire::Verdicts;
 use crate::target::Targets;
+use verdicts::Verdicts;
 
+pub use activity::{Activity, RequestGuard};
 pub use admit::admit;
 pub use log::LoggedBody;
 

@@ -3,19 +3,11 @@
 #![allow(unsafe_code)]
 
 use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
-
-/// The default cache directory: `$XDG_CACHE_HOME/gatehouse` or `~/.cache/gatehouse`.
-pub fn default_dir() -> Option<PathBuf> {
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .map(|d| d.join("gatehouse").join("plugins"))
-}
 
 /// The component for `wasm`, from the cache when a matching entry exists, else compiled (and
 /// stored when `dir` is writable).

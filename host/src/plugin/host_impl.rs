@@ -15,10 +15,10 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::gatehouse::plugin::{host, http as wit};
 use super::exchange::{self, Exchange, HeadSource, RequestRef, ResponseRef};
-use super::sandbox::{MAX_PLUGIN_BODY, MAX_PLUGIN_HEADERS, MAX_PLUGIN_METRICS};
 use crate::body::Body;
 use crate::metrics::Metrics;
 use crate::request_body::RequestBody;
+use crate::sandbox::{MAX_PLUGIN_BODY, MAX_PLUGIN_HEADERS, MAX_PLUGIN_METRICS};
 use crate::store::{self, SharedStore};
 
 /// What every call of one plugin shares: its name, its key namespace and the process's services.
@@ -67,7 +67,7 @@ impl HostState {
             local: None,
             scratch: String::new(),
             limits,
-            wasi: super::sandbox::wasi_ctx(&info.output),
+            wasi: super::engine::wasi_ctx(&info.output),
             info,
             table: ResourceTable::new(),
         }

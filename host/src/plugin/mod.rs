@@ -8,11 +8,10 @@
 //! 500 (or the plugin is skipped with `on_error = "continue"`).
 
 mod bindings;
-pub mod builtin;
 pub mod cache;
+mod engine;
 mod exchange;
 mod host_impl;
-pub mod sandbox;
 mod wasi;
 
 use std::cell::RefCell;
@@ -28,9 +27,11 @@ use wasmtime::component::{HasSelf, Linker, Resource};
 use wasmtime::{Engine, Store, StoreLimitsBuilder};
 
 use crate::body::Body;
+use crate::builtin;
 use crate::config::{Isolation, OnError, PluginConfig, PluginSource};
 use crate::error::HttpError;
 use crate::metrics::Metrics;
+use crate::sandbox;
 use crate::store::SharedStore;
 use crate::target::{Route, TargetId};
 use bindings::gatehouse::plugin::http as wit;
@@ -57,7 +58,7 @@ fn runtime() -> Result<&'static Runtime, String> {
     static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
     RUNTIME
         .get_or_init(|| {
-            let engine = Engine::new(&sandbox::engine_config()).map_err(|e| e.to_string())?;
+            let engine = Engine::new(&engine::engine_config()).map_err(|e| e.to_string())?;
             let mut linker = Linker::new(&engine);
             wasi::add_to_linker(&mut linker).map_err(|e| e.to_string())?;
             bindings::Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
@@ -278,7 +279,7 @@ impl Plugin {
                 let path = ex.request.uri.path();
                 let mount = path
                     .get(..n)
-                    .filter(|m| crate::target::below_mount(path, m).is_some())
+                    .filter(|m| crate::path::below_mount(path, m).is_some())
                     .ok_or_else(|| {
                         format!("strip-prefix of {n} bytes does not end a segment of {path:?}")
                     })?;
@@ -295,7 +296,7 @@ impl Plugin {
             if !c
                 .paths
                 .iter()
-                .any(|p| crate::target::below_mount(path, p.trim_end_matches('/')).is_some())
+                .any(|p| crate::path::below_mount(path, p.trim_end_matches('/')).is_some())
             {
                 return false;
             }

@@ -8,9 +8,9 @@
 //! interfaces are bound here instead, over the same resource table:
 //!
 //! - stdout and stderr are the plugin's log: each line goes to the host's log tagged with the
-//!   plugin's name, at most [`STDIO_LINES_PER_SECOND`](super::sandbox::STDIO_LINES_PER_SECOND) per
+//!   plugin's name, at most [`STDIO_LINES_PER_SECOND`](crate::sandbox::STDIO_LINES_PER_SECOND) per
 //!   plugin (the rest are counted and reported), each cut at
-//!   [`STDIO_LINE_MAX`](super::sandbox::STDIO_LINE_MAX) bytes;
+//!   [`STDIO_LINE_MAX`](crate::sandbox::STDIO_LINE_MAX) bytes;
 //! - stdin is closed: a read sees end of file;
 //! - waiting (`pollable.block`, `poll`, so `std::thread::sleep`) and blocking splices trap: the
 //!   call fails, the request gets the plugin's error status (500, or skipped under
@@ -30,7 +30,7 @@ use wasmtime_wasi::p2::{
 };
 
 use super::host_impl::HostState;
-use super::sandbox::{STDIO_LINE_MAX, STDIO_LINES_PER_SECOND};
+use crate::sandbox::{STDIO_LINE_MAX, STDIO_LINES_PER_SECOND};
 
 /// Links WASI p2 for plugins: wasmtime-wasi's, with `wasi:io` replaced by the non-blocking
 /// versions below.

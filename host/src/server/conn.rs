@@ -2,8 +2,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -14,54 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Limits;
 use crate::peer::Peer;
-use crate::pipeline::{self, ConnCtx};
+use crate::pipeline::{self, Activity, ConnCtx};
 use crate::server::SharedGateway;
 use crate::server::wire::WireGuard;
-
-/// Requests in flight on a connection and when the last one finished.
-#[derive(Debug)]
-pub struct Activity {
-    opened: Instant,
-    in_flight: AtomicUsize,
-    last_done_ms: AtomicU64,
-}
-
-/// Marks one request in flight until dropped.
-#[derive(Debug)]
-pub struct RequestGuard(Arc<Activity>);
-
-impl Activity {
-    fn new() -> Activity {
-        Activity {
-            opened: Instant::now(),
-            in_flight: AtomicUsize::new(0),
-            last_done_ms: AtomicU64::new(0),
-        }
-    }
-
-    /// Counts a request as in flight until the returned guard drops.
-    pub fn begin(self: &Arc<Self>) -> RequestGuard {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        RequestGuard(Arc::clone(self))
-    }
-
-    /// How long the connection has had nothing in flight; `None` while a request runs.
-    fn idle_for(&self, now: Instant) -> Option<Duration> {
-        if self.in_flight.load(Ordering::Acquire) > 0 {
-            return None;
-        }
-        let last = self.opened + Duration::from_millis(self.last_done_ms.load(Ordering::Acquire));
-        Some(now.saturating_duration_since(last))
-    }
-}
-
-impl Drop for RequestGuard {
-    fn drop(&mut self) {
-        let ms = u64::try_from(self.0.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.0.last_done_ms.store(ms, Ordering::Release);
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
-}
 
 /// The hyper connection builder for a set of limits (HTTP/1.1 and HTTP/2 by prior knowledge).
 pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
@@ -99,7 +52,7 @@ pub async fn serve<I>(
     let keepalive = limits.keepalive_timeout;
     let (io, verdicts) =
         WireGuard::new(io, limits.max_header_size, Some(limits.header_read_timeout));
-    let activity = Arc::new(Activity::new());
+    let activity = Arc::new(Activity::default());
     let ctx = Arc::new(ConnCtx {
         peer: Peer {
             client,

@@ -10,60 +10,13 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-/// What the raw bytes of one request head showed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HeadVerdict {
-    /// Nothing wrong at the byte level.
-    Clean,
-    /// A smuggling or framing shape; the reason is for the log.
-    Reject(&'static str),
-    /// The head is larger than the configured limit.
-    TooLarge,
-}
-
-/// The verdicts of one connection, shared between the reader and the request pipeline.
-#[derive(Debug, Clone, Default)]
-pub struct Verdicts(Arc<Mutex<Queue>>);
-
-#[derive(Debug, Default)]
-struct Queue {
-    pending: std::collections::VecDeque<HeadVerdict>,
-    /// Tracking stopped on bytes we could not follow: fail closed for any later request.
-    lost: bool,
-}
-
-impl Verdicts {
-    /// The verdict for the next request hyper dispatches; `None` on HTTP/2 connections.
-    pub fn next(&self) -> Option<HeadVerdict> {
-        let Ok(mut q) = self.0.lock() else {
-            return Some(HeadVerdict::Reject("internal lock poisoned"));
-        };
-        match q.pending.pop_front() {
-            Some(v) => Some(v),
-            None if q.lost => Some(HeadVerdict::Reject("request framing could not be followed")),
-            None => None,
-        }
-    }
-
-    fn push(&self, v: HeadVerdict) {
-        if let Ok(mut q) = self.0.lock() {
-            q.pending.push_back(v);
-        }
-    }
-
-    fn lose_track(&self) {
-        if let Ok(mut q) = self.0.lock() {
-            q.lost = true;
-        }
-    }
-}
+pub use crate::pipeline::verdicts::{HeadVerdict, Verdicts};
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
@@ -471,7 +424,9 @@ mod tests {
         for c in chunks {
             let _ = guard.observe(c);
         }
-        v.0.lock().expect("lock").pending.drain(..).collect()
+        std::iter::from_fn(|| v.next())
+            .take_while(|v| *v != HeadVerdict::Reject("request framing could not be followed"))
+            .collect()
     }
 
     #[test]

@@ -93,7 +93,7 @@ impl StaticFiles {
         }
         let url_path = req.uri.path();
         let mount = mount.unwrap_or(&self.mount);
-        let rest = crate::target::below_mount(url_path, mount).ok_or(HttpError::NotFound)?;
+        let rest = crate::path::below_mount(url_path, mount).ok_or(HttpError::NotFound)?;
         let rel = path::relative_path(rest, self.show_hidden).map_err(|_| HttpError::NotFound)?;
 
         let file = self.open_beneath(&self.root, &rel)?;

@@ -6,43 +6,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+pub use crate::config::Trusted;
 use http::HeaderMap;
-use ipnet::IpNet;
-
-/// Which peers may tell us who the client is.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Trusted(Vec<IpNet>);
-
-impl Trusted {
-    /// Parses entries such as `127.0.0.1`, `10.0.0.0/8`, `::1` or `*` (everyone).
-    pub fn parse(entries: &[String]) -> Result<Trusted, String> {
-        let mut nets = Vec::new();
-        for entry in entries {
-            let entry = entry.trim();
-            if entry == "*" {
-                nets.push("0.0.0.0/0".parse().map_err(|_| "internal")?);
-                nets.push("::/0".parse().map_err(|_| "internal")?);
-            } else if let Ok(net) = entry.parse::<IpNet>() {
-                nets.push(net);
-            } else if let Ok(ip) = entry.parse::<IpAddr>() {
-                nets.push(IpNet::from(ip));
-            } else {
-                return Err(format!(
-                    "{entry:?} is not an IP address or network (e.g. \"10.0.0.0/8\")"
-                ));
-            }
-        }
-        Ok(Trusted(nets))
-    }
-
-    fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        self.0.iter().any(|net| net.contains(&ip))
-    }
-}
 
 /// Who the client is and which scheme it used, after believing what trusted proxies say.
 #[derive(Debug, Clone, PartialEq, Eq)]

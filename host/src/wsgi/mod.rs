@@ -126,7 +126,7 @@ impl WsgiTarget {
         mount: Option<&str>,
     ) -> Result<Response<Body>, HttpError> {
         let script_name = mount.unwrap_or(&self.script_name);
-        crate::target::below_mount(req.uri.path(), script_name).ok_or(HttpError::NotFound)?;
+        crate::path::below_mount(req.uri.path(), script_name).ok_or(HttpError::NotFound)?;
         let client = forwarded::resolve(peer.client, &req.headers, &self.trusted);
         let origin = environ::Origin {
             remote_ip: client.forwarded_ip.or(client.addr.map(|a| a.ip())),

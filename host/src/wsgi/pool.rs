@@ -328,7 +328,7 @@ impl Pool {
             }
             Some(Event::Start(status, headers)) => {
                 stream.events = Some(events);
-                build_response(status, headers, Body::Wsgi(Box::new(stream)))
+                build_response(status, headers, Body::Stream(Box::new(stream)))
             }
             Some(Event::Error(_)) => {
                 stream.done = true;
@@ -408,9 +408,10 @@ impl ResponseStream {
         self.worker.kill.cancel();
         self.done = true;
     }
+}
 
-    /// The next piece of the body.
-    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<std::io::Result<Bytes>>> {
+impl crate::body::ChunkStream for ResponseStream {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<std::io::Result<Bytes>>> {
         if self.done {
             return Poll::Ready(None);
         }

@@ -21,30 +21,6 @@ pub const KV_BUDGET: u64 = 64 * 1024 * 1024;
 /// threads never happen, so this only bounds what a burst of replacements leaves behind.
 pub const POOL_MAX: usize = 64;
 
-/// Epoch ticks for a time limit: rounded up, plus one because the current tick is already partly
-/// spent when the deadline is set.
-pub fn deadline_ticks(limit: Duration) -> u64 {
-    let tick = EPOCH_TICK.as_nanos();
-    (limit.as_nanos().div_ceil(tick) as u64).max(1) + 1
-}
-
-/// The engine configuration every plugin runs under: compiled with Cranelift, interrupted by
-/// epochs, no WASI, no threads, no async (sync calls keep a call at ~0.5 us).
-pub fn engine_config() -> wasmtime::Config {
-    let mut config = wasmtime::Config::new();
-    config.epoch_interruption(true);
-    config.wasm_component_model(true);
-    config.cranelift_opt_level(wasmtime::OptLevel::Speed);
-    // For profiling plugins: `perf report` then names their functions (from /tmp/perf-PID.map).
-    if std::env::var_os(PERFMAP_ENV).is_some_and(|v| v == "1") {
-        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
-    }
-    config
-}
-
-/// Set to `1` to have wasmtime write a perf map of the plugins' compiled code.
-pub const PERFMAP_ENV: &str = "GATEHOUSE_PERFMAP";
-
 /// Lines of stdout and stderr one plugin may write to the host's log per second; more are
 /// dropped and counted.
 pub const STDIO_LINES_PER_SECOND: u32 = 100;
@@ -60,18 +36,11 @@ pub const MAX_PLUGIN_METRICS: usize = 100;
 /// more is the plugin's error.
 pub const MAX_PLUGIN_HEADERS: usize = 1000;
 
-/// WASI for what Rust's `std` links to, with nothing granted: no preopened directories, no
-/// environment variables or arguments, no sockets or name lookups; stdin closed; stdout and stderr
-/// go to the plugin's log (see `plugin::wasi`).
-pub fn wasi_ctx(output: &std::sync::Arc<super::wasi::OutputBudget>) -> wasmtime_wasi::WasiCtx {
-    let mut builder = wasmtime_wasi::WasiCtx::builder();
-    builder
-        .allow_tcp(false)
-        .allow_udp(false)
-        .allow_ip_name_lookup(false)
-        .stdout(output.stream("stdout"))
-        .stderr(output.stream("stderr"));
-    builder.build()
+/// Epoch ticks for a time limit: rounded up, plus one because the current tick is already partly
+/// spent when the deadline is set.
+pub fn deadline_ticks(limit: Duration) -> u64 {
+    let tick = EPOCH_TICK.as_nanos();
+    (limit.as_nanos().div_ceil(tick) as u64).max(1) + 1
 }
 
 #[cfg(test)]
