@@ -123,7 +123,7 @@ strip = true
 
 const LIB_RS: &str = r##"//! A Gatehouse plugin: refuses requests from listed user agents and tags the others.
 
-use gatehouse_sdk::{Action, Filter, Reply, Request, Response, metrics};
+use gatehouse_sdk::{Action, Filter, Hook, LocalResponse, Request, Response, metrics};
 use serde::Deserialize;
 
 /// The plugin's `config` table in gatehouse.toml.
@@ -142,6 +142,8 @@ pub struct {Type} {
 
 impl Filter for {Type} {
     type Config = Config;
+    // The hooks below; the host calls no others.
+    const HOOKS: &'static [Hook] = &[Hook::OnRequest, Hook::OnResponse];
 
     fn new(config: Config) -> Result<Self, String> {
         if config.deny_user_agents.iter().any(String::is_empty) {
@@ -154,12 +156,12 @@ impl Filter for {Type} {
         let agent = req.header("user-agent").unwrap_or_default();
         if self.config.deny_user_agents.iter().any(|bad| agent.contains(bad.as_str())) {
             metrics::add("denied", 1);
-            return Response::new(403).body("forbidden\n").into();
+            return LocalResponse::new(403).body("forbidden\n").into();
         }
         Action::Continue
     }
 
-    fn on_response(&self, _req: &mut Request, resp: &mut Reply) {
+    fn on_response(&self, _req: &mut Request, resp: &mut Response) {
         let _ = resp.set_header("x-filtered-by", env!("CARGO_PKG_NAME"));
     }
 }

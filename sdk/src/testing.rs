@@ -25,11 +25,12 @@
 
 use std::collections::HashMap;
 
-use crate::http::{Reply, Request, run_hook};
-use crate::{Action, Filter, LogEntry};
+use crate::backend::native::{Exchange, with_exchange};
+use crate::http::{Request, Response};
+use crate::{Action, Filter, Hook, LogEntry};
 
 /// A request for a test: method, path, headers, body, client.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TestRequest {
     /// The method.
     pub method: String,
@@ -94,8 +95,10 @@ impl TestRequest {
 
     /// The first value of a header as text.
     pub fn header(&self, name: &str) -> Option<String> {
-        self.header_raw(name)
-            .map(|v| String::from_utf8_lossy(&v).into_owned())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
     }
 
     pub(crate) fn host_name(&self) -> Option<&str> {
@@ -106,57 +109,6 @@ impl TestRequest {
         let host = std::str::from_utf8(value).ok()?;
         Some(host.rsplit_once(':').map_or(host, |(n, _)| n))
     }
-
-    pub(crate) fn header_raw(&self, name: &str) -> Option<Vec<u8>> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
-    }
-
-    pub(crate) fn header_all(&self, name: &str) -> Vec<Vec<u8>> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
-            .collect()
-    }
-
-    pub(crate) fn set_header(
-        &mut self,
-        name: &str,
-        value: &[u8],
-        append: bool,
-    ) -> Result<(), String> {
-        set_field(&mut self.headers, name, value, append)
-    }
-
-    pub(crate) fn remove_header(&mut self, name: &str) {
-        self.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
-    }
-}
-
-fn set_field(
-    headers: &mut Vec<(String, Vec<u8>)>,
-    name: &str,
-    value: &[u8],
-    append: bool,
-) -> Result<(), String> {
-    let valid_name = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-    if !valid_name {
-        return Err(format!("invalid header name {name:?}"));
-    }
-    if value.iter().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
-        return Err("invalid header value (CR, LF or NUL)".into());
-    }
-    if !append {
-        headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
-    }
-    headers.push((name.to_ascii_lowercase(), value.to_vec()));
-    Ok(())
 }
 
 /// A response for testing [`Filter::on_response`].
@@ -187,15 +139,6 @@ impl TestResponse {
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
     }
-
-    pub(crate) fn set_header(
-        &mut self,
-        name: &str,
-        value: &[u8],
-        append: bool,
-    ) -> Result<(), String> {
-        set_field(&mut self.headers, name, value, append)
-    }
 }
 
 /// Builds a filter from a JSON config, as the host's `init` would (config errors included), with no
@@ -206,26 +149,63 @@ pub fn init<F: Filter>(config_json: &str) -> Result<F, String> {
 
 /// Builds a filter as [`init`] does, with these target names configured ([`crate::targets`]).
 pub fn init_with_targets<F: Filter>(config_json: &str, targets: &[&str]) -> Result<F, String> {
-    crate::http::TARGETS
+    crate::glue::TARGETS
         .with(|t| *t.borrow_mut() = targets.iter().map(|s| s.to_string()).collect());
-    crate::http::build::<F>(config_json)
+    crate::glue::build::<F>(config_json)
 }
 
-/// Runs [`Filter::on_request`].
+/// Runs `hook` on `req` (and `resp`) as the host would run it.
+fn run(
+    req: &mut TestRequest,
+    resp: Option<&mut TestResponse>,
+    body_readable: bool,
+    hook: impl FnOnce(),
+) {
+    let taken_resp = resp.as_ref().map(|r| (*r).clone());
+    let exchange = Exchange {
+        req: std::mem::take(req),
+        resp: taken_resp,
+        body_readable,
+    };
+    let back = with_exchange(exchange, hook);
+    *req = back.req;
+    if let (Some(resp), Some(new)) = (resp, back.resp) {
+        *resp = new;
+    }
+}
+
+/// Runs [`Filter::on_request`] (the request body readable only with [`Filter::REQUEST_BODY`]);
+/// `Action::Continue` without calling it if [`Filter::HOOKS`] leaves it out, as the host would.
 pub fn on_request<F: Filter>(filter: &F, req: &mut TestRequest) -> Action {
     let mut action = Action::Continue;
-    run_hook(|| action = filter.on_request(&mut Request::test(req, F::REQUEST_BODY)));
+    if F::HOOKS.contains(&Hook::OnRequest) {
+        run(req, None, F::REQUEST_BODY, || {
+            action = filter.on_request(&mut Request::new(None, None));
+        });
+    }
     action
 }
 
-/// Runs [`Filter::on_response`]; false if the filter does not implement it.
+/// Runs [`Filter::on_response`]; false (and not called) if [`Filter::HOOKS`] leaves it out.
 pub fn on_response<F: Filter>(filter: &F, req: &mut TestRequest, resp: &mut TestResponse) -> bool {
-    !run_hook(|| filter.on_response(&mut Request::test(req, true), &mut Reply::test(resp)))
+    if !F::HOOKS.contains(&Hook::OnResponse) {
+        return false;
+    }
+    run(req, Some(resp), true, || {
+        filter.on_response(&mut Request::new(None, None), &mut Response::new());
+    });
+    true
 }
 
-/// Runs [`Filter::on_log`]; false if the filter does not implement it.
+/// Runs [`Filter::on_log`]; false (and not called) if [`Filter::HOOKS`] leaves it out.
 pub fn on_log<F: Filter>(filter: &F, req: &mut TestRequest, entry: &LogEntry) -> bool {
-    !run_hook(|| filter.on_log(&mut Request::test(req, true), entry))
+    if !F::HOOKS.contains(&Hook::OnLog) {
+        return false;
+    }
+    run(req, None, true, || {
+        filter.on_log(&mut Request::new(None, None), entry)
+    });
+    true
 }
 
 /// Log lines written by the filter on this thread, as `(level, message)`.

@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use gatehouse_sdk::testing::{self, TestRequest, TestResponse};
-use gatehouse_sdk::{Action, Filter, LogEntry, Reply, Request, Response, counter, kv, log};
+use gatehouse_sdk::{
+    Action, Filter, Hook, LocalResponse, LogEntry, Request, Response, counter, kv, log,
+};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -17,6 +19,7 @@ struct Limiter {
 
 impl Filter for Limiter {
     type Config = Config;
+    const HOOKS: &'static [Hook] = &[Hook::OnRequest, Hook::OnResponse];
     // `/rewrite` reads the body.
     const REQUEST_BODY: bool = true;
 
@@ -34,17 +37,18 @@ impl Filter for Limiter {
         let n = counter::incr_in_window(&client, 1, Duration::from_secs(60));
         if n > self.limit {
             log::warn(&format!("{client} over the limit"));
-            return Response::new(429).header("retry-after", "60").into();
+            return LocalResponse::new(429).header("retry-after", "60").into();
         }
         req.set_context("seen", &n.to_string());
         if req.path() == "/rewrite" {
             req.set_path("/rewritten").expect("valid path");
-            req.set_body(req.body().expect("body").to_ascii_uppercase());
+            req.set_body(req.body().expect("body").to_ascii_uppercase())
+                .expect("set body");
         }
         Action::Continue
     }
 
-    fn on_response(&self, req: &mut Request, resp: &mut Reply) {
+    fn on_response(&self, req: &mut Request, resp: &mut Response) {
         let seen = req.context("seen").unwrap_or_default();
         resp.set_header("x-seen", seen).expect("valid header");
     }
@@ -101,7 +105,7 @@ fn request_changes_and_response_hook() {
     );
     assert_eq!(req.body, b"ABC");
     let mut resp = TestResponse::new(200, "ok");
-    assert!(testing::on_response(&f, &mut req, &mut resp), "implemented");
+    assert!(testing::on_response(&f, &mut req, &mut resp), "declared");
     assert_eq!(resp.header("x-seen").as_deref(), Some("1"));
     let entry = LogEntry {
         status: 200,
@@ -111,7 +115,7 @@ fn request_changes_and_response_hook() {
     };
     assert!(
         !testing::on_log(&f, &mut req, &entry),
-        "the default on_log reports itself unimplemented"
+        "a hook HOOKS leaves out is not called"
     );
 }
 
@@ -137,7 +141,7 @@ fn invalid_headers_and_statuses_are_errors() {
         fn new(_: serde_json::Value) -> Result<Self, String> {
             Ok(Bad)
         }
-        fn on_response(&self, _: &mut Request, resp: &mut Reply) {
+        fn on_response(&self, _: &mut Request, resp: &mut Response) {
             assert!(resp.set_header("bad name", "x").is_err());
             assert!(resp.set_header("x-ok", "line\r\nbreak").is_err());
             assert!(resp.set_status(42).is_err());
@@ -161,7 +165,7 @@ fn a_filter_that_did_not_ask_for_the_body_gets_not_requested() {
         }
         fn on_request(&self, req: &mut Request) -> Action {
             match req.body() {
-                Err(gatehouse_sdk::BodyError::NotRequested) => Action::Continue,
+                Err(gatehouse_sdk::Error::BodyNotRequested) => Action::Continue,
                 other => panic!("expected NotRequested, got {other:?}"),
             }
         }

@@ -1,5 +1,5 @@
 //! The one `bindgen!` of the WIT contract, fenced here; the generated Host traits are implemented in
-//! `host_impl.rs`.
+//! `host_impl/`, one file per interface.
 
 wasmtime::component::bindgen!({
     path: "../wit",
@@ -7,8 +7,4 @@ wasmtime::component::bindgen!({
     imports: { default: trappable },
     // Export arguments borrow: the request head is lowered from the request's own buffers.
     ownership: Borrowing { duplicate_if_necessary: true },
-    with: {
-        "gatehouse:plugin/http.request": super::exchange::RequestRef,
-        "gatehouse:plugin/http.response": super::exchange::ResponseRef,
-    },
 });

@@ -9,18 +9,10 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::request::Parts;
-use http::{HeaderMap, HeaderName, HeaderValue, Response, Version};
+use http::{HeaderValue, Response};
 
 use crate::body::Body;
 use crate::request_body::RequestBody;
-
-/// Marker type for the WIT `request` resource: handles point at the exchange in the store.
-#[derive(Debug)]
-pub struct RequestRef;
-
-/// Marker type for the WIT `response` resource.
-#[derive(Debug)]
-pub struct ResponseRef;
 
 /// A request on its way through the chain, and its response once there is one.
 #[derive(Debug)]
@@ -69,20 +61,6 @@ impl Exchange {
             method: self.request.method.clone(),
             uri: self.request.uri.clone(),
             host: self.request.headers.get(HOST).cloned(),
-        }
-    }
-
-    /// `http` or `https`.
-    pub fn scheme(&self) -> &'static str {
-        if self.tls { "https" } else { "http" }
-    }
-
-    /// The version as written on a request line.
-    pub fn version(&self) -> &'static str {
-        match self.request.version {
-            Version::HTTP_10 => "HTTP/1.0",
-            Version::HTTP_2 => "HTTP/2.0",
-            _ => "HTTP/1.1",
         }
     }
 
@@ -153,34 +131,6 @@ fn strip_port(host: &str) -> &str {
         return host.find(']').map_or(host, |end| &host[..=end]);
     }
     host.rsplit_once(':').map_or(host, |(h, _)| h)
-}
-
-/// A header name from a guest, lower-cased by `HeaderName`; invalid names are the guest's error.
-pub fn header_name(name: &str) -> Result<HeaderName, String> {
-    HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name {name:?}"))
-}
-
-/// A header value from a guest: no CR, LF or NUL.
-pub fn header_value(value: Vec<u8>) -> Result<HeaderValue, String> {
-    HeaderValue::from_maybe_shared(Bytes::from(value))
-        .map_err(|_| "invalid header value (CR, LF or NUL)".to_string())
-}
-
-/// Every value of `name` in `headers`.
-pub fn all_values(headers: &HeaderMap, name: &str) -> Vec<Vec<u8>> {
-    headers
-        .get_all(name)
-        .iter()
-        .map(|v| v.as_bytes().to_vec())
-        .collect()
-}
-
-/// All fields of `headers`, in order.
-pub fn all_fields(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
-    headers
-        .iter()
-        .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
-        .collect()
 }
 
 #[cfg(test)]

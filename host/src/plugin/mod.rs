@@ -15,7 +15,6 @@ mod host_impl;
 mod wasi;
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -23,7 +22,7 @@ use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderValue, Response, StatusCode};
 use thread_local::ThreadLocal;
-use wasmtime::component::{HasSelf, Linker, Resource};
+use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Engine, Store, StoreLimitsBuilder};
 
 use crate::body::Body;
@@ -34,7 +33,7 @@ use crate::metrics::Metrics;
 use crate::sandbox;
 use crate::store::SharedStore;
 use crate::target::{Route, TargetId};
-use bindings::gatehouse::plugin::http as wit;
+use bindings::gatehouse::plugin::types as wit;
 pub use exchange::Exchange;
 use host_impl::{HostState, PluginInfo};
 
@@ -99,12 +98,8 @@ struct Plugin {
     /// Ready instances, per event-loop thread: an instance stays on the core that uses it (no lock,
     /// no cache lines bouncing between cores), and all of them go when the plugin is dropped.
     pool: ThreadLocal<RefCell<Vec<Instance>>>,
-    response_body: bool,
-    request_head: bool,
-    request_body: bool,
-    has_on_request: AtomicBool,
-    has_on_response: AtomicBool,
-    has_on_log: AtomicBool,
+    /// The hooks it has and what it needs, as its `init` said.
+    caps: wit::Capabilities,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -154,19 +149,12 @@ impl Plugin {
             targets: targets.to_vec(),
             ticks: sandbox::deadline_ticks(config.time_limit),
             pool: ThreadLocal::new(),
-            response_body: false,
-            request_head: false,
-            request_body: false,
-            has_on_request: AtomicBool::new(true),
-            has_on_response: AtomicBool::new(true),
-            has_on_log: AtomicBool::new(true),
+            caps: wit::Capabilities::empty(),
         };
         // A first instance proves the config is good and tells what the plugin needs; it is not
         // kept, since instances live on the event-loop threads that use them.
         let (_, caps) = plugin.instantiate()?;
-        plugin.response_body = caps.response_body;
-        plugin.request_head = caps.request_head;
-        plugin.request_body = caps.request_body;
+        plugin.caps = caps;
         Ok(plugin)
     }
 
@@ -190,13 +178,7 @@ impl Plugin {
         // The guest keeps these handles for the instance's life; each stands for the request (or
         // response) of whichever hook runs.
         let caps = bindings
-            .call_init(
-                &mut store,
-                &self.config.config_json,
-                &targets,
-                Resource::new_own(0),
-                Resource::new_own(0),
-            )
+            .call_init(&mut store, &self.config.config_json, &targets)
             .map_err(|e| describe(&e, &self.config))?
             .map_err(|message| format!("config error: {message}"))?;
         Ok((Instance { store, bindings }, caps))
@@ -247,21 +229,17 @@ impl Plugin {
         }
     }
 
-    /// Runs a hook that answers a hook-status, unless the plugin said it has none; answering
-    /// `unimplemented` means it is not called again.
-    fn status_hook(
+    /// Runs a hook the plugin said it has (`init`'s capabilities); others are not called.
+    fn hook(
         &self,
-        implemented: &AtomicBool,
+        has: wit::Capabilities,
         ex: &mut Box<Exchange>,
-        hook: impl FnOnce(&bindings::Plugin, &mut Store<HostState>) -> wasmtime::Result<wit::HookStatus>,
+        hook: impl FnOnce(&bindings::Plugin, &mut Store<HostState>) -> wasmtime::Result<()>,
     ) -> Result<(), Failure> {
-        if !implemented.load(Ordering::Relaxed) {
+        if !self.caps.contains(has) {
             return Ok(());
         }
-        if let wit::HookStatus::Unimplemented = self.call(ex, hook)? {
-            implemented.store(false, Ordering::Relaxed);
-        }
-        Ok(())
+        self.call(ex, hook)
     }
 
     /// The target a `route` answer names, with its mount point cut from the request's path.
@@ -474,15 +452,18 @@ impl Chain {
                 progress.next += 1;
                 continue;
             }
-            if plugin.request_body && ex.body.is_none() {
+            if plugin.caps.contains(wit::Capabilities::REQUEST_BODY) && ex.body.is_none() {
                 return Ok(Decision::ReadBody);
             }
             progress.next += 1;
             progress.ran.set(i);
-            if !plugin.has_on_request.load(Ordering::Relaxed) {
+            if !plugin.caps.contains(wit::Capabilities::ON_REQUEST) {
                 continue;
             }
-            let head = plugin.request_head.then(|| ex.head());
+            let head = plugin
+                .caps
+                .contains(wit::Capabilities::REQUEST_HEAD)
+                .then(|| ex.head());
             let action = plugin.call(ex, |b, store| {
                 // Only a response given during this very call counts (not one from another hook).
                 store.data_mut().local = None;
@@ -495,10 +476,6 @@ impl Chain {
             });
             let answer = match action {
                 Ok((wit::Action::Continue, _)) => Ok(None),
-                Ok((wit::Action::Unimplemented, _)) => {
-                    plugin.has_on_request.store(false, Ordering::Relaxed);
-                    Ok(None)
-                }
                 Ok((wit::Action::Route(route), _)) => plugin.route(route, ex).map(|r| {
                     progress.route = Some(r);
                     None
@@ -527,7 +504,7 @@ impl Chain {
         self.plugins
             .iter()
             .enumerate()
-            .any(|(i, p)| ran.has(i) && p.response_body)
+            .any(|(i, p)| ran.has(i) && p.caps.contains(wit::Capabilities::RESPONSE_BODY))
     }
 
     /// Runs `on-response` in reverse order over the plugins whose `on-request` ran.
@@ -536,7 +513,7 @@ impl Chain {
             if !ran.has(i) {
                 continue;
             }
-            let outcome = plugin.status_hook(&plugin.has_on_response, ex, |b, store| {
+            let outcome = plugin.hook(wit::Capabilities::ON_RESPONSE, ex, |b, store| {
                 b.call_on_response(&mut *store)
             });
             if let Err(failure) = outcome {
@@ -551,7 +528,7 @@ impl Chain {
         self.plugins
             .iter()
             .enumerate()
-            .any(|(i, p)| ran.has(i) && p.has_on_log.load(Ordering::Relaxed))
+            .any(|(i, p)| ran.has(i) && p.caps.contains(wit::Capabilities::ON_LOG))
     }
 
     /// Runs `on-log` (in reverse order) once the response is sent; failures are only logged.
@@ -566,7 +543,7 @@ impl Chain {
             if !ran.has(i) {
                 continue;
             }
-            let outcome = plugin.status_hook(&plugin.has_on_log, ex, |b, store| {
+            let outcome = plugin.hook(wit::Capabilities::ON_LOG, ex, |b, store| {
                 b.call_on_log(&mut *store, wit_entry.clone())
             });
             if let Err(failure) = outcome {
@@ -612,11 +589,14 @@ fn local_response(local: wit::LocalResponse) -> Result<Response<Body>, String> {
     *response.status_mut() = status;
     let headers = response.headers_mut();
     for h in local.headers {
-        let name = exchange::header_name(&h.name)?;
+        let name = http::HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| format!("invalid header name {:?} in a local response", h.name))?;
         if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
             continue;
         }
-        headers.append(name, exchange::header_value(h.value)?);
+        let value = HeaderValue::from_maybe_shared(Bytes::from(h.value))
+            .map_err(|_| "a header value with CR, LF or NUL in a local response".to_string())?;
+        headers.append(name, value);
     }
     headers.insert(CONTENT_LENGTH, HeaderValue::from(local.body.len()));
     *response.body_mut() = Body::full(Bytes::from(local.body));

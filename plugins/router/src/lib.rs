@@ -22,7 +22,7 @@
 //! considered. Within it an exact path beats prefixes, and the longest prefix wins. A path that
 //! matches only with another method gets 405; nothing at all gets 404.
 
-use gatehouse_sdk::{Action, Filter, Request, Response};
+use gatehouse_sdk::{Action, Filter, Hook, LocalResponse, Request};
 use serde::Deserialize;
 
 /// The plugin's `config` table.
@@ -193,6 +193,7 @@ fn route_from(i: usize, r: RouteConfig, targets: &[String]) -> Result<(HostMatch
 
 impl Filter for Router {
     type Config = Config;
+    const HOOKS: &'static [Hook] = &[Hook::OnRequest];
 
     // Every request is routed on its host, path and method.
     const REQUEST_HEAD: bool = true;
@@ -262,7 +263,7 @@ impl Filter for Router {
                         None => path.to_string(),
                     };
                     let location = to.replace("{path}", &full).replace("{host}", host);
-                    Response::redirect(*status, &location)
+                    LocalResponse::redirect(*status, &location)
                         .header("content-type", "text/plain; charset=utf-8")
                         .body(format!("{status} redirect to {location}\n"))
                         .into()
@@ -271,7 +272,7 @@ impl Filter for Router {
             None if !allowed.is_empty() => {
                 allowed.sort_unstable();
                 allowed.dedup();
-                Response::new(405)
+                LocalResponse::new(405)
                     .header("allow", allowed.join(", "))
                     .header("content-type", "text/plain; charset=utf-8")
                     .body(format!("405 Method Not Allowed: {method} {path}\n"))
@@ -283,7 +284,7 @@ impl Filter for Router {
 }
 
 fn not_found(host: &str, path: &str) -> Action {
-    Response::new(404)
+    LocalResponse::new(404)
         .header("content-type", "text/plain; charset=utf-8")
         .body(format!("404 Not Found: no route for {host}{path}\n"))
         .into()

@@ -1,0 +1,173 @@
+//! The `request` interface: the request being handled, beyond its fields.
+
+use http::{Method, Uri};
+use wasmtime::Result;
+
+use super::HostState;
+use super::wit::{self, ErrorCode};
+use crate::plugin::bindings::gatehouse::plugin::request;
+use crate::plugin::exchange::{Exchange, HeadSource};
+
+/// Method, path, query and host, as `request.head` returns them.
+pub fn request_head(ex: &Exchange) -> wit::RequestHeadResult {
+    wit::RequestHeadResult {
+        method: wit_method(&ex.request.method),
+        path: ex.request.uri.path().to_string(),
+        query: ex.request.uri.query().map(str::to_string),
+        host: ex.host().map(str::to_string),
+    }
+}
+
+/// The same, lent to an `on-request` call: lowered into the guest straight from the request's
+/// buffers.
+pub fn lent_head(head: &HeadSource) -> wit::RequestHeadParam<'_> {
+    wit::RequestHeadParam {
+        method: method_as!(&head.method, MethodParam, |token| token),
+        path: head.uri.path(),
+        query: head.uri.query(),
+        host: head.host(),
+    }
+}
+
+/// An address as the contract's numbers; an IPv4-mapped IPv6 address (a dual-stack listener's view
+/// of an IPv4 client) is the IPv4 address it stands for.
+pub fn wit_ip(ip: std::net::IpAddr) -> wit::IpAddress {
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(v4) => wit::IpAddress::V4(u32::from(v4)),
+        std::net::IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            // Truncation is the point: the high and the low 64 bits.
+            wit::IpAddress::V6(((bits >> 64) as u64, bits as u64))
+        }
+    }
+}
+
+/// A method as the contract carries it (the common ones without a string), as either generated
+/// type: `$other` makes the token of any other method.
+macro_rules! method_as {
+    ($method:expr, $ty:ident, $other:expr) => {
+        match *$method {
+            Method::GET => wit::$ty::Get,
+            Method::HEAD => wit::$ty::Head,
+            Method::POST => wit::$ty::Post,
+            Method::PUT => wit::$ty::Put,
+            Method::DELETE => wit::$ty::Delete,
+            Method::CONNECT => wit::$ty::Connect,
+            Method::OPTIONS => wit::$ty::Options,
+            Method::TRACE => wit::$ty::Trace,
+            Method::PATCH => wit::$ty::Patch,
+            ref other => wit::$ty::Other($other(other.as_str())),
+        }
+    };
+}
+use method_as;
+
+/// A method as `request.head` returns it.
+pub(super) fn wit_method(method: &Method) -> wit::MethodResult {
+    method_as!(method, MethodResult, str::to_string)
+}
+
+/// A method from a plugin; an invalid token comes back as the error.
+pub(super) fn http_method(method: wit::MethodResult) -> std::result::Result<Method, String> {
+    Ok(match method {
+        wit::MethodResult::Get => Method::GET,
+        wit::MethodResult::Head => Method::HEAD,
+        wit::MethodResult::Post => Method::POST,
+        wit::MethodResult::Put => Method::PUT,
+        wit::MethodResult::Delete => Method::DELETE,
+        wit::MethodResult::Connect => Method::CONNECT,
+        wit::MethodResult::Options => Method::OPTIONS,
+        wit::MethodResult::Trace => Method::TRACE,
+        wit::MethodResult::Patch => Method::PATCH,
+        wit::MethodResult::Other(token) => {
+            Method::from_bytes(token.as_bytes()).map_err(|_| token)?
+        }
+    })
+}
+
+impl request::Host for HostState {
+    fn head(&mut self) -> Result<wit::RequestHeadResult> {
+        Ok(request_head(self.ex()?))
+    }
+
+    fn set_method(&mut self, method: wit::MethodResult) -> Result<Result<(), ErrorCode>> {
+        Ok(match http_method(method) {
+            Ok(m) => {
+                self.ex()?.request.method = m;
+                Ok(())
+            }
+            Err(_) => Err(ErrorCode::InvalidMethod),
+        })
+    }
+
+    fn set_path(&mut self, path: String) -> Result<Result<(), ErrorCode>> {
+        let ex = self.ex()?;
+        if !path.starts_with('/') {
+            return Ok(Err(ErrorCode::InvalidPath));
+        }
+        let query = ex.request.uri.query().map(str::to_string);
+        Ok(
+            replace_path_and_query(&mut ex.request.uri, &path, query.as_deref())
+                .map_err(|()| ErrorCode::InvalidPath),
+        )
+    }
+
+    fn set_query(&mut self, query: Option<String>) -> Result<Result<(), ErrorCode>> {
+        let ex = self.ex()?;
+        let path = ex.request.uri.path().to_string();
+        Ok(
+            replace_path_and_query(&mut ex.request.uri, &path, query.as_deref())
+                .map_err(|()| ErrorCode::InvalidQuery),
+        )
+    }
+
+    fn client_addr(&mut self) -> Result<Option<wit::IpAddress>> {
+        Ok(self.ex()?.client.map(|a| wit_ip(a.ip())))
+    }
+
+    fn is_tls(&mut self) -> Result<bool> {
+        Ok(self.ex()?.tls)
+    }
+
+    fn context_get(&mut self, key: String) -> Result<Option<String>> {
+        Ok(self.ex()?.context_get(&key).map(str::to_string))
+    }
+
+    fn context_set(&mut self, key: String, value: String) -> Result<()> {
+        self.ex()?.context_set(key, value);
+        Ok(())
+    }
+
+    fn respond(&mut self, response: wit::LocalResponse) -> Result<()> {
+        // Like every request call, an error outside a hook.
+        self.ex()?;
+        self.local = Some(response);
+        Ok(())
+    }
+}
+
+/// Rebuilds a URI's path and query, keeping scheme and authority (HTTP/2 and absolute-form).
+fn replace_path_and_query(
+    uri: &mut Uri,
+    path: &str,
+    query: Option<&str>,
+) -> std::result::Result<(), ()> {
+    let pq = match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let mut parts = std::mem::take(uri).into_parts();
+    let old = parts.path_and_query.clone();
+    match pq.parse() {
+        Ok(pq) => {
+            parts.path_and_query = Some(pq);
+            *uri = Uri::from_parts(parts).unwrap_or_default();
+            Ok(())
+        }
+        Err(_) => {
+            parts.path_and_query = old;
+            *uri = Uri::from_parts(parts).unwrap_or_default();
+            Err(())
+        }
+    }
+}

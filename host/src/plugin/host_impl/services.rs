@@ -1,0 +1,99 @@
+//! The `host` interface: logging, the shared key-value store and counters, plugin metrics, clocks.
+
+use std::time::Duration;
+
+use wasmtime::Result;
+
+use super::{HostState, scoped};
+use crate::plugin::bindings::gatehouse::plugin::host;
+use crate::sandbox::MAX_PLUGIN_METRICS;
+use crate::store;
+
+fn ttl(ms: Option<u64>) -> Option<Duration> {
+    ms.map(Duration::from_millis)
+}
+
+impl host::Host for HostState {
+    fn log(&mut self, level: host::Level, message: String) -> Result<()> {
+        let plugin = self.info.name.as_str();
+        match level {
+            host::Level::Trace => tracing::trace!(plugin, "{message}"),
+            host::Level::Debug => tracing::debug!(plugin, "{message}"),
+            host::Level::Info => tracing::info!(plugin, "{message}"),
+            host::Level::Warn => tracing::warn!(plugin, "{message}"),
+            host::Level::Error => tracing::error!(plugin, "{message}"),
+        }
+        Ok(())
+    }
+
+    fn kv_get(&mut self, key: String) -> Result<Option<Vec<u8>>> {
+        let key = scoped(&mut self.scratch, &self.info.namespace, &key);
+        Ok(self.info.store.kv_get(key))
+    }
+
+    fn kv_set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<bool> {
+        let key = scoped(&mut self.scratch, &self.info.namespace, &key).to_string();
+        Ok(self.info.store.kv_set(key, value, ttl(ttl_ms)))
+    }
+
+    fn kv_delete(&mut self, key: String) -> Result<bool> {
+        let key = scoped(&mut self.scratch, &self.info.namespace, &key);
+        Ok(self.info.store.kv_delete(key))
+    }
+
+    fn kv_compare_and_swap(
+        &mut self,
+        key: String,
+        expected: Option<Vec<u8>>,
+        new: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> Result<bool> {
+        let key = scoped(&mut self.scratch, &self.info.namespace, &key).to_string();
+        Ok(self
+            .info
+            .store
+            .kv_compare_and_swap(key, expected.as_deref(), new, ttl(ttl_ms)))
+    }
+
+    fn counter_incr(&mut self, name: String, delta: i64, window_ms: Option<u64>) -> Result<i64> {
+        let key = scoped(&mut self.scratch, &self.info.namespace, &name);
+        Ok(self.info.store.counter_incr(key, delta, ttl(window_ms)))
+    }
+
+    fn counter_get(&mut self, name: String, window_ms: Option<u64>) -> Result<i64> {
+        let key = scoped(&mut self.scratch, &self.info.namespace, &name);
+        Ok(self.info.store.counter_get(key, ttl(window_ms)))
+    }
+
+    fn metric_add(&mut self, name: String, delta: u64) -> Result<()> {
+        if !self
+            .info
+            .metrics
+            .plugin_add(&self.info.name, &name, delta, MAX_PLUGIN_METRICS)
+        {
+            tracing::warn!(plugin = %self.info.name, metric = %name,
+                "plugin metric not counted: a plugin may define at most {MAX_PLUGIN_METRICS}");
+        }
+        Ok(())
+    }
+
+    fn now_ms(&mut self) -> Result<u64> {
+        Ok(store::now_ms())
+    }
+
+    fn monotonic_ns(&mut self) -> Result<u64> {
+        Ok(monotonic_ns())
+    }
+
+    fn random_u64(&mut self) -> Result<u64> {
+        Ok(rand::random())
+    }
+}
+
+fn monotonic_ns() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_nanos() as u64
+}
