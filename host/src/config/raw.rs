@@ -1,0 +1,81 @@
+//! The file as serde reads it: every key optional where it has a default, spans kept for errors.
+
+use super::*;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub(super) server: RawServer,
+    #[serde(default)]
+    pub(super) log: RawLog,
+    #[serde(default)]
+    // Names as plain strings: serde reports the path through a `Spanned` key as unknown.
+    pub(super) targets: BTreeMap<String, Spanned<RawTarget>>,
+    #[serde(default)]
+    pub(super) plugins: Vec<plugins::RawPlugin>,
+    #[serde(default)]
+    pub(super) store: plugins::RawStore,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServer {
+    pub(super) listen: Spanned<Vec<Spanned<String>>>,
+    pub(super) default_target: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) limits: RawLimits,
+    pub(super) shutdown_timeout: Option<Seconds>,
+    pub(super) threads: Option<Spanned<u32>>,
+    pub(super) plugin_cache_dir: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    pub(super) header_read_timeout: Option<Seconds>,
+    pub(super) keepalive_timeout: Option<Seconds>,
+    pub(super) body_read_timeout: Option<Seconds>,
+    pub(super) max_uri_length: Option<Spanned<Bytes>>,
+    pub(super) max_header_size: Option<Spanned<Bytes>>,
+    pub(super) max_header_field_size: Option<Spanned<Bytes>>,
+    pub(super) max_headers: Option<Spanned<u32>>,
+    pub(super) max_body_size: Option<Bytes>,
+    pub(super) body_buffer_size: Option<Bytes>,
+    pub(super) max_connections: Option<Spanned<u32>>,
+    pub(super) max_concurrent_streams: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLog {
+    pub(super) level: Option<String>,
+    pub(super) access_log: Option<AccessLogFormat>,
+    pub(super) access_log_path: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTarget {
+    #[serde(rename = "static")]
+    pub(super) static_root: Option<Spanned<String>>,
+    pub(super) mount: Option<Spanned<String>>,
+    pub(super) index: Option<Spanned<Vec<String>>>,
+    pub(super) autoindex: Option<Spanned<bool>>,
+    pub(super) show_hidden: Option<Spanned<bool>>,
+    pub(super) precompressed: Option<Spanned<bool>>,
+    pub(super) wsgi: Option<Spanned<String>>,
+    pub(super) metrics: Option<Spanned<bool>>,
+    pub(super) workers: Option<Spanned<u32>>,
+    pub(super) threads: Option<Spanned<u32>>,
+    pub(super) timeout: Option<Seconds>,
+    pub(super) backlog: Option<u32>,
+    pub(super) max_requests: Option<u64>,
+    pub(super) max_requests_jitter: Option<u64>,
+    pub(super) graceful_timeout: Option<Seconds>,
+    pub(super) chdir: Option<String>,
+    pub(super) pythonpath: Option<Vec<String>>,
+    pub(super) python: Option<String>,
+    pub(super) virtualenv: Option<String>,
+    pub(super) env: Option<BTreeMap<String, String>>,
+    pub(super) forwarded_allow_ips: Option<Spanned<Vec<String>>>,
+}

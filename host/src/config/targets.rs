@@ -1,0 +1,258 @@
+//! Validating `[targets.NAME]`: static, wsgi and metrics targets.
+
+use super::*;
+
+impl RawTarget {
+    pub(super) fn validate(
+        &self,
+        key: &str,
+        span: std::ops::Range<usize>,
+        doc: &Doc<'_>,
+        base: &Path,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<TargetConfig> {
+        let mount = self.mount(key, doc, errors)?;
+        if let Some(m) = &self.metrics {
+            let others = self.static_root.is_some()
+                || self.wsgi.is_some()
+                || !self.wsgi_settings_used().is_empty()
+                || self.index.is_some()
+                || self.autoindex.is_some()
+                || self.show_hidden.is_some()
+                || self.precompressed.is_some()
+                || self.mount.is_some();
+            if !*m.get_ref() || others {
+                errors.push(doc.error(
+                    m.span(),
+                    &format!("{key}.metrics"),
+                    "a metrics target is just `metrics = true` (route to it with the router plugin)",
+                ));
+                return None;
+            }
+            return Some(TargetConfig::Metrics);
+        }
+        match (&self.static_root, &self.wsgi) {
+            (Some(_), Some(w)) => {
+                errors.push(doc.error(
+                    w.span(),
+                    &format!("{key}.wsgi"),
+                    "a target is either `static` or `wsgi`, not both",
+                ));
+                None
+            }
+            (Some(root), None) => self.validate_static(root, mount, key, doc, base, errors),
+            (None, Some(app)) => self.validate_wsgi(app, mount, key, doc, base, errors),
+            (None, None) => {
+                errors.push(doc.error(
+                    span,
+                    key,
+                    "a target needs a kind: `static = \"DIR\"`, `wsgi = \"module:callable\"` or `metrics = true`",
+                ));
+                None
+            }
+        }
+    }
+
+    pub(super) fn mount(
+        &self,
+        key: &str,
+        doc: &Doc<'_>,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<String> {
+        match &self.mount {
+            None => Some("/".to_string()),
+            Some(m) if m.get_ref().starts_with('/') => {
+                let trimmed = m.get_ref().trim_end_matches('/');
+                Some(if trimmed.is_empty() {
+                    "/".into()
+                } else {
+                    trimmed.to_string()
+                })
+            }
+            Some(m) => {
+                errors.push(doc.error(
+                    m.span(),
+                    &format!("{key}.mount"),
+                    "a mount path starts with `/`, e.g. \"/static\"",
+                ));
+                None
+            }
+        }
+    }
+
+    pub(super) fn validate_wsgi(
+        &self,
+        app: &Spanned<String>,
+        mount: String,
+        key: &str,
+        doc: &Doc<'_>,
+        base: &Path,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<TargetConfig> {
+        let before = errors.len();
+        for (name, span) in [
+            ("index", self.index.as_ref().map(Spanned::span)),
+            ("autoindex", self.autoindex.as_ref().map(Spanned::span)),
+            ("show_hidden", self.show_hidden.as_ref().map(Spanned::span)),
+            (
+                "precompressed",
+                self.precompressed.as_ref().map(Spanned::span),
+            ),
+        ] {
+            if let Some(span) = span {
+                errors.push(doc.error(
+                    span,
+                    &format!("{key}.{name}"),
+                    "only `static` targets have this setting",
+                ));
+            }
+        }
+        let text = app.get_ref().trim();
+        let valid = text.split_once(':').is_some_and(|(m, c)| {
+            let ident = |s: &str| {
+                !s.is_empty()
+                    && s.split('.').all(|p| {
+                        !p.is_empty() && p.chars().all(|c| c.is_alphanumeric() || c == '_')
+                    })
+            };
+            ident(m) && ident(c.strip_suffix("()").unwrap_or(c))
+        });
+        if !valid {
+            errors.push(doc.error(app.span(), &format!("{key}.wsgi"), format!("{text:?} is not MODULE:CALLABLE (e.g. \"app:app\" or \"mysite.wsgi:application\")")));
+        }
+        let mut count = |v: &Option<Spanned<u32>>, name: &str, default: u32| match v {
+            Some(n) if *n.get_ref() == 0 || *n.get_ref() > 1024 => {
+                errors.push(doc.error(
+                    n.span(),
+                    &format!("{key}.{name}"),
+                    "must be between 1 and 1024",
+                ));
+                default as usize
+            }
+            Some(n) => *n.get_ref() as usize,
+            None => default as usize,
+        };
+        let workers = count(&self.workers, "workers", 1);
+        let threads = count(&self.threads, "threads", 1);
+        let trusted = match &self.forwarded_allow_ips {
+            None => Ok(Trusted::default()),
+            Some(list) => Trusted::parse(list.get_ref()).map_err(|e| {
+                errors.push(doc.error(list.span(), &format!("{key}.forwarded_allow_ips"), e))
+            }),
+        };
+        if errors.len() > before {
+            return None;
+        }
+        let path = |p: &String| base.join(p);
+        Some(TargetConfig::Wsgi(WsgiConfig {
+            app: text.to_string(),
+            mount,
+            workers,
+            threads,
+            timeout: self.timeout.map_or(Duration::from_secs(30), |t| t.0),
+            backlog: self.backlog.map_or(1024, |b| b as usize),
+            max_requests: self.max_requests.unwrap_or(0),
+            max_requests_jitter: self.max_requests_jitter.unwrap_or(0),
+            graceful_timeout: self
+                .graceful_timeout
+                .map_or(Duration::from_secs(30), |t| t.0),
+            chdir: self.chdir.as_ref().map_or_else(|| base.to_path_buf(), path),
+            pythonpath: self.pythonpath.iter().flatten().map(path).collect(),
+            python: self.python.as_ref().map(|p| {
+                if p.contains('/') {
+                    path(p)
+                } else {
+                    PathBuf::from(p)
+                }
+            }),
+            virtualenv: self.virtualenv.as_ref().map(path),
+            env: self.env.clone().unwrap_or_default(),
+            forwarded_allow_ips: trusted.ok()?,
+        }))
+    }
+
+    pub(super) fn validate_static(
+        &self,
+        root: &Spanned<String>,
+        mount: String,
+        key: &str,
+        doc: &Doc<'_>,
+        base: &Path,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<TargetConfig> {
+        let misplaced = self.wsgi_settings_used();
+        if !misplaced.is_empty() {
+            errors.push(doc.error(
+                root.span(),
+                key,
+                format!(
+                    "{} belong(s) to `wsgi` targets, not `static` ones",
+                    misplaced.join(", ")
+                ),
+            ));
+            return None;
+        }
+        let root_key = format!("{key}.static");
+        if root.get_ref().trim().is_empty() {
+            errors.push(doc.error(
+                root.span(),
+                &root_key,
+                "the directory to serve must not be empty",
+            ));
+            return None;
+        }
+        let dir = base.join(root.get_ref());
+        let dir = match dir.canonicalize() {
+            Ok(dir) if dir.is_dir() => dir,
+            Ok(_) => {
+                errors.push(doc.error(
+                    root.span(),
+                    &root_key,
+                    format!("{} is not a directory", dir.display()),
+                ));
+                return None;
+            }
+            Err(e) => {
+                errors.push(doc.error(
+                    root.span(),
+                    &root_key,
+                    format!("cannot open {}: {e}", dir.display()),
+                ));
+                return None;
+            }
+        };
+        Some(TargetConfig::Static(StaticConfig {
+            root: dir,
+            mount,
+            index: self
+                .index
+                .as_ref()
+                .map_or_else(|| vec!["index.html".into()], |i| i.get_ref().clone()),
+            autoindex: self.autoindex.as_ref().is_some_and(|a| *a.get_ref()),
+            show_hidden: self.show_hidden.as_ref().is_some_and(|a| *a.get_ref()),
+            precompressed: self.precompressed.as_ref().is_none_or(|a| *a.get_ref()),
+        }))
+    }
+
+    /// The `wsgi`-only settings this (static) target sets.
+    pub(super) fn wsgi_settings_used(&self) -> Vec<&'static str> {
+        [
+            ("workers", self.workers.is_some()),
+            ("threads", self.threads.is_some()),
+            ("timeout", self.timeout.is_some()),
+            ("backlog", self.backlog.is_some()),
+            ("max_requests", self.max_requests.is_some()),
+            ("max_requests_jitter", self.max_requests_jitter.is_some()),
+            ("graceful_timeout", self.graceful_timeout.is_some()),
+            ("chdir", self.chdir.is_some()),
+            ("pythonpath", self.pythonpath.is_some()),
+            ("python", self.python.is_some()),
+            ("virtualenv", self.virtualenv.is_some()),
+            ("env", self.env.is_some()),
+            ("forwarded_allow_ips", self.forwarded_allow_ips.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect()
+    }
+}

@@ -1,0 +1,189 @@
+//! The validated configuration: typed values every other layer reads.
+
+use super::*;
+
+/// A validated configuration, ready to serve.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the configuration came from (a path, or `<string>`), for messages.
+    pub source: String,
+    /// Listeners, limits and shutdown.
+    pub server: ServerConfig,
+    /// Log level and access log.
+    pub log: LogConfig,
+    /// Named targets, in name order.
+    pub targets: BTreeMap<String, TargetConfig>,
+    /// The plugin chain, in order.
+    pub plugins: Vec<PluginConfig>,
+    /// `[store] kv_budget`: bytes the shared key-value store may hold.
+    pub kv_budget: u64,
+}
+
+/// `[server]`: listeners, the default target, limits.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Addresses to listen on, each at most once.
+    pub listen: Vec<ListenAddr>,
+    /// The target that receives a request no plugin routed elsewhere; with none, such a request
+    /// gets 404.
+    pub default_target: Option<String>,
+    /// Where compiled plugins are cached (`None`: not cached).
+    pub plugin_cache_dir: Option<PathBuf>,
+    /// Request limits and timeouts.
+    pub limits: Limits,
+    /// How long in-flight requests may run after SIGTERM/SIGINT before the process exits anyway.
+    pub shutdown_timeout: Duration,
+    /// Event-loop threads, each serving its share of the connections (nginx's worker processes).
+    pub threads: usize,
+}
+
+/// One listening socket.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ListenAddr {
+    /// A TCP address, IPv4 or IPv6; port 0 picks a free port.
+    Tcp(SocketAddr),
+    /// A Unix-domain socket path (`unix:/run/gatehouse.sock`).
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddr::Tcp(addr) => write!(f, "{addr}"),
+            ListenAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// `[server.limits]`: what one client may ask of the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Time allowed to send a whole request head (slowloris defence).
+    pub header_read_timeout: Duration,
+    /// How long an idle keep-alive connection stays open.
+    pub keepalive_timeout: Duration,
+    /// Time allowed to send the whole request body.
+    pub body_read_timeout: Duration,
+    /// Longest request target (path and query) in bytes; longer gets 414.
+    pub max_uri_length: usize,
+    /// Largest request head (request line and all headers) in bytes; larger gets 431.
+    pub max_header_size: usize,
+    /// Largest single header line (`Name: value` and its CRLF) in bytes; larger gets 431.
+    pub max_header_field_size: usize,
+    /// Most header fields in one request; more gets 431.
+    pub max_headers: usize,
+    /// Largest request body in bytes; larger gets 413.
+    pub max_body_size: u64,
+    /// Bodies larger than this are buffered in a temporary file instead of memory.
+    pub body_buffer_size: u64,
+    /// Most client connections open at once; further clients wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// Most concurrent HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_read_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(75),
+            body_read_timeout: Duration::from_secs(60),
+            max_uri_length: 4 * 1024,
+            max_header_size: 16 * 1024,
+            // Gunicorn's `limit_request_field_size`.
+            max_header_field_size: 8190,
+            max_headers: 100,
+            max_body_size: 10 << 20,
+            body_buffer_size: 1 << 20,
+            max_connections: 10_000,
+            max_concurrent_streams: 128,
+        }
+    }
+}
+
+/// `[log]`: diagnostics and the access log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// A `tracing` filter such as `info` or `gatehouse=debug`; `RUST_LOG` wins when set.
+    pub level: String,
+    /// Access-log line format.
+    pub access_log: AccessLogFormat,
+    /// Where access-log lines go; standard output when absent.
+    pub access_log_path: Option<PathBuf>,
+}
+
+/// Access-log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    /// Nginx's `combined` format plus request time and target.
+    Combined,
+    /// One JSON object per line.
+    Json,
+    /// No access log.
+    Off,
+}
+
+/// A named target: where a routed request is finally answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetConfig {
+    /// Files under a directory.
+    Static(StaticConfig),
+    /// A Python WSGI application.
+    Wsgi(WsgiConfig),
+    /// Prometheus metrics of the process (requests, plugin failures, plugin-defined metrics).
+    Metrics,
+}
+
+/// `wsgi = "module:callable"` target options (Gunicorn's settings, same names where they exist).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WsgiConfig {
+    /// `module:callable`, or `module:factory()` to call a factory once per worker.
+    pub app: String,
+    /// URL prefix the app is mounted at; it becomes `SCRIPT_NAME`.
+    pub mount: String,
+    /// Worker processes.
+    pub workers: usize,
+    /// Threads per worker (requests one worker runs at once).
+    pub threads: usize,
+    /// Longest a request may run; past it the client gets 504 and the worker is replaced.
+    pub timeout: Duration,
+    /// Requests that may wait for a free thread; beyond that, 503 at once.
+    pub backlog: usize,
+    /// Recycle a worker after this many requests (0: never), like Gunicorn's `max_requests`.
+    pub max_requests: u64,
+    /// Up to this many extra requests, at random per worker.
+    pub max_requests_jitter: u64,
+    /// How long a recycled worker may take to finish its requests before it is killed.
+    pub graceful_timeout: Duration,
+    /// Directory the workers change to and import from (default: the config file's directory).
+    pub chdir: PathBuf,
+    /// Extra import paths.
+    pub pythonpath: Vec<PathBuf>,
+    /// The Python interpreter whose packages the app uses.
+    pub python: Option<PathBuf>,
+    /// A virtualenv to use (its `bin/python`).
+    pub virtualenv: Option<PathBuf>,
+    /// Extra environment variables for the workers.
+    pub env: BTreeMap<String, String>,
+    /// Peers whose `X-Forwarded-*` / `Forwarded` headers are believed (none by default: Gatehouse is
+    /// usually the edge).
+    pub forwarded_allow_ips: Trusted,
+}
+
+/// `static = "DIR"` target options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticConfig {
+    /// The directory served, absolute.
+    pub root: PathBuf,
+    /// URL path prefix the root is served at, without a trailing slash except for `/`.
+    pub mount: String,
+    /// File names tried for a directory, in order; empty turns index files off.
+    pub index: Vec<String>,
+    /// Whether a directory without an index file lists its entries.
+    pub autoindex: bool,
+    /// Whether names starting with `.` are served.
+    pub show_hidden: bool,
+    /// Whether `.br`/`.gz` siblings are served to clients that accept them.
+    pub precompressed: bool,
+}
