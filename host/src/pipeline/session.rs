@@ -15,9 +15,9 @@ use crate::target::{BodyPolicy, Route, Targets};
 
 /// A request on its way through the phases: the exchange the plugins and the target work on,
 /// the body while nobody has needed it, which plugins ran and where the request went.
-pub(super) struct Session<B> {
+pub(super) struct Session<'c, B> {
     gateway: Arc<Gateway>,
-    peer: Peer,
+    peer: &'c Peer,
     version: Version,
     exchange: Box<Exchange>,
     /// The request body, until a plugin or the target needs it read.
@@ -50,12 +50,12 @@ impl Outcome {
     }
 }
 
-impl<B> Session<B>
+impl<'c, B> Session<'c, B>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
 {
     /// A session for an admitted request; nothing of its body has been read.
-    pub fn new(gateway: Arc<Gateway>, conn: &ConnCtx, req: Request<B>) -> Session<B> {
+    pub fn new(gateway: Arc<Gateway>, conn: &'c ConnCtx, req: Request<B>) -> Session<'c, B> {
         let version = req.version();
         let (parts, body) = req.into_parts();
         // A request with no body has nothing to read: plugins that ask for it get it empty.
@@ -67,7 +67,7 @@ where
         let exchange = Box::new(Exchange::new(parts, known, conn.peer.client, conn.peer.tls));
         Session {
             gateway,
-            peer: conn.peer,
+            peer: &conn.peer,
             version,
             exchange,
             unread,
@@ -82,14 +82,19 @@ where
             Ok(response) => response,
             Err(e) => error_response(&e, self.version),
         };
-        let response = respond::on_response(
-            &self.gateway,
-            &mut self.exchange,
-            self.progress.ran,
-            response,
-            self.version,
-        )
-        .await;
+        // Without plugins there is no on-response to run (and no future to move the response into).
+        let response = if self.progress.ran == Ran::default() {
+            response
+        } else {
+            respond::on_response(
+                &self.gateway,
+                &mut self.exchange,
+                self.progress.ran,
+                response,
+                self.version,
+            )
+            .await
+        };
         // An unread body is dropped here: hyper drains what has already arrived, or closes the
         // connection after the response instead of reading the rest.
         drop(self.unread.take());
@@ -134,7 +139,7 @@ where
         let empty = RequestBody::EMPTY;
         let body = self.exchange.body.as_ref().unwrap_or(&empty);
         target
-            .serve(&self.exchange.request, body, &self.peer, mount.as_deref())
+            .serve(&self.exchange.request, body, self.peer, mount.as_deref())
             .await
     }
 
