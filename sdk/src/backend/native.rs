@@ -79,17 +79,21 @@ pub(crate) fn headers(m: Message) -> Vec<(String, Vec<u8>)> {
     read(m, <[_]>::to_vec)
 }
 
+/// An HTTP token (RFC 9110 5.6.2): what header names and methods are made of.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
 fn set_field(
     headers: &mut Vec<(String, Vec<u8>)>,
     name: &str,
     value: &[u8],
     append: bool,
 ) -> Result<(), Error> {
-    let valid_name = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-    if !valid_name {
+    if !is_token(name) {
         return Err(Error::InvalidHeaderName);
     }
     if value.iter().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
@@ -165,11 +169,7 @@ pub(crate) fn head() -> wit::RequestHead {
 }
 
 pub(crate) fn set_method(method: &str) -> Result<(), Error> {
-    let valid = !method.is_empty()
-        && method
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-    if !valid {
+    if !is_token(method) {
         return Err(Error::InvalidMethod);
     }
     with(|ex| ex.req.method = method.to_string());
