@@ -7,21 +7,36 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The `gatehouse` binary under test: `GATEHOUSE_BIN`, or the one cargo built next to this test.
+/// The `gatehouse` binary under test: `GATEHOUSE_BIN`, or the one in this target directory, which
+/// is first brought up to date with `cargo build` (once per test process; a no-op when the test
+/// script has just built it), so a test never runs a binary older than the source.
 pub fn binary() -> PathBuf {
     if let Ok(path) = std::env::var("GATEHOUSE_BIN") {
         return PathBuf::from(path);
     }
-    let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test> -> target/<profile>/gatehouse
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join("gatehouse");
-    assert!(
-        bin.exists(),
-        "{} not built: run `cargo build -p gatehouse` first (the test script does)",
-        bin.display()
-    );
-    bin
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("current exe");
+            // target/<profile>/deps/<test> -> target/<profile>/gatehouse
+            let dir = exe.parent().and_then(Path::parent).expect("target dir");
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let mut build = Command::new(cargo);
+            build.args(["build", "--quiet", "-p", "gatehouse"]);
+            if dir.file_name().is_some_and(|p| p == "release") {
+                build.arg("--release");
+            }
+            let out = build.output().expect("run cargo build");
+            assert!(
+                out.status.success(),
+                "cargo build -p gatehouse failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let bin = dir.join("gatehouse");
+            assert!(bin.exists(), "{} was not built", bin.display());
+            bin
+        })
+        .clone()
 }
 
 /// A running gatehouse process, killed on drop.

@@ -82,8 +82,7 @@ pub(crate) fn headers(m: Message) -> Vec<(String, Vec<u8>)> {
 /// An HTTP token (RFC 9110 5.6.2): what header names and methods are made of.
 fn is_token(s: &str) -> bool {
     !s.is_empty()
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
