@@ -1,0 +1,231 @@
+//! One event loop's connections to the workers (lanes), the live workers as the event loops see
+//! them, and reading the frames a worker sends back.
+
+use super::super::frame::{self, Kind};
+use super::super::{inbox, transport};
+use crate::error::HttpError;
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
+use rustc_hash::FxHashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use thread_local::ThreadLocal;
+use tokio::net::UnixStream;
+use tokio_util::sync::CancellationToken;
+
+/// What a worker said about one request.
+#[derive(Debug)]
+pub(super) enum Event {
+    /// A whole small response whose head, body and end arrived in one read: one hand-off, no stream.
+    Complete(u16, HeaderMap, Bytes),
+    Start(u16, HeaderMap),
+    Body(Bytes),
+    End,
+    Error(String),
+    /// The worker died or was killed.
+    Gone,
+}
+
+/// One event loop's connection to one worker: frames out, and the requests waiting for frames back.
+/// A task on that event loop reads it, so a response reaches its request on the same thread.
+#[derive(Debug)]
+pub(super) struct Lane {
+    pub(super) frames: transport::Sender,
+    /// Requests waiting for frames, by stream id (ours, sequential: a fast hash is safe).
+    pub(super) streams: Mutex<FxHashMap<u32, inbox::Sender<Event>>>,
+    pub(super) next_stream: AtomicU32,
+}
+
+impl Lane {
+    /// Takes over an accepted lane socket on the calling event loop and starts reading it.
+    pub(super) fn adopt(socket: std::os::unix::net::UnixStream) -> std::io::Result<Arc<Lane>> {
+        socket.set_nonblocking(true)?;
+        let (frames, mut receiver) = transport::over_socket(UnixStream::from_std(socket)?);
+        let lane = Arc::new(Lane {
+            frames,
+            streams: Mutex::new(FxHashMap::default()),
+            next_stream: AtomicU32::new(1),
+        });
+        let reading = Arc::clone(&lane);
+        tokio::spawn(async move {
+            let mut buf = BytesMut::with_capacity(64 * 1024);
+            if let Err(e) = read_frames(&mut receiver, &mut buf, &reading).await {
+                tracing::debug!(error = %e, "worker lane closed");
+            }
+            // The worker is gone (its supervisor sees it exit): whatever waits on this lane fails.
+            reading.fail_all();
+        });
+        Ok(lane)
+    }
+
+    pub(super) fn send(&self, kind: Kind, stream: u32, payload: &[u8]) {
+        let mut buf = Vec::with_capacity(frame::HEADER_LEN + payload.len());
+        frame::write_frame(&mut buf, kind, stream, payload);
+        self.frames.send(buf);
+    }
+
+    pub(super) fn open_stream(&self) -> (u32, inbox::Receiver<Event>) {
+        let id = self.next_stream.fetch_add(1, Ordering::Relaxed).max(1);
+        let (tx, rx) = inbox::inbox();
+        if let Ok(mut streams) = self.streams.lock() {
+            streams.insert(id, tx);
+        }
+        (id, rx)
+    }
+
+    /// Forgets a stream; `false` if it was already gone (failed with its worker).
+    pub(super) fn close_stream(&self, id: u32) -> bool {
+        self.streams
+            .lock()
+            .ok()
+            .and_then(|mut s| s.remove(&id))
+            .is_some()
+    }
+
+    pub(super) fn deliver(&self, id: u32, event: Event) {
+        if let Some(tx) = self.streams.lock().ok().as_ref().and_then(|s| s.get(&id)) {
+            tx.send(event);
+        }
+    }
+
+    /// Tells every request on this lane that the worker is gone.
+    pub(super) fn fail_all(&self) {
+        let streams: Vec<_> = self
+            .streams
+            .lock()
+            .map(|mut s| s.drain().collect())
+            .unwrap_or_default();
+        for (_, tx) in streams {
+            tx.send(Event::Gone);
+        }
+    }
+}
+
+/// A live worker process, as the event loops see it.
+#[derive(Debug)]
+pub(super) struct Worker {
+    pub(super) pid: u32,
+    /// Lane sockets no event loop has taken yet.
+    pub(super) spare: Mutex<Vec<std::os::unix::net::UnixStream>>,
+    /// Each event loop's lane to this worker.
+    pub(super) lanes: ThreadLocal<Arc<Lane>>,
+    pub(super) in_flight: AtomicUsize,
+    pub(super) alive: AtomicBool,
+    pub(super) kill: CancellationToken,
+    /// Requests handed to this worker so far.
+    pub(super) served: AtomicU64,
+    /// Recycle after this many requests (0: never).
+    pub(super) max_requests: u64,
+    /// Fired when `max_requests` is reached: the supervisor starts a replacement, then drains this one.
+    pub(super) retire: CancellationToken,
+}
+
+impl Worker {
+    /// The calling event loop's lane, taken from the spares on first use. A thread beyond the lanes
+    /// the worker opened (none in practice: there is one per event loop) borrows another's.
+    pub(super) fn lane(&self) -> Result<Arc<Lane>, HttpError> {
+        if let Some(lane) = self.lanes.get() {
+            return Ok(Arc::clone(lane));
+        }
+        let spare = self.spare.lock().ok().and_then(|mut s| s.pop());
+        match spare {
+            Some(socket) => {
+                let lane = Lane::adopt(socket).map_err(|e| {
+                    tracing::error!(pid = self.pid, error = %e, "cannot use a worker connection");
+                    HttpError::BadGateway
+                })?;
+                Ok(Arc::clone(self.lanes.get_or(|| lane)))
+            }
+            None => self
+                .lanes
+                .iter()
+                .next()
+                .cloned()
+                .ok_or(HttpError::BadGateway),
+        }
+    }
+
+    /// Marks the worker dead and tells every request on it.
+    pub(super) fn fail_all(&self) {
+        self.alive.store(false, Ordering::Release);
+        for lane in self.lanes.iter() {
+            lane.fail_all();
+        }
+    }
+}
+
+/// Reads and delivers frames until the connection ends. Cancel-safe: unread bytes stay in `buf`.
+pub(super) async fn read_frames(
+    receiver: &mut transport::Receiver,
+    buf: &mut BytesMut,
+    lane: &Lane,
+) -> std::io::Result<()> {
+    loop {
+        if receiver.recv(buf).await? == 0 {
+            return Ok(());
+        }
+        // Responses whose start, body and end all came in this read go over as one event.
+        let mut whole: Vec<(u32, u16, HeaderMap, Vec<Bytes>)> = Vec::new();
+        while let Some(f) = frame::take_frame(buf)? {
+            let open = whole.iter().position(|(id, ..)| *id == f.stream);
+            match (f.kind, open) {
+                (Kind::Start, _) => match frame::decode_start(f.payload) {
+                    Ok((status, headers)) => whole.push((f.stream, status, headers, Vec::new())),
+                    Err(e) => lane.deliver(f.stream, Event::Error(e.to_string())),
+                },
+                (Kind::Body, Some(i)) => whole[i].3.push(f.payload),
+                (Kind::End, Some(i)) => {
+                    let (id, status, headers, parts) = whole.swap_remove(i);
+                    lane.deliver(id, Event::Complete(status, headers, concat(parts)));
+                }
+                (Kind::Error, Some(i)) => {
+                    // Started but failed: the client sees the start, then the failure, as if streamed.
+                    let (id, status, headers, parts) = whole.swap_remove(i);
+                    deliver_started(lane, id, status, headers, parts);
+                    lane.deliver(
+                        id,
+                        Event::Error(String::from_utf8_lossy(&f.payload).into_owned()),
+                    );
+                }
+                (Kind::Body, None) => lane.deliver(f.stream, Event::Body(f.payload)),
+                (Kind::End, None) => lane.deliver(f.stream, Event::End),
+                (Kind::Error, None) => lane.deliver(
+                    f.stream,
+                    Event::Error(String::from_utf8_lossy(&f.payload).into_owned()),
+                ),
+                (other, _) => tracing::warn!(?other, "unexpected frame from a lane"),
+            }
+        }
+        // Responses still going on: what came so far is streamed.
+        for (id, status, headers, parts) in whole {
+            deliver_started(lane, id, status, headers, parts);
+        }
+    }
+}
+
+pub(super) fn deliver_started(
+    lane: &Lane,
+    id: u32,
+    status: u16,
+    headers: HeaderMap,
+    parts: Vec<Bytes>,
+) {
+    lane.deliver(id, Event::Start(status, headers));
+    for part in parts {
+        lane.deliver(id, Event::Body(part));
+    }
+}
+
+pub(super) fn concat(mut parts: Vec<Bytes>) -> Bytes {
+    match parts.len() {
+        0 => Bytes::new(),
+        1 => parts.pop().unwrap_or_default(),
+        _ => {
+            let mut all = BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+            for part in parts {
+                all.extend_from_slice(&part);
+            }
+            all.freeze()
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! The front's side of a WSGI target: the worker processes, their sockets, dispatch and supervision.
+//!
+//! A supervisor thread (its own small tokio runtime) spawns `workers` processes (this binary, in worker
+//! mode), accepts their connections on a private Unix socket, restarts crashed ones with backoff, and
+//! kills one whose request runs past `timeout`. Each worker opens one connection (a lane) per
+//! event-loop thread; an event loop takes its lane to a worker on first use and writes and reads it
+//! itself, so a request and its response never cross to another front thread. Event loops dispatch
+//! requests to the least-loaded live worker.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::Response;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::WorkerSpec;
+use super::frame::{self, Kind};
+use crate::body::Body;
+use crate::error::HttpError;
+
+mod lane;
+mod stream;
+mod supervisor;
+
+use lane::*;
+use stream::*;
+use supervisor::*;
+
+pub use stream::ResponseStream;
+
+/// Settings of one pool, from the target's configuration.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Target name, for logs.
+    pub name: String,
+    /// Worker processes.
+    pub workers: usize,
+    /// Longest a request may run.
+    pub timeout: Duration,
+    /// Requests waiting beyond those the threads are running; more get 503 at once.
+    pub backlog: usize,
+    /// What each worker is told (its id is filled in per spawn).
+    pub spec: WorkerSpec,
+    /// Extra environment for the workers.
+    pub env: Vec<(String, String)>,
+    /// Recycle a worker after this many requests (0: never).
+    pub max_requests: u64,
+    /// Up to this many more, chosen at random per worker, so workers do not all recycle at once.
+    pub max_requests_jitter: u64,
+    /// How long a retiring worker may take to finish its requests before it is killed.
+    pub graceful_timeout: Duration,
+}
+
+/// Why a pool could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// Setting up the socket or thread failed.
+    #[error("cannot start the worker pool: {0}")]
+    Io(#[from] std::io::Error),
+    /// A worker exited while loading the app (its traceback is on standard error).
+    #[error("the WSGI app {app:?} failed to load in a worker (see the error above)")]
+    AppLoad {
+        /// `module:callable`.
+        app: String,
+    },
+    /// A worker did not come up.
+    #[error("a worker did not start: {0}")]
+    Start(String),
+}
+
+/// A running pool of Python workers.
+#[derive(Debug)]
+pub struct Pool {
+    shared: Arc<Shared>,
+    guard: Arc<PoolGuard>,
+}
+
+/// Keeps a pool's workers running while anything still uses them: the pool itself, and every
+/// response still streaming from it (after a reload, the old pool lives until its last response ends).
+#[derive(Debug)]
+struct PoolGuard {
+    shutdown: CancellationToken,
+    _socket_dir: tempfile::TempDir,
+}
+
+impl Drop for PoolGuard {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: PoolConfig,
+    slots: Vec<Mutex<Option<Arc<Worker>>>>,
+    cursor: AtomicUsize,
+    changed: Notify,
+    queue: Arc<Semaphore>,
+    shutdown: CancellationToken,
+}
+
+impl Pool {
+    /// Spawns the workers and waits until each has loaded the app and connected.
+    pub fn start(config: PoolConfig) -> Result<Pool, PoolError> {
+        let socket_dir = tempfile::Builder::new().prefix("gatehouse-").tempdir()?;
+        let socket_path = socket_dir.path().join("workers.sock");
+        let threads = config.spec.threads.max(1);
+        let shared = Arc::new(Shared {
+            slots: (0..config.workers).map(|_| Mutex::new(None)).collect(),
+            cursor: AtomicUsize::new(0),
+            changed: Notify::new(),
+            queue: Arc::new(Semaphore::new(config.workers * threads + config.backlog)),
+            shutdown: CancellationToken::new(),
+            config,
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let supervisor = Supervisor {
+            shared: Arc::clone(&shared),
+            socket: socket_path,
+        };
+        std::thread::Builder::new()
+            .name(format!("wsgi-{}", shared.config.name))
+            .spawn(move || runtime.block_on(supervisor.run(ready_tx)))?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Pool {
+                guard: Arc::new(PoolGuard {
+                    shutdown: shared.shutdown.clone(),
+                    _socket_dir: socket_dir,
+                }),
+                shared,
+            }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(PoolError::Start("the supervisor thread stopped".into())),
+        }
+    }
+
+    /// Sends a request frame (built with [`frame::HEADER_LEN`] bytes of room for its header) to a
+    /// worker and returns the response head with a streaming body.
+    pub async fn dispatch(&self, mut request: Vec<u8>) -> Result<Response<Body>, HttpError> {
+        let permit = Arc::clone(&self.shared.queue)
+            .try_acquire_owned()
+            .map_err(|_| HttpError::ServiceUnavailable)?;
+        let deadline = tokio::time::Instant::now() + self.shared.config.timeout;
+        // Almost always a worker is up: no timer for the wait then.
+        let worker = match self.try_pick() {
+            Some(worker) => worker,
+            None => tokio::time::timeout_at(deadline, self.pick())
+                .await
+                .map_err(|_| HttpError::ServiceUnavailable)?,
+        };
+        let lane = worker.lane()?;
+        let served = worker.served.fetch_add(1, Ordering::AcqRel) + 1;
+        if worker.max_requests > 0 && served == worker.max_requests {
+            worker.retire.cancel();
+        }
+        let (id, mut events) = lane.open_stream();
+        worker.in_flight.fetch_add(1, Ordering::AcqRel);
+        frame::seal(&mut request, Kind::Request, id);
+        lane.frames.send(request);
+        let mut stream = ResponseStream {
+            worker,
+            lane,
+            id,
+            events: None,
+            _permit: permit,
+            deadline,
+            timer: None,
+            done: false,
+            timeout: self.shared.config.timeout,
+            _pool: Arc::clone(&self.guard),
+        };
+        // The timer lives in this future (no allocation); a streamed body gets its own below.
+        let Ok(first) = tokio::time::timeout_at(deadline, events.recv()).await else {
+            stream.timed_out();
+            return Err(HttpError::GatewayTimeout);
+        };
+        match first {
+            Some(Event::Complete(status, headers, body)) => {
+                stream.done = true;
+                build_response(status, headers, Body::full(body))
+            }
+            Some(Event::Start(status, headers)) => {
+                stream.events = Some(events);
+                build_response(status, headers, Body::Stream(Box::new(stream)))
+            }
+            Some(Event::Error(_)) => {
+                stream.done = true;
+                Err(HttpError::Internal)
+            }
+            Some(Event::End | Event::Body(_)) => {
+                stream.done = true;
+                tracing::error!(pool = %self.shared.config.name, "worker sent a body before its headers");
+                Err(HttpError::BadGateway)
+            }
+            Some(Event::Gone) | None => {
+                stream.done = true;
+                Err(HttpError::BadGateway)
+            }
+        }
+    }
+
+    /// The live worker with the fewest requests in flight, waiting for one while none is up.
+    async fn pick(&self) -> Arc<Worker> {
+        loop {
+            let notified = self.shared.changed.notified();
+            if let Some(worker) = self.try_pick() {
+                return worker;
+            }
+            notified.await;
+        }
+    }
+
+    /// The live worker with the fewest requests in flight, if any is up. Ties go round-robin, so
+    /// an idle pool spreads requests over all its workers.
+    fn try_pick(&self) -> Option<Arc<Worker>> {
+        let slots = &self.shared.slots;
+        let start = self.shared.cursor.fetch_add(1, Ordering::Relaxed);
+        (0..slots.len())
+            .filter_map(|i| {
+                slots[(start + i) % slots.len()]
+                    .lock()
+                    .ok()
+                    .and_then(|w| w.clone())
+            })
+            .filter(|w| w.alive.load(Ordering::Acquire))
+            .min_by_key(|w| w.in_flight.load(Ordering::Acquire))
+    }
+}

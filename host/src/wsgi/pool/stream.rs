@@ -1,0 +1,112 @@
+//! A response as it arrives from a worker: the head, then the body streamed with credit.
+
+use super::super::frame::Kind;
+use super::super::inbox;
+use crate::body::Body;
+use crate::error::HttpError;
+use bytes::Bytes;
+use http::{HeaderMap, Response, StatusCode};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::*;
+
+pub(super) fn build_response(
+    status: u16,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response<Body>, HttpError> {
+    let status = StatusCode::from_u16(status).map_err(|_| HttpError::BadGateway)?;
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    Ok(response)
+}
+
+/// A response body arriving from a worker; credits the worker as the client takes it.
+#[derive(Debug)]
+pub struct ResponseStream {
+    pub(super) worker: Arc<Worker>,
+    pub(super) lane: Arc<Lane>,
+    pub(super) id: u32,
+    pub(super) events: Option<inbox::Receiver<Event>>,
+    pub(super) _permit: OwnedSemaphorePermit,
+    pub(super) deadline: tokio::time::Instant,
+    /// The deadline's timer, made when the body first has to wait.
+    pub(super) timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    pub(super) done: bool,
+    pub(super) timeout: Duration,
+    pub(super) _pool: Arc<PoolGuard>,
+}
+
+impl ResponseStream {
+    pub(super) fn timed_out(&mut self) {
+        tracing::error!(pid = self.worker.pid, timeout = ?self.timeout, "request timed out: killing its worker");
+        self.worker.kill.cancel();
+        self.done = true;
+    }
+}
+
+impl crate::body::ChunkStream for ResponseStream {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<std::io::Result<Bytes>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let Some(events) = self.events.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match events.poll_recv(cx) {
+            Poll::Ready(Some(Event::Body(bytes))) => {
+                self.lane
+                    .send(Kind::Credit, self.id, &(bytes.len() as u32).to_be_bytes());
+                Poll::Ready(Some(Ok(bytes)))
+            }
+            Poll::Ready(Some(Event::End)) => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Event::Error(message))) => {
+                self.done = true;
+                Poll::Ready(Some(Err(std::io::Error::other(format!(
+                    "the app failed mid-response: {message}"
+                )))))
+            }
+            Poll::Ready(Some(Event::Start(..) | Event::Complete(..) | Event::Gone) | None) => {
+                self.done = true;
+                Poll::Ready(Some(Err(std::io::Error::other(
+                    "the worker died mid-response",
+                ))))
+            }
+            Poll::Pending => {
+                let deadline = self.deadline;
+                let timer = self
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    self.timed_out();
+                    return Poll::Ready(Some(Err(std::io::Error::other(
+                        "request timed out mid-response",
+                    ))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Drop for ResponseStream {
+    fn drop(&mut self) {
+        if !self.done && self.worker.alive.load(Ordering::Acquire) {
+            // The client went away first: let the worker stop and call close().
+            self.lane.send(Kind::Cancel, self.id, b"");
+        }
+        if self.lane.close_stream(self.id) {
+            self.worker.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
