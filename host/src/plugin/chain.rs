@@ -1,0 +1,272 @@
+//! The chain of one configuration: the hooks in order, and what they decided.
+
+use super::*;
+
+/// Which plugins' `on-request` ran for a request (bit i: plugin i), so `on-response` and `on-log`
+/// run for exactly those.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ran(u64);
+
+impl Ran {
+    pub(super) fn set(&mut self, i: usize) {
+        self.0 |= 1 << i;
+    }
+
+    pub(super) fn clear(&mut self, i: usize) {
+        self.0 &= !(1 << i);
+    }
+
+    pub(super) fn has(self, i: usize) -> bool {
+        self.0 & (1 << i) != 0
+    }
+}
+
+/// How far `on-request` has got through the chain for one request: the chain stops before a
+/// plugin that needs the body until the pipeline has read it, then goes on from there.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// The plugins whose `on-request` ran (and so get `on-response` and `on-log`).
+    pub ran: Ran,
+    /// The next plugin to consider.
+    pub(super) next: usize,
+    /// The route a plugin chose so far.
+    pub(super) route: Option<Route>,
+}
+
+/// What the chain decided for a request.
+#[derive(Debug)]
+pub enum Decision {
+    /// Serve from a target: the one a plugin chose, or (`None`) the default.
+    Serve(Option<Route>),
+    /// Answer with this response (a plugin's local response).
+    Respond(Response<Body>),
+    /// The next plugin needs the request body: read it into the exchange and call
+    /// [`Chain::on_request`] again.
+    ReadBody,
+}
+
+/// The loaded chain of a configuration.
+#[derive(Debug)]
+pub struct Chain {
+    pub(super) plugins: Vec<Plugin>,
+    pub(super) store: Arc<SharedStore>,
+}
+
+impl Chain {
+    /// Loads and initialises every plugin of the chain, or says which one failed and why.
+    pub fn load(
+        configs: &[PluginConfig],
+        targets: &[String],
+        store: Arc<SharedStore>,
+        metrics: &Arc<Metrics>,
+        body_limit: u64,
+        cache_dir: Option<&std::path::Path>,
+    ) -> Result<Chain, LoadError> {
+        if let Some(extra) = configs.get(crate::config::MAX_CHAIN) {
+            return Err(LoadError {
+                name: extra.name.clone(),
+                message: format!("a chain holds at most {} plugins", crate::config::MAX_CHAIN),
+            });
+        }
+        let plugins = configs
+            .iter()
+            .map(|c| {
+                Plugin::load(c, targets, &store, metrics, body_limit, cache_dir).map_err(
+                    |message| LoadError {
+                        name: c.name.clone(),
+                        message,
+                    },
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Chain { plugins, store })
+    }
+
+    /// The chain of a validated config (`[[plugins]]`, with its targets and limits).
+    pub fn for_config(
+        config: &crate::config::Config,
+        store: Arc<SharedStore>,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Chain, LoadError> {
+        // In the order `Targets::build` numbers them: a route's position is its target's.
+        let targets: Vec<String> = config.targets.keys().cloned().collect();
+        Chain::load(
+            &config.plugins,
+            &targets,
+            store,
+            metrics,
+            config.server.limits.body_buffer_size,
+            config.server.plugin_cache_dir.as_deref(),
+        )
+    }
+
+    /// The key-value store and counters (kept across reloads).
+    pub fn store(&self) -> &Arc<SharedStore> {
+        &self.store
+    }
+
+    /// Runs `on-request` in order until a plugin answers, or until a plugin that needs the body
+    /// is next while the body is unread.
+    pub fn on_request(
+        &self,
+        ex: &mut Box<Exchange>,
+        progress: &mut Progress,
+    ) -> Result<Decision, HttpError> {
+        // Plugins cannot change the client's address; the head they can, so it is taken per call.
+        let client = ex.client.map(|a| host_impl::wit_ip(a.ip()));
+        while let Some(plugin) = self.plugins.get(progress.next) {
+            let i = progress.next;
+            if !plugin.applies_to(ex) {
+                progress.next += 1;
+                continue;
+            }
+            if plugin.caps.contains(wit::Capabilities::REQUEST_BODY) && ex.body.is_none() {
+                return Ok(Decision::ReadBody);
+            }
+            progress.next += 1;
+            progress.ran.set(i);
+            if !plugin.caps.contains(wit::Capabilities::ON_REQUEST) {
+                continue;
+            }
+            let head = plugin
+                .caps
+                .contains(wit::Capabilities::REQUEST_HEAD)
+                .then(|| ex.head());
+            let action = plugin.call(ex, |b, store| {
+                // Only a response given during this very call counts (not one from another hook).
+                store.data_mut().local = None;
+                let action = b.call_on_request(
+                    &mut *store,
+                    head.as_ref().map(host_impl::lent_head),
+                    client,
+                )?;
+                Ok((action, store.data_mut().local.take()))
+            });
+            let answer = match action {
+                Ok((wit::Action::Continue, _)) => Ok(None),
+                Ok((wit::Action::Route(route), _)) => plugin.route(route, ex).map(|r| {
+                    progress.route = Some(r);
+                    None
+                }),
+                Ok((wit::Action::Respond, local)) => local
+                    .ok_or_else(|| "answered `respond` without calling `request.respond`".into())
+                    .and_then(local_response)
+                    .map(Some),
+                Err(failure) => Err(failure.0),
+            };
+            match answer {
+                Ok(None) => {}
+                Ok(Some(response)) => return Ok(Decision::Respond(response)),
+                // A failed plugin gets no on-response for this request.
+                Err(reason) => {
+                    progress.ran.clear(i);
+                    plugin.failed("on-request", &Failure(reason))?;
+                }
+            }
+        }
+        Ok(Decision::Serve(progress.route.take()))
+    }
+
+    /// Whether a plugin that will see this response wants its body in memory.
+    pub fn wants_response_body(&self, ran: Ran) -> bool {
+        self.plugins
+            .iter()
+            .enumerate()
+            .any(|(i, p)| ran.has(i) && p.caps.contains(wit::Capabilities::RESPONSE_BODY))
+    }
+
+    /// Runs `on-response` in reverse order over the plugins whose `on-request` ran.
+    pub fn on_response(&self, ex: &mut Box<Exchange>, ran: Ran) -> Result<(), HttpError> {
+        for (i, plugin) in self.plugins.iter().enumerate().rev() {
+            if !ran.has(i) {
+                continue;
+            }
+            let outcome = plugin.hook(wit::Capabilities::ON_RESPONSE, ex, |b, store| {
+                b.call_on_response(&mut *store)
+            });
+            if let Err(failure) = outcome {
+                plugin.failed("on-response", &failure)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether any plugin that ran still wants the log hook.
+    pub fn wants_log(&self, ran: Ran) -> bool {
+        self.plugins
+            .iter()
+            .enumerate()
+            .any(|(i, p)| ran.has(i) && p.caps.contains(wit::Capabilities::ON_LOG))
+    }
+
+    /// Runs `on-log` (in reverse order) once the response is sent; failures are only logged.
+    pub fn on_log(&self, ex: &mut Box<Exchange>, ran: Ran, entry: &LogEntry) {
+        let wit_entry = wit::LogEntry {
+            status: entry.status,
+            bytes_sent: entry.bytes_sent,
+            duration_us: entry.duration.as_micros() as u64,
+            target: entry.target.as_deref(),
+        };
+        for (i, plugin) in self.plugins.iter().enumerate().rev() {
+            if !ran.has(i) {
+                continue;
+            }
+            let outcome = plugin.hook(wit::Capabilities::ON_LOG, ex, |b, store| {
+                b.call_on_log(&mut *store, wit_entry.clone())
+            });
+            if let Err(failure) = outcome {
+                let _ = plugin.failed("on-log", &failure);
+            }
+        }
+    }
+}
+
+/// What the log phase tells plugins.
+#[derive(Debug, Clone)]
+pub struct LogEntry {
+    /// The status sent.
+    pub status: u16,
+    /// Body bytes sent.
+    pub bytes_sent: u64,
+    /// From arrival to the last byte.
+    pub duration: Duration,
+    /// The target that answered.
+    pub target: Option<String>,
+}
+
+/// A plugin's local response as an HTTP response; a bad status, header or oversized body is the
+/// plugin's error.
+pub(super) fn local_response(local: wit::LocalResponse) -> Result<Response<Body>, String> {
+    let status = StatusCode::from_u16(local.status)
+        .map_err(|_| format!("invalid status {}", local.status))?;
+    if local.body.len() > sandbox::MAX_PLUGIN_BODY {
+        return Err(format!(
+            "local response body of {} bytes is larger than the {} bytes a plugin may send",
+            local.body.len(),
+            sandbox::MAX_PLUGIN_BODY
+        ));
+    }
+    if local.headers.len() > sandbox::MAX_PLUGIN_HEADERS {
+        return Err(format!(
+            "local response with {} header fields; a plugin may send at most {}",
+            local.headers.len(),
+            sandbox::MAX_PLUGIN_HEADERS
+        ));
+    }
+    let mut response = Response::new(Body::Empty);
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    for h in local.headers {
+        let name = http::HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| format!("invalid header name {:?} in a local response", h.name))?;
+        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+            continue;
+        }
+        let value = HeaderValue::from_maybe_shared(Bytes::from(h.value))
+            .map_err(|_| "a header value with CR, LF or NUL in a local response".to_string())?;
+        headers.append(name, value);
+    }
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(local.body.len()));
+    *response.body_mut() = Body::full(Bytes::from(local.body));
+    Ok(response)
+}

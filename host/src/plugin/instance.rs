@@ -1,0 +1,275 @@
+//! A loaded plugin and its instances: compile, instantiate, check out, call with a deadline,
+//! check in; a failed call's instance is dropped.
+
+use super::*;
+
+/// One instance of a plugin, with its store.
+pub(super) struct Instance {
+    pub(super) store: Store<HostState>,
+    pub(super) bindings: bindings::Plugin,
+}
+
+/// Why a hook call failed.
+#[derive(Debug)]
+pub(super) struct Failure(pub(super) String);
+
+/// A loaded plugin: compiled code, settings, and its pool of ready instances.
+pub(super) struct Plugin {
+    pub(super) info: Arc<PluginInfo>,
+    pub(super) pre: bindings::PluginPre<HostState>,
+    pub(super) config: PluginConfig,
+    pub(super) targets: Vec<String>,
+    pub(super) ticks: u64,
+    /// Ready instances, per event-loop thread: an instance stays on the core that uses it (no lock,
+    /// no cache lines bouncing between cores), and all of them go when the plugin is dropped.
+    pub(super) pool: ThreadLocal<RefCell<Vec<Instance>>>,
+    /// The hooks it has and what it needs, as its `init` said.
+    pub(super) caps: wit::Capabilities,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.info.name)
+            .finish()
+    }
+}
+
+impl Plugin {
+    pub(super) fn load(
+        config: &PluginConfig,
+        targets: &[String],
+        store: &Arc<SharedStore>,
+        metrics: &Arc<Metrics>,
+        body_limit: u64,
+        cache_dir: Option<&std::path::Path>,
+    ) -> Result<Plugin, String> {
+        let rt = runtime()?;
+        let wasm: std::borrow::Cow<'static, [u8]> = match &config.source {
+            PluginSource::Builtin(name) => builtin::get(name)
+                .ok_or_else(|| format!("no built-in plugin named {name:?}"))?
+                .into(),
+            PluginSource::File(path) => std::fs::read(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+                .into(),
+        };
+        let component = cache::load_or_compile(&rt.engine, &wasm, cache_dir)
+            .map_err(|e| format!("not a valid component: {e:#}"))?;
+        let pre = rt
+            .linker
+            .instantiate_pre(&component)
+            .and_then(bindings::PluginPre::new)
+            .map_err(|e| format!("does not fit the gatehouse:plugin world: {e:#}"))?;
+        let mut plugin = Plugin {
+            info: Arc::new(PluginInfo {
+                name: config.name.clone(),
+                namespace: config.namespace.clone(),
+                store: Arc::clone(store),
+                metrics: Arc::clone(metrics),
+                body_limit,
+                output: wasi::OutputBudget::new(&config.name),
+            }),
+            pre,
+            config: config.clone(),
+            targets: targets.to_vec(),
+            ticks: sandbox::deadline_ticks(config.time_limit),
+            pool: ThreadLocal::new(),
+            caps: wit::Capabilities::empty(),
+        };
+        // A first instance proves the config is good and tells what the plugin needs; it is not
+        // kept, since instances live on the event-loop threads that use them.
+        let (_, caps) = plugin.instantiate()?;
+        plugin.caps = caps;
+        Ok(plugin)
+    }
+
+    pub(super) fn instantiate(&self) -> Result<(Instance, wit::Capabilities), String> {
+        let rt = runtime()?;
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.config.memory_limit as usize)
+            .instances(4)
+            .tables(16)
+            .memories(4)
+            .trap_on_grow_failure(true)
+            .build();
+        let mut store = Store::new(&rt.engine, HostState::new(Arc::clone(&self.info), limits));
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(self.ticks);
+        let bindings = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| describe(&e, &self.config))?;
+        let targets: Vec<&str> = self.targets.iter().map(String::as_str).collect();
+        // The guest keeps these handles for the instance's life; each stands for the request (or
+        // response) of whichever hook runs.
+        let caps = bindings
+            .call_init(&mut store, &self.config.config_json, &targets)
+            .map_err(|e| describe(&e, &self.config))?
+            .map_err(|message| format!("config error: {message}"))?;
+        Ok((Instance { store, bindings }, caps))
+    }
+
+    pub(super) fn checkout(&self) -> Result<Instance, Failure> {
+        if self.config.isolation == Isolation::Pooled {
+            let pool = self.pool.get_or_default();
+            if let Some(instance) = pool.borrow_mut().pop() {
+                return Ok(instance);
+            }
+        }
+        self.instantiate().map(|(i, _)| i).map_err(Failure)
+    }
+
+    pub(super) fn checkin(&self, instance: Instance) {
+        if self.config.isolation == Isolation::Pooled {
+            let mut pool = self.pool.get_or_default().borrow_mut();
+            if pool.len() < sandbox::POOL_MAX {
+                pool.push(instance);
+            }
+        }
+    }
+
+    /// Runs one hook with the exchange moved into the instance's store (swapped with the
+    /// placeholder the instance holds between calls, and swapped back after it, whatever happens).
+    pub(super) fn call<R>(
+        &self,
+        ex: &mut Box<Exchange>,
+        hook: impl FnOnce(&bindings::Plugin, &mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R, Failure> {
+        let mut instance = self.checkout()?;
+        let state = instance.store.data_mut();
+        std::mem::swap(&mut state.exchange, ex);
+        state.in_hook = true;
+        instance.store.set_epoch_deadline(self.ticks);
+        let result = hook(&instance.bindings, &mut instance.store);
+        let state = instance.store.data_mut();
+        state.in_hook = false;
+        std::mem::swap(&mut state.exchange, ex);
+        match result {
+            Ok(value) => {
+                self.checkin(instance);
+                Ok(value)
+            }
+            // The instance may be half-way through anything: it is dropped, never reused.
+            Err(e) => Err(Failure(describe(&e, &self.config))),
+        }
+    }
+
+    /// Runs a hook the plugin said it has (`init`'s capabilities); others are not called.
+    pub(super) fn hook(
+        &self,
+        has: wit::Capabilities,
+        ex: &mut Box<Exchange>,
+        hook: impl FnOnce(&bindings::Plugin, &mut Store<HostState>) -> wasmtime::Result<()>,
+    ) -> Result<(), Failure> {
+        if !self.caps.contains(has) {
+            return Ok(());
+        }
+        self.call(ex, hook)
+    }
+
+    /// The target a `route` answer names, with its mount point cut from the request's path.
+    pub(super) fn route(&self, route: wit::Route, ex: &Exchange) -> Result<Route, String> {
+        let position = route.target as usize;
+        let target = TargetId::at(position, self.targets.len()).ok_or_else(|| {
+            format!(
+                "routed to target #{position} of the {} configured",
+                self.targets.len()
+            )
+        })?;
+        let mount = match route.strip_prefix as usize {
+            0 => None,
+            n => {
+                let path = ex.request.uri.path();
+                let mount = path
+                    .get(..n)
+                    .filter(|m| crate::path::below_mount(path, m).is_some())
+                    .ok_or_else(|| {
+                        format!("strip-prefix of {n} bytes does not end a segment of {path:?}")
+                    })?;
+                Some(mount.to_string())
+            }
+        };
+        Ok(Route { target, mount })
+    }
+
+    pub(super) fn applies_to(&self, ex: &Exchange) -> bool {
+        let c = &self.config;
+        if !c.paths.is_empty() {
+            let path = ex.request.uri.path();
+            if !c
+                .paths
+                .iter()
+                .any(|p| crate::path::below_mount(path, p.trim_end_matches('/')).is_some())
+            {
+                return false;
+            }
+        }
+        if !c.hosts.is_empty() {
+            let Some(host) = ex.host().map(str::to_ascii_lowercase) else {
+                return false;
+            };
+            if !c.hosts.iter().any(|pattern| host_matches(pattern, &host)) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Logs a failed call and says whether the request goes on.
+    pub(super) fn failed(&self, hook: &'static str, failure: &Failure) -> Result<(), HttpError> {
+        tracing::error!(plugin = %self.info.name, hook, reason = %failure.0, "plugin failed; instance replaced");
+        self.info.metrics.plugin_failure(&self.info.name, hook);
+        match self.config.on_error {
+            OnError::Continue => Ok(()),
+            OnError::Fail => Err(HttpError::Internal),
+        }
+    }
+}
+
+/// `example.com` matches itself; `*.example.com` matches any name below it (not itself).
+pub(super) fn host_matches(pattern: &str, host: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => host
+            .strip_suffix(suffix)
+            .is_some_and(|rest| rest.ends_with('.') && rest.len() > 1),
+        None => pattern == host,
+    }
+}
+
+/// A trap, in words a user can act on.
+pub(super) fn describe(error: &wasmtime::Error, config: &PluginConfig) -> String {
+    match error.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => {
+            format!("ran longer than its time_limit ({:?})", config.time_limit)
+        }
+        Some(wasmtime::Trap::UnreachableCodeReached) => {
+            "trapped (a panic or abort in the plugin; its message, if any, is logged above)".into()
+        }
+        _ => {
+            let text = format!("{error:#}");
+            if text.contains("forcing trap when growing memory") {
+                format!(
+                    "ran out of memory (memory_limit {} bytes)",
+                    config.memory_limit
+                )
+            } else {
+                text
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_matches;
+
+    #[test]
+    fn host_patterns() {
+        assert!(host_matches("example.com", "example.com"));
+        assert!(!host_matches("example.com", "www.example.com"));
+        assert!(host_matches("*.example.com", "www.example.com"));
+        assert!(host_matches("*.example.com", "a.b.example.com"));
+        assert!(!host_matches("*.example.com", "example.com"));
+        assert!(!host_matches("*.example.com", "badexample.com"));
+    }
+}
