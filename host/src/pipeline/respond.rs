@@ -11,8 +11,8 @@ use crate::body::Body;
 use crate::error::HttpError;
 use crate::plugin::{Exchange, Ran};
 
-/// `on-response` of every plugin whose `on-request` ran, in reverse order, with the body buffered
-/// first if one of them asked for it.
+/// `on-response` of every plugin whose `on-request` ran (at least one: the session calls this only
+/// then), in reverse order, with the body buffered first if one of them asked for it.
 pub(super) async fn on_response(
     gateway: &Gateway,
     ex: &mut Box<Exchange>,
@@ -20,9 +20,6 @@ pub(super) async fn on_response(
     response: Response<Body>,
     version: Version,
 ) -> Response<Body> {
-    if ran == Ran::default() {
-        return response;
-    }
     let response = if gateway.plugins.wants_response_body(ran) {
         match buffer_response(response, gateway.limits.body_buffer_size).await {
             Ok(r) => r,

@@ -109,10 +109,10 @@ where
     /// Plugins' on-request, route, the target's body policy, serve: the response before
     /// on-response runs.
     async fn answer(&mut self) -> Result<Response<Body>, HttpError> {
+        // A handle of its own: the phases below change the session while they read the gateway.
         let gateway = Arc::clone(&self.gateway);
         let chosen = loop {
-            match self
-                .gateway
+            match gateway
                 .plugins
                 .on_request(&mut self.exchange, &mut self.progress)?
             {
@@ -126,7 +126,7 @@ where
             tracing::error!(target = ?route.target, "route to a target of another configuration");
             HttpError::Internal
         })?;
-        let mount = route.mount.clone();
+        // Recorded before the body is read, so a 413 or 408 is logged with the target it was for.
         self.route = Some(route);
         match target.body_policy() {
             BodyPolicy::Whole => self.read_body().await?,
@@ -138,8 +138,9 @@ where
         }
         let empty = RequestBody::EMPTY;
         let body = self.exchange.body.as_ref().unwrap_or(&empty);
+        let mount = self.route.as_ref().and_then(|r| r.mount.as_deref());
         target
-            .serve(&self.exchange.request, body, self.peer, mount.as_deref())
+            .serve(&self.exchange.request, body, self.peer, mount)
             .await
     }
 
