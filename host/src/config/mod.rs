@@ -59,14 +59,11 @@ impl Config {
         let parsed = deserialize_all(&doc, &mut errors);
         let base_dir = std::path::absolute(base_dir).unwrap_or_else(|_| base_dir.to_path_buf());
         let config = parsed.and_then(|(raw, removed)| {
-            let shape_errors = errors.len();
-            let config = raw.validate(&doc, &base_dir, &mut errors);
+            let mut checked = Vec::new();
+            let config = raw.validate(&doc, &base_dir, &mut checked);
             // A key whose value was already wrong gets no second error for its stand-in.
-            let mut i = 0;
-            errors.retain(|e| {
-                i += 1;
-                i <= shape_errors || !removed.iter().any(|r| within(&e.key, r))
-            });
+            checked.retain(|e| !removed.iter().any(|r| within(&e.key, r)));
+            errors.append(&mut checked);
             config
         });
         errors.sort_by_key(|e| (e.line, e.column));
