@@ -107,6 +107,11 @@ impl Metrics {
                 .plugin_series
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Another thread may have made it meanwhile: it counts once.
+            if let Some(counter) = self.plugin_counters.get(&labels) {
+                counter.inc_by(delta);
+                return true;
+            }
             let count = series.entry(plugin.to_string()).or_default();
             if *count >= max_series {
                 return false;
