@@ -8,7 +8,7 @@
 # OLD_FIXTURES to the wasm32-wasip2 release directory of the old checkout's `plugins/` build.
 #
 # Workloads: a static 1 KiB file with no plugins; the same with the realistic chain of
-# bench/plugins.sh (router + headers + rate limit); WSGI hello world (2 workers); a 1 KiB POST to
+# bench/helpers.sh (router + headers + rate limit); WSGI hello world (2 workers); a 1 KiB POST to
 # it (the request body path). Both binaries serve at the same time; within a round each workload
 # runs against the old binary, then the new one (the order alternates between rounds), and the
 # ratio new/old is taken round by round. wrk runs under SCHED_BATCH (see bench/README.md).
@@ -19,7 +19,7 @@ DURATION=${1:-10s}
 ROUNDS=${2:-5}
 CONNS=${CONNS:-64}
 command -v wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
-median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+source bench/helpers.sh
 
 rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
 (cd plugins && cargo build --release --locked --target wasm32-wasip2 -p headers -p ratelimit >&2)
@@ -52,25 +52,7 @@ level = "warn"
 printf '%s[targets.site]\nstatic = "site"\n' "$base" > "$work/static.toml"
 for v in old new; do
   fix=$FIX; [ "$v" = old ] && fix=$OLD_FIX
-  cat > "$work/chain-$v.toml" <<CONF
-$base
-[targets.site]
-static = "site"
-[[plugins]]
-use = "router"
-[[plugins.config.routes]]
-path = "/admin/"
-redirect = "/"
-[[plugins.config.routes]]
-path = "/"
-target = "site"
-[[plugins]]
-use = "$fix/headers.wasm"
-config = { "x-frame-options" = "DENY", "x-content-type-options" = "nosniff" }
-[[plugins]]
-use = "$fix/ratelimit.wasm"
-config = { limit = 1000000000, window_ms = 1000 }
-CONF
+  printf '%s[targets.site]\nstatic = "site"\n%s\n' "$base" "$(realistic_chain "$fix")" > "$work/chain-$v.toml"
 done
 printf '%s[targets.app]\nwsgi = "hello:app"\nchdir = "%s"\nworkers = 2\n' "$base" "$APPS" > "$work/wsgi.toml"
 

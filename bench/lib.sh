@@ -1,5 +1,7 @@
 # Shared by the benchmark scripts (sourced, not run): tools, the release build, wrk and medians.
 
+source "$(dirname "${BASH_SOURCE[0]}")/helpers.sh"
+
 DURATION=${1:-10s}
 ROUNDS=${2:-3}
 CONNS=${CONNS:-64}
@@ -28,8 +30,3 @@ rps() {
   awk '/Requests\/sec/ {print $2}' <<<"$out"
 }
 
-# The median of the numbers on standard input.
-median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
-
-# $1 / $2, for ratios.
-ratio() { python3 -c "print($1 / $2)"; }

@@ -53,25 +53,7 @@ use = \"$FIX/noop.wasm\"
 "
 printf '%s' "$head_conf" > "$work/none.toml"
 printf '%s%s%s%s' "$head_conf" "$noop" "$noop" "$noop" > "$work/noop3.toml"
-cat > "$work/real.toml" <<CONF
-$head_conf
-[[plugins]]
-use = "router"
-[[plugins.config.routes]]
-path = "/admin/"
-redirect = "/"
-[[plugins.config.routes]]
-path = "/"
-target = "site"
-
-[[plugins]]
-use = "$FIX/headers.wasm"
-config = { "x-frame-options" = "DENY", "x-content-type-options" = "nosniff" }
-
-[[plugins]]
-use = "$FIX/ratelimit.wasm"
-config = { limit = 1000000000, window_ms = 1000 }
-CONF
+printf '%s%s\n' "$head_conf" "$(realistic_chain "$FIX")" > "$work/real.toml"
 
 declare -A addr
 declare -A pid
