@@ -159,5 +159,5 @@ pids=()
 
 echo
 echo "one plugin call (criterion, in-process):"
-FIXTURES=$FIX cargo bench --locked -p gatehouse --bench plugin_call -- --noplot 2>/dev/null \
+FIXTURES=$FIX cargo bench --locked -p gatehouse --features bench --bench plugin_call -- --noplot 2>/dev/null \
   | awk '/^[a-z0-9]/ && !/time:/ {name = $0} /time:/ {if ($0 ~ /^[a-z0-9]/) name = ""; $1 = $1; print name ? name " " $0 : $0}'

@@ -2,26 +2,25 @@
 //! (a static prefix, stripped), and with `FIXTURES` naming the fixtures' wasm directory (as
 //! `bench/plugins.sh` does) one and three no-op plugins and the rate-limit fixture.
 //!
-//! Run: `cargo bench -p gatehouse --bench plugin_call`.
+//! Run: `cargo bench -p gatehouse --features bench --bench plugin_call`.
 
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use gatehouse::config::{Isolation, OnError, PluginConfig, PluginSource};
-use gatehouse::metrics::Metrics;
-use gatehouse::plugin::{Chain, Exchange, Progress};
-use gatehouse::sandbox;
-use gatehouse::store::SharedStore;
+use gatehouse::bench::{
+    Chain, Exchange, Isolation, MEMORY_LIMIT, Metrics, OnError, PluginConfig, PluginSource,
+    Progress, SharedStore, TIME_LIMIT,
+};
 
 fn plugin(name: &str, source: PluginSource, config_json: &str) -> PluginConfig {
     PluginConfig {
         name: name.to_string(),
         source,
         config_json: config_json.to_string(),
-        time_limit: sandbox::TIME_LIMIT,
-        memory_limit: sandbox::MEMORY_LIMIT,
+        time_limit: TIME_LIMIT,
+        memory_limit: MEMORY_LIMIT,
         on_error: OnError::Fail,
         isolation: Isolation::Pooled,
         hosts: Vec::new(),
@@ -112,7 +111,7 @@ fn bench_request(c: &mut Criterion, plugins: &[PluginConfig]) {
                     .header("content-type", "application/octet-stream")
                     .header("content-length", "1024")
                     .header("etag", "\"400-5f2b\"")
-                    .body(gatehouse::body::Body::Empty)
+                    .body(gatehouse::bench::Body::Empty)
                     .expect("response"),
             );
             let answered = chain.on_response(&mut ex, progress.ran).is_ok();

@@ -35,11 +35,6 @@ impl RequestBody {
             RequestBody::Spooled { len, .. } => *len,
         }
     }
-
-    /// Whether the body is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// The whole body, within the size and time limits, in memory or (past `body_buffer_size`) in a

@@ -1,6 +1,19 @@
 //! Validating `[server]`, `[log]` and the whole document's cross-references.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::errors::{ConfigError, Doc};
+use super::plugins::{MAX_CHAIN, PluginConfig};
+use super::raw::{RawConfig, RawLimits};
+use super::types::{
+    AccessLogFormat, Config, Limits, ListenAddr, LogConfig, ServerConfig, TargetConfig,
+};
+use super::units::Bytes;
 
 /// The default `plugin_cache_dir`: `$XDG_CACHE_HOME/gatehouse` or `~/.cache/gatehouse`.
 pub(super) fn default_plugin_cache_dir() -> Option<PathBuf> {
@@ -132,7 +145,6 @@ impl RawConfig {
             access_log_path: self.log.access_log_path.map(|p| base.join(p)),
         };
         Some(Config {
-            source: doc.file.to_string(),
             server: ServerConfig {
                 listen,
                 default_target,

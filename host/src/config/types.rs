@@ -1,12 +1,18 @@
 //! The validated configuration: typed values every other layer reads.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::plugins::PluginConfig;
+use super::trusted::Trusted;
 
 /// A validated configuration, ready to serve.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Where the configuration came from (a path, or `<string>`), for messages.
-    pub source: String,
     /// Listeners, limits and shutdown.
     pub server: ServerConfig,
     /// Log level and access log.

@@ -80,7 +80,8 @@ pub fn join(values: http::header::GetAll<'_, http::HeaderValue>, separator: &[u8
     value
 }
 
-/// Builds the CGI part of the environ as a list (what [`write()`] sends, for tests and debugging).
+/// Builds the CGI part of the environ as a list (what [`write()`] sends), for tests.
+#[cfg(test)]
 pub fn build(req: &Parts, origin: &Origin<'_>, body_len: usize) -> Vec<(String, Vec<u8>)> {
     let mut env = Vec::with_capacity(16 + req.headers.len());
     write(req, origin, body_len, &mut env);

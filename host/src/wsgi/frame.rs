@@ -49,9 +49,6 @@ impl Kind {
     }
 }
 
-/// Name/value pairs: environ entries or response headers (values are bytes).
-pub type Pairs = Vec<(String, Vec<u8>)>;
-
 /// One decoded frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
@@ -294,8 +291,9 @@ impl EnvironPairs {
             .map(|(key, value, _)| (key, value))
     }
 
-    /// The pairs as owned values.
-    pub fn to_vec(&self) -> Pairs {
+    /// The pairs as owned values, for tests.
+    #[cfg(test)]
+    pub fn to_vec(&self) -> Vec<(String, Vec<u8>)> {
         self.iter()
             .map(|(k, v)| (k.to_string(), v.to_vec()))
             .collect()

@@ -1,6 +1,10 @@
 //! The command line: `gatehouse -c FILE`, `gatehouse check -c FILE`, `gatehouse MODULE:CALLABLE`,
 //! `gatehouse plugin new NAME`.
 
+mod run;
+
+pub use run::main;
+
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
