@@ -4,7 +4,8 @@
 use std::cell::RefCell;
 
 use crate::__private::bindings::gatehouse::plugin::types as wit;
-use crate::http::{Action, Request, Response, ip_addr};
+use crate::answer::Action;
+use crate::http::{Request, Response, ip_addr};
 use crate::{Filter, Hook, LogEntry};
 
 thread_local! {

@@ -1,4 +1,4 @@
-//! The request and response a filter works on, and what it answers.
+//! The request and response a filter works on.
 //!
 //! In a plugin every call reads or changes the host's copy (the `fields`, `request` and `response`
 //! imports); under [`crate::testing`] the same calls act on in-memory values (see `backend`).
@@ -8,74 +8,7 @@ use std::net::IpAddr;
 
 use crate::__private::bindings::gatehouse::plugin::types as wit;
 use crate::backend;
-
-/// Why a call on the request or the response was refused; nothing was changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Error {
-    /// Not a valid header name.
-    InvalidHeaderName,
-    /// A header value with CR, LF or NUL.
-    InvalidHeaderValue,
-    /// The message already carries the most header fields plugins may leave on it (1,000).
-    TooManyHeaders,
-    /// Not a method token.
-    InvalidMethod,
-    /// A path that does not start with `/` or is not a valid URI path.
-    InvalidPath,
-    /// Not a valid URI query.
-    InvalidQuery,
-    /// A status outside 100-999.
-    InvalidStatus,
-    /// A body larger than a plugin may set (16 MiB) or than the host buffers for plugins.
-    BodyTooLarge,
-    /// A streamed response body, and the filter did not set [`Filter::RESPONSE_BODY`].
-    BodyNotBuffered,
-    /// The request body in `on_request` of a filter that did not set [`Filter::REQUEST_BODY`]:
-    /// filters decide on the head, and the host reads no body for them.
-    BodyNotRequested,
-    /// The response, before there is one (in `on_request`).
-    NoResponse,
-}
-
-impl std::fmt::Display for Error {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Error::InvalidHeaderName => "invalid header name",
-            Error::InvalidHeaderValue => "invalid header value (CR, LF or NUL)",
-            Error::TooManyHeaders => {
-                "a message may carry at most 1000 header fields set by plugins"
-            }
-            Error::InvalidMethod => "invalid method",
-            Error::InvalidPath => "invalid path (it must start with `/`)",
-            Error::InvalidQuery => "invalid query",
-            Error::InvalidStatus => "invalid status (100-999)",
-            Error::BodyTooLarge => "body too large for plugins",
-            Error::BodyNotBuffered => "body is streamed and was not buffered",
-            Error::BodyNotRequested => "the request body was not requested (Filter::REQUEST_BODY)",
-            Error::NoResponse => "there is no response yet",
-        })
-    }
-}
-
-impl std::error::Error for Error {}
-
-impl From<wit::ErrorCode> for Error {
-    fn from(e: wit::ErrorCode) -> Error {
-        match e {
-            wit::ErrorCode::InvalidHeaderName => Error::InvalidHeaderName,
-            wit::ErrorCode::InvalidHeaderValue => Error::InvalidHeaderValue,
-            wit::ErrorCode::TooManyHeaders => Error::TooManyHeaders,
-            wit::ErrorCode::InvalidMethod => Error::InvalidMethod,
-            wit::ErrorCode::InvalidPath => Error::InvalidPath,
-            wit::ErrorCode::InvalidQuery => Error::InvalidQuery,
-            wit::ErrorCode::InvalidStatus => Error::InvalidStatus,
-            wit::ErrorCode::BodyTooLarge => Error::BodyTooLarge,
-            wit::ErrorCode::BodyNotBuffered => Error::BodyNotBuffered,
-            wit::ErrorCode::BodyNotRequested => Error::BodyNotRequested,
-            wit::ErrorCode::NoResponse => Error::NoResponse,
-        }
-    }
-}
+use crate::error::Error;
 
 /// Which message a fields call is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,9 +84,9 @@ macro_rules! fields_methods {
     };
 }
 
-/// The client's request. Changes made in [`Filter::on_request`] are what the target sees.
+/// The client's request. Changes made in [`Filter::on_request`](crate::Filter::on_request) are what the target sees.
 pub struct Request {
-    /// Method, path, query and host: passed with the call ([`Filter::REQUEST_HEAD`]) or fetched
+    /// Method, path, query and host: passed with the call ([`Filter::REQUEST_HEAD`](crate::Filter::REQUEST_HEAD)) or fetched
     /// from the host together on first use.
     head: OnceCell<wit::RequestHead>,
     /// The client's address: passed with `on-request`, else fetched on first use.
@@ -243,8 +176,8 @@ impl Request {
         backend::is_tls()
     }
 
-    /// The whole request body; in [`Filter::on_request`] only if the filter set
-    /// [`Filter::REQUEST_BODY`] (else [`Error::BodyNotRequested`]).
+    /// The whole request body; in [`Filter::on_request`](crate::Filter::on_request) only if the filter set
+    /// [`Filter::REQUEST_BODY`](crate::Filter::REQUEST_BODY) (else [`Error::BodyNotRequested`]).
     pub fn body(&self) -> Result<Vec<u8>, Error> {
         backend::body(Message::Request)
     }
@@ -260,7 +193,7 @@ impl Request {
     }
 }
 
-/// The response on its way back to the client, in [`Filter::on_response`] (a [`LocalResponse`] is
+/// The response on its way back to the client, in [`Filter::on_response`](crate::Filter::on_response) (a [`LocalResponse`](crate::LocalResponse) is
 /// what a filter answers with instead of the target).
 pub struct Response {
     _private: (),
@@ -291,83 +224,9 @@ impl Response {
         backend::set_status(status)
     }
 
-    /// The whole body (see [`Filter::RESPONSE_BODY`] for streamed ones).
+    /// The whole body (see [`Filter::RESPONSE_BODY`](crate::Filter::RESPONSE_BODY) for streamed ones).
     pub fn body(&self) -> Result<Vec<u8>, Error> {
         backend::body(Message::Response)
-    }
-}
-
-/// A response made by the filter instead of the target:
-/// `LocalResponse::new(403).header("x-why", "bot").body("no\n")`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocalResponse {
-    /// The status code.
-    pub status: u16,
-    /// Header fields.
-    pub headers: Vec<(String, Vec<u8>)>,
-    /// The body.
-    pub body: Vec<u8>,
-}
-
-impl LocalResponse {
-    /// An empty response with this status.
-    pub fn new(status: u16) -> LocalResponse {
-        LocalResponse {
-            status,
-            headers: Vec::new(),
-            body: Vec::new(),
-        }
-    }
-
-    /// Adds a header.
-    pub fn header(mut self, name: &str, value: impl AsRef<[u8]>) -> LocalResponse {
-        self.headers
-            .push((name.to_ascii_lowercase(), value.as_ref().to_vec()));
-        self
-    }
-
-    /// Sets the body.
-    pub fn body(mut self, body: impl Into<Vec<u8>>) -> LocalResponse {
-        self.body = body.into();
-        self
-    }
-
-    /// A redirect (`301`, `302`, `307` or `308`) to `location`.
-    pub fn redirect(status: u16, location: &str) -> LocalResponse {
-        LocalResponse::new(status).header("location", location)
-    }
-}
-
-/// What [`Filter::on_request`] decides.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    /// Go on with the next plugin, then the target.
-    Continue,
-    /// Answer now; later plugins and the target are skipped.
-    Respond(LocalResponse),
-    /// Go on, and send the request to this target (unless a later plugin chooses again).
-    Route {
-        /// A target name from the config's `[targets]`; another name fails the request (500).
-        target: String,
-        /// A prefix of the request's path, ending at a segment, that the target treats as its
-        /// mount point (WSGI: `SCRIPT_NAME`); one the path is not below fails the request (500).
-        strip_prefix: Option<String>,
-    },
-}
-
-impl Action {
-    /// Route to `target`.
-    pub fn route(target: &str) -> Action {
-        Action::Route {
-            target: target.to_string(),
-            strip_prefix: None,
-        }
-    }
-}
-
-impl From<LocalResponse> for Action {
-    fn from(r: LocalResponse) -> Action {
-        Action::Respond(r)
     }
 }
 

@@ -41,7 +41,9 @@
 //! module runs a filter natively under `cargo test`, with in-memory services.
 #![deny(missing_docs)]
 
+mod answer;
 mod backend;
+mod error;
 mod glue;
 mod http;
 pub mod services;
@@ -49,7 +51,9 @@ pub mod services;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 
-pub use http::{Action, Error, LocalResponse, Request, Response};
+pub use answer::{Action, LocalResponse};
+pub use error::Error;
+pub use http::{Request, Response};
 pub use services::{clock, counter, kv, log, metrics};
 
 /// A hook a filter has; see [`Filter::HOOKS`].

@@ -19,21 +19,11 @@ pub use trusted::Trusted;
 pub use types::*;
 
 use errors::Doc;
-use raw::*;
-use serde_path_to_error::Segment;
-use shape::*;
+use shape::{deserialize_all, within};
 
 pub use plugins::{Isolation, MAX_CHAIN, OnError, PluginConfig, PluginSource};
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
-
-use serde::Deserialize;
-use toml::Spanned;
-
-use units::{Bytes, Seconds};
 
 impl Config {
     /// Reads and validates a config file; relative paths inside it are relative to its directory.
@@ -87,6 +77,7 @@ impl std::str::FromStr for Config {
 mod tests {
     use super::server::default_threads;
     use super::*;
+    use std::time::Duration;
 
     fn errors(text: &str) -> Vec<ConfigError> {
         match text.parse::<Config>() {

@@ -1,6 +1,14 @@
 //! The file as serde reads it: every key optional where it has a default, spans kept for errors.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::plugins;
+use super::types::AccessLogFormat;
+use super::units::{Bytes, Seconds};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

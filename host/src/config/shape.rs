@@ -1,6 +1,9 @@
 //! Every type and unknown-key error of a file at once, though serde stops at the first.
 
-use super::*;
+use serde_path_to_error::Segment;
+
+use super::errors::{ConfigError, Doc};
+use super::raw::RawConfig;
 
 /// Most type and unknown-key errors reported from one file before giving up.
 pub(super) const MAX_SHAPE_ERRORS: usize = 50;

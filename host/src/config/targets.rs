@@ -1,6 +1,14 @@
 //! Validating `[targets.NAME]`: static, wsgi and metrics targets.
 
-use super::*;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::errors::{ConfigError, Doc};
+use super::raw::RawTarget;
+use super::trusted::Trusted;
+use super::types::{StaticConfig, TargetConfig, WsgiConfig};
 
 impl RawTarget {
     pub(super) fn validate(

@@ -1,6 +1,22 @@
 //! The chain of one configuration: the hooks in order, and what they decided.
 
-use super::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderValue, Response, StatusCode};
+
+use super::exchange::Exchange;
+use super::instance::{Failure, Plugin};
+use super::{LoadError, host_impl, wit};
+use crate::body::Body;
+use crate::config::PluginConfig;
+use crate::error::HttpError;
+use crate::metrics::Metrics;
+use crate::sandbox;
+use crate::store::SharedStore;
+use crate::target::Route;
 
 /// Which plugins' `on-request` ran for a request (bit i: plugin i), so `on-response` and `on-log`
 /// run for exactly those.

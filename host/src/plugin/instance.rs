@@ -1,7 +1,22 @@
 //! A loaded plugin and its instances: compile, instantiate, check out, call with a deadline,
 //! check in; a failed call's instance is dropped.
 
-use super::*;
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use thread_local::ThreadLocal;
+use wasmtime::{Store, StoreLimitsBuilder};
+
+use super::exchange::Exchange;
+use super::host_impl::{HostState, PluginInfo};
+use super::{bindings, cache, runtime, wasi, wit};
+use crate::builtin;
+use crate::config::{Isolation, OnError, PluginConfig, PluginSource};
+use crate::error::HttpError;
+use crate::metrics::Metrics;
+use crate::sandbox;
+use crate::store::SharedStore;
+use crate::target::{Route, TargetId};
 
 /// One instance of a plugin, with its store.
 pub(super) struct Instance {

@@ -16,30 +16,16 @@ mod host_impl;
 mod instance;
 mod wasi;
 
-use std::cell::RefCell;
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::OnceLock;
 
-use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderValue, Response, StatusCode};
-use thread_local::ThreadLocal;
+use wasmtime::Engine;
 use wasmtime::component::{HasSelf, Linker};
-use wasmtime::{Engine, Store, StoreLimitsBuilder};
 
-use crate::body::Body;
-use crate::builtin;
-use crate::config::{Isolation, OnError, PluginConfig, PluginSource};
-use crate::error::HttpError;
-use crate::metrics::Metrics;
 use crate::sandbox;
-use crate::store::SharedStore;
-use crate::target::{Route, TargetId};
 use bindings::gatehouse::plugin::types as wit;
 pub use chain::{Chain, Decision, LogEntry, Progress, Ran};
 pub use exchange::Exchange;
-use host_impl::{HostState, PluginInfo};
-use instance::*;
+use host_impl::HostState;
 
 /// Why a plugin could not be loaded; names the plugin.
 #[derive(Debug, thiserror::Error)]

@@ -3,7 +3,8 @@
 use std::net::IpAddr;
 
 use crate::__private::bindings::gatehouse::plugin::{fields, request, response, types as wit};
-use crate::http::{Error, Message, ip_addr, wit_method};
+use crate::error::Error;
+use crate::http::{Message, ip_addr, wit_method};
 
 fn message(m: Message) -> wit::Message {
     match m {
@@ -95,7 +96,7 @@ pub(crate) fn set_status(status: u16) -> Result<(), Error> {
     response::set_status(status).map_err(Error::from)
 }
 
-pub(crate) fn respond(r: &crate::http::LocalResponse) {
+pub(crate) fn respond(r: &crate::LocalResponse) {
     let headers: Vec<wit::HeaderFieldParam<'_>> = r
         .headers
         .iter()

@@ -6,7 +6,8 @@ use std::cell::RefCell;
 use std::net::IpAddr;
 
 use crate::__private::bindings::gatehouse::plugin::types as wit;
-use crate::http::{Error, Message};
+use crate::error::Error;
+use crate::http::Message;
 use crate::testing::{TestRequest, TestResponse};
 
 /// Most header fields a message may carry once plugins have set them (as the host bounds them).
@@ -230,4 +231,4 @@ pub(crate) fn set_status(status: u16) -> Result<(), Error> {
 }
 
 /// The harness reads a local response from the returned `Action` itself.
-pub(crate) fn respond(_: &crate::http::LocalResponse) {}
+pub(crate) fn respond(_: &crate::LocalResponse) {}

@@ -203,20 +203,14 @@ pub(super) async fn read_frames(
     }
 }
 
-pub(super) fn deliver_started(
-    lane: &Lane,
-    id: u32,
-    status: u16,
-    headers: HeaderMap,
-    parts: Vec<Bytes>,
-) {
+fn deliver_started(lane: &Lane, id: u32, status: u16, headers: HeaderMap, parts: Vec<Bytes>) {
     lane.deliver(id, Event::Start(status, headers));
     for part in parts {
         lane.deliver(id, Event::Body(part));
     }
 }
 
-pub(super) fn concat(mut parts: Vec<Bytes>) -> Bytes {
+fn concat(mut parts: Vec<Bytes>) -> Bytes {
     match parts.len() {
         0 => Bytes::new(),
         1 => parts.pop().unwrap_or_default(),

@@ -24,9 +24,9 @@ mod lane;
 mod stream;
 mod supervisor;
 
-use lane::*;
-use stream::*;
-use supervisor::*;
+use lane::{Event, Worker};
+use stream::build_response;
+use supervisor::Supervisor;
 
 pub use stream::ResponseStream;
 

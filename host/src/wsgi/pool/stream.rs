@@ -1,5 +1,8 @@
 //! A response as it arrives from a worker: the head, then the body streamed with credit.
 
+use super::PoolGuard;
+use super::lane::{Event, Lane, Worker};
+
 use super::super::frame::Kind;
 use super::super::inbox;
 use crate::body::Body;
@@ -13,8 +16,6 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
-
-use super::*;
 
 pub(super) fn build_response(
     status: u16,

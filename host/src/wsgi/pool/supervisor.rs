@@ -1,5 +1,8 @@
 //! The supervisor: spawns, connects, watches, restarts and recycles the workers.
 
+use super::lane::Worker;
+use super::{PoolError, Shared};
+
 use super::super::WORKER_ENV;
 use super::super::frame::{self, Kind};
 use super::super::worker::EXIT_APP_LOAD_FAILED;
@@ -14,10 +17,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::*;
-
 /// Spawns waiting for their worker's connections (its lanes), by worker id.
-pub(super) type Waiting = Arc<Mutex<HashMap<u32, mpsc::UnboundedSender<UnixStream>>>>;
+type Waiting = Arc<Mutex<HashMap<u32, mpsc::UnboundedSender<UnixStream>>>>;
 
 /// Spawns, connects, watches and restarts the workers.
 pub(super) struct Supervisor {
@@ -78,7 +79,7 @@ impl Supervisor {
 
     /// Watches one slot's worker and replaces it whenever it exits (with backoff on quick deaths) or
     /// retires after `max_requests` (replacement first, then the old one drains: nothing is dropped).
-    pub(super) async fn keep_alive(self, slot: usize, mut running: Running, waiting: Waiting) {
+    async fn keep_alive(self, slot: usize, mut running: Running, waiting: Waiting) {
         let mut backoff = Duration::from_millis(100);
         loop {
             let started = Instant::now();
@@ -146,7 +147,7 @@ impl Supervisor {
     }
 
     /// Starts one worker and waits for it to connect (or to fail loading the app).
-    pub(super) async fn spawn(&self, slot: usize, waiting: &Waiting) -> Result<Running, PoolError> {
+    async fn spawn(&self, slot: usize, waiting: &Waiting) -> Result<Running, PoolError> {
         let config = &self.shared.config;
         let worker_id = NEXT_WORKER_ID.fetch_add(1, Ordering::Relaxed);
         let mut spec = config.spec.clone();
@@ -224,7 +225,7 @@ impl Supervisor {
 }
 
 /// A connected worker process.
-pub(super) struct Running {
+struct Running {
     pub(super) worker: Arc<Worker>,
     pub(super) child: tokio::process::Child,
 }
@@ -281,7 +282,7 @@ impl Running {
 }
 
 /// A pseudo-random number in `0..=max` (the jitter need not be cryptographic).
-pub(super) fn jitter(max: u64) -> u64 {
+fn jitter(max: u64) -> u64 {
     if max == 0 {
         return 0;
     }
