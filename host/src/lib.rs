@@ -17,6 +17,7 @@ mod peer;
 mod pipeline;
 mod plugin;
 mod request_body;
+mod request_target;
 mod sandbox;
 mod scaffold;
 mod server;

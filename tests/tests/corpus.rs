@@ -169,7 +169,7 @@ fn answered(gh: &Gatehouse, case: &Case) -> RawExchange {
 }
 
 /// Cases gunicorn accepts that Gatehouse refuses on purpose, each with the reason; they must get 400.
-const DELIBERATE_400: [(&str, &str); 2] = [
+const DELIBERATE_400: [(&str, &str); 3] = [
     (
         "valid/009.http",
         "`Transfer-Encoding: identity` with Content-Length: RFC 9112 section 6.3 requires 400 when a \
@@ -178,6 +178,11 @@ const DELIBERATE_400: [(&str, &str); 2] = [
     (
         "valid/014.http",
         "an unencoded `\"` in the query: hyper's URI parser refuses it; browsers always send %22",
+    ),
+    (
+        "valid/rfc9112_target_absolute_userinfo_01.http",
+        "userinfo (`user:pass@`) in an absolute-form target: RFC 9110 section 4.2.4 tells recipients \
+         to treat it as an error, and its authority would become the request's host",
     ),
 ];
 
@@ -195,6 +200,37 @@ fn body_shorter_than_declared(bytes: &[u8]) -> bool {
     declared.is_some_and(|n| bytes.len() - end - 4 < n)
 }
 
+/// Whether the case has HTTP/1.1 requests and no `Host` field anywhere: gunicorn accepts those,
+/// RFC 9112 section 3.2 (and Gatehouse) answer 400.
+fn lacks_host(bytes: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(bytes).to_ascii_lowercase();
+    text.contains(" http/1.1\r\n") && !text.contains("\r\nhost:")
+}
+
+/// Whether the case's first request line is HTTP/1.1 (a first HTTP/1.0 request without keep-alive
+/// ends the connection before a later one is read).
+fn starts_http11(bytes: &[u8]) -> bool {
+    let end = bytes
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .unwrap_or(bytes.len());
+    bytes[..end].ends_with(b"HTTP/1.1")
+}
+
+/// The case with `Host: corpus` after each HTTP/1.1 request line, so that its framing is still
+/// exercised.
+fn with_host(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + 32);
+    let mut rest = bytes;
+    while let Some(at) = rest.windows(10).position(|w| w == b"HTTP/1.1\r\n") {
+        out.extend_from_slice(&rest[..at + 10]);
+        out.extend_from_slice(b"Host: corpus\r\n");
+        rest = &rest[at + 10..];
+    }
+    out.extend_from_slice(rest);
+    out
+}
+
 #[test]
 fn valid_requests_are_answered_by_the_target() {
     let (_dir, gh) = server();
@@ -202,11 +238,31 @@ fn valid_requests_are_answered_by_the_target() {
     assert!(cases.len() >= 40, "corpus too small: {}", cases.len());
     let mut failures = Vec::new();
     let mut truncated = 0;
+    let mut without_host = 0;
     for case in &cases {
         if body_shorter_than_declared(&case.bytes) {
             truncated += 1;
             continue;
         }
+        if lacks_host(&case.bytes) && starts_http11(&case.bytes) {
+            without_host += 1;
+            let statuses = answered(&gh, case).statuses();
+            if statuses != [400] {
+                failures.push(format!(
+                    "{}: HTTP/1.1 without Host must get 400, got {statuses:?}",
+                    case.name
+                ));
+            }
+        }
+        let case = &Case {
+            name: case.name.clone(),
+            bytes: if lacks_host(&case.bytes) {
+                with_host(&case.bytes)
+            } else {
+                case.bytes.clone()
+            },
+            requests: case.requests,
+        };
         let ex = answered(&gh, case);
         let statuses = ex.statuses();
         if let Some((_, why)) = DELIBERATE_400.iter().find(|(name, _)| *name == case.name) {
@@ -233,8 +289,13 @@ fn valid_requests_are_answered_by_the_target() {
         failures.join("\n")
     );
     assert!(truncated <= 1, "{truncated} cases have truncated bodies");
+    assert!(
+        without_host > 0,
+        "the corpus has HTTP/1.1 cases without Host"
+    );
     eprintln!(
-        "{} valid cases answered ({skipped} config-dependent, {truncated} truncated skipped)",
+        "{} valid cases answered ({skipped} config-dependent, {truncated} truncated skipped; \
+         {without_host} without Host refused, then answered with one)",
         cases.len()
     );
 }

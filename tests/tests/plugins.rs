@@ -574,6 +574,32 @@ fn conditions_limit_a_plugin_to_hosts_and_paths() {
     assert_eq!(back("/apix", "localhost"), Vec::<String>::new());
     assert_eq!(back("/", "a.example.com"), ["ex"]);
     assert_eq!(back("/api", "a.example.com:80"), ["ex", "api"]);
+    // Conditions match the normal form the target serves: an escaped letter, an empty segment, a
+    // dot segment, upper case or a trailing dot in the host does not skip a scoped plugin.
+    assert_eq!(back("/%61pi/x", "localhost"), ["api"]);
+    assert_eq!(back("//api/x", "localhost"), ["api"]);
+    assert_eq!(back("/", "A.Example.COM."), ["ex"]);
+    assert_eq!(back("/", "a.example.com.:80"), ["ex"]);
+    let r = gh.raw(
+        b"GET /x/../api HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    assert!(r.text().contains("x-chain-back: api\r\n"), "{}", r.text());
+    // What has no normal form is refused before any plugin runs.
+    for (path, host) in [
+        ("/a%2fapi", "localhost"),
+        ("/../api", "localhost"),
+        ("/", "a b"),
+    ] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let r = gh.raw(request.as_bytes(), Duration::from_secs(5));
+        assert_eq!(r.statuses(), [400], "{path} {host}: {}", r.text());
+    }
+    let r = gh.raw(
+        b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    assert_eq!(r.statuses(), [400], "HTTP/1.1 without Host");
 }
 
 #[test]

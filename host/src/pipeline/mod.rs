@@ -9,6 +9,7 @@
 mod activity;
 mod admit;
 mod log;
+mod normalise;
 mod respond;
 mod session;
 pub mod verdicts;
@@ -84,7 +85,10 @@ where
     } else {
         None
     };
-    let outcome = match admit(&req, verdict, &gateway.limits) {
+    let mut req = req;
+    let admitted =
+        admit(&req, verdict, &gateway.limits).and_then(|()| normalise::normalise(&mut req));
+    let outcome = match admitted {
         Err(e) => session::Outcome::refused(error_response(&e, version)),
         Ok(()) => {
             session::Session::new(Arc::clone(&gateway), &conn, req)

@@ -1,12 +1,13 @@
 //! The `request` interface: the request being handled, beyond its fields.
 
-use http::{Method, Uri};
+use http::Method;
 use wasmtime::Result;
 
 use super::HostState;
 use super::wit::{self, ErrorCode};
 use crate::plugin::bindings::gatehouse::plugin::request;
 use crate::plugin::exchange::{Exchange, HeadSource};
+use crate::request_target::{normalise_path, replace_path_and_query};
 
 /// Method, path, query and host, as `request.head` returns them.
 pub fn request_head(ex: &Exchange) -> wit::RequestHeadResult {
@@ -105,6 +106,12 @@ impl request::Host for HostState {
         if !path.starts_with('/') {
             return Ok(Err(ErrorCode::InvalidPath));
         }
+        // The path a plugin sets gets the normal form the client's path got, so later plugins, the
+        // router and the target read it the same way.
+        let path = match normalise_path(&path) {
+            Ok(normal) => normal.unwrap_or(path),
+            Err(_) => return Ok(Err(ErrorCode::InvalidPath)),
+        };
         let query = ex.request.uri.query().map(str::to_string);
         Ok(
             replace_path_and_query(&mut ex.request.uri, &path, query.as_deref())
@@ -143,31 +150,5 @@ impl request::Host for HostState {
         self.ex()?;
         self.local = Some(response);
         Ok(())
-    }
-}
-
-/// Rebuilds a URI's path and query, keeping scheme and authority (HTTP/2 and absolute-form).
-fn replace_path_and_query(
-    uri: &mut Uri,
-    path: &str,
-    query: Option<&str>,
-) -> std::result::Result<(), ()> {
-    let pq = match query {
-        Some(q) => format!("{path}?{q}"),
-        None => path.to_string(),
-    };
-    let mut parts = std::mem::take(uri).into_parts();
-    let old = parts.path_and_query.clone();
-    match pq.parse() {
-        Ok(pq) => {
-            parts.path_and_query = Some(pq);
-            *uri = Uri::from_parts(parts).unwrap_or_default();
-            Ok(())
-        }
-        Err(_) => {
-            parts.path_and_query = old;
-            *uri = Uri::from_parts(parts).unwrap_or_default();
-            Err(())
-        }
     }
 }
