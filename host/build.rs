@@ -9,6 +9,16 @@ fn main() {
     if let Some(dir) = config.lib_dir() {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
     }
+    // The interpreter and library directory of the build, so that a worker refuses (naming both) an
+    // interpreter whose standard library does not match the libpython it would run.
+    println!(
+        "cargo:rustc-env=GATEHOUSE_PYTHON_LIBDIR={}",
+        config.lib_dir().unwrap_or("")
+    );
+    println!(
+        "cargo:rustc-env=GATEHOUSE_PYTHON_EXECUTABLE={}",
+        config.executable().unwrap_or("python3")
+    );
     let version = config.version();
     println!(
         "cargo:rustc-env=GATEHOUSE_PYTHON_VERSION={}.{}",

@@ -6,6 +6,10 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v prlimit >/dev/null 2>&1 || need_apt+=(util-linux)
+# A second build of the embedded Python's version (Debian's, beside pyenv's): the tests prove that
+# gatehouse refuses an interpreter that is not the build it links.
+[ -x /usr/bin/python3.11 ] || need_apt+=(python3.11)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]} with apt-get"
   apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"

@@ -165,6 +165,14 @@ def short_view(environ, start_response):
     return [b"only this"]
 
 
+def short_stream_view(environ, start_response):
+    # Streamed: the head leaves the worker before the (short) body does.
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "100")])
+    yield b"part"
+    time.sleep(0.05)
+    yield b" of it"
+
+
 def long_view(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
     return [b"12345", b"67890"]
@@ -184,6 +192,12 @@ def plain_view(environ, start_response):
     # A whole response in a list, as most frameworks return it: its frames leave the worker together.
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"plain"]
+
+
+def many_headers_view(environ, start_response):
+    count = int(environ["QUERY_STRING"] or "30000")
+    start_response("200 OK", [("X-H%d" % i, "v") for i in range(count)])
+    return [b"headers"]
 
 
 def crash_view(environ, start_response):
@@ -217,8 +231,10 @@ ROUTES = {
 # Routes that break the WSGI rules on purpose are served without the validator.
 UNVALIDATED = {
     "/short": short_view,
+    "/short_stream": short_stream_view,
     "/long": long_view,
     "/plain": plain_view,
+    "/many_headers": many_headers_view,
     "/crash": crash_view,
     "/segfault": segfault_view,
     "/hop": hop_by_hop_view,

@@ -106,14 +106,34 @@ fn environ_follows_pep_3333() {
     assert_eq!(env["wsgi"]["run_once"], false);
     assert_eq!(env["wsgi"]["input_terminated"], true);
 
-    // PATH_INFO is percent-decoded, then each byte becomes one code point (latin-1).
+    // One view of the request: PATH_INFO and HTTP_HOST are the normal forms plugins and the router
+    // match on; an encoded `/` has none (the app would see a boundary no matcher saw).
     let env = json(
         client()
-            .get(s.gh.url("/environ%2Fcaf%C3%A9"))
+            .get(s.gh.url("//x/..//%65nviron"))
+            .header("Host", "App.Example.COM.:8000")
             .send()
             .expect("get"),
     );
-    let _ = env;
+    assert_eq!(env["PATH_INFO"], "/environ");
+    assert_eq!(env["headers"]["HTTP_HOST"], "app.example.com:8000");
+    assert_eq!(env["SERVER_NAME"], "app.example.com");
+    let r = client()
+        .get(s.gh.url("/environ%2Fcaf%C3%A9"))
+        .send()
+        .expect("get");
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // An absolute-form target's authority wins over Host (RFC 9112 section 3.2.2).
+    let r = s.gh.raw(
+        b"GET http://real.example/environ HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    assert!(
+        r.text().contains("\"HTTP_HOST\": \"real.example\""),
+        "{}",
+        r.text()
+    );
+    // PATH_INFO is percent-decoded, then each byte becomes one code point (latin-1).
     let r =
         s.gh.raw(b"GET /caf%C3%A9 HTTP/1.0\r\n\r\n", Duration::from_secs(5));
     assert!(
@@ -390,21 +410,51 @@ fn app_errors_are_500_with_the_traceback_in_the_log_only() {
 }
 
 #[test]
+fn a_short_body_from_the_app_closes_the_connection_in_every_worker_mode() {
+    for mode in ["", "threads = 4", "workers = 2\nthreads = 2"] {
+        let s = serve("stdlib_app:app", mode);
+        for path in ["/short", "/short_stream"] {
+            let mut stream = TcpStream::connect(s.gh.addr()).expect("connect");
+            stream
+                .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .expect("write");
+            let ex = read_until_close(&mut stream, Duration::from_secs(5));
+            assert!(
+                ex.closed,
+                "{mode:?} {path}: a body shorter than its Content-Length closes the connection"
+            );
+            // Whatever arrived before the close, it is never a complete 100-byte body.
+            let text = ex.text();
+            let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+            assert!(body.len() < 100, "{mode:?} {path}: {text}");
+        }
+        assert_serving(&s.gh);
+    }
+}
+
+#[test]
+fn an_app_that_returns_30000_headers_gets_a_502_and_the_worker_serves_on() {
+    let s = serve("stdlib_app:app", "");
+    for count in ["30000", "70000"] {
+        let r = client()
+            .get(s.gh.url(&format!("/many_headers?{count}")))
+            .send()
+            .expect("get");
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY, "{count} headers");
+    }
+    s.gh.wait_stderr("response head is unusable", Duration::from_secs(5));
+    let r = client()
+        .get(s.gh.url("/many_headers?50"))
+        .send()
+        .expect("get");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers().contains_key("x-h49"), "{:?}", r.headers());
+    assert_serving(&s.gh);
+}
+
+#[test]
 fn content_length_from_the_app_is_respected_and_bodiless_statuses_have_none() {
     let s = serve("stdlib_app:app", "");
-    let mut stream = TcpStream::connect(s.gh.addr()).expect("connect");
-    stream
-        .write_all(b"GET /short HTTP/1.1\r\nHost: x\r\n\r\n")
-        .expect("write");
-    let ex = read_until_close(&mut stream, Duration::from_secs(5));
-    assert!(
-        ex.closed,
-        "a body shorter than its Content-Length closes the connection"
-    );
-    // Whatever arrived before the close, it is never a complete 100-byte body.
-    let text = ex.text();
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    assert!(body.len() < 100, "{text}");
 
     let r = client().get(s.gh.url("/long")).send().expect("get");
     assert_eq!(
@@ -1123,4 +1173,44 @@ fn workers_load_the_app_in_parallel() {
     );
     // Four 1-second imports one after another would take over 4 s.
     assert!(took < Duration::from_millis(3500), "startup took {took:?}");
+}
+
+#[test]
+fn another_build_of_the_same_python_version_is_refused_at_start_naming_both() {
+    // Debian's /usr/bin/python3.11 beside the pyenv 3.11 the binary is built with (scripts/test.sh
+    // installs it): same version, another standard library and extension modules.
+    let other = "/usr/bin/python3.11";
+    let built = Command::new("python3")
+        .args(["-c", "import sys; print(sys.base_prefix)"])
+        .output()
+        .expect("python3");
+    let built = String::from_utf8_lossy(&built.stdout).trim().to_string();
+    assert_ne!(
+        built, other,
+        "this test needs the binary built with another 3.11 than Debian's"
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        dir.path().join("hello.py"),
+        "def app(e, s):\n    s('200 OK', [])\n    return [b'hi']\n",
+    )
+    .expect("write");
+    let config = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[targets.app]\nwsgi = \"hello:app\"\npython = \"{other}\"\n"
+    );
+    std::fs::write(dir.path().join("gatehouse.toml"), config).expect("write");
+    let out = Command::new(gatehouse_tests::binary())
+        .args(["-c", "gatehouse.toml"])
+        .current_dir(dir.path())
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "started with another build: {stderr}"
+    );
+    assert!(
+        stderr.contains(other) && stderr.contains(&built) && stderr.contains("PYO3_PYTHON="),
+        "{stderr}"
+    );
 }

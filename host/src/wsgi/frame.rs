@@ -336,14 +336,29 @@ pub fn encode_start(status: u16, reason: &str, headers: &[(String, Vec<u8>)]) ->
     out
 }
 
+/// The largest response head an app may send (status, names, values and their framing): past it
+/// the response is a 502, as nginx answers an upstream whose header overflows `proxy_buffer_size`.
+/// It also keeps the field count (at least 7 bytes each here) under `HeaderMap`'s capacity.
+pub const MAX_RESPONSE_HEAD: usize = 64 << 10;
+
 /// Decodes [`encode_start`]'s output straight into a status and a header map whose values share
 /// the frame's bytes (no copy). The reason phrase is not kept (HTTP/2 has none and hyper writes the
 /// standard one). A header that is not valid HTTP is dropped with a warning: the app's mistake must
-/// not cost the response.
+/// not cost the response. A head past [`MAX_RESPONSE_HEAD`] is an error.
 pub fn decode_start(payload: bytes::Bytes) -> io::Result<(u16, http::HeaderMap)> {
     let bad = || io::Error::new(io::ErrorKind::InvalidData, "truncated start frame");
     if payload.len() < 4 {
         return Err(bad());
+    }
+    if payload.len() > MAX_RESPONSE_HEAD {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} bytes of response headers, more than the {} KiB allowed",
+                payload.len(),
+                MAX_RESPONSE_HEAD >> 10
+            ),
+        ));
     }
     let status = u16::from_be_bytes([payload[0], payload[1]]);
     let rlen = u16::from_be_bytes([payload[2], payload[3]]) as usize;
@@ -362,7 +377,9 @@ pub fn decode_start(payload: bytes::Bytes) -> io::Result<(u16, http::HeaderMap)>
             http::HeaderValue::from_maybe_shared(value),
         ) {
             (Ok(name), Ok(value)) => {
-                headers.append(name, value);
+                headers.try_append(name, value).map_err(|_| {
+                    io::Error::new(io::ErrorKind::InvalidData, "too many response headers")
+                })?;
             }
             _ => tracing::warn!(header = name, "dropping an invalid header from the app"),
         }

@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 /// The CPython minor version this binary embeds (from the build).
 pub const EMBEDDED_VERSION: &str = env!("GATEHOUSE_PYTHON_VERSION");
 
+/// The interpreter the binary was built with, and the directory of its libpython.
+const BUILT_WITH: &str = env!("GATEHOUSE_PYTHON_EXECUTABLE");
+const BUILT_LIBDIR: &str = env!("GATEHOUSE_PYTHON_LIBDIR");
+
 /// What the chosen interpreter reported about itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Interpreter {
@@ -29,6 +33,8 @@ pub struct Interpreter {
     pub base_exec_prefix: String,
     /// `sys.path`, without the script-directory entry.
     pub path: Vec<String>,
+    /// Where its libpython lives (`sysconfig`'s `LIBDIR`, the base interpreter's in a virtualenv).
+    pub libdir: String,
 }
 
 /// Why no usable interpreter was found.
@@ -53,12 +59,38 @@ pub enum InterpreterError {
         /// The embedded version.
         embedded: String,
     },
+    /// Same version, another build: its standard library and extension modules do not fit the
+    /// libpython this binary runs (`import socket` would fail inside the app).
+    #[error(transparent)]
+    Build(Box<OtherBuild>),
 }
 
-const PROBE: &str = "import json, sys\n\
+/// An interpreter of the embedded version that is not the build the binary links.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{executable} is a different build of Python {version} than the one gatehouse runs: its \
+     libpython is in {libdir}, gatehouse's is {linked} (built with {built_with}). Use {built_with} \
+     or a virtualenv made from it, or rebuild gatehouse for this interpreter: \
+     PYO3_PYTHON={executable} cargo build --release"
+)]
+pub struct OtherBuild {
+    /// The interpreter found.
+    executable: String,
+    /// Its version.
+    version: String,
+    /// Its libpython directory.
+    libdir: String,
+    /// The libpython this process runs.
+    linked: String,
+    /// The interpreter the binary was built with.
+    built_with: String,
+}
+
+const PROBE: &str = "import json, sys, sysconfig\n\
 print(json.dumps({'executable': sys.executable, 'version': '%d.%d' % sys.version_info[:2], \
 'prefix': sys.prefix, 'exec_prefix': sys.exec_prefix, 'base_prefix': sys.base_prefix, \
-'base_exec_prefix': sys.base_exec_prefix, 'path': [p for p in sys.path if p]}))";
+'base_exec_prefix': sys.base_exec_prefix, 'path': [p for p in sys.path if p], \
+'libdir': sysconfig.get_config_var('LIBDIR') or ''}))";
 
 /// The interpreter command to ask: config `python`, config `virtualenv`, `$VIRTUAL_ENV`, or `python3`.
 pub fn choose(python: Option<&Path>, virtualenv: Option<&Path>) -> PathBuf {
@@ -97,7 +129,43 @@ pub fn probe(command: &Path) -> Result<Interpreter, InterpreterError> {
             embedded: EMBEDDED_VERSION.to_string(),
         });
     }
+    let linked = linked_libpython();
+    let linked_dir = linked
+        .as_deref()
+        .and_then(Path::parent)
+        .map_or_else(|| PathBuf::from(BUILT_LIBDIR), Path::to_path_buf);
+    if !same_dir(&linked_dir, Path::new(&found.libdir)) {
+        return Err(InterpreterError::Build(Box::new(OtherBuild {
+            executable: found.executable,
+            version: found.version,
+            libdir: found.libdir,
+            linked: linked.unwrap_or(linked_dir).display().to_string(),
+            built_with: BUILT_WITH.to_string(),
+        })));
+    }
     Ok(found)
+}
+
+/// The libpython this process has mapped (the dynamic loader's choice, which `LD_LIBRARY_PATH` can
+/// change); `None` for a static build.
+fn linked_libpython() -> Option<PathBuf> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .find(|path| {
+            Path::new(path)
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libpython"))
+        })
+        .map(PathBuf::from)
+}
+
+/// Whether two directories are the same one (`/usr/lib` and `/lib` may be one through a link).
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
 }
 
 #[cfg(test)]
@@ -133,5 +201,30 @@ mod tests {
             probe(Path::new("/nonexistent/python")),
             Err(InterpreterError::Run(..))
         ));
+    }
+
+    #[test]
+    fn another_build_of_the_same_version_is_refused() {
+        let other = Path::new("/usr/bin/python3.11");
+        if !other.exists() || EMBEDDED_VERSION != "3.11" {
+            return; // Debian's 3.11 is what the CI machines carry beside pyenv's.
+        }
+        let built = probe(Path::new(BUILT_WITH));
+        if built
+            .as_ref()
+            .is_ok_and(|b| b.executable == other.display().to_string())
+        {
+            return; // Built with Debian's: then it is the right one.
+        }
+        match probe(other) {
+            Err(e @ InterpreterError::Build(_)) => {
+                let text = e.to_string();
+                assert!(
+                    text.contains("/usr/bin/python3.11") && text.contains(BUILT_WITH),
+                    "{text}"
+                );
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
     }
 }

@@ -22,6 +22,8 @@ pub(super) enum Event {
     Body(Bytes),
     End,
     Error(String),
+    /// The app's response head cannot be used (too large, malformed): a 502.
+    Unusable(String),
     /// The worker died or was killed.
     Gone,
 }
@@ -171,7 +173,7 @@ pub(super) async fn read_frames(
             match (f.kind, open) {
                 (Kind::Start, _) => match frame::decode_start(f.payload) {
                     Ok((status, headers)) => whole.push((f.stream, status, headers, Vec::new())),
-                    Err(e) => lane.deliver(f.stream, Event::Error(e.to_string())),
+                    Err(e) => lane.deliver(f.stream, Event::Unusable(e.to_string())),
                 },
                 (Kind::Body, Some(i)) => whole[i].3.push(f.payload),
                 (Kind::End, Some(i)) => {

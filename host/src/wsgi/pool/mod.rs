@@ -192,6 +192,11 @@ impl Pool {
                 stream.done = true;
                 Err(HttpError::Internal)
             }
+            Some(Event::Unusable(why)) => {
+                stream.done = true;
+                tracing::error!(pool = %self.shared.config.name, "the app's response head is unusable: {why}");
+                Err(HttpError::BadGateway)
+            }
             Some(Event::End | Event::Body(_)) => {
                 stream.done = true;
                 tracing::error!(pool = %self.shared.config.name, "worker sent a body before its headers");

@@ -77,7 +77,10 @@ impl crate::body::ChunkStream for ResponseStream {
                     "the app failed mid-response: {message}"
                 )))))
             }
-            Poll::Ready(Some(Event::Start(..) | Event::Complete(..) | Event::Gone) | None) => {
+            Poll::Ready(
+                Some(Event::Start(..) | Event::Complete(..) | Event::Unusable(_) | Event::Gone)
+                | None,
+            ) => {
                 self.done = true;
                 Poll::Ready(Some(Err(std::io::Error::other(
                     "the worker died mid-response",
