@@ -1,10 +1,12 @@
 //! One access-log line per request, written by a background thread so request threads never block on
-//! the terminal or the disk.
+//! the terminal or the disk: past `log.buffer_lines` queued lines (an output that stalls) a line is
+//! dropped and counted, never waited for.
 
 use std::fmt::Write as _;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, SystemTime};
 
 use crate::config::{AccessLogFormat, LogConfig};
@@ -14,6 +16,7 @@ use crate::config::{AccessLogFormat, LogConfig};
 pub struct AccessLog {
     format: AccessLogFormat,
     tx: Option<mpsc::SyncSender<String>>,
+    dropped: Arc<AtomicU64>,
 }
 
 /// Waits for the writer thread to write every queued line.
@@ -64,6 +67,7 @@ impl AccessLog {
                 AccessLog {
                     format: config.access_log,
                     tx: None,
+                    dropped: Arc::default(),
                 },
                 Flusher(None),
             ));
@@ -77,7 +81,7 @@ impl AccessLog {
             ),
             None => Box::new(std::io::stdout()),
         };
-        let (tx, rx) = mpsc::sync_channel::<String>(16 * 1024);
+        let (tx, rx) = mpsc::sync_channel::<String>(config.buffer_lines);
         let handle = std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || write_lines(rx, out))?;
@@ -85,6 +89,7 @@ impl AccessLog {
             AccessLog {
                 format: config.access_log,
                 tx: Some(tx),
+                dropped: Arc::default(),
             },
             Flusher(Some(handle)),
         ))
@@ -102,8 +107,14 @@ impl AccessLog {
             AccessLogFormat::Json => json_line(entry),
             _ => combined_line(entry),
         };
-        // Blocks only when 16k lines are already waiting: better slow than lost.
-        let _ = tx.send(line);
+        if let Err(mpsc::TrySendError::Full(_)) = tx.try_send(line) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Lines dropped so far because the output did not keep up.
+    pub fn dropped_lines(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 }
 

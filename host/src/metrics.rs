@@ -6,7 +6,7 @@
 //! `name`, so two plugins never share a series (`a_b` with `c` and `a` with `b_c` stay apart).
 
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -25,6 +25,19 @@ pub struct Metrics {
     plugin_counters: Family<Labels, Counter>,
     /// Series each plugin has created, to bound what a plugin can make the host remember.
     plugin_series: Mutex<HashMap<String, usize>>,
+    log_dropped: Family<[(&'static str, String); 1], Counter>,
+    /// Where each log's dropped-line count is read from when the metrics are rendered.
+    drop_sources: Mutex<Vec<(&'static str, DropSource)>>,
+}
+
+/// Reads a log's running count of dropped lines.
+#[derive(Clone)]
+struct DropSource(Arc<dyn Fn() -> u64 + Send + Sync>);
+
+impl std::fmt::Debug for DropSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DropSource")
+    }
 }
 
 impl Default for Metrics {
@@ -40,6 +53,12 @@ impl Metrics {
         let responses = Family::<Labels, Counter>::default();
         let plugin_failures = Family::<Labels, Counter>::default();
         let plugin_counters = Family::<Labels, Counter>::default();
+        let log_dropped = Family::default();
+        registry.register(
+            "gatehouse_log_lines_dropped",
+            "Log lines dropped because their output (stdout, stderr, a file) did not keep up, by log",
+            log_dropped.clone(),
+        );
         registry.register(
             "gatehouse_responses",
             "Responses sent, by target (\"-\" when none answered) and status code",
@@ -61,7 +80,22 @@ impl Metrics {
             plugin_failures,
             plugin_counters,
             plugin_series: Mutex::new(HashMap::new()),
+            log_dropped,
+            drop_sources: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Exports a log's dropped lines as `gatehouse_log_lines_dropped_total{log}`; `read` gives the
+    /// running count.
+    pub fn watch_dropped_lines(
+        &self,
+        log: &'static str,
+        read: impl Fn() -> u64 + Send + Sync + 'static,
+    ) {
+        self.drop_sources
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((log, DropSource(Arc::new(read))));
     }
 
     /// Per-target response counters for one configuration's targets (in `Targets` order).
@@ -124,6 +158,18 @@ impl Metrics {
 
     /// Everything, in the OpenMetrics text format.
     pub fn render(&self) -> String {
+        let sources = self
+            .drop_sources
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        for (log, read) in sources {
+            let counter = self.log_dropped.get_or_create(&[("log", log.to_string())]);
+            let (now, seen) = ((read.0)(), counter.get());
+            if now > seen {
+                counter.inc_by(now - seen);
+            }
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);

@@ -3,7 +3,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -48,6 +48,8 @@ pub struct Gatehouse {
     pub dir: PathBuf,
     stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
+    /// Pipes kept open and never read (see [`Gatehouse::start_stalled`]).
+    _stalled: Option<(ChildStdout, ChildStderr)>,
 }
 
 fn capture(mut pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
@@ -81,11 +83,46 @@ impl Gatehouse {
         Self::start_args(dir, &["-c", &config_arg], env)
     }
 
+    /// Like [`Gatehouse::start`], with standard output and error pipes that nobody ever reads: once
+    /// their kernel buffers fill, every write to them would block.
+    pub fn start_stalled(dir: &Path, config: &str) -> Gatehouse {
+        let config_path = dir.join("gatehouse.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let config_arg = config_path.display().to_string();
+        Self::spawn(dir, &[], &["-c", &config_arg], &[], true)
+    }
+
+    /// Like [`Gatehouse::start`], run under `wrapper` (a command such as `prlimit --nofile=256:`
+    /// that then runs the binary).
+    pub fn start_under(dir: &Path, wrapper: &[&str], config: &str) -> Gatehouse {
+        let config_path = dir.join("gatehouse.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let config_arg = config_path.display().to_string();
+        Self::spawn(dir, wrapper, &["-c", &config_arg], &[], false)
+    }
+
     /// Starts `gatehouse ARGS... --ready-file DIR/ready` in `dir`; waits until it listens.
     pub fn start_args(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Gatehouse {
+        Self::spawn(dir, &[], args, env, false)
+    }
+
+    fn spawn(
+        dir: &Path,
+        wrapper: &[&str],
+        args: &[&str],
+        env: &[(&str, &str)],
+        stalled: bool,
+    ) -> Gatehouse {
         let ready = dir.join("ready");
         let _ = std::fs::remove_file(&ready);
-        let mut cmd = Command::new(binary());
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(rest).arg(binary());
+                cmd
+            }
+            None => Command::new(binary()),
+        };
         cmd.args(args)
             .arg("--ready-file")
             .arg(&ready)
@@ -98,8 +135,15 @@ impl Gatehouse {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("spawn gatehouse");
-        let stdout = capture(child.stdout.take().expect("stdout"));
-        let stderr = capture(child.stderr.take().expect("stderr"));
+        let (out, err) = (
+            child.stdout.take().expect("stdout"),
+            child.stderr.take().expect("stderr"),
+        );
+        let (stdout, stderr, held) = if stalled {
+            (Arc::default(), Arc::default(), Some((out, err)))
+        } else {
+            (capture(out), capture(err), None)
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(text) = std::fs::read_to_string(&ready) {
@@ -110,6 +154,7 @@ impl Gatehouse {
                     dir: dir.to_path_buf(),
                     stdout,
                     stderr,
+                    _stalled: held,
                 };
             }
             if let Ok(Some(status)) = child.try_wait() {

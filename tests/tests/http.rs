@@ -265,11 +265,56 @@ fn slow_body_gets_408() {
 }
 
 #[test]
-fn max_connections_holds_further_clients_in_the_backlog() {
+fn max_connections_closes_the_longest_idle_connection_for_a_new_client() {
     let (_dir, gh) = serve(&limits("max_connections = 2"));
-    let one = TcpStream::connect(gh.addr()).expect("connect");
-    let two = TcpStream::connect(gh.addr()).expect("connect");
-    std::thread::sleep(Duration::from_millis(200));
+    let mut one = TcpStream::connect(gh.addr()).expect("connect");
+    std::thread::sleep(Duration::from_millis(100));
+    let mut two = TcpStream::connect(gh.addr()).expect("connect");
+    two.write_all(b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let kept = read_until_close(&mut two, Duration::from_millis(300));
+    assert_eq!(
+        kept.statuses(),
+        vec![200],
+        "two is now an idle keep-alive connection"
+    );
+    // Both slots are taken by idle connections: the new client is served at once, and the one idle
+    // the longest (one, which never sent anything) is closed for it.
+    let third = gh.raw(
+        b"GET /a.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(2),
+    );
+    assert_eq!(third.statuses(), vec![200]);
+    assert!(
+        read_until_close(&mut one, Duration::from_secs(2)).closed,
+        "the oldest idle one closed"
+    );
+    two.write_all(b"GET /b.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    assert_eq!(
+        read_until_close(&mut two, Duration::from_secs(2)).statuses(),
+        vec![200]
+    );
+}
+
+#[test]
+fn max_connections_holds_further_clients_in_the_backlog_while_all_are_busy() {
+    // A response larger than loopback's socket buffers, which the busy clients never read: their
+    // requests stay in flight.
+    let dir = site(&[("big.bin", &vec![7u8; 32 << 20]), ("a.txt", b"AAAA")]);
+    let gh = Gatehouse::start(
+        dir.path(),
+        &static_config("", &limits("max_connections = 2")),
+    );
+    let busy = || {
+        let mut s = TcpStream::connect(gh.addr()).expect("connect");
+        s.write_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("write");
+        s
+    };
+    let one = busy();
+    let two = busy();
+    std::thread::sleep(Duration::from_millis(300));
     let mut third = TcpStream::connect(gh.addr()).expect("kernel accepts into the backlog");
     third
         .write_all(b"GET /a.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -277,7 +322,7 @@ fn max_connections_holds_further_clients_in_the_backlog() {
     let waiting = read_until_close(&mut third, Duration::from_millis(700));
     assert!(
         waiting.bytes.is_empty(),
-        "a third connection is not served while two are open"
+        "a third connection is not served while two are busy"
     );
     drop(one);
     let served = read_until_close(&mut third, Duration::from_secs(5));
@@ -297,4 +342,94 @@ fn server_stays_up_after_abuse() {
         client().get(gh.url("/")).send().expect("get").status(),
         StatusCode::OK
     );
+}
+
+#[test]
+fn a_stalled_stdout_and_stderr_drop_log_lines_instead_of_freezing_the_server() {
+    let dir = site(&[("a.txt", b"a")]);
+    let config = "[server]\nlisten = [\"127.0.0.1:0\"]\n[log]\nlevel = \"debug\"\nbuffer_lines = 64\n\
+        [targets.site]\nstatic = \"site\"\n[targets.stats]\nmetrics = true\n\
+        [[plugins]]\nuse = \"router\"\n[[plugins.config.routes]]\nexact = \"/metrics\"\ntarget = \"stats\"\n\
+        [[plugins.config.routes]]\npath = \"/\"\ntarget = \"site\"\n";
+    let gh = Gatehouse::start_stalled(dir.path(), config);
+    let c = client();
+    // Each request writes an access-log line (about 150 bytes) to stdout and debug lines to stderr:
+    // far more than the 64 KiB a pipe holds.
+    let started = Instant::now();
+    for i in 0..2000 {
+        let r = c
+            .get(gh.url(&format!("/a.txt?{i}")))
+            .send()
+            .unwrap_or_else(|e| panic!("request {i} after {:?}: {e}", started.elapsed()));
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let metrics = c
+        .get(gh.url("/metrics"))
+        .send()
+        .expect("get")
+        .text()
+        .expect("text");
+    let dropped = |log: &str| {
+        metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!(
+                    "gatehouse_log_lines_dropped_total{{log=\"{log}\"}} "
+                ))
+            })
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no dropped count for {log}:\n{metrics}"))
+    };
+    assert!(dropped("access") > 0, "{metrics}");
+    assert!(dropped("diagnostics") > 0, "{metrics}");
+}
+
+#[test]
+fn the_soft_open_file_limit_is_raised_to_the_hard_one() {
+    let dir = site(&[("a.txt", b"a")]);
+    let gh = Gatehouse::start_under(
+        dir.path(),
+        &["prlimit", "--nofile=256:"],
+        &static_config("", ""),
+    );
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", gh.pid())).expect("limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("open files line");
+    let numbers: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(numbers.len(), 2, "{line}");
+    assert_eq!(numbers[0], numbers[1], "soft raised to hard: {line}");
+    assert_ne!(numbers[0], "256", "{line}");
+}
+
+#[test]
+fn a_client_that_stops_reading_is_cut_after_send_timeout() {
+    let dir = site(&[("big.bin", &vec![7u8; 32 << 20]), ("a.txt", b"AAAA")]);
+    let gh = Gatehouse::start(
+        dir.path(),
+        &static_config("", &limits("max_connections = 1\nsend_timeout = \"1s\"")),
+    );
+    let mut stalled = TcpStream::connect(gh.addr()).expect("connect");
+    stalled
+        .write_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    std::thread::sleep(Duration::from_millis(300));
+    // The only slot is busy sending to a client that reads nothing; once send_timeout cuts it, the
+    // next client is served.
+    let started = Instant::now();
+    let next = gh.raw(
+        b"GET /a.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(10),
+    );
+    assert_eq!(next.statuses(), vec![200]);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500),
+        "served before the cut: {waited:?}"
+    );
+    // The stalled client gets part of the file, then the connection ends.
+    let rest = read_until_close(&mut stalled, Duration::from_secs(10));
+    assert!(rest.closed);
+    assert!(rest.bytes.len() < 32 << 20, "{} bytes", rest.bytes.len());
 }

@@ -120,7 +120,8 @@ fn serve(cli: &Cli) -> anyhow::Result<ExitCode> {
     };
     let config = source.load().map_err(|e| anyhow::anyhow!("{e}"))?;
     let ready_file = cli.ready_file.clone();
-    crate::logging::init(&config.log.level).map_err(anyhow::Error::msg)?;
+    let _diagnostics = crate::logging::init(&config.log.level, config.log.buffer_lines)
+        .map_err(anyhow::Error::msg)?;
     let (access_log, flusher) = AccessLog::start(&config.log).context("opening the access log")?;
 
     let server = Server::bind(&config, access_log)?;

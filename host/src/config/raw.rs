@@ -43,6 +43,7 @@ pub(super) struct RawLimits {
     pub(super) header_read_timeout: Option<Seconds>,
     pub(super) keepalive_timeout: Option<Seconds>,
     pub(super) body_read_timeout: Option<Seconds>,
+    pub(super) send_timeout: Option<Seconds>,
     pub(super) max_uri_length: Option<Spanned<Bytes>>,
     pub(super) max_header_size: Option<Spanned<Bytes>>,
     pub(super) max_header_field_size: Option<Spanned<Bytes>>,
@@ -57,6 +58,7 @@ pub(super) struct RawLimits {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawLog {
     pub(super) level: Option<String>,
+    pub(super) buffer_lines: Option<Spanned<u32>>,
     pub(super) access_log: Option<AccessLogFormat>,
     pub(super) access_log_path: Option<PathBuf>,
 }

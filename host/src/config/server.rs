@@ -139,7 +139,20 @@ impl RawConfig {
                 &targets,
             ),
         };
+        let buffer_lines = match &self.log.buffer_lines {
+            Some(n) if *n.get_ref() == 0 || *n.get_ref() > 1 << 20 => {
+                errors.push(doc.error(
+                    n.span(),
+                    "log.buffer_lines",
+                    "must be between 1 and 1048576",
+                ));
+                0
+            }
+            Some(n) => *n.get_ref() as usize,
+            None => 16 * 1024,
+        };
         let log = LogConfig {
+            buffer_lines,
             level: self.log.level.unwrap_or_else(|| "info".into()),
             access_log: self.log.access_log.unwrap_or(AccessLogFormat::Combined),
             access_log_path: self.log.access_log_path.map(|p| base.join(p)),
@@ -278,6 +291,7 @@ impl RawLimits {
                 .map_or(d.header_read_timeout, |s| s.0),
             keepalive_timeout: self.keepalive_timeout.map_or(d.keepalive_timeout, |s| s.0),
             body_read_timeout: self.body_read_timeout.map_or(d.body_read_timeout, |s| s.0),
+            send_timeout: self.send_timeout.map_or(d.send_timeout, |s| s.0),
             max_uri_length,
             max_header_size,
             max_header_field_size,

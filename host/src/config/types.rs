@@ -70,6 +70,9 @@ pub struct Limits {
     pub keepalive_timeout: Duration,
     /// Time allowed to send the whole request body.
     pub body_read_timeout: Duration,
+    /// How long a response write may make no progress (a client that stops reading) before the
+    /// connection is closed, as nginx's `send_timeout`.
+    pub send_timeout: Duration,
     /// Longest request target (path and query) in bytes; longer gets 414.
     pub max_uri_length: usize,
     /// Largest request head (request line and all headers) in bytes; larger gets 431.
@@ -94,6 +97,7 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(75),
             body_read_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
             max_uri_length: 4 * 1024,
             max_header_size: 16 * 1024,
             // Gunicorn's `limit_request_field_size`.
@@ -116,6 +120,9 @@ pub struct LogConfig {
     pub access_log: AccessLogFormat,
     /// Where access-log lines go; standard output when absent.
     pub access_log_path: Option<PathBuf>,
+    /// Lines the access log and the diagnostics each hold while their output is stalled; past it
+    /// lines are dropped (and counted) rather than an event loop blocked.
+    pub buffer_lines: usize,
 }
 
 /// Access-log line format.

@@ -14,6 +14,7 @@ use crate::config::Limits;
 use crate::peer::Peer;
 use crate::pipeline::{self, Activity, ConnCtx};
 use crate::server::SharedGateway;
+use crate::server::idle::Connections;
 use crate::server::wire::WireGuard;
 
 /// The hyper connection builder for a set of limits (HTTP/1.1 and HTTP/2 by prior knowledge).
@@ -43,6 +44,7 @@ pub async fn serve<I>(
     local: Option<SocketAddr>,
     gateway: SharedGateway,
     builder: Arc<auto::Builder<TokioExecutor>>,
+    connections: Arc<Connections>,
     shutdown: CancellationToken,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -50,9 +52,14 @@ pub async fn serve<I>(
     // Copied out, so an idle keep-alive connection does not keep a reloaded-away gateway alive.
     let limits = gateway.load().limits.clone();
     let keepalive = limits.keepalive_timeout;
-    let (io, verdicts) =
-        WireGuard::new(io, limits.max_header_size, Some(limits.header_read_timeout));
+    let (io, verdicts) = WireGuard::new(
+        io,
+        limits.max_header_size,
+        Some(limits.header_read_timeout),
+        Some(limits.send_timeout),
+    );
     let activity = Arc::new(Activity::default());
+    let registration = connections.register(Arc::clone(&activity));
     let ctx = Arc::new(ConnCtx {
         peer: Peer {
             client,
@@ -79,6 +86,11 @@ pub async fn serve<I>(
                 return;
             }
             () = shutdown.cancelled(), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            // Another client needs the slot (`max_connections`) and this one has been idle longest.
+            () = registration.close.notified(), if !draining => {
                 draining = true;
                 conn.as_mut().graceful_shutdown();
             }

@@ -1,6 +1,7 @@
 //! The front server: listeners, the accept loops, connection limits and graceful shutdown.
 
 pub mod conn;
+mod idle;
 pub mod listener;
 pub mod wire;
 
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, TryAcquireError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -19,6 +20,7 @@ use crate::pipeline::Gateway;
 use crate::plugin::Chain;
 use crate::store::SharedStore;
 use crate::target::{BuildError, Targets};
+use idle::Connections;
 use listener::{BindError, Bound, Listener, LoopSocket};
 
 /// Why the server could not start.
@@ -108,6 +110,7 @@ impl Server {
     /// Binds every listener, once per event loop, then loads the plugins and builds the targets:
     /// a port in use fails at once, before any Python worker has imported the app.
     pub fn bind(config: &Config, access_log: AccessLog) -> Result<Server, StartError> {
+        raise_open_file_limit(config.server.limits.max_connections);
         let loops = config.server.threads;
         let listeners = config
             .server
@@ -116,11 +119,12 @@ impl Server {
             .map(|addr| Bound::bind(addr, loops))
             .collect::<Result<Vec<_>, _>>()?;
         let store = Arc::new(SharedStore::new(config.kv_budget as usize));
+        let metrics = Arc::new(Metrics::new());
+        metrics.watch_dropped_lines("diagnostics", crate::logging::dropped_lines);
+        let log = access_log.clone();
+        metrics.watch_dropped_lines("access", move || log.dropped_lines());
         let gateway = Arc::new(ArcSwap::from_pointee(build_gateway(
-            config,
-            store,
-            Arc::new(Metrics::new()),
-            access_log,
+            config, store, metrics, access_log,
         )?));
         Ok(Server {
             listeners,
@@ -151,6 +155,7 @@ impl Server {
         // A copy: holding the gateway here would keep it (and its workers) alive past a reload.
         let limits = &self.gateway.load().limits.clone();
         let permits = Arc::new(Semaphore::new(limits.max_connections));
+        let connections = Arc::new(Connections::default());
         let builder = Arc::new(conn::builder(limits));
         let socket_files: Vec<_> = self
             .listeners
@@ -171,6 +176,7 @@ impl Server {
                 gateway: Arc::clone(&self.gateway),
                 builder: Arc::clone(&builder),
                 permits: Arc::clone(&permits),
+                connections: Arc::clone(&connections),
                 shutdown: shutdown.clone(),
                 grace: self.shutdown_timeout,
             };
@@ -195,6 +201,37 @@ impl Server {
     }
 }
 
+/// Raises the soft limit on open files to the hard one, as nginx's `worker_rlimit_nofile` would be
+/// set by hand: the soft default (often 1024) is far below `max_connections`. Says so when even the
+/// hard limit leaves too little room (each connection is one descriptor; files being sent, spooled
+/// bodies, worker sockets and plugin caches need more).
+fn raise_open_file_limit(max_connections: usize) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(error) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!(%error, "cannot raise the open-file limit");
+        }
+    }
+    let now = getrlimit(Resource::Nofile).current;
+    if let Some(files) = now {
+        let wanted = max_connections as u64 + 256;
+        if files < wanted {
+            tracing::warn!(
+                open_files = files,
+                max_connections,
+                "the open-file limit (ulimit -n) is below max_connections plus room for files and \
+                 workers: connections past it fail to be accepted; raise the hard limit or lower \
+                 server.limits.max_connections"
+            );
+        }
+    }
+}
+
 /// One event loop: a single-threaded tokio runtime serving its share of the connections.
 struct EventLoop {
     index: usize,
@@ -202,6 +239,7 @@ struct EventLoop {
     gateway: SharedGateway,
     builder: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
     permits: Arc<Semaphore>,
+    connections: Arc<Connections>,
     shutdown: CancellationToken,
     grace: Duration,
 }
@@ -218,6 +256,7 @@ impl EventLoop {
                     gateway: Arc::clone(&self.gateway),
                     builder: Arc::clone(&self.builder),
                     permits: Arc::clone(&self.permits),
+                    connections: Arc::clone(&self.connections),
                     shutdown: self.shutdown.clone(),
                     tracker: tracker.clone(),
                 };
@@ -241,6 +280,7 @@ struct AcceptLoop {
     gateway: SharedGateway,
     builder: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
     permits: Arc<Semaphore>,
+    connections: Arc<Connections>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -252,16 +292,25 @@ impl AcceptLoop {
                 accepted = accept(&listener) => accepted,
                 () = self.shutdown.cancelled() => break,
             };
-            // At `max_connections` the accepted connection waits, unread, for a free slot, and this
-            // loop accepts nothing more meanwhile: further clients wait in the kernel's backlog. The
-            // permit is taken after accepting because each loop has its own socket: a loop holding a
-            // permit while blocked in accept could starve the loop whose backlog has the client.
-            let permit = tokio::select! {
-                permit = Arc::clone(&self.permits).acquire_owned() => match permit {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-                () = self.shutdown.cancelled() => break,
+            // At `max_connections` the connection idle the longest is asked to close, and the
+            // accepted one waits, unread, for its slot; when every connection is busy it waits for
+            // any to close, and this loop accepts nothing more meanwhile: further clients wait in
+            // the kernel's backlog. The permit is taken after accepting because each loop has its
+            // own socket: a loop holding a permit while blocked in accept could starve the loop
+            // whose backlog has the client.
+            let permit = match Arc::clone(&self.permits).try_acquire_owned() {
+                Ok(p) => p,
+                Err(TryAcquireError::Closed) => break,
+                Err(TryAcquireError::NoPermits) => {
+                    self.connections.close_oldest_idle();
+                    tokio::select! {
+                        permit = Arc::clone(&self.permits).acquire_owned() => match permit {
+                            Ok(p) => p,
+                            Err(_) => break,
+                        },
+                        () = self.shutdown.cancelled() => break,
+                    }
+                }
             };
             match accepted {
                 Ok(Accepted::Tcp(stream, client)) => {
@@ -299,6 +348,7 @@ impl AcceptLoop {
             local,
             Arc::clone(&self.gateway),
             Arc::clone(&self.builder),
+            Arc::clone(&self.connections),
             self.shutdown.clone(),
         );
         self.tracker.spawn(async move {

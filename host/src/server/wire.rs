@@ -68,12 +68,23 @@ pub struct WireGuard<T> {
     head_timeout: Option<Duration>,
     head_deadline: Option<Pin<Box<Sleep>>>,
     head_armed: bool,
+    /// nginx's `send_timeout`: a write (or flush) that makes no progress for this long fails, and the
+    /// connection closes, so a client that stops reading cannot pin a response, its file or its
+    /// buffers forever.
+    send_timeout: Option<Duration>,
+    send_deadline: Option<Pin<Box<Sleep>>>,
+    send_waiting: bool,
 }
 
 impl<T> WireGuard<T> {
     /// Watches `inner`; heads larger than `max_head` bytes get [`HeadVerdict::TooLarge`]; a head not
     /// complete within `head_timeout` of its first byte fails the read (the connection closes).
-    pub fn new(inner: T, max_head: usize, head_timeout: Option<Duration>) -> (Self, Verdicts) {
+    pub fn new(
+        inner: T,
+        max_head: usize,
+        head_timeout: Option<Duration>,
+        send_timeout: Option<Duration>,
+    ) -> (Self, Verdicts) {
         let verdicts = Verdicts::default();
         let mut guard = WireGuard {
             inner,
@@ -84,6 +95,9 @@ impl<T> WireGuard<T> {
             head_timeout,
             head_deadline: None,
             head_armed: false,
+            send_timeout,
+            send_deadline: None,
+            send_waiting: false,
         };
         guard.arm_head_timer();
         (guard, verdicts)
@@ -99,6 +113,38 @@ impl<T> WireGuard<T> {
             None => self.head_deadline = Some(Box::pin(tokio::time::sleep_until(deadline))),
         }
         self.head_armed = true;
+    }
+
+    /// Passes a write's result through, failing it once writes have been pending for the send timeout.
+    fn send_progress<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        if poll.is_ready() {
+            self.send_waiting = false;
+            return poll;
+        }
+        let Some(timeout) = self.send_timeout else {
+            return poll;
+        };
+        if !self.send_waiting {
+            self.send_waiting = true;
+            let deadline = Instant::now() + timeout;
+            match &mut self.send_deadline {
+                Some(sleep) => sleep.as_mut().reset(deadline),
+                None => self.send_deadline = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        if let Some(deadline) = &mut self.send_deadline {
+            if deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client read nothing within send_timeout",
+                )));
+            }
+        }
+        Poll::Pending
     }
 
     /// Follows the framing over freshly read bytes; an error means the body framing is malformed.
@@ -391,7 +437,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WireGuard<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.send_progress(cx, poll)
     }
 
     fn poll_write_vectored(
@@ -399,7 +446,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WireGuard<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.send_progress(cx, poll)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -407,7 +455,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WireGuard<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let poll = Pin::new(&mut self.inner).poll_flush(cx);
+        self.send_progress(cx, poll)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -420,7 +469,7 @@ mod tests {
     use super::*;
 
     fn verdicts(chunks: &[&[u8]]) -> Vec<HeadVerdict> {
-        let (mut guard, v) = WireGuard::new((), 16 * 1024, None);
+        let (mut guard, v) = WireGuard::new((), 16 * 1024, None, None);
         for c in chunks {
             let _ = guard.observe(c);
         }
@@ -482,7 +531,7 @@ mod tests {
 
     #[test]
     fn oversized_head_and_h2_passthrough() {
-        let (mut guard, v) = WireGuard::new((), 1024, None);
+        let (mut guard, v) = WireGuard::new((), 1024, None, None);
         guard
             .observe(format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(2000)).as_bytes())
             .expect("head");
@@ -498,7 +547,7 @@ mod tests {
     fn chunk_framing_errors() {
         let head: &[u8] = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
         let observe = |body: &[u8]| {
-            let (mut guard, _) = WireGuard::new((), 16 * 1024, None);
+            let (mut guard, _) = WireGuard::new((), 16 * 1024, None, None);
             guard.observe(&[head, body].concat())
         };
         assert_eq!(
