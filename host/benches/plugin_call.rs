@@ -36,7 +36,7 @@ fn exchange(client: Option<std::net::SocketAddr>) -> Box<Exchange> {
         .body(())
         .expect("request")
         .into_parts();
-    Box::new(Exchange::new(parts, None, client, false))
+    Box::new(Exchange::new(parts, None, client.map(|a| a.ip()), false))
 }
 
 fn bench_chain(c: &mut Criterion, label: &str, plugins: &[PluginConfig]) {

@@ -10,6 +10,7 @@ mod builtin;
 mod cli;
 mod config;
 mod error;
+mod forwarded;
 mod logging;
 mod metrics;
 mod path;

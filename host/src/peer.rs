@@ -5,12 +5,41 @@ use std::net::{IpAddr, SocketAddr};
 /// The connection a request came on, reduced to what a target needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Peer {
-    /// The client's address; `None` on a Unix socket.
+    /// The connection's peer address; `None` on a Unix socket.
     pub client: Option<SocketAddr>,
     /// The local address the connection came in on; `None` on a Unix socket.
     pub local: Option<SocketAddr>,
     /// Whether the connection is TLS.
     pub tls: bool,
+    /// The client as plugins, the access log and the app see it (see [`crate::forwarded`]).
+    pub remote: Remote,
+}
+
+/// The client of one request: the connection's peer, or the client a trusted proxy names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Remote {
+    /// Its address; `None` on a Unix socket.
+    pub ip: Option<IpAddr>,
+    /// Its port, known only when the client is the peer itself.
+    pub port: Option<u16>,
+    /// Whether it used HTTPS (TLS here, or a trusted proxy's `proto`).
+    pub https: bool,
+}
+
+impl Peer {
+    /// A connection's peer, its own client until a request says otherwise.
+    pub fn new(client: Option<SocketAddr>, local: Option<SocketAddr>, tls: bool) -> Peer {
+        Peer {
+            client,
+            local,
+            tls,
+            remote: Remote {
+                ip: client.map(|a| a.ip()),
+                port: client.map(|a| a.port()),
+                https: tls,
+            },
+        }
+    }
 }
 
 /// An IP address as text, for the environ's `REMOTE_ADDR`. IPv4 by hand: `Display`

@@ -903,43 +903,74 @@ fn router_strip_prefix_becomes_script_name() {
 }
 
 #[test]
-fn proxy_headers_are_believed_only_from_trusted_peers() {
-    let spoof = |s: &Served| {
-        json(
-            client()
-                .get(s.gh.url("/environ"))
-                .header("X-Forwarded-For", "203.0.113.5")
-                .header("X-Forwarded-Proto", "https")
-                .send()
-                .expect("get"),
-        )
+fn proxy_headers_are_believed_only_from_trusted_peers_and_plugins_see_the_same_client() {
+    let start = |server: &str| {
+        let config = format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n{server}\n[targets.app]\nwsgi = \"stdlib_app:app\"\nchdir = \"{}\"\n\
+             [[plugins]]\nuse = \"{}\"\nconfig = {{ label = \"p\", report_client = true }}\n",
+            apps_dir().display(),
+            env!("FIXTURE_PROBE"),
+        );
+        let dir = tempfile::tempdir().expect("tmp");
+        (Gatehouse::start(dir.path(), &config), dir)
     };
-    let untrusted = serve("stdlib_app:app", "");
-    let env = spoof(&untrusted);
+    // A client behind a proxy that appends X-Forwarded-For also sends a Forwarded of its own.
+    let spoof = |gh: &Gatehouse| {
+        let r = client()
+            .get(gh.url("/environ"))
+            .header("X-Forwarded-For", "203.0.113.5")
+            .header("X-Forwarded-Proto", "https")
+            .header("Forwarded", "for=198.51.100.66;proto=http")
+            .send()
+            .expect("get");
+        let plugin = (
+            r.headers()["x-client"].to_str().expect("ascii").to_string(),
+            r.headers()["x-client-scheme"]
+                .to_str()
+                .expect("ascii")
+                .to_string(),
+        );
+        (json(r), plugin)
+    };
+    let (untrusted, _d1) = start("");
+    let (env, plugin) = spoof(&untrusted);
     assert_eq!(env["REMOTE_ADDR"], "127.0.0.1");
     assert_eq!(env["wsgi"]["url_scheme"], "http");
+    assert_eq!(plugin, ("127.0.0.1".into(), "http".into()));
     assert_eq!(
         env["headers"]["HTTP_X_FORWARDED_FOR"], "203.0.113.5",
         "the header itself still reaches the app"
     );
 
-    let trusted = serve(
-        "stdlib_app:app",
-        "forwarded_allow_ips = [\"127.0.0.1\", \"::1\"]",
+    let (trusted, _d2) = start("forwarded_allow_ips = [\"127.0.0.1\", \"::1\"]");
+    let (env, plugin) = spoof(&trusted);
+    assert_eq!(
+        env["REMOTE_ADDR"], "203.0.113.5",
+        "X-Forwarded-For, not the client's Forwarded"
     );
-    let env = spoof(&trusted);
-    assert_eq!(env["REMOTE_ADDR"], "203.0.113.5");
     assert_eq!(
         env["REMOTE_PORT"],
         Value::Null,
         "a forwarded client's port is unknown"
     );
     assert_eq!(env["wsgi"]["url_scheme"], "https");
-    assert!(
-        !trusted.gh.stderr().contains("wsgiref"),
-        "{}",
-        trusted.gh.stderr()
+    assert_eq!(
+        plugin,
+        ("203.0.113.5".into(), "https".into()),
+        "plugins see what the app sees"
     );
+    assert!(
+        !trusted.stderr().contains("wsgiref"),
+        "{}",
+        trusted.stderr()
+    );
+
+    let (rfc, _d3) =
+        start("forwarded_allow_ips = [\"127.0.0.1\"]\nforwarded_header = \"forwarded\"");
+    let (env, plugin) = spoof(&rfc);
+    assert_eq!(env["REMOTE_ADDR"], "198.51.100.66");
+    assert_eq!(env["wsgi"]["url_scheme"], "http");
+    assert_eq!(plugin, ("198.51.100.66".into(), "http".into()));
 }
 
 #[test]

@@ -15,7 +15,9 @@ mod types;
 pub mod units;
 
 pub use errors::{ConfigError, LoadError};
+#[cfg(test)]
 pub use trusted::Trusted;
+pub use trusted::{ForwardedHeader, Forwarding};
 pub use types::*;
 
 use errors::Doc;
@@ -84,6 +86,36 @@ mod tests {
             Err(LoadError::Invalid(e)) => e,
             other => panic!("expected errors, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn forwarded_allow_ips_lives_in_server_and_names_its_new_place_elsewhere() {
+        let config: Config =
+            "[server]\nlisten = [\"127.0.0.1:0\"]\nforwarded_allow_ips = [\"10.0.0.0/8\"]\nforwarded_header = \"forwarded\"\n[targets.a]\nstatic = \".\"\n"
+                .parse()
+                .expect("valid");
+        assert!(
+            config
+                .server
+                .forwarding
+                .trusted
+                .contains("10.1.2.3".parse().expect("ip"))
+        );
+        assert_eq!(config.server.forwarding.header, ForwardedHeader::Forwarded);
+        let e = errors(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n[targets.app]\nwsgi = \"a:b\"\nforwarded_allow_ips = [\"*\"]\n",
+        );
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].key, "targets.app.forwarded_allow_ips");
+        assert!(
+            e[0].message.contains("moved to [server]"),
+            "{}",
+            e[0].message
+        );
+        let e = errors(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\nforwarded_header = \"x-real-ip\"\n[targets.a]\nstatic = \".\"\n",
+        );
+        assert_eq!(e[0].key, "server.forwarded_header");
     }
 
     #[test]

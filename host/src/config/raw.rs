@@ -7,6 +7,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::plugins;
+use super::trusted::ForwardedHeader;
 use super::types::AccessLogFormat;
 use super::units::{Bytes, Seconds};
 
@@ -35,6 +36,8 @@ pub(super) struct RawServer {
     pub(super) shutdown_timeout: Option<Seconds>,
     pub(super) threads: Option<Spanned<u32>>,
     pub(super) plugin_cache_dir: Option<String>,
+    pub(super) forwarded_allow_ips: Option<Spanned<Vec<String>>>,
+    pub(super) forwarded_header: Option<ForwardedHeader>,
 }
 
 #[derive(Deserialize, Default)]

@@ -10,6 +10,7 @@ use toml::Spanned;
 use super::errors::{ConfigError, Doc};
 use super::plugins::{MAX_CHAIN, PluginConfig};
 use super::raw::{RawConfig, RawLimits};
+use super::trusted::{Forwarding, Trusted};
 use super::types::{
     AccessLogFormat, Config, Limits, ListenAddr, LogConfig, ServerConfig, TargetConfig,
 };
@@ -151,6 +152,17 @@ impl RawConfig {
             Some(n) => *n.get_ref() as usize,
             None => 16 * 1024,
         };
+        let trusted = match &self.server.forwarded_allow_ips {
+            None => Trusted::default(),
+            Some(list) => Trusted::parse(list.get_ref()).unwrap_or_else(|e| {
+                errors.push(doc.error(list.span(), "server.forwarded_allow_ips", e));
+                Trusted::default()
+            }),
+        };
+        let forwarding = Forwarding {
+            trusted,
+            header: self.server.forwarded_header.unwrap_or_default(),
+        };
         let log = LogConfig {
             buffer_lines,
             level: self.log.level.unwrap_or_else(|| "info".into()),
@@ -168,6 +180,7 @@ impl RawConfig {
                     .shutdown_timeout
                     .map_or(Duration::from_secs(30), |s| s.0),
                 threads,
+                forwarding,
             },
             log,
             targets,

@@ -7,7 +7,6 @@ use toml::Spanned;
 
 use super::errors::{ConfigError, Doc};
 use super::raw::RawTarget;
-use super::trusted::Trusted;
 use super::types::{StaticConfig, TargetConfig, WsgiConfig};
 
 impl RawTarget {
@@ -19,6 +18,15 @@ impl RawTarget {
         base: &Path,
         errors: &mut Vec<ConfigError>,
     ) -> Option<TargetConfig> {
+        if let Some(list) = &self.forwarded_allow_ips {
+            errors.push(doc.error(
+                list.span(),
+                &format!("{key}.forwarded_allow_ips"),
+                "moved to [server] forwarded_allow_ips: the client is resolved once, before plugins \
+                 run, for every target (see also [server] forwarded_header)",
+            ));
+            return None;
+        }
         let mount = self.mount(key, doc, errors)?;
         if let Some(m) = &self.metrics {
             let others = self.static_root.is_some()
@@ -142,12 +150,6 @@ impl RawTarget {
         };
         let workers = count(&self.workers, "workers", 1);
         let threads = count(&self.threads, "threads", 1);
-        let trusted = match &self.forwarded_allow_ips {
-            None => Ok(Trusted::default()),
-            Some(list) => Trusted::parse(list.get_ref()).map_err(|e| {
-                errors.push(doc.error(list.span(), &format!("{key}.forwarded_allow_ips"), e))
-            }),
-        };
         if errors.len() > before {
             return None;
         }
@@ -175,7 +177,6 @@ impl RawTarget {
             }),
             virtualenv: self.virtualenv.as_ref().map(path),
             env: self.env.clone().unwrap_or_default(),
-            forwarded_allow_ips: trusted.ok()?,
         }))
     }
 
@@ -257,7 +258,6 @@ impl RawTarget {
             ("python", self.python.is_some()),
             ("virtualenv", self.virtualenv.is_some()),
             ("env", self.env.is_some()),
-            ("forwarded_allow_ips", self.forwarded_allow_ips.is_some()),
         ]
         .into_iter()
         .filter_map(|(name, set)| set.then_some(name))

@@ -1,8 +1,31 @@
-//! `forwarded_allow_ips`: the peers whose proxy headers are believed, as a typed value.
+//! `[server] forwarded_allow_ips` and `forwarded_header`: which peers' proxy headers are believed,
+//! and which header they set, as typed values.
 
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+
+/// The proxy header that names the client (nginx's `real_ip_header`): only this one is read, so a
+/// client cannot add the other and have it believed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For` (and `X-Forwarded-Proto`), what nginx, HAProxy and cloud balancers set.
+    #[default]
+    #[serde(rename = "x-forwarded-for")]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded` (`for=` and `proto=`).
+    #[serde(rename = "forwarded")]
+    Forwarded,
+}
+
+/// Whose proxy headers are believed, and which header.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Forwarding {
+    /// Peers whose header is believed (none by default: Gatehouse is usually the edge).
+    pub trusted: Trusted,
+    /// The header they set.
+    pub header: ForwardedHeader,
+}
 
 /// Which peers may tell us who the client is.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::plugins::PluginConfig;
-use super::trusted::Trusted;
+use super::trusted::Forwarding;
 
 /// A validated configuration, ready to serve.
 #[derive(Debug, Clone)]
@@ -41,6 +41,8 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// Event-loop threads, each serving its share of the connections (nginx's worker processes).
     pub threads: usize,
+    /// Whose proxy headers name the client and scheme, for plugins, the access log and the app.
+    pub forwarding: Forwarding,
 }
 
 /// One listening socket.
@@ -179,9 +181,6 @@ pub struct WsgiConfig {
     pub virtualenv: Option<PathBuf>,
     /// Extra environment variables for the workers.
     pub env: BTreeMap<String, String>,
-    /// Peers whose `X-Forwarded-*` / `Forwarded` headers are believed (none by default: Gatehouse is
-    /// usually the edge).
-    pub forwarded_allow_ips: Trusted,
 }
 
 /// `static = "DIR"` target options.

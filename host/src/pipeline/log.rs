@@ -1,7 +1,7 @@
 //! The log phase: one access-log line and the plugins' `on-log`, once the response body is done
 //! (or the client went away).
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -74,7 +74,7 @@ pub(super) fn finish(
 }
 
 /// The access-log line's fields known from the request head.
-pub(super) fn entry_for<B>(req: &Request<B>, client: Option<SocketAddr>) -> Entry {
+pub(super) fn entry_for<B>(req: &Request<B>, client: Option<IpAddr>) -> Entry {
     let header = |name| {
         req.headers()
             .get(name)

@@ -24,8 +24,9 @@ use http::{HeaderValue, Request, Response, Version};
 
 use crate::access_log::AccessLog;
 use crate::body::Body;
-use crate::config::Limits;
+use crate::config::{Forwarding, Limits};
 use crate::error::HttpError;
+use crate::forwarded;
 use crate::metrics::{Metrics, ResponseCounters};
 use crate::peer::Peer;
 use crate::plugin::Chain;
@@ -51,6 +52,8 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     /// Response counters for these targets.
     pub responses: ResponseCounters,
+    /// Whose proxy headers name the client.
+    pub forwarding: Forwarding,
 }
 
 /// What the pipeline knows about the connection a request came on.
@@ -75,10 +78,13 @@ where
 {
     let guard = conn.activity.begin();
     let started = Instant::now();
+    // Who the client is, once: plugins, the access log and the target all read this.
+    let mut peer = conn.peer;
+    peer.remote = forwarded::resolve(peer.client, peer.tls, req.headers(), &gateway.forwarding);
     let access = gateway
         .access_log
         .enabled()
-        .then(|| log::entry_for(&req, conn.peer.client));
+        .then(|| log::entry_for(&req, peer.remote.ip));
     let version = req.version();
     let verdict = if version < Version::HTTP_2 {
         conn.verdicts.next()
@@ -91,7 +97,7 @@ where
     let outcome = match admitted {
         Err(e) => session::Outcome::refused(error_response(&e, version)),
         Ok(()) => {
-            session::Session::new(Arc::clone(&gateway), &conn, req)
+            session::Session::new(Arc::clone(&gateway), peer, req)
                 .run()
                 .await
         }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{Request, Response, Version};
 
-use super::{ConnCtx, Gateway, error_response, respond};
+use super::{Gateway, error_response, respond};
 use crate::body::Body;
 use crate::error::HttpError;
 use crate::peer::Peer;
@@ -15,9 +15,9 @@ use crate::target::{BodyPolicy, Route, Targets};
 
 /// A request on its way through the phases: the exchange the plugins and the target work on,
 /// the body while nobody has needed it, which plugins ran and where the request went.
-pub(super) struct Session<'c, B> {
+pub(super) struct Session<B> {
     gateway: Arc<Gateway>,
-    peer: &'c Peer,
+    peer: Peer,
     version: Version,
     exchange: Box<Exchange>,
     /// The request body, until a plugin or the target needs it read.
@@ -50,12 +50,12 @@ impl Outcome {
     }
 }
 
-impl<'c, B> Session<'c, B>
+impl<B> Session<B>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
 {
     /// A session for an admitted request; nothing of its body has been read.
-    pub fn new(gateway: Arc<Gateway>, conn: &'c ConnCtx, req: Request<B>) -> Session<'c, B> {
+    pub fn new(gateway: Arc<Gateway>, peer: Peer, req: Request<B>) -> Session<B> {
         let version = req.version();
         let (parts, body) = req.into_parts();
         // A request with no body has nothing to read: plugins that ask for it get it empty.
@@ -64,10 +64,15 @@ where
         } else {
             (None, Some(body))
         };
-        let exchange = Box::new(Exchange::new(parts, known, conn.peer.client, conn.peer.tls));
+        let exchange = Box::new(Exchange::new(
+            parts,
+            known,
+            peer.remote.ip,
+            peer.remote.https,
+        ));
         Session {
             gateway,
-            peer: &conn.peer,
+            peer,
             version,
             exchange,
             unread,
@@ -140,7 +145,7 @@ where
         let body = self.exchange.body.as_ref().unwrap_or(&empty);
         let mount = self.route.as_ref().and_then(|r| r.mount.as_deref());
         target
-            .serve(&self.exchange.request, body, self.peer, mount)
+            .serve(&self.exchange.request, body, &self.peer, mount)
             .await
     }
 

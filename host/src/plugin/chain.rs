@@ -129,7 +129,7 @@ impl Chain {
         progress: &mut Progress,
     ) -> Result<Decision, HttpError> {
         // Plugins cannot change the client's address; the head they can, so it is taken per call.
-        let client = ex.client.map(|a| host_impl::wit_ip(a.ip()));
+        let client = ex.client.map(host_impl::wit_ip);
         while let Some(plugin) = self.plugins.get(progress.next) {
             let i = progress.next;
             if !plugin.applies_to(ex) {

@@ -4,7 +4,7 @@
 //! it, so guests read and change it through host calls and nothing is copied that a plugin does not
 //! touch.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
@@ -22,8 +22,8 @@ pub struct Exchange {
     /// The whole request body once it has been read (for a plugin that declared it needs it, or
     /// by the pipeline for the target) or set by a plugin; `None` while it is unread.
     pub body: Option<RequestBody>,
-    /// The client's address (`None` on a Unix socket).
-    pub client: Option<SocketAddr>,
+    /// The client's address as resolved for the request (`None` on a Unix socket).
+    pub client: Option<IpAddr>,
     /// Whether the connection is TLS.
     pub tls: bool,
     /// The per-request context shared by plugins and phases.
@@ -37,7 +37,7 @@ impl Exchange {
     pub fn new(
         request: Parts,
         body: Option<RequestBody>,
-        client: Option<SocketAddr>,
+        client: Option<IpAddr>,
         tls: bool,
     ) -> Exchange {
         Exchange {

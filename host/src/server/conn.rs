@@ -61,11 +61,7 @@ pub async fn serve<I>(
     let activity = Arc::new(Activity::default());
     let registration = connections.register(Arc::clone(&activity));
     let ctx = Arc::new(ConnCtx {
-        peer: Peer {
-            client,
-            local,
-            tls: false,
-        },
+        peer: Peer::new(client, local, false),
         verdicts,
         activity: Arc::clone(&activity),
     });

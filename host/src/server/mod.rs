@@ -94,6 +94,7 @@ fn build_gateway(
         access_log,
         metrics,
         responses,
+        forwarding: config.server.forwarding.clone(),
     })
 }
 

@@ -5,7 +5,6 @@
 //! interpreter the user means ([`interpreter`]).
 
 pub mod environ;
-pub mod forwarded;
 pub mod frame;
 mod inbox;
 pub mod interpreter;
@@ -59,7 +58,6 @@ pub struct WorkerSpec {
 pub struct WsgiTarget {
     pool: Pool,
     script_name: String,
-    trusted: forwarded::Trusted,
 }
 
 /// Why a WSGI target could not start.
@@ -110,11 +108,7 @@ impl WsgiTarget {
         } else {
             config.mount.clone()
         };
-        Ok(WsgiTarget {
-            pool,
-            script_name,
-            trusted: config.forwarded_allow_ips.clone(),
-        })
+        Ok(WsgiTarget { pool, script_name })
     }
 
     /// Answers a request through the app.
@@ -127,16 +121,11 @@ impl WsgiTarget {
     ) -> Result<Response<Body>, HttpError> {
         let script_name = mount.unwrap_or(&self.script_name);
         crate::path::below_mount(req.uri.path(), script_name).ok_or(HttpError::NotFound)?;
-        let client = forwarded::resolve(peer.client, &req.headers, &self.trusted);
         let origin = environ::Origin {
-            remote_ip: client.forwarded_ip.or(client.addr.map(|a| a.ip())),
-            remote_port: if client.forwarded_ip.is_some() {
-                None
-            } else {
-                client.addr.map(|a| a.port())
-            },
+            remote_ip: peer.remote.ip,
+            remote_port: peer.remote.port,
             local: peer.local,
-            scheme: client.scheme,
+            scheme: if peer.remote.https { "https" } else { "http" },
             script_name,
         };
 

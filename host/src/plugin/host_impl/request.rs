@@ -129,7 +129,7 @@ impl request::Host for HostState {
     }
 
     fn client_addr(&mut self) -> Result<Option<wit::IpAddress>> {
-        Ok(self.ex()?.client.map(|a| wit_ip(a.ip())))
+        Ok(self.ex()?.client.map(wit_ip))
     }
 
     fn is_tls(&mut self) -> Result<bool> {
