@@ -1245,3 +1245,46 @@ fn another_build_of_the_same_python_version_is_refused_at_start_naming_both() {
         "{stderr}"
     );
 }
+
+#[test]
+fn an_abandoned_queued_request_never_runs_and_keeps_its_slot_until_the_worker_drops_it() {
+    for mode in ["threads = 1", "threads = 2"] {
+        // One worker; `backlog = 1` past its threads.
+        let s = serve(
+            "stdlib_app:app",
+            &format!("workers = 1\n{mode}\nbacklog = 1\ntimeout = \"20s\""),
+        );
+        let busy: Vec<_> = (0..if mode.ends_with('2') { 2 } else { 1 })
+            .map(|_| {
+                let url = s.gh.url("/sleep?1.5");
+                std::thread::spawn(move || client().get(url).send().map(|r| r.status()))
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        // Queued behind the busy threads, then abandoned by its client.
+        let mut queued = TcpStream::connect(s.gh.addr()).expect("connect");
+        queued
+            .write_all(b"GET /close?abandoned HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("write");
+        std::thread::sleep(Duration::from_millis(200));
+        drop(queued);
+        std::thread::sleep(Duration::from_millis(200));
+        // Its slot is still taken (the worker has not dropped it yet): the backlog is full.
+        let r = client().get(s.gh.url("/environ")).send().expect("get");
+        assert_eq!(
+            r.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{mode}: backlog still full"
+        );
+        for b in busy {
+            assert_eq!(b.join().expect("thread").expect("get"), StatusCode::OK);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(
+            !s.marks.path().join("abandoned").exists(),
+            "{mode}: a request whose client left before it started must not run"
+        );
+        // Once the worker dropped it, the slot is free again.
+        assert_serving(&s.gh);
+    }
+}

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex};
 use thread_local::ThreadLocal;
 use tokio::net::UnixStream;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 /// What a worker said about one request.
@@ -35,7 +36,26 @@ pub(super) struct Lane {
     pub(super) frames: transport::Sender,
     /// Requests waiting for frames, by stream id (ours, sequential: a fast hash is safe).
     pub(super) streams: Mutex<FxHashMap<u32, inbox::Sender<Event>>>,
+    /// Requests the worker has not finished, by stream id: each holds its pool slot until the worker
+    /// says it is done (its last frame) or dies, even after the client has gone, so `backlog` bounds
+    /// what the worker really has to do.
+    pub(super) held: Mutex<FxHashMap<u32, Held>>,
     pub(super) next_stream: AtomicU32,
+}
+
+/// A request's place in the pool: its queue permit and its count on the worker.
+#[derive(Debug)]
+pub(super) struct Held {
+    pub(super) _permit: OwnedSemaphorePermit,
+    pub(super) worker: Arc<Worker>,
+    /// When `timeout` runs out for it; the supervisor enforces it for requests whose client left.
+    pub(super) deadline: tokio::time::Instant,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.worker.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Lane {
@@ -46,6 +66,7 @@ impl Lane {
         let lane = Arc::new(Lane {
             frames,
             streams: Mutex::new(FxHashMap::default()),
+            held: Mutex::new(FxHashMap::default()),
             next_stream: AtomicU32::new(1),
         });
         let reading = Arc::clone(&lane);
@@ -75,6 +96,19 @@ impl Lane {
         (id, rx)
     }
 
+    /// Holds a request's slot until the worker finishes it.
+    pub(super) fn hold(&self, id: u32, held: Held) {
+        if let Ok(mut map) = self.held.lock() {
+            map.insert(id, held);
+        }
+    }
+
+    /// The worker finished a request (its last frame arrived): its slot is free.
+    fn release(&self, id: u32) {
+        let held = self.held.lock().ok().and_then(|mut map| map.remove(&id));
+        drop(held);
+    }
+
     /// Forgets a stream; `false` if it was already gone (failed with its worker).
     pub(super) fn close_stream(&self, id: u32) -> bool {
         self.streams
@@ -90,8 +124,14 @@ impl Lane {
         }
     }
 
-    /// Tells every request on this lane that the worker is gone.
+    /// Tells every request on this lane that the worker is gone, and frees their slots.
     pub(super) fn fail_all(&self) {
+        let held: Vec<_> = self
+            .held
+            .lock()
+            .map(|mut map| map.drain().collect())
+            .unwrap_or_default();
+        drop(held);
         let streams: Vec<_> = self
             .streams
             .lock()
@@ -147,6 +187,17 @@ impl Worker {
         }
     }
 
+    /// Whether a request on this worker is past `deadline` plus a second: one whose client has left
+    /// (so no response timer watches it) and that the app never finished.
+    pub(super) fn overdue(&self, now: tokio::time::Instant) -> bool {
+        self.lanes.iter().any(|lane| {
+            lane.held.lock().is_ok_and(|held| {
+                held.values()
+                    .any(|h| now > h.deadline + std::time::Duration::from_secs(1))
+            })
+        })
+    }
+
     /// Marks the worker dead and tells every request on it.
     pub(super) fn fail_all(&self) {
         self.alive.store(false, Ordering::Release);
@@ -169,6 +220,9 @@ pub(super) async fn read_frames(
         // Responses whose start, body and end all came in this read go over as one event.
         let mut whole: Vec<(u32, u16, HeaderMap, Vec<Bytes>)> = Vec::new();
         while let Some(f) = frame::take_frame(buf)? {
+            if matches!(f.kind, Kind::End | Kind::Error) {
+                lane.release(f.stream);
+            }
             let open = whole.iter().position(|(id, ..)| *id == f.stream);
             match (f.kind, open) {
                 (Kind::Start, _) => match frame::decode_start(f.payload) {

@@ -24,7 +24,7 @@ mod lane;
 mod stream;
 mod supervisor;
 
-use lane::{Event, Worker};
+use lane::{Event, Held, Worker};
 use stream::build_response;
 use supervisor::Supervisor;
 
@@ -160,6 +160,14 @@ impl Pool {
         }
         let (id, mut events) = lane.open_stream();
         worker.in_flight.fetch_add(1, Ordering::AcqRel);
+        lane.hold(
+            id,
+            Held {
+                _permit: permit,
+                worker: Arc::clone(&worker),
+                deadline,
+            },
+        );
         frame::seal(&mut request, Kind::Request, id);
         lane.frames.send(request);
         let mut stream = ResponseStream {
@@ -167,7 +175,6 @@ impl Pool {
             lane,
             id,
             events: None,
-            _permit: permit,
             deadline,
             timer: None,
             done: false,

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::OwnedSemaphorePermit;
 
 pub(super) fn build_response(
     status: u16,
@@ -36,7 +35,6 @@ pub struct ResponseStream {
     pub(super) lane: Arc<Lane>,
     pub(super) id: u32,
     pub(super) events: Option<inbox::Receiver<Event>>,
-    pub(super) _permit: OwnedSemaphorePermit,
     pub(super) deadline: tokio::time::Instant,
     /// The deadline's timer, made when the body first has to wait.
     pub(super) timer: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -109,8 +107,7 @@ impl Drop for ResponseStream {
             // The client went away first: let the worker stop and call close().
             self.lane.send(Kind::Cancel, self.id, b"");
         }
-        if self.lane.close_stream(self.id) {
-            self.worker.in_flight.fetch_sub(1, Ordering::AcqRel);
-        }
+        // The slot stays held (see `Lane::held`) until the worker's last frame for it.
+        self.lane.close_stream(self.id);
     }
 }

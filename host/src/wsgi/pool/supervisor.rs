@@ -262,6 +262,12 @@ impl Running {
                     worker.alive.store(false, Ordering::Release);
                     draining_until = Some(tokio::time::Instant::now() + graceful);
                 }
+                // A request whose client left still has its `timeout`.
+                () = tokio::time::sleep(Duration::from_secs(1)), if draining_until.is_none() => {
+                    if worker.overdue(tokio::time::Instant::now()) {
+                        break "killed after an abandoned request ran past timeout".to_string();
+                    }
+                }
                 () = tokio::time::sleep(Duration::from_millis(20)), if draining_until.is_some() => {
                     let done = worker.in_flight.load(Ordering::Acquire) == 0;
                     if done || draining_until.is_some_and(|t| tokio::time::Instant::now() >= t) {

@@ -164,7 +164,11 @@ impl FrameReader {
             };
             match frame.kind {
                 Kind::Request => match frame::decode_request(frame.payload) {
-                    Ok(req) => requests.push((conn.lane, frame.stream, req)),
+                    // Opened on arrival, so a cancel that comes while it waits for a thread is seen.
+                    Ok(req) => {
+                        conn.open(frame.stream);
+                        requests.push((conn.lane, frame.stream, req));
+                    }
                     Err(e) => eprintln!("gatehouse worker: bad request frame: {e}"),
                 },
                 Kind::Credit => {
@@ -242,6 +246,20 @@ impl Conn {
             streams.insert(id, Arc::clone(&stream));
         }
         stream
+    }
+
+    /// The stream a request opened on arrival; `None` if its client left before a thread took it
+    /// (the front is told, and the app never sees it).
+    fn start(&self, id: u32) -> Option<Arc<Stream>> {
+        let stream = self.stream(id).unwrap_or_else(|| self.open(id));
+        if !stream.cancelled.load(Ordering::Acquire) {
+            return Some(stream);
+        }
+        self.close(id);
+        let mut frame = Vec::with_capacity(frame::HEADER_LEN + 32);
+        frame::write_frame(&mut frame, Kind::Error, id, b"cancelled before it started");
+        let _ = self.send(&frame);
+        None
     }
 
     fn close(&self, id: u32) {
@@ -395,6 +413,10 @@ fn connect(spec: &WorkerSpec) -> std::io::Result<(UnixStream, FrameReader)> {
 /// One thread reads, runs the app and writes: every request that arrived in one read runs in one GIL hold.
 fn serve_inline(conns: &[Arc<Conn>], inline: &Mutex<Inline>, app: &app::App) {
     Python::attach(|py| {
+        // When the sockets were last read: a request that has waited longer than a moment behind a
+        // slow one may have been cancelled meanwhile, so the sockets are read again (without
+        // blocking) before it runs. Requests of a fresh batch run without that syscall.
+        let mut read_at = std::time::Instant::now();
         loop {
             let next = {
                 let Ok(mut state) = inline.lock() else { return };
@@ -405,6 +427,7 @@ fn serve_inline(conns: &[Arc<Conn>], inline: &Mutex<Inline>, app: &app::App) {
                         if !py.detach(|| state.fill(conns)) {
                             return;
                         }
+                        read_at = std::time::Instant::now();
                         None
                     }
                 }
@@ -412,8 +435,16 @@ fn serve_inline(conns: &[Arc<Conn>], inline: &Mutex<Inline>, app: &app::App) {
             let Some((lane, id, request)) = next else {
                 continue;
             };
+            if read_at.elapsed() > std::time::Duration::from_millis(2) {
+                for conn in conns {
+                    conn.poll_control();
+                }
+                read_at = std::time::Instant::now();
+            }
             let conn = &conns[lane];
-            let stream = conn.open(id);
+            let Some(stream) = conn.start(id) else {
+                continue;
+            };
             let more_waiting = inline.lock().is_ok_and(|s| !s.pending.is_empty());
             app::handle(py, app, id, request, conn, &stream, more_waiting);
             conn.close(id);
@@ -447,7 +478,9 @@ fn serve_threaded(readers: Vec<FrameReader>, conns: &[Arc<Conn>], app: app::App,
                             break;
                         };
                         let conn = &conns[lane];
-                        let stream = conn.open(id);
+                        let Some(stream) = conn.start(id) else {
+                            continue;
+                        };
                         app::handle(py, &app, id, request, conn, &stream, false);
                         conn.close(id);
                     }
