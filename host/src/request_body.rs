@@ -1,11 +1,13 @@
 //! Request bodies: read only when their consumer needs them (a WSGI app, a plugin that declared it),
 //! whole, within the size and time limits, in memory or spooled to a temporary file.
 
-use std::io::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body_util::BodyExt;
+use tokio::io::AsyncWriteExt;
 
 use crate::config::Limits;
 use crate::error::HttpError;
@@ -37,45 +39,168 @@ impl RequestBody {
     }
 }
 
-/// The whole body, within the size and time limits, in memory or (past `body_buffer_size`) in a
-/// temporary file, as nginx buffers client bodies. Bad chunking or forbidden trailers are a 400.
+/// Bytes of request bodies buffered at once across the process, in memory and in spool files
+/// (`server.limits.body_memory_budget` and `body_spool_budget`): past either, a request that
+/// needs more gets 503 instead of the front running out of memory or disk.
+#[derive(Debug)]
+pub struct BodyBudget {
+    memory: AtomicU64,
+    memory_max: AtomicU64,
+    spool: AtomicU64,
+    spool_max: AtomicU64,
+}
+
+/// What one body holds of the [`BodyBudget`]; given back when dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    budget: Arc<BodyBudget>,
+    memory: u64,
+    spool: u64,
+}
+
+impl BodyBudget {
+    /// A budget of `memory` bytes in memory and `spool` bytes in temporary files.
+    pub fn new(memory: u64, spool: u64) -> Arc<BodyBudget> {
+        Arc::new(BodyBudget {
+            memory: AtomicU64::new(0),
+            memory_max: AtomicU64::new(memory),
+            spool: AtomicU64::new(0),
+            spool_max: AtomicU64::new(spool),
+        })
+    }
+
+    /// New bounds (a reload): one budget serves the requests of the old and the new
+    /// configuration, so a reload never doubles what bodies may hold.
+    pub fn resize(&self, memory: u64, spool: u64) {
+        self.memory_max.store(memory, Ordering::Relaxed);
+        self.spool_max.store(spool, Ordering::Relaxed);
+    }
+
+    /// An empty reservation against this budget.
+    pub fn reserve(self: &Arc<Self>) -> Reservation {
+        Reservation {
+            budget: Arc::clone(self),
+            memory: 0,
+            spool: 0,
+        }
+    }
+}
+
+fn take(counter: &AtomicU64, max: &AtomicU64, n: u64) -> bool {
+    let max = max.load(Ordering::Relaxed);
+    counter
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+            held.checked_add(n).filter(|&total| total <= max)
+        })
+        .is_ok()
+}
+
+impl Reservation {
+    fn memory(&mut self, n: u64) -> Result<(), HttpError> {
+        if !take(&self.budget.memory, &self.budget.memory_max, n) {
+            tracing::warn!("request bodies in memory reached body_memory_budget: 503");
+            return Err(HttpError::ServiceUnavailable);
+        }
+        self.memory += n;
+        Ok(())
+    }
+
+    fn spool(&mut self, n: u64) -> Result<(), HttpError> {
+        if !take(&self.budget.spool, &self.budget.spool_max, n) {
+            tracing::warn!("spooled request bodies reached body_spool_budget: 503");
+            return Err(HttpError::ServiceUnavailable);
+        }
+        self.spool += n;
+        Ok(())
+    }
+
+    /// What was held in memory moves to the spool (the buffer went to a file).
+    fn move_to_spool(&mut self) -> Result<(), HttpError> {
+        let n = self.memory;
+        self.spool(n)?;
+        self.budget.memory.fetch_sub(n, Ordering::AcqRel);
+        self.memory = 0;
+        Ok(())
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.budget.memory.fetch_sub(self.memory, Ordering::AcqRel);
+        self.budget.spool.fetch_sub(self.spool, Ordering::AcqRel);
+    }
+}
+
+/// The whole body, within the size and time limits, in memory or (past `in_memory` bytes) in a
+/// temporary file, as nginx buffers client bodies, against the process's [`BodyBudget`]. Bad
+/// chunking or forbidden trailers are a 400. The file is created and written off the event loop.
 ///
 /// Polling the body is what makes hyper answer `Expect: 100-continue`: a request refused before
 /// this runs never gets a `100 Continue`, and hyper closes the connection rather than read the
 /// refused body (it drains only what has already arrived).
-pub async fn read<B>(body: B, limits: &Limits) -> Result<RequestBody, HttpError>
+pub async fn read<B>(
+    body: B,
+    in_memory: u64,
+    limits: &Limits,
+    budget: &Arc<BodyBudget>,
+) -> Result<(RequestBody, Option<Reservation>), HttpError>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
 {
     if body.is_end_stream() {
-        return Ok(RequestBody::EMPTY);
+        return Ok((RequestBody::EMPTY, None));
     }
-    let in_memory = limits.body_buffer_size;
-    let mut buf = BytesMut::new();
-    let mut spool: Option<tempfile::NamedTempFile> = None;
-    let len = consume(body, limits, |data, total| {
-        match &mut spool {
-            Some(file) => file.write_all(&data).map_err(spool_error)?,
-            None if total > in_memory => {
-                let mut file = tempfile::Builder::new()
-                    .prefix("gatehouse-body-")
-                    .tempfile()
+    let mut reserved = budget.reserve();
+    let mut frames = Frames::new(body, limits.max_body_size);
+    let collect = async {
+        let mut buf = BytesMut::new();
+        let mut spool: Option<(tempfile::NamedTempFile, tokio::fs::File)> = None;
+        while let Some(data) = frames.next().await? {
+            match &mut spool {
+                Some((_, file)) => {
+                    reserved.spool(data.len() as u64)?;
+                    file.write_all(&data).await.map_err(spool_error)?;
+                }
+                None if frames.total > in_memory => {
+                    reserved.move_to_spool()?;
+                    reserved.spool(data.len() as u64)?;
+                    let named = tokio::task::spawn_blocking(|| {
+                        tempfile::Builder::new()
+                            .prefix("gatehouse-body-")
+                            .tempfile()
+                    })
+                    .await
+                    .map_err(|_| HttpError::Internal)?
                     .map_err(spool_error)?;
-                file.write_all(&buf)
-                    .and_then(|()| file.write_all(&data))
-                    .map_err(spool_error)?;
-                buf = BytesMut::new();
-                spool = Some(file);
+                    let mut file = tokio::fs::File::from_std(
+                        named.as_file().try_clone().map_err(spool_error)?,
+                    );
+                    file.write_all(&buf).await.map_err(spool_error)?;
+                    file.write_all(&data).await.map_err(spool_error)?;
+                    buf = BytesMut::new();
+                    spool = Some((named, file));
+                }
+                None => {
+                    reserved.memory(data.len() as u64)?;
+                    buf.extend_from_slice(&data);
+                }
             }
-            None => buf.extend_from_slice(&data),
         }
-        Ok(())
-    })
-    .await?;
-    Ok(match spool {
-        Some(file) => RequestBody::Spooled { file, len },
-        None => RequestBody::Memory(buf.freeze()),
-    })
+        Ok(match spool {
+            Some((named, mut file)) => {
+                file.flush().await.map_err(spool_error)?;
+                RequestBody::Spooled {
+                    file: named,
+                    len: frames.total,
+                }
+            }
+            None => RequestBody::Memory(buf.freeze()),
+        })
+    };
+    let body = tokio::time::timeout(limits.body_read_timeout, collect)
+        .await
+        .map_err(|_| HttpError::RequestTimeout)??;
+    Ok((body, Some(reserved)))
 }
 
 /// Reads the body and throws it away, within the same limits, as nginx discards the body of a
@@ -88,32 +213,46 @@ where
     if body.is_end_stream() {
         return Ok(());
     }
-    consume(body, limits, |_, _| Ok(())).await.map(|_| ())
+    let mut frames = Frames::new(body, limits.max_body_size);
+    let drain = async {
+        while frames.next().await?.is_some() {}
+        Ok(())
+    };
+    tokio::time::timeout(limits.body_read_timeout, drain)
+        .await
+        .map_err(|_| HttpError::RequestTimeout)?
 }
 
-/// Feeds every data frame to `sink` with the running total, within `max_body_size` and
-/// `body_read_timeout`, checking the trailers; returns the body's length.
-async fn consume<B>(
-    mut body: B,
-    limits: &Limits,
-    mut sink: impl FnMut(Bytes, u64) -> Result<(), HttpError>,
-) -> Result<u64, HttpError>
+/// A body's data frames, within `max_body_size`, its trailers checked.
+struct Frames<B> {
+    body: B,
+    max: u64,
+    total: u64,
+}
+
+impl<B> Frames<B>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
 {
-    let max = limits.max_body_size;
-    let collect = async move {
-        let mut total: u64 = 0;
-        while let Some(frame) = body.frame().await {
+    fn new(body: B, max: u64) -> Frames<B> {
+        Frames {
+            body,
+            max,
+            total: 0,
+        }
+    }
+
+    async fn next(&mut self) -> Result<Option<Bytes>, HttpError> {
+        while let Some(frame) = self.body.frame().await {
             let frame =
                 frame.map_err(|_| HttpError::BadRequest("malformed or incomplete request body"))?;
             match frame.into_data() {
                 Ok(data) => {
-                    total += data.len() as u64;
-                    if total > max {
+                    self.total += data.len() as u64;
+                    if self.total > self.max {
                         return Err(HttpError::PayloadTooLarge);
                     }
-                    sink(data, total)?;
+                    return Ok(Some(data));
                 }
                 Err(frame) => {
                     if let Ok(trailers) = frame.into_trailers() {
@@ -122,11 +261,8 @@ where
                 }
             }
         }
-        Ok(total)
-    };
-    tokio::time::timeout(limits.body_read_timeout, collect)
-        .await
-        .map_err(|_| HttpError::RequestTimeout)?
+        Ok(None)
+    }
 }
 
 fn spool_error(e: std::io::Error) -> HttpError {

@@ -781,6 +781,19 @@ fn a_plugin_that_declares_the_body_gets_it_after_100_continue() {
     let text = reply.text();
     assert_eq!(reply.statuses(), [100, 200], "{text}");
     assert!(text.contains("body=payload\n"), "{text}");
+
+    // Past the target's in-memory buffer (16 KiB) but within plugin_body_size: in memory for it.
+    let big = "z".repeat(100 << 10);
+    let r = client()
+        .post(gh.url("/echo"))
+        .body(big.clone())
+        .send()
+        .expect("post");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        r.text().expect("body").contains(&format!("body={big}\n")),
+        "the plugin got the whole 100 KiB body"
+    );
 }
 
 #[test]

@@ -1288,3 +1288,42 @@ fn an_abandoned_queued_request_never_runs_and_keeps_its_slot_until_the_worker_dr
         assert_serving(&s.gh);
     }
 }
+
+#[test]
+fn request_bodies_held_at_once_are_bounded_in_memory_and_on_disk() {
+    for limits in [
+        "body_buffer_size = \"1MiB\"\nbody_memory_budget = \"64KiB\"",
+        "body_buffer_size = \"16KiB\"\nbody_spool_budget = \"64KiB\"",
+    ] {
+        let marks = tempfile::tempdir().expect("tmp");
+        let config = format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n[server.limits]\n{limits}\n[targets.app]\nwsgi = \"stdlib_app:app\"\nchdir = \"{}\"\nworkers = 1\nthreads = 2\n",
+            apps_dir().display()
+        );
+        let gh = Gatehouse::start(marks.path(), &config);
+        let post = |url: String| {
+            std::thread::spawn(move || {
+                client()
+                    .post(url)
+                    .body(vec![b'x'; 40 << 10])
+                    .send()
+                    .map(|r| r.status())
+            })
+        };
+        // The first body is held while its request sleeps; a second one would pass the budget.
+        let first = post(gh.url("/sleep?1"));
+        std::thread::sleep(Duration::from_millis(400));
+        let second = post(gh.url("/sleep?0"))
+            .join()
+            .expect("thread")
+            .expect("post");
+        assert_eq!(second, StatusCode::SERVICE_UNAVAILABLE, "{limits}");
+        assert_eq!(first.join().expect("thread").expect("post"), StatusCode::OK);
+        // Given back when the request ended.
+        let again = post(gh.url("/sleep?0"))
+            .join()
+            .expect("thread")
+            .expect("post");
+        assert_eq!(again, StatusCode::OK, "{limits}");
+    }
+}

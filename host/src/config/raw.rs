@@ -53,6 +53,9 @@ pub(super) struct RawLimits {
     pub(super) max_headers: Option<Spanned<u32>>,
     pub(super) max_body_size: Option<Bytes>,
     pub(super) body_buffer_size: Option<Bytes>,
+    pub(super) plugin_body_size: Option<Bytes>,
+    pub(super) body_memory_budget: Option<Bytes>,
+    pub(super) body_spool_budget: Option<Bytes>,
     pub(super) max_connections: Option<Spanned<u32>>,
     pub(super) max_concurrent_streams: Option<Spanned<u32>>,
 }

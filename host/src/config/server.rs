@@ -315,6 +315,11 @@ impl RawLimits {
             ) as usize,
             max_body_size: self.max_body_size.map_or(d.max_body_size, |b| b.0),
             body_buffer_size: self.body_buffer_size.map_or(d.body_buffer_size, |b| b.0),
+            plugin_body_size: self.plugin_body_size.map_or(d.plugin_body_size, |b| b.0),
+            body_memory_budget: self
+                .body_memory_budget
+                .map_or(d.body_memory_budget, |b| b.0),
+            body_spool_budget: self.body_spool_budget.map_or(d.body_spool_budget, |b| b.0),
             max_connections: positive(
                 &self.max_connections,
                 "server.limits.max_connections",

@@ -87,6 +87,12 @@ pub struct Limits {
     pub max_body_size: u64,
     /// Bodies larger than this are buffered in a temporary file instead of memory.
     pub body_buffer_size: u64,
+    /// The largest request or response body a plugin may read or buffer in memory.
+    pub plugin_body_size: u64,
+    /// Request-body bytes all requests together may hold in memory; past it, 503.
+    pub body_memory_budget: u64,
+    /// Request-body bytes all requests together may hold in spool files; past it, 503.
+    pub body_spool_budget: u64,
     /// Most client connections open at once; further clients wait in the kernel's accept queue.
     pub max_connections: usize,
     /// Most concurrent HTTP/2 streams per connection.
@@ -106,7 +112,11 @@ impl Default for Limits {
             max_header_field_size: 8190,
             max_headers: 100,
             max_body_size: 10 << 20,
-            body_buffer_size: 1 << 20,
+            // nginx's client_body_buffer_size on 64-bit machines.
+            body_buffer_size: 16 << 10,
+            plugin_body_size: 1 << 20,
+            body_memory_budget: 256 << 20,
+            body_spool_budget: 4 << 30,
             max_connections: 10_000,
             max_concurrent_streams: 128,
         }

@@ -30,6 +30,7 @@ use crate::forwarded;
 use crate::metrics::{Metrics, ResponseCounters};
 use crate::peer::Peer;
 use crate::plugin::Chain;
+use crate::request_body::BodyBudget;
 use crate::target::Targets;
 use verdicts::Verdicts;
 
@@ -54,6 +55,8 @@ pub struct Gateway {
     pub responses: ResponseCounters,
     /// Whose proxy headers name the client.
     pub forwarding: Forwarding,
+    /// Request bodies buffered at once, in memory and on disk.
+    pub body_budget: Arc<BodyBudget>,
 }
 
 /// What the pipeline knows about the connection a request came on.

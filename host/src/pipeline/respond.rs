@@ -21,7 +21,7 @@ pub(super) async fn on_response(
     version: Version,
 ) -> Response<Body> {
     let response = if gateway.plugins.wants_response_body(ran) {
-        match buffer_response(response, gateway.limits.body_buffer_size).await {
+        match buffer_response(response, gateway.limits.plugin_body_size).await {
             Ok(r) => r,
             Err(e) => return error_response(&e, version),
         }
@@ -58,7 +58,7 @@ async fn buffer_response(
             if (buf.len() + data.len()) as u64 > limit {
                 tracing::error!(
                     limit,
-                    "response body larger than body_buffer_size, which plugins with RESPONSE_BODY may buffer"
+                    "response body larger than server.limits.plugin_body_size, which plugins with RESPONSE_BODY may buffer"
                 );
                 return Err(HttpError::Internal);
             }

@@ -123,7 +123,13 @@ where
             {
                 Decision::Respond(response) => return Ok(response),
                 Decision::Serve(route) => break route,
-                Decision::ReadBody => self.read_body().await?,
+                // A plugin sees the body only in memory: it is kept there up to what a plugin
+                // may read.
+                Decision::ReadBody => {
+                    let limits = &gateway.limits;
+                    self.read_body(limits.body_buffer_size.max(limits.plugin_body_size))
+                        .await?;
+                }
             }
         };
         let route = route(&gateway.targets, chosen)?;
@@ -134,7 +140,7 @@ where
         // Recorded before the body is read, so a 413 or 408 is logged with the target it was for.
         self.route = Some(route);
         match target.body_policy() {
-            BodyPolicy::Whole => self.read_body().await?,
+            BodyPolicy::Whole => self.read_body(gateway.limits.body_buffer_size).await?,
             BodyPolicy::Discard => {
                 if let Some(unread) = self.unread.take() {
                     request_body::discard(unread, &gateway.limits).await?;
@@ -149,13 +155,24 @@ where
             .await
     }
 
-    /// Reads the body into the exchange, unless it is there already (read, or set by a plugin).
-    async fn read_body(&mut self) -> Result<(), HttpError> {
+    /// Reads the body into the exchange, unless it is there already (read, or set by a plugin),
+    /// in memory up to `in_memory` bytes.
+    async fn read_body(&mut self, in_memory: u64) -> Result<(), HttpError> {
         if self.exchange.body.is_some() {
             return Ok(());
         }
         let body = match self.unread.take() {
-            Some(unread) => request_body::read(unread, &self.gateway.limits).await?,
+            Some(unread) => {
+                let (body, reserved) = request_body::read(
+                    unread,
+                    in_memory,
+                    &self.gateway.limits,
+                    &self.gateway.body_budget,
+                )
+                .await?;
+                self.exchange.body_reserved = reserved;
+                body
+            }
             None => RequestBody::EMPTY,
         };
         self.exchange.body = Some(body);

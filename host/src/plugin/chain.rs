@@ -111,7 +111,7 @@ impl Chain {
             &targets,
             store,
             metrics,
-            config.server.limits.body_buffer_size,
+            config.server.limits.plugin_body_size,
             config.server.plugin_cache_dir.as_deref(),
         )
     }

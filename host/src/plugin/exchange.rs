@@ -12,7 +12,7 @@ use http::request::Parts;
 use http::{HeaderValue, Response};
 
 use crate::body::Body;
-use crate::request_body::RequestBody;
+use crate::request_body::{RequestBody, Reservation};
 
 /// A request on its way through the chain, and its response once there is one.
 #[derive(Debug)]
@@ -22,6 +22,9 @@ pub struct Exchange {
     /// The whole request body once it has been read (for a plugin that declared it needs it, or
     /// by the pipeline for the target) or set by a plugin; `None` while it is unread.
     pub body: Option<RequestBody>,
+    /// What the body read from the client holds of the process's body budget, until the exchange
+    /// ends.
+    pub body_reserved: Option<Reservation>,
     /// The client's address as resolved for the request (`None` on a Unix socket).
     pub client: Option<IpAddr>,
     /// Whether the connection is TLS.
@@ -43,6 +46,7 @@ impl Exchange {
         Exchange {
             request,
             body,
+            body_reserved: None,
             client,
             tls,
             context: Vec::new(),

@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::pipeline::Gateway;
 use crate::plugin::Chain;
+use crate::request_body::BodyBudget;
 use crate::store::SharedStore;
 use crate::target::{BuildError, Targets};
 use idle::Connections;
@@ -63,13 +64,14 @@ impl Reloader {
                 "the number of event-loop threads (server.threads) changes at the next restart"
             );
         }
-        // The shared store and the access log survive the reload.
+        // The shared store, the body budget and the access log survive the reload.
         let current = self.gateway.load();
         let gateway = build_gateway(
             config,
             Arc::clone(current.plugins.store()),
             Arc::clone(&current.metrics),
             current.access_log.clone(),
+            Arc::clone(&current.body_budget),
         )?;
         self.gateway.store(Arc::new(gateway));
         Ok(())
@@ -83,7 +85,10 @@ fn build_gateway(
     store: Arc<SharedStore>,
     metrics: Arc<Metrics>,
     access_log: AccessLog,
+    body_budget: Arc<BodyBudget>,
 ) -> Result<Gateway, StartError> {
+    let limits = &config.server.limits;
+    body_budget.resize(limits.body_memory_budget, limits.body_spool_budget);
     let plugins = Chain::for_config(config, store, &metrics)?;
     let targets = Targets::build(config, &metrics)?;
     let responses = metrics.responses_for(&targets.names().collect::<Vec<_>>());
@@ -95,6 +100,7 @@ fn build_gateway(
         metrics,
         responses,
         forwarding: config.server.forwarding.clone(),
+        body_budget,
     })
 }
 
@@ -124,8 +130,14 @@ impl Server {
         metrics.watch_dropped_lines("diagnostics", crate::logging::dropped_lines);
         let log = access_log.clone();
         metrics.watch_dropped_lines("access", move || log.dropped_lines());
+        let limits = &config.server.limits;
+        let body_budget = BodyBudget::new(limits.body_memory_budget, limits.body_spool_budget);
         let gateway = Arc::new(ArcSwap::from_pointee(build_gateway(
-            config, store, metrics, access_log,
+            config,
+            store,
+            metrics,
+            access_log,
+            body_budget,
         )?));
         Ok(Server {
             listeners,
