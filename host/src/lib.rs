@@ -25,6 +25,7 @@ mod server;
 mod static_files;
 mod store;
 mod target;
+mod tls;
 mod wsgi;
 
 pub use cli::main;

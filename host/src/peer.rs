@@ -1,9 +1,10 @@
 //! Who is on the other end of a connection, as targets and plugins see it.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 /// The connection a request came on, reduced to what a target needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
     /// The connection's peer address; `None` on a Unix socket.
     pub client: Option<SocketAddr>,
@@ -11,6 +12,8 @@ pub struct Peer {
     pub local: Option<SocketAddr>,
     /// Whether the connection is TLS.
     pub tls: bool,
+    /// The subject of the client's verified certificate (mutual TLS), RFC 4514 form.
+    pub client_subject: Option<Arc<str>>,
     /// The client as plugins, the access log and the app see it (see [`crate::forwarded`]).
     pub remote: Remote,
 }
@@ -33,6 +36,7 @@ impl Peer {
             client,
             local,
             tls,
+            client_subject: None,
             remote: Remote {
                 ip: client.map(|a| a.ip()),
                 port: client.map(|a| a.port()),

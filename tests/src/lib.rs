@@ -1,5 +1,7 @@
 //! Test harness: starts the real `gatehouse` binary with a real config on port 0 and talks to it.
 
+pub mod tls;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -376,6 +378,11 @@ pub fn h2_client() -> reqwest::blocking::Client {
         .timeout(Duration::from_secs(20))
         .build()
         .expect("client")
+}
+
+/// The Python apps the tests serve (`tests/apps`).
+pub fn apps_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("apps")
 }
 
 /// A fresh temporary directory with a `site/` root holding `files` (path, contents).

@@ -3,17 +3,13 @@
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use gatehouse_tests::{Gatehouse, client, read_until_close};
+use gatehouse_tests::{Gatehouse, apps_dir, client, read_until_close};
 use reqwest::StatusCode;
 use serde_json::Value;
-
-fn apps_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("apps")
-}
 
 /// A config with one WSGI target named `app` over `tests/apps`, plus `extra` target settings.
 fn wsgi_config(app: &str, extra: &str) -> String {

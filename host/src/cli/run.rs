@@ -81,6 +81,10 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
         eprintln!("{}: {error}", path.display());
         return Ok(ExitCode::FAILURE);
     }
+    if let Err(error) = crate::tls::Tls::new(&config.server) {
+        eprintln!("{}: {error}", path.display());
+        return Ok(ExitCode::FAILURE);
+    }
     Targets::build(&config, &metrics)?;
     println!(
         "{}: ok ({} listener(s), {} target(s), {} plugin(s))",

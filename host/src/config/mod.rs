@@ -5,6 +5,7 @@
 //! directories) is checked here.
 
 mod errors;
+mod listeners;
 mod plugins;
 mod raw;
 mod server;
@@ -15,6 +16,7 @@ mod types;
 pub mod units;
 
 pub use errors::{ConfigError, LoadError};
+pub use listeners::{AcmeChallenge, AcmeConfig, CertificateFiles, Listen, TlsListen};
 #[cfg(test)]
 pub use trusted::Trusted;
 pub use trusted::{ForwardedHeader, Forwarding};
@@ -155,7 +157,7 @@ mod tests {
             .expect("valid");
         assert_eq!(config.server.default_target.as_deref(), Some("site"));
         assert_eq!(config.server.listen.len(), 3);
-        assert!(matches!(config.server.listen[2], ListenAddr::Unix(ref p) if p.is_absolute()));
+        assert!(matches!(config.server.listen[2].addr, ListenAddr::Unix(ref p) if p.is_absolute()));
         assert_eq!(config.server.limits, Limits::default());
         let TargetConfig::Static(s) = &config.targets["site"] else {
             panic!("static")

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::listeners;
 use super::plugins;
 use super::trusted::ForwardedHeader;
 use super::types::AccessLogFormat;
@@ -29,7 +30,12 @@ pub(super) struct RawConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawServer {
-    pub(super) listen: Spanned<Vec<Spanned<String>>>,
+    pub(super) listen: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    pub(super) listeners: Vec<Spanned<listeners::RawListener>>,
+    #[serde(default)]
+    pub(super) certificates: Vec<Spanned<listeners::RawCertificate>>,
+    pub(super) acme: Option<Spanned<listeners::RawAcme>>,
     pub(super) default_target: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) limits: RawLimits,
@@ -47,6 +53,7 @@ pub(super) struct RawLimits {
     pub(super) keepalive_timeout: Option<Seconds>,
     pub(super) body_read_timeout: Option<Seconds>,
     pub(super) send_timeout: Option<Seconds>,
+    pub(super) tls_handshake_timeout: Option<Seconds>,
     pub(super) max_uri_length: Option<Spanned<Bytes>>,
     pub(super) max_header_size: Option<Spanned<Bytes>>,
     pub(super) max_header_field_size: Option<Spanned<Bytes>>,

@@ -1,7 +1,6 @@
 //! Validating `[server]`, `[log]` and the whole document's cross-references.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -11,9 +10,7 @@ use super::errors::{ConfigError, Doc};
 use super::plugins::{MAX_CHAIN, PluginConfig};
 use super::raw::{RawConfig, RawLimits};
 use super::trusted::{Forwarding, Trusted};
-use super::types::{
-    AccessLogFormat, Config, Limits, ListenAddr, LogConfig, ServerConfig, TargetConfig,
-};
+use super::types::{AccessLogFormat, Config, Limits, LogConfig, ServerConfig, TargetConfig};
 use super::units::Bytes;
 
 /// The default `plugin_cache_dir`: `$XDG_CACHE_HOME/gatehouse` or `~/.cache/gatehouse`.
@@ -47,7 +44,15 @@ impl RawConfig {
         base: &Path,
         errors: &mut Vec<ConfigError>,
     ) -> Option<Config> {
-        let listen = validate_listen(&self.server.listen, doc, base, errors);
+        let listening = super::listeners::validate(
+            self.server.listen.as_ref(),
+            &self.server.listeners,
+            &self.server.certificates,
+            self.server.acme.as_ref(),
+            doc,
+            base,
+            errors,
+        );
         let limits = self.server.limits.validate(doc, errors);
 
         let mut targets = BTreeMap::new();
@@ -102,7 +107,7 @@ impl RawConfig {
             }
             None => {
                 errors.push(doc.error(
-                    self.server.listen.span(),
+                    self.server.listen.as_ref().map_or(0..0, Spanned::span),
                     "server.default_target",
                     "several targets are defined: say which receives requests with server.default_target, or route with the `router` plugin",
                 ));
@@ -171,7 +176,9 @@ impl RawConfig {
         };
         Some(Config {
             server: ServerConfig {
-                listen,
+                listen: listening.listen,
+                certificates: listening.certificates,
+                acme: listening.acme,
                 default_target,
                 plugin_cache_dir,
                 limits,
@@ -196,60 +203,6 @@ pub(super) fn list_or_none(names: &[&str]) -> String {
     } else {
         names.join(", ")
     }
-}
-
-pub(super) fn validate_listen(
-    listen: &Spanned<Vec<Spanned<String>>>,
-    doc: &Doc<'_>,
-    base: &Path,
-    errors: &mut Vec<ConfigError>,
-) -> Vec<ListenAddr> {
-    if listen.get_ref().is_empty() {
-        errors.push(doc.error(
-            listen.span(),
-            "server.listen",
-            "at least one address is required, e.g. [\"127.0.0.1:8000\"]",
-        ));
-    }
-    let mut seen = Vec::new();
-    for (i, entry) in listen.get_ref().iter().enumerate() {
-        let key = format!("server.listen[{i}]");
-        let text = entry.get_ref().trim();
-        let addr = if let Some(path) = text.strip_prefix("unix:") {
-            if path.is_empty() {
-                errors.push(doc.error(
-                    entry.span(),
-                    &key,
-                    "a unix socket needs a path, e.g. \"unix:/run/gatehouse.sock\"",
-                ));
-                continue;
-            }
-            ListenAddr::Unix(base.join(path))
-        } else {
-            match text.parse::<SocketAddr>() {
-                Ok(addr) => ListenAddr::Tcp(addr),
-                Err(_) => {
-                    errors.push(doc.error(
-                        entry.span(),
-                        &key,
-                        format!("{text:?} is not an address: expected IP:PORT (\"127.0.0.1:8000\", \"[::1]:8000\") or \"unix:PATH\""),
-                    ));
-                    continue;
-                }
-            }
-        };
-        let clash = match &addr {
-            ListenAddr::Tcp(a) if a.port() != 0 => seen.iter().any(|s| s == &addr),
-            ListenAddr::Tcp(_) => false,
-            ListenAddr::Unix(_) => seen.contains(&addr),
-        };
-        if clash {
-            errors.push(doc.error(entry.span(), &key, format!("{addr} is listed twice")));
-            continue;
-        }
-        seen.push(addr);
-    }
-    seen
 }
 
 impl RawLimits {
@@ -305,6 +258,9 @@ impl RawLimits {
             keepalive_timeout: self.keepalive_timeout.map_or(d.keepalive_timeout, |s| s.0),
             body_read_timeout: self.body_read_timeout.map_or(d.body_read_timeout, |s| s.0),
             send_timeout: self.send_timeout.map_or(d.send_timeout, |s| s.0),
+            tls_handshake_timeout: self
+                .tls_handshake_timeout
+                .map_or(d.tls_handshake_timeout, |s| s.0),
             max_uri_length,
             max_header_size,
             max_header_field_size,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::listeners::{AcmeConfig, CertificateFiles, Listen};
 use super::plugins::PluginConfig;
 use super::trusted::Forwarding;
 
@@ -28,8 +29,12 @@ pub struct Config {
 /// `[server]`: listeners, the default target, limits.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Addresses to listen on, each at most once.
-    pub listen: Vec<ListenAddr>,
+    /// Addresses to listen on (each at most once) and how.
+    pub listen: Vec<Listen>,
+    /// Certificates for the TLS listeners, chosen by the name the client asks for (SNI).
+    pub certificates: Vec<CertificateFiles>,
+    /// Certificates ordered and renewed automatically.
+    pub acme: Option<AcmeConfig>,
     /// The target that receives a request no plugin routed elsewhere; with none, such a request
     /// gets 404.
     pub default_target: Option<String>,
@@ -75,6 +80,8 @@ pub struct Limits {
     /// How long a response write may make no progress (a client that stops reading) before the
     /// connection is closed, as nginx's `send_timeout`.
     pub send_timeout: Duration,
+    /// Time a client has to complete the TLS handshake (and send a PROXY protocol header).
+    pub tls_handshake_timeout: Duration,
     /// Longest request target (path and query) in bytes; longer gets 414.
     pub max_uri_length: usize,
     /// Largest request head (request line and all headers) in bytes; larger gets 431.
@@ -106,6 +113,7 @@ impl Default for Limits {
             keepalive_timeout: Duration::from_secs(75),
             body_read_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(60),
+            tls_handshake_timeout: Duration::from_secs(10),
             max_uri_length: 4 * 1024,
             max_header_size: 16 * 1024,
             // Gunicorn's `limit_request_field_size`.

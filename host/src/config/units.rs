@@ -8,7 +8,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
-/// A duration written as a number and a unit: `"500ms"`, `"30s"`, `"5m"`, `"1h"`, or a bare number of seconds.
+/// A duration written as a number and a unit: `"500ms"`, `"30s"`, `"5m"`, `"1h"`, `"30d"`, or a bare
+/// number of seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Seconds(pub Duration);
 
@@ -33,9 +34,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" => 1.0,
         "m" | "min" => 60.0,
         "h" => 3600.0,
+        "d" => 86_400.0,
         other => {
             return Err(format!(
-                "invalid duration unit {other:?} in {text:?}: expected one of ms, s, m, h"
+                "invalid duration unit {other:?} in {text:?}: expected one of ms, s, m, h, d"
             ));
         }
     };
@@ -129,6 +131,7 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
         assert!(parse_duration("abc").is_err());

@@ -10,6 +10,7 @@ mod activity;
 mod admit;
 mod log;
 mod normalise;
+mod plain;
 mod respond;
 mod session;
 pub mod verdicts;
@@ -37,6 +38,7 @@ use verdicts::Verdicts;
 pub use activity::{Activity, RequestGuard};
 pub use admit::admit;
 pub use log::LoggedBody;
+pub use plain::PlainListener;
 
 /// Everything a request needs that outlives it: targets, plugins, limits, the access log.
 #[derive(Debug)]
@@ -68,6 +70,8 @@ pub struct ConnCtx {
     pub verdicts: Verdicts,
     /// In-flight requests and idle time, for the keep-alive timeout.
     pub activity: Arc<Activity>,
+    /// What a plain listener answers itself (HTTPS redirects, ACME validations).
+    pub plain: Option<Arc<PlainListener>>,
 }
 
 /// Serves one request through all phases. Never fails: every error is a response.
@@ -82,7 +86,7 @@ where
     let guard = conn.activity.begin();
     let started = Instant::now();
     // Who the client is, once: plugins, the access log and the target all read this.
-    let mut peer = conn.peer;
+    let mut peer = conn.peer.clone();
     peer.remote = forwarded::resolve(peer.client, peer.tls, req.headers(), &gateway.forwarding);
     let access = gateway
         .access_log
@@ -97,9 +101,16 @@ where
     let mut req = req;
     let admitted =
         admit(&req, verdict, &gateway.limits).and_then(|()| normalise::normalise(&mut req));
-    let outcome = match admitted {
-        Err(e) => session::Outcome::refused(error_response(&e, version)),
-        Ok(()) => {
+    let own = match (&admitted, &conn.plain) {
+        (Ok(()), Some(plain)) => plain::answer(plain, &req),
+        _ => None,
+    };
+    let outcome = match (admitted, own) {
+        (Err(e), _) | (Ok(()), Some(Err(e))) => {
+            session::Outcome::answered_early(error_response(&e, version))
+        }
+        (Ok(()), Some(Ok(response))) => session::Outcome::answered_early(response),
+        (Ok(()), None) => {
             session::Session::new(Arc::clone(&gateway), peer, req)
                 .run()
                 .await

@@ -39,8 +39,9 @@ pub(super) struct Outcome {
 }
 
 impl Outcome {
-    /// A request refused before any plugin saw it.
-    pub fn refused(response: Response<Body>) -> Outcome {
+    /// A request answered before any plugin saw it: refused at admission, or answered by a plain
+    /// listener itself (a redirect to HTTPS, an ACME validation).
+    pub fn answered_early(response: Response<Body>) -> Outcome {
         Outcome {
             response,
             exchange: None,

@@ -1,6 +1,5 @@
 //! One client connection: HTTP/1.1 or HTTP/2 through hyper, the keep-alive timer, graceful close.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hyper::service::service_fn;
@@ -12,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Limits;
 use crate::peer::Peer;
-use crate::pipeline::{self, Activity, ConnCtx};
+use crate::pipeline::{self, Activity, ConnCtx, PlainListener};
 use crate::server::SharedGateway;
 use crate::server::idle::Connections;
 use crate::server::wire::WireGuard;
@@ -37,11 +36,12 @@ pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Serves one accepted connection until it closes, idles out, or shutdown closes it.
+/// Serves one accepted connection (after its PROXY header and TLS handshake, if any) until it
+/// closes, idles out, or shutdown closes it.
 pub async fn serve<I>(
     io: I,
-    client: Option<SocketAddr>,
-    local: Option<SocketAddr>,
+    peer: Peer,
+    plain: Option<Arc<PlainListener>>,
     gateway: SharedGateway,
     builder: Arc<auto::Builder<TokioExecutor>>,
     connections: Arc<Connections>,
@@ -60,10 +60,12 @@ pub async fn serve<I>(
     );
     let activity = Arc::new(Activity::default());
     let registration = connections.register(Arc::clone(&activity));
+    let client = peer.client;
     let ctx = Arc::new(ConnCtx {
-        peer: Peer::new(client, local, false),
+        peer,
         verdicts,
         activity: Arc::clone(&activity),
+        plain,
     });
     let service =
         service_fn(move |req| pipeline::handle(gateway.load_full(), Arc::clone(&ctx), req));

@@ -98,6 +98,17 @@ impl Bound {
         }
     }
 
+    /// The TCP port bound (the real one when 0 was asked for).
+    pub fn port(&self) -> Option<u16> {
+        match self {
+            Bound::Tcp(all) => all
+                .first()
+                .and_then(|l| l.local_addr().ok())
+                .map(|a| a.port()),
+            Bound::Unix(..) => None,
+        }
+    }
+
     /// The Unix socket file to remove at shutdown, if any.
     pub fn socket_file(&self) -> Option<PathBuf> {
         match self {

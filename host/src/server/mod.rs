@@ -3,6 +3,7 @@
 pub mod conn;
 mod idle;
 pub mod listener;
+mod proxy_protocol;
 pub mod wire;
 
 use std::sync::Arc;
@@ -14,13 +15,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::access_log::AccessLog;
-use crate::config::Config;
+use crate::config::{AcmeChallenge, Config, Listen, ListenAddr};
 use crate::metrics::Metrics;
-use crate::pipeline::Gateway;
+use crate::peer::Peer;
+use crate::pipeline::{Gateway, PlainListener};
 use crate::plugin::Chain;
 use crate::request_body::BodyBudget;
 use crate::store::SharedStore;
 use crate::target::{BuildError, Targets};
+use crate::tls::acme::{Acme, Http01Tokens};
+use crate::tls::{Acceptor, HandshakeError, Tls, TlsError};
 use idle::Connections;
 use listener::{BindError, Bound, Listener, LoopSocket};
 
@@ -36,6 +40,18 @@ pub enum StartError {
     /// A plugin could not be loaded or refused its config.
     #[error(transparent)]
     Plugin(#[from] crate::plugin::LoadError),
+    /// A certificate, key or client CA could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// How one listener's connections are opened: PROXY protocol, TLS, or a plain listener's own
+/// answers.
+#[derive(Debug)]
+struct Role {
+    listen: Listen,
+    tls: Option<Acceptor>,
+    plain: Option<Arc<PlainListener>>,
 }
 
 /// The gateway requests use, swapped whole on reload: requests in flight keep the one they started with.
@@ -45,8 +61,9 @@ pub type SharedGateway = Arc<ArcSwap<Gateway>>;
 #[derive(Debug, Clone)]
 pub struct Reloader {
     gateway: SharedGateway,
-    listen: Vec<crate::config::ListenAddr>,
+    listen: Vec<Listen>,
     threads: usize,
+    tls: Option<(Arc<Tls>, Vec<Arc<Role>>)>,
 }
 
 impl Reloader {
@@ -54,7 +71,9 @@ impl Reloader {
     /// error the running configuration keeps serving. Listener and thread changes need a restart.
     pub fn reload(&self, config: &Config) -> Result<(), StartError> {
         if config.server.listen != self.listen {
-            tracing::warn!("server.listen changes take effect at the next restart");
+            tracing::warn!(
+                "changes to server.listen and server.listeners take effect at the next restart"
+            );
         }
         if config.server.threads != self.threads {
             // Also reached without touching `threads`: its default follows the WSGI workers.
@@ -73,6 +92,24 @@ impl Reloader {
             current.access_log.clone(),
             Arc::clone(&current.body_budget),
         )?;
+        // Certificates and client CAs last: if they fail, the new gateway is dropped unused.
+        if let Some((tls, roles)) = &self.tls {
+            let pairs: Vec<_> = roles
+                .iter()
+                .filter_map(|role| {
+                    let acceptor = role.tls.as_ref()?;
+                    let listen = config
+                        .server
+                        .listen
+                        .iter()
+                        .find(|l| l.addr == role.listen.addr)
+                        .and_then(|l| l.tls.as_ref())
+                        .or(role.listen.tls.as_ref())?;
+                    Some((listen, acceptor))
+                })
+                .collect();
+            tls.reload(&config.server, &pairs)?;
+        }
         self.gateway.store(Arc::new(gateway));
         Ok(())
     }
@@ -107,10 +144,12 @@ fn build_gateway(
 /// A server with its sockets bound, ready to run.
 #[derive(Debug)]
 pub struct Server {
-    listeners: Vec<Bound>,
+    listeners: Vec<(Bound, Arc<Role>)>,
     gateway: SharedGateway,
     shutdown_timeout: Duration,
     loops: usize,
+    tls: Option<Arc<Tls>>,
+    acme: Option<Acme>,
 }
 
 impl Server {
@@ -119,12 +158,53 @@ impl Server {
     pub fn bind(config: &Config, access_log: AccessLog) -> Result<Server, StartError> {
         raise_open_file_limit(config.server.limits.max_connections);
         let loops = config.server.threads;
-        let listeners = config
+        let bound = config
             .server
             .listen
             .iter()
-            .map(|addr| Bound::bind(addr, loops))
+            .map(|listen| Bound::bind(&listen.addr, loops))
             .collect::<Result<Vec<_>, _>>()?;
+        let tls = Tls::new(&config.server)?;
+        let tokens = config
+            .server
+            .acme
+            .as_ref()
+            .filter(|a| a.challenge == AcmeChallenge::Http01)
+            .map(|_| Arc::new(Http01Tokens::default()));
+        // Where redirects to HTTPS go: the first TLS listener's port (as bound, for port 0).
+        let https_port = config
+            .server
+            .listen
+            .iter()
+            .zip(&bound)
+            .find(|(l, _)| l.tls.is_some() && matches!(l.addr, ListenAddr::Tcp(_)))
+            .and_then(|(_, b)| b.port())
+            .unwrap_or(443);
+        let mut listeners = Vec::new();
+        for (listen, bound) in config.server.listen.iter().zip(bound) {
+            let acceptor = match (&listen.tls, &tls) {
+                (Some(t), Some(tls)) => Some(tls.acceptor(t)?),
+                _ => None,
+            };
+            let plain = PlainListener {
+                redirect_https: listen.redirect_https.then_some(https_port),
+                acme: tokens.clone(),
+            };
+            let role = Role {
+                listen: listen.clone(),
+                plain: (acceptor.is_none() && plain.is_active()).then(|| Arc::new(plain)),
+                tls: acceptor,
+            };
+            listeners.push((bound, Arc::new(role)));
+        }
+        let acme = match (&config.server.acme, &tls) {
+            (Some(acme), Some(tls)) => Some(Acme::new(
+                acme.clone(),
+                Arc::clone(tls.certificates()),
+                tokens.unwrap_or_default(),
+            )),
+            _ => None,
+        };
         let store = Arc::new(SharedStore::new(config.kv_budget as usize));
         let metrics = Arc::new(Metrics::new());
         metrics.watch_dropped_lines("diagnostics", crate::logging::dropped_lines);
@@ -144,6 +224,8 @@ impl Server {
             gateway,
             shutdown_timeout: config.server.shutdown_timeout,
             loops,
+            tls,
+            acme,
         })
     }
 
@@ -153,12 +235,16 @@ impl Server {
             gateway: Arc::clone(&self.gateway),
             listen: config.server.listen.clone(),
             threads: config.server.threads,
+            tls: self.tls.as_ref().map(|tls| {
+                let roles = self.listeners.iter().map(|(_, r)| Arc::clone(r)).collect();
+                (Arc::clone(tls), roles)
+            }),
         }
     }
 
     /// The bound addresses, in config order (`IP:PORT` or `unix:PATH`).
     pub fn local_addrs(&self) -> Vec<String> {
-        self.listeners.iter().map(Bound::local_addr).collect()
+        self.listeners.iter().map(|(b, _)| b.local_addr()).collect()
     }
 
     /// Serves on one event-loop thread per configured thread until `shutdown` is cancelled, then stops
@@ -173,14 +259,29 @@ impl Server {
         let socket_files: Vec<_> = self
             .listeners
             .iter()
-            .filter_map(Bound::socket_file)
+            .filter_map(|(b, _)| b.socket_file())
             .collect();
-        let mut per_loop: Vec<Vec<LoopSocket>> = (0..self.loops).map(|_| Vec::new()).collect();
-        for bound in self.listeners {
+        let mut per_loop: Vec<Vec<(LoopSocket, Arc<Role>)>> =
+            (0..self.loops).map(|_| Vec::new()).collect();
+        for (bound, role) in self.listeners {
             for (index, socket) in bound.into_loop_sockets(self.loops)?.into_iter().enumerate() {
-                per_loop[index].push(socket);
+                per_loop[index].push((socket, Arc::clone(&role)));
             }
         }
+        let acme = match self.acme {
+            Some(acme) => {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                let stop = shutdown.clone();
+                Some(
+                    std::thread::Builder::new()
+                        .name("gatehouse-acme".into())
+                        .spawn(move || runtime.block_on(acme.run(stop)))?,
+                )
+            }
+            None => None,
+        };
         let mut threads = Vec::new();
         for (index, sockets) in per_loop.into_iter().enumerate() {
             let event_loop = EventLoop {
@@ -206,6 +307,9 @@ impl Server {
                 Ok(Err(e)) => result = Err(e),
                 Err(_) => result = Err(std::io::Error::other("an event loop panicked")),
             }
+        }
+        if let Some(acme) = acme {
+            let _ = acme.join();
         }
         for path in socket_files {
             let _ = std::fs::remove_file(path);
@@ -248,7 +352,7 @@ fn raise_open_file_limit(max_connections: usize) {
 /// One event loop: a single-threaded tokio runtime serving its share of the connections.
 struct EventLoop {
     index: usize,
-    sockets: Vec<LoopSocket>,
+    sockets: Vec<(LoopSocket, Arc<Role>)>,
     gateway: SharedGateway,
     builder: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
     permits: Arc<Semaphore>,
@@ -264,8 +368,9 @@ impl EventLoop {
             .build()?;
         runtime.block_on(async move {
             let tracker = TaskTracker::new();
-            for socket in self.sockets {
+            for (socket, role) in self.sockets {
                 let accept = AcceptLoop {
+                    role,
                     gateway: Arc::clone(&self.gateway),
                     builder: Arc::clone(&self.builder),
                     permits: Arc::clone(&self.permits),
@@ -290,6 +395,7 @@ impl EventLoop {
 
 /// Accepts connections on one listener and spawns a task for each.
 struct AcceptLoop {
+    role: Arc<Role>,
     gateway: SharedGateway,
     builder: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
     permits: Arc<Semaphore>,
@@ -345,7 +451,8 @@ impl AcceptLoop {
 }
 
 impl AcceptLoop {
-    /// Serves one connection in its own task; its slot frees when it closes.
+    /// Serves one connection in its own task (PROXY header and TLS handshake first, where the
+    /// listener has them); its slot frees when it closes.
     fn spawn_connection<I>(
         &self,
         io: I,
@@ -355,17 +462,51 @@ impl AcceptLoop {
     ) where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let conn = conn::serve(
-            io,
-            client,
-            local,
-            Arc::clone(&self.gateway),
-            Arc::clone(&self.builder),
-            Arc::clone(&self.connections),
-            self.shutdown.clone(),
-        );
+        let role = Arc::clone(&self.role);
+        let gateway = Arc::clone(&self.gateway);
+        let builder = Arc::clone(&self.builder);
+        let connections = Arc::clone(&self.connections);
+        let shutdown = self.shutdown.clone();
         self.tracker.spawn(async move {
-            conn.await;
+            let mut io = io;
+            let mut peer = Peer::new(client, local, role.tls.is_some());
+            if let Some(trusted) = &role.listen.proxy_protocol {
+                // On a Unix socket its permissions decide who may connect.
+                let believed = client.is_none_or(|c| trusted.contains(c.ip()));
+                if believed {
+                    let timeout = gateway.load().limits.tls_handshake_timeout;
+                    match tokio::time::timeout(timeout, proxy_protocol::read_header(&mut io)).await
+                    {
+                        Ok(Ok(Some(proxied))) => {
+                            peer = Peer::new(Some(proxied.client), Some(proxied.local), peer.tls);
+                        }
+                        Ok(Ok(None)) => {}
+                        Ok(Err(error)) => {
+                            tracing::debug!(?client, %error, "connection closed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(?client, "no PROXY header in time: connection closed");
+                            return;
+                        }
+                    }
+                }
+            }
+            match &role.tls {
+                Some(acceptor) => match acceptor.accept(io).await {
+                    Ok((stream, established)) => {
+                        peer.client_subject = established.client_subject;
+                        conn::serve(stream, peer, None, gateway, builder, connections, shutdown)
+                            .await;
+                    }
+                    Err(HandshakeError::AcmeValidation) => {}
+                    Err(error) => tracing::debug!(?client, %error, "TLS handshake"),
+                },
+                None => {
+                    let plain = role.plain.clone();
+                    conn::serve(io, peer, plain, gateway, builder, connections, shutdown).await;
+                }
+            }
             drop(permit);
         });
     }

@@ -24,6 +24,8 @@ pub struct Origin<'a> {
     pub scheme: &'a str,
     /// The mount prefix of the application (`""` at the root): `SCRIPT_NAME`.
     pub script_name: &'a str,
+    /// The verified client certificate's subject, with mutual TLS: `SSL_CLIENT_S_DN`.
+    pub client_subject: Option<&'a str>,
 }
 
 /// Where environ pairs go: straight into a request frame, or (in tests) a list.
@@ -118,6 +120,15 @@ pub fn write(req: &Parts, origin: &Origin<'_>, body_len: usize, env: &mut impl S
         env.put("REMOTE_PORT", itoa::Buffer::new().format(port).as_bytes());
     }
     env.put("wsgi.url_scheme", origin.scheme.as_bytes());
+    if origin.scheme == "https" {
+        // What Apache's mod_ssl and nginx's fastcgi_params set; Django and Werkzeug read them.
+        env.put("HTTPS", b"on");
+    }
+    if let Some(subject) = origin.client_subject {
+        // nginx's $ssl_client_s_dn and $ssl_client_verify, under mod_ssl's names.
+        env.put("SSL_CLIENT_S_DN", subject.as_bytes());
+        env.put("SSL_CLIENT_VERIFY", b"SUCCESS");
+    }
 
     if let Some(ct) = req.headers.get(CONTENT_TYPE) {
         env.put("CONTENT_TYPE", ct.as_bytes());
@@ -189,6 +200,7 @@ mod tests {
             remote_port: Some(5555),
             local: Some("127.0.0.1:8000".parse().expect("addr")),
             scheme: "http",
+            client_subject: None,
             script_name,
         };
         build(&parts, &origin, body_len)
@@ -318,6 +330,7 @@ mod tests {
             remote_port: None,
             local: None,
             scheme: "https",
+            client_subject: Some("CN=alice,O=Example"),
             script_name: "",
         };
         let listed = build(&parts, &origin, 3);

@@ -127,6 +127,7 @@ impl WsgiTarget {
             local: peer.local,
             scheme: if peer.remote.https { "https" } else { "http" },
             script_name,
+            client_subject: peer.client_subject.as_deref(),
         };
 
         // The request frame is written in one buffer: header space, environ pairs, body.
