@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v prlimit >/dev/null 2>&1 || need_apt+=(util-linux)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+# Let's Encrypt's ACME test server and its DNS, for the automatic-certificate tests.
+command -v pebble >/dev/null 2>&1 || need_apt+=(pebble)
 # A second build of the embedded Python's version (Debian's, beside pyenv's): the tests prove that
 # gatehouse refuses an interpreter that is not the build it links.
 [ -x /usr/bin/python3.11 ] || need_apt+=(python3.11)

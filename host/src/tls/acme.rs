@@ -59,8 +59,9 @@ impl Http01Tokens {
 /// Why an order failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AcmeError {
-    /// The ACME server refused or failed a request.
-    #[error("ACME: {0}")]
+    /// The ACME server refused or failed a request (its causes included: "client error
+    /// (Connect)" alone does not say that the connection was refused).
+    #[error("ACME: {}", with_causes(.0))]
     Protocol(#[from] instant_acme::Error),
     /// The state directory cannot be read or written.
     #[error("ACME state {path}: {source}")]
@@ -172,8 +173,28 @@ impl Acme {
         Duration::from_secs(u64::try_from(due - now).unwrap_or(0))
     }
 
-    /// One order, start to finish: the certificate is served and stored when it returns `Ok`.
+    /// One order; if the CA no longer knows the stored account (a CA that lost its state, a
+    /// deactivated account), the account is made anew and the order tried once more.
     async fn order(&self) -> Result<Validity, AcmeError> {
+        match self.order_once().await {
+            Err(AcmeError::Protocol(instant_acme::Error::Api(problem)))
+                if problem.r#type.as_deref()
+                    == Some("urn:ietf:params:acme:error:accountDoesNotExist") =>
+            {
+                tracing::warn!("ACME: the CA does not know the stored account; creating a new one");
+                let path = self.account_file();
+                std::fs::remove_file(&path).map_err(|source| AcmeError::State {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                self.order_once().await
+            }
+            other => other,
+        }
+    }
+
+    /// One order, start to finish: the certificate is served and stored when it returns `Ok`.
+    async fn order_once(&self) -> Result<Validity, AcmeError> {
         let account = self.account().await?;
         let identifiers: Vec<Identifier> = self
             .config
@@ -311,11 +332,16 @@ fn challenge_certificate(name: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>,
     params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
     let key = rcgen::KeyPair::generate().map_err(rcgen_error)?;
     let cert = params.self_signed(&key).map_err(rcgen_error)?;
-    super::from_der(
+    // Not through `from_der`: its consistency check parses the certificate with webpki, which
+    // refuses the critical acmeIdentifier extension this certificate exists for.
+    let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&PrivateKeyDer::Pkcs8(
+        key.serialize_der().into(),
+    ))
+    .map_err(|e| AcmeError::Order(format!("challenge key: {e}")))?;
+    Ok(Arc::new(CertifiedKey::new(
         vec![cert.der().clone()],
-        PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-    )
-    .map_err(AcmeError::Order)
+        signing,
+    )))
 }
 
 fn parse_pair(chain_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>, AcmeError> {
@@ -333,6 +359,20 @@ fn validity(key: &CertifiedKey) -> Option<Validity> {
         not_before,
         not_after,
     })
+}
+
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let message = cause.to_string();
+        if !text.contains(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 fn unix_now() -> i64 {
