@@ -93,9 +93,14 @@ impl http_body::Body for Body {
 }
 
 impl FileChunks {
+    /// Bytes not yet read.
+    pub fn left(&self) -> u64 {
+        self.left
+    }
+
     /// Reads the next chunk synchronously. Like nginx without `aio`, this reads from the page cache on
     /// the event-loop thread: a thread hand-off per chunk costs more than the copy for warm files.
-    fn read_next(&mut self) -> Option<std::io::Result<Bytes>> {
+    pub fn read_next(&mut self) -> Option<std::io::Result<Bytes>> {
         if self.left == 0 {
             return None;
         }

@@ -82,3 +82,19 @@ impl HttpError {
         )
     }
 }
+
+/// An error and its causes on one line, each cause once (many errors already name their cause in
+/// their own message; "client error (Connect)" alone does not say the connection was refused).
+pub fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let message = cause.to_string();
+        if !text.contains(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -5,6 +5,7 @@
 //! into the typed values all of these use.
 
 mod access_log;
+mod background;
 mod body;
 mod builtin;
 mod cli;
@@ -26,6 +27,7 @@ mod static_files;
 mod store;
 mod target;
 mod tls;
+mod upstream;
 mod wsgi;
 
 pub use cli::main;

@@ -288,3 +288,128 @@ fn check_trailers(trailers: &HeaderMap) -> Result<(), HttpError> {
     }
     Ok(())
 }
+
+/// What a target gets of the request body: read whole (by its body policy or for a plugin), or
+/// still unread, to stream.
+#[derive(Debug)]
+pub enum ServeBody<'a> {
+    /// The whole body (empty when there is none).
+    Read(&'a RequestBody),
+    /// The body as it arrives, within the limits.
+    Unread(BodyStream),
+}
+
+/// Why a streamed body stopped: what its consumer tells the client.
+pub type BodyFault = Arc<std::sync::Mutex<Option<HttpError>>>;
+
+/// A request body passed on as it arrives (to an upstream), within `max_body_size` and
+/// `body_read_timeout`, its trailers checked. A limit it breaks is kept in [`BodyStream::fault`],
+/// so the consumer can answer 413 or 408 rather than a generic failure.
+pub struct BodyStream {
+    inner: std::pin::Pin<Box<dyn http_body::Body<Data = Bytes, Error = BoxError> + Send>>,
+    total: u64,
+    max: u64,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    fault: BodyFault,
+    done: Option<tokio::sync::watch::Sender<bool>>,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl std::fmt::Debug for BodyStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BodyStream")
+            .field("total", &self.total)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BodyStream {
+    /// Streams `body` within `limits`.
+    pub fn new<B>(body: B, limits: &Limits) -> BodyStream
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        BodyStream {
+            inner: Box::pin(body.map_err(Into::into)),
+            total: 0,
+            max: limits.max_body_size,
+            deadline: Box::pin(tokio::time::sleep(limits.body_read_timeout)),
+            fault: BodyFault::default(),
+            done: None,
+        }
+    }
+
+    /// Where the limit a body broke is kept.
+    pub fn fault(&self) -> BodyFault {
+        Arc::clone(&self.fault)
+    }
+
+    /// Becomes true once the whole body has been passed on (and stays false if it never is).
+    pub fn finished(&mut self) -> tokio::sync::watch::Receiver<bool> {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        self.done = Some(tx);
+        rx
+    }
+
+    fn fail(&mut self, error: HttpError) -> BoxError {
+        let text = error.to_string();
+        if let Ok(mut slot) = self.fault.lock() {
+            slot.get_or_insert(error);
+        }
+        text.into()
+    }
+}
+
+impl http_body::Body for BodyStream {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = &mut *self;
+        match this.inner.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.total += data.len() as u64;
+                    if this.total > this.max {
+                        return Poll::Ready(Some(Err(this.fail(HttpError::PayloadTooLarge))));
+                    }
+                } else if let Some(trailers) = frame.trailers_ref()
+                    && let Err(e) = check_trailers(trailers)
+                {
+                    return Poll::Ready(Some(Err(this.fail(e))));
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(_))) => Poll::Ready(Some(Err(this.fail(HttpError::BadRequest(
+                "malformed or incomplete request body",
+            ))))),
+            Poll::Ready(None) => {
+                if let Some(done) = this.done.take() {
+                    let _ = done.send(true);
+                }
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if this.deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Err(this.fail(HttpError::RequestTimeout))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

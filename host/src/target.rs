@@ -11,8 +11,9 @@ use crate::config::{Config, TargetConfig};
 use crate::error::HttpError;
 use crate::metrics::Metrics;
 use crate::peer::Peer;
-use crate::request_body::RequestBody;
+use crate::request_body::ServeBody;
 use crate::static_files::StaticFiles;
+use crate::upstream::{UpstreamError, UpstreamTarget};
 use crate::wsgi::{WsgiError, WsgiTarget};
 
 /// Index of a target in [`Targets`]: its position in the config's `[targets]`, the order plugins
@@ -50,6 +51,8 @@ pub enum BodyPolicy {
     /// No body: it is read and thrown away before serving, within the same limits (nginx
     /// discards the body of a request for a static file), so the connection stays usable.
     Discard,
+    /// The body as it arrives, passed on by the target (an upstream) within the limits.
+    Stream,
 }
 
 /// A built target, ready to answer requests.
@@ -61,6 +64,8 @@ pub enum Target {
     Wsgi(WsgiTarget),
     /// The process's metrics in the OpenMetrics text format.
     Metrics(std::sync::Arc<Metrics>),
+    /// HTTP servers behind us.
+    Upstream(Box<UpstreamTarget>),
 }
 
 impl Target {
@@ -69,22 +74,32 @@ impl Target {
         match self {
             Target::Wsgi(_) => BodyPolicy::Whole,
             Target::Static(_) | Target::Metrics(_) => BodyPolicy::Discard,
+            Target::Upstream(u) if u.buffers_requests() => BodyPolicy::Whole,
+            Target::Upstream(_) => BodyPolicy::Stream,
         }
     }
 
     /// Answers a request whose head is `req`; `body` is the whole body under
-    /// [`BodyPolicy::Whole`], else whatever a plugin read or set (empty if none did).
+    /// [`BodyPolicy::Whole`], the unread body under [`BodyPolicy::Stream`] (unless a plugin read
+    /// or set it), else whatever a plugin read or set (empty if none did).
     pub async fn serve(
         &self,
         req: &Parts,
-        body: &RequestBody,
+        body: ServeBody<'_>,
         peer: &Peer,
         mount: Option<&str>,
     ) -> Result<Response<Body>, HttpError> {
         match self {
             Target::Static(files) => files.serve(req, mount),
-            Target::Wsgi(app) => app.serve(req, body, peer, mount).await,
+            Target::Wsgi(app) => match body {
+                ServeBody::Read(body) => app.serve(req, body, peer, mount).await,
+                ServeBody::Unread(_) => {
+                    tracing::error!("a WSGI target was given an unread body");
+                    Err(HttpError::Internal)
+                }
+            },
             Target::Metrics(metrics) => Ok(metrics_response(metrics)),
+            Target::Upstream(upstream) => upstream.serve(req, body, peer, mount).await,
         }
     }
 }
@@ -125,6 +140,9 @@ pub enum BuildCause {
     /// The WSGI app or its workers did not start.
     #[error(transparent)]
     Wsgi(#[from] WsgiError),
+    /// An upstream's TLS client or health checks could not be set up.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
 }
 
 impl Targets {
@@ -149,6 +167,10 @@ impl Targets {
                         .map_err(|e| wrap(e.into()))?,
                 ),
                 TargetConfig::Metrics => Target::Metrics(std::sync::Arc::clone(metrics)),
+                TargetConfig::Upstream(u) => Target::Upstream(Box::new(
+                    UpstreamTarget::build(name, u, &config.server.forwarding)
+                        .map_err(|e| wrap(e.into()))?,
+                )),
             };
             names.push(name.clone());
             targets.push(built);

@@ -50,6 +50,12 @@ def cookies():
     return jsonify(request.cookies.to_dict())
 
 
+@app.get("/headers")
+def headers_route():
+    return jsonify(headers={k.lower(): v for k, v in request.headers.items()},
+                   remote_addr=request.remote_addr, full_path=request.full_path)
+
+
 @app.get("/boom")
 def boom():
     raise RuntimeError("flask view failed")

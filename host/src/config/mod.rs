@@ -14,6 +14,7 @@ mod targets;
 mod trusted;
 mod types;
 pub mod units;
+mod upstream;
 
 pub use errors::{ConfigError, LoadError};
 pub use listeners::{AcmeChallenge, AcmeConfig, CertificateFiles, Listen, TlsListen};
@@ -21,6 +22,7 @@ pub use listeners::{AcmeChallenge, AcmeConfig, CertificateFiles, Listen, TlsList
 pub use trusted::Trusted;
 pub use trusted::{ForwardedHeader, Forwarding};
 pub use types::*;
+pub use upstream::{Balance, Endpoint, HashKey, HealthCheck, UpstreamConfig, UpstreamServer};
 
 use errors::Doc;
 use shape::{deserialize_all, within};

@@ -31,6 +31,8 @@ impl RawTarget {
         if let Some(m) = &self.metrics {
             let others = self.static_root.is_some()
                 || self.wsgi.is_some()
+                || self.upstream.is_some()
+                || !self.upstream_settings_used().is_empty()
                 || !self.wsgi_settings_used().is_empty()
                 || self.index.is_some()
                 || self.autoindex.is_some()
@@ -47,22 +49,44 @@ impl RawTarget {
             }
             return Some(TargetConfig::Metrics);
         }
-        match (&self.static_root, &self.wsgi) {
-            (Some(_), Some(w)) => {
-                errors.push(doc.error(
-                    w.span(),
-                    &format!("{key}.wsgi"),
-                    "a target is either `static` or `wsgi`, not both",
-                ));
-                None
-            }
-            (Some(root), None) => self.validate_static(root, mount, key, doc, base, errors),
-            (None, Some(app)) => self.validate_wsgi(app, mount, key, doc, base, errors),
-            (None, None) => {
+        let kinds = [
+            ("static", self.static_root.as_ref().map(Spanned::span)),
+            ("wsgi", self.wsgi.as_ref().map(Spanned::span)),
+            ("upstream", self.upstream.as_ref().map(Spanned::span)),
+        ];
+        let set: Vec<_> = kinds
+            .iter()
+            .filter_map(|(name, span)| span.clone().map(|s| (*name, s)))
+            .collect();
+        if let [_, (second, span), ..] = set.as_slice() {
+            errors.push(doc.error(
+                span.clone(),
+                &format!("{key}.{second}"),
+                "a target is one of `static`, `wsgi` or `upstream`, not several",
+            ));
+            return None;
+        }
+        let upstream_settings = self.upstream_settings_used();
+        if self.upstream.is_none() && !upstream_settings.is_empty() {
+            errors.push(doc.error(
+                span,
+                key,
+                format!(
+                    "{} belong(s) to `upstream` targets",
+                    upstream_settings.join(", ")
+                ),
+            ));
+            return None;
+        }
+        match (&self.static_root, &self.wsgi, &self.upstream) {
+            (Some(root), _, _) => self.validate_static(root, mount, key, doc, base, errors),
+            (_, Some(app), _) => self.validate_wsgi(app, mount, key, doc, base, errors),
+            (_, _, Some(servers)) => self.validate_upstream(servers, key, doc, base, errors),
+            (None, None, None) => {
                 errors.push(doc.error(
                     span,
                     key,
-                    "a target needs a kind: `static = \"DIR\"`, `wsgi = \"module:callable\"` or `metrics = true`",
+                    "a target needs a kind: `static = \"DIR\"`, `wsgi = \"module:callable\"`, `upstream = [\"http://HOST:PORT\"]` or `metrics = true`",
                 ));
                 None
             }

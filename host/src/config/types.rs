@@ -158,7 +158,7 @@ pub enum AccessLogFormat {
 }
 
 /// A named target: where a routed request is finally answered.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum TargetConfig {
     /// Files under a directory.
     Static(StaticConfig),
@@ -166,6 +166,8 @@ pub enum TargetConfig {
     Wsgi(WsgiConfig),
     /// Prometheus metrics of the process (requests, plugin failures, plugin-defined metrics).
     Metrics,
+    /// HTTP servers behind Gatehouse, balanced and health-checked.
+    Upstream(super::upstream::UpstreamConfig),
 }
 
 /// `wsgi = "module:callable"` target options (Gunicorn's settings, same names where they exist).

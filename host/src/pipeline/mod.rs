@@ -13,6 +13,7 @@ mod normalise;
 mod plain;
 mod respond;
 mod session;
+mod tunnel;
 pub mod verdicts;
 
 use std::convert::Infallible;
@@ -72,6 +73,21 @@ pub struct ConnCtx {
     pub activity: Arc<Activity>,
     /// What a plain listener answers itself (HTTPS redirects, ACME validations).
     pub plain: Option<Arc<PlainListener>>,
+    /// A tunnel the connection turned into (a WebSocket): resolves when it closes.
+    pub tunnel: std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
+}
+
+impl ConnCtx {
+    fn set_tunnel(&self, closed: tokio::sync::oneshot::Receiver<()>) {
+        if let Ok(mut slot) = self.tunnel.lock() {
+            *slot = Some(closed);
+        }
+    }
+
+    /// The tunnel this connection became, if it did.
+    pub fn take_tunnel(&self) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        self.tunnel.lock().ok().and_then(|mut t| t.take())
+    }
 }
 
 /// Serves one request through all phases. Never fails: every error is a response.
@@ -81,7 +97,8 @@ pub async fn handle<B>(
     req: Request<B>,
 ) -> Result<Response<LoggedBody>, Infallible>
 where
-    B: http_body::Body<Data = Bytes> + Unpin,
+    B: http_body::Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let guard = conn.activity.begin();
     let started = Instant::now();
@@ -105,7 +122,7 @@ where
         (Ok(()), Some(plain)) => plain::answer(plain, &req),
         _ => None,
     };
-    let outcome = match (admitted, own) {
+    let mut outcome = match (admitted, own) {
         (Err(e), _) | (Ok(()), Some(Err(e))) => {
             session::Outcome::answered_early(error_response(&e, version))
         }
@@ -116,6 +133,9 @@ where
                 .await
         }
     };
+    if tunnel::is_switch(&outcome.response) {
+        tunnel::join(&mut outcome, &conn);
+    }
     Ok(log::finish(gateway, outcome, access, started, guard))
 }
 

@@ -10,7 +10,7 @@ use crate::body::Body;
 use crate::error::HttpError;
 use crate::peer::Peer;
 use crate::plugin::{Decision, Exchange, Progress, Ran};
-use crate::request_body::{self, RequestBody};
+use crate::request_body::{self, RequestBody, ServeBody};
 use crate::target::{BodyPolicy, Route, Targets};
 
 /// A request on its way through the phases: the exchange the plugins and the target work on,
@@ -53,7 +53,8 @@ impl Outcome {
 
 impl<B> Session<B>
 where
-    B: http_body::Body<Data = Bytes> + Unpin,
+    B: http_body::Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     /// A session for an admitted request; nothing of its body has been read.
     pub fn new(gateway: Arc<Gateway>, peer: Peer, req: Request<B>) -> Session<B> {
@@ -147,9 +148,16 @@ where
                     request_body::discard(unread, &gateway.limits).await?;
                 }
             }
+            BodyPolicy::Stream => {}
         }
         let empty = RequestBody::EMPTY;
-        let body = self.exchange.body.as_ref().unwrap_or(&empty);
+        let body = match (&self.exchange.body, self.unread.take()) {
+            (Some(read), _) => ServeBody::Read(read),
+            (None, Some(unread)) => {
+                ServeBody::Unread(request_body::BodyStream::new(unread, &gateway.limits))
+            }
+            (None, None) => ServeBody::Read(&empty),
+        };
         let mount = self.route.as_ref().and_then(|r| r.mount.as_deref());
         target
             .serve(&self.exchange.request, body, &self.peer, mount)

@@ -1,6 +1,7 @@
 //! What the wire guard (`server::wire`) saw in the raw bytes of each HTTP/1 request head, queued
 //! per connection for the admit phase, which takes them in the order hyper dispatches requests.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// What the raw bytes of one request head showed.
@@ -16,7 +17,14 @@ pub enum HeadVerdict {
 
 /// The verdicts of one connection, shared between the reader and the request pipeline.
 #[derive(Debug, Clone, Default)]
-pub struct Verdicts(Arc<Mutex<Queue>>);
+pub struct Verdicts(Arc<Shared>);
+
+#[derive(Debug, Default)]
+struct Shared {
+    queue: Mutex<Queue>,
+    /// The connection switched protocols (a 101 was sent): no more heads to follow.
+    upgraded: AtomicBool,
+}
 
 #[derive(Debug, Default)]
 struct Queue {
@@ -28,7 +36,7 @@ struct Queue {
 impl Verdicts {
     /// The verdict for the next request hyper dispatches; `None` on HTTP/2 connections.
     pub fn next(&self) -> Option<HeadVerdict> {
-        let Ok(mut q) = self.0.lock() else {
+        let Ok(mut q) = self.0.queue.lock() else {
             return Some(HeadVerdict::Reject("internal lock poisoned"));
         };
         match q.pending.pop_front() {
@@ -40,14 +48,24 @@ impl Verdicts {
 
     /// Queues the verdict of the next head the wire guard saw.
     pub fn push(&self, v: HeadVerdict) {
-        if let Ok(mut q) = self.0.lock() {
+        if let Ok(mut q) = self.0.queue.lock() {
             q.pending.push_back(v);
         }
     }
 
+    /// The connection switches protocols after this response: the reader stops looking for heads.
+    pub fn upgrade(&self) {
+        self.0.upgraded.store(true, Ordering::Release);
+    }
+
+    /// Whether the connection switched protocols.
+    pub fn is_upgraded(&self) -> bool {
+        self.0.upgraded.load(Ordering::Acquire)
+    }
+
     /// The guard could not follow the framing: every later request is refused.
     pub fn lose_track(&self) {
-        if let Ok(mut q) = self.0.lock() {
+        if let Ok(mut q) = self.0.queue.lock() {
             q.lost = true;
         }
     }

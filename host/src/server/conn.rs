@@ -66,10 +66,12 @@ pub async fn serve<I>(
         verdicts,
         activity: Arc::clone(&activity),
         plain,
+        tunnel: std::sync::Mutex::new(None),
     });
+    let service_ctx = Arc::clone(&ctx);
     let service =
-        service_fn(move |req| pipeline::handle(gateway.load_full(), Arc::clone(&ctx), req));
-    let conn = builder.serve_connection(TokioIo::new(io), service);
+        service_fn(move |req| pipeline::handle(gateway.load_full(), Arc::clone(&service_ctx), req));
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
 
     let mut draining = false;
@@ -80,6 +82,10 @@ pub async fn serve<I>(
             result = conn.as_mut() => {
                 if let Err(error) = result {
                     tracing::debug!(client = ?client, %error, "connection ended with an error");
+                }
+                // A connection that became a tunnel keeps its slot until the tunnel closes.
+                if let Some(tunnel) = ctx.take_tunnel() {
+                    let _ = tunnel.await;
                 }
                 return;
             }

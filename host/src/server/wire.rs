@@ -406,6 +406,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for WireGuard<T> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let this = &mut *self;
+        if !matches!(this.state, State::PassThrough) && this.verdicts.is_upgraded() {
+            // A protocol switch (a WebSocket): what follows is not HTTP and has no head timeout.
+            this.state = State::PassThrough;
+            this.head_armed = false;
+        }
         let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
         if !matches!(this.state, State::PassThrough) {
             let fresh = &buf.filled()[before..];

@@ -61,7 +61,7 @@ impl Http01Tokens {
 pub enum AcmeError {
     /// The ACME server refused or failed a request (its causes included: "client error
     /// (Connect)" alone does not say that the connection was refused).
-    #[error("ACME: {}", with_causes(.0))]
+    #[error("ACME: {}", crate::error::with_causes(.0))]
     Protocol(#[from] instant_acme::Error),
     /// The state directory cannot be read or written.
     #[error("ACME state {path}: {source}")]
@@ -359,20 +359,6 @@ fn validity(key: &CertifiedKey) -> Option<Validity> {
         not_before,
         not_after,
     })
-}
-
-fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let message = cause.to_string();
-        if !text.contains(&message) {
-            text.push_str(": ");
-            text.push_str(&message);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 fn unix_now() -> i64 {

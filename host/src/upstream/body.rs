@@ -1,0 +1,161 @@
+//! Bodies through a proxy: the request body sent to a server (from memory, a spool file, or
+//! streamed from the client), and the response body passed back with an idle-read timeout.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body as _, Frame, SizeHint};
+
+use super::server::InFlight;
+use crate::body::{ChunkStream, FileChunks};
+use crate::request_body::BodyStream;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The client's body while it is still unsent: an attempt takes it out when it first reads it, so
+/// a retry after a connection that failed before sending anything can still send it.
+pub type Unsent = Arc<Mutex<Option<BodyStream>>>;
+
+/// A request body on its way to a server.
+#[derive(Debug)]
+pub enum OutBody {
+    /// Nothing.
+    Empty,
+    /// In memory (sent as one frame).
+    Full(Option<Bytes>),
+    /// A spooled body, read from its file.
+    File(FileChunks),
+    /// Streamed from the client.
+    Stream {
+        /// Where the stream waits until first read.
+        unsent: Unsent,
+        /// The stream, once taken.
+        taken: Option<BodyStream>,
+    },
+}
+
+impl OutBody {
+    /// A streamed body, taken from `unsent` when first read.
+    pub fn streamed(unsent: &Unsent) -> OutBody {
+        OutBody::Stream {
+            unsent: Arc::clone(unsent),
+            taken: None,
+        }
+    }
+}
+
+impl http_body::Body for OutBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            OutBody::Empty => Poll::Ready(None),
+            OutBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            OutBody::File(file) => Poll::Ready(
+                file.read_next()
+                    .map(|r| r.map(Frame::data).map_err(Into::into)),
+            ),
+            OutBody::Stream { unsent, taken } => {
+                if taken.is_none() {
+                    *taken = unsent.lock().unwrap_or_else(PoisonError::into_inner).take();
+                }
+                match taken {
+                    Some(stream) => Pin::new(stream).poll_frame(cx),
+                    None => Poll::Ready(Some(Err("the request body was already sent".into()))),
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            OutBody::Empty => true,
+            OutBody::Full(bytes) => bytes.is_none(),
+            OutBody::File(_) | OutBody::Stream { .. } => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            OutBody::Empty => SizeHint::with_exact(0),
+            OutBody::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            OutBody::File(file) => SizeHint::with_exact(file.left()),
+            OutBody::Stream { unsent, taken } => match taken {
+                Some(stream) => stream.size_hint(),
+                None => unsent
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .as_ref()
+                    .map_or_else(SizeHint::default, |s| s.size_hint()),
+            },
+        }
+    }
+}
+
+/// A server's response body on its way to the client: a pause longer than `read_timeout` ends
+/// it with an error (the client's connection then closes, as nginx does); the server's slot is
+/// held until it ends.
+pub struct Streamed {
+    body: hyper::body::Incoming,
+    idle: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    _in_flight: InFlight,
+}
+
+impl std::fmt::Debug for Streamed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Streamed").finish_non_exhaustive()
+    }
+}
+
+impl Streamed {
+    /// Passes `body` on, within `idle` between reads, holding `in_flight`.
+    pub fn new(body: hyper::body::Incoming, idle: Duration, in_flight: InFlight) -> Streamed {
+        Streamed {
+            body,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+            _in_flight: in_flight,
+        }
+    }
+}
+
+impl ChunkStream for Streamed {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<std::io::Result<Bytes>>> {
+        use std::future::Future;
+        loop {
+            match Pin::new(&mut self.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        let deadline = tokio::time::Instant::now() + self.idle;
+                        self.timer.as_mut().reset(deadline);
+                        return Poll::Ready(Some(Ok(data)));
+                    }
+                    // Trailers are not passed on.
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    return Poll::Ready(Some(Err(std::io::Error::other(e))));
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => {
+                    if self.timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Some(Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "the upstream server sent nothing within read_timeout",
+                        ))));
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}

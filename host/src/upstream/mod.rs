@@ -1,0 +1,475 @@
+//! The `upstream` target: HTTP servers behind Gatehouse (nginx's `proxy_pass` to an `upstream`
+//! block). A server is picked per request ([`balance`]), its connections pooled per event loop
+//! (hyper-util's client over our [`connect`]or), its health watched ([`server`], [`health`]);
+//! bodies stream both ways ([`body`]); hop-by-hop fields are removed and the client is named
+//! ([`headers`]). A request that never reached a server is tried on another; one that may have
+//! reached it is retried only if its method is idempotent, within a retry budget.
+
+mod balance;
+mod body;
+mod connect;
+mod headers;
+mod health;
+mod server;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use http::request::Parts;
+use http::{Method, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use thread_local::ThreadLocal;
+use tokio_util::sync::DropGuard;
+
+use crate::body::{Body, FileChunks};
+use crate::config::{Endpoint, Forwarding, UpstreamConfig};
+use crate::error::HttpError;
+use crate::peer::Peer;
+use crate::request_body::{BodyFault, RequestBody, ServeBody};
+use balance::Balancer;
+use body::{OutBody, Streamed, Unsent};
+use connect::{ConnectError, Connector};
+use server::{InFlight, Server};
+
+pub use connect::ConnectError as UpstreamError;
+
+/// A switched-protocols answer from a server (a response extension): the server's side of the
+/// tunnel, for the pipeline to join with the client's once the 101 is sent. Taken once.
+#[derive(Clone)]
+pub struct UpstreamUpgrade(Arc<std::sync::Mutex<Option<(hyper::upgrade::OnUpgrade, InFlight)>>>);
+
+impl UpstreamUpgrade {
+    /// The server's connection (once hyper hands it over) and its slot, held as long as the
+    /// tunnel.
+    pub fn take(&self) -> Option<(hyper::upgrade::OnUpgrade, impl Send + 'static + use<>)> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+}
+
+/// An upstream target.
+pub struct UpstreamTarget {
+    name: String,
+    config: UpstreamConfig,
+    servers: Vec<Arc<Server>>,
+    balancer: Balancer,
+    connector: Connector,
+    /// One client (and so one connection pool) per event loop: a connection is driven by the
+    /// loop that opened it, and used only by that loop's requests.
+    clients: ThreadLocal<Client<Connector, OutBody>>,
+    forwarding: Forwarding,
+    in_flight: AtomicUsize,
+    retrying: AtomicUsize,
+    _health: Option<DropGuard>,
+}
+
+impl std::fmt::Debug for UpstreamTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTarget")
+            .field("name", &self.name)
+            .field("servers", &self.servers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why an attempt failed.
+enum Failure {
+    /// Nothing reached the server: it is safe to try another with any method.
+    NotSent(String),
+    /// The request may have reached it.
+    Broken(String),
+    /// No response head within `first_byte_timeout`.
+    Timeout,
+}
+
+/// Where an attempt's body comes from.
+enum Source {
+    Empty,
+    Memory(bytes::Bytes),
+    File(std::path::PathBuf, u64),
+    Stream(Unsent),
+}
+
+/// Counts one request (or retry) in flight until dropped.
+struct Counted<'a>(&'a AtomicUsize);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl UpstreamTarget {
+    /// Sets up the servers, the connector and (if configured) the health checks.
+    pub fn build(
+        name: &str,
+        config: &UpstreamConfig,
+        forwarding: &Forwarding,
+    ) -> Result<UpstreamTarget, ConnectError> {
+        let servers: Vec<Arc<Server>> = config
+            .servers
+            .iter()
+            .map(|s| Arc::new(Server::new(s, config.max_connections)))
+            .collect();
+        let connector = Connector::new(config)?;
+        let health = match &config.health_check {
+            Some(check) => {
+                Some(health::start(name, &servers, &connector, check).map_err(ConnectError::Tls)?)
+            }
+            None => None,
+        };
+        Ok(UpstreamTarget {
+            name: name.to_string(),
+            balancer: Balancer::new(&config.balance, &servers),
+            config: config.clone(),
+            servers,
+            connector,
+            clients: ThreadLocal::new(),
+            forwarding: forwarding.clone(),
+            in_flight: AtomicUsize::new(0),
+            retrying: AtomicUsize::new(0),
+            _health: health,
+        })
+    }
+
+    /// Whether the request body is read whole before a server is contacted.
+    pub fn buffers_requests(&self) -> bool {
+        self.config.request_buffering
+    }
+
+    fn client(&self) -> &Client<Connector, OutBody> {
+        self.clients.get_or(|| {
+            Client::builder(TokioExecutor::new())
+                .pool_timer(TokioTimer::new())
+                .pool_idle_timeout(self.config.keepalive_timeout)
+                .pool_max_idle_per_host(self.config.keepalive)
+                .http2_only(self.config.http2)
+                .set_host(false)
+                .build(self.connector.clone())
+        })
+    }
+
+    /// A retry may start if retries in flight stay within the budget (and at least 3 may).
+    fn may_retry(&self) -> Option<Counted<'_>> {
+        let in_flight = self.in_flight.load(Ordering::Acquire);
+        let allowed = ((in_flight as f64) * self.config.retry_budget).max(3.0) as usize;
+        let now = self.retrying.fetch_add(1, Ordering::AcqRel);
+        let guard = Counted(&self.retrying);
+        (now < allowed).then_some(guard)
+    }
+
+    /// Proxies one request.
+    pub async fn serve(
+        &self,
+        req: &Parts,
+        body: ServeBody<'_>,
+        peer: &Peer,
+        mount: Option<&str>,
+    ) -> Result<Response<Body>, HttpError> {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let _counted = Counted(&self.in_flight);
+        let path = match mount {
+            Some(m) => crate::path::below_mount(req.uri.path(), m).ok_or(HttpError::NotFound)?,
+            None => req.uri.path(),
+        };
+        let path = if path.is_empty() { "/" } else { path };
+        let target = match req.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_string(),
+        };
+        let idempotent = matches!(
+            req.method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
+        );
+        let upgrade = headers::wants_upgrade(req);
+        let (source, fault, finished) = match body {
+            ServeBody::Read(RequestBody::Memory(b)) if b.is_empty() => (Source::Empty, None, None),
+            ServeBody::Read(RequestBody::Memory(b)) => (Source::Memory(b.clone()), None, None),
+            ServeBody::Read(RequestBody::Spooled { file, len }) => {
+                (Source::File(file.path().to_path_buf(), *len), None, None)
+            }
+            ServeBody::Unread(mut stream) => {
+                let finished = stream.finished();
+                let fault = stream.fault();
+                (
+                    Source::Stream(Arc::new(std::sync::Mutex::new(Some(stream)))),
+                    Some(fault),
+                    Some(finished),
+                )
+            }
+        };
+
+        let mut tried: Vec<usize> = Vec::new();
+        let mut last = HttpError::BadGateway;
+        let mut retry_guard = None;
+        for attempt in 0..=self.config.retries {
+            if attempt > 0 {
+                match self.may_retry() {
+                    Some(guard) => retry_guard = Some(guard),
+                    None => {
+                        tracing::warn!(target = %self.name, "retry budget spent: not retrying");
+                        break;
+                    }
+                }
+            }
+            let Some(index) = self
+                .balancer
+                .pick(&self.servers, req, peer.remote.ip, &tried)
+            else {
+                break;
+            };
+            tried.push(index);
+            let server = &self.servers[index];
+            let Some(slot) = server.acquire(self.config.connect_timeout).await else {
+                tracing::warn!(target = %self.name, server = %server.label, "upstream server at max_connections");
+                last = HttpError::ServiceUnavailable;
+                continue;
+            };
+            let Some(out_body) = attempt_body(&source)? else {
+                // The client's body went to the failed attempt: nothing left to send again.
+                break;
+            };
+            let request = self.request(req, &target, index, server, peer, out_body)?;
+            match self.send(request, finished.clone()).await {
+                Ok(response) => {
+                    server.succeeded();
+                    drop(retry_guard);
+                    return Ok(self.respond(response, slot, upgrade));
+                }
+                Err(failure) => {
+                    if let Some(e) = fault.as_ref().and_then(take_fault) {
+                        // The client's body broke a limit: that is the answer, not the server.
+                        return Err(e);
+                    }
+                    server.failed(self.config.max_fails, self.config.fail_timeout);
+                    let (why, retry) = match &failure {
+                        Failure::NotSent(why) => (why.clone(), true),
+                        Failure::Broken(why) => (why.clone(), idempotent),
+                        Failure::Timeout => {
+                            ("no response within first_byte_timeout".into(), idempotent)
+                        }
+                    };
+                    last = match failure {
+                        Failure::Timeout => HttpError::GatewayTimeout,
+                        _ => HttpError::BadGateway,
+                    };
+                    tracing::warn!(target = %self.name, server = %server.label, error = %why, "upstream request failed");
+                    if !retry {
+                        break;
+                    }
+                }
+            }
+        }
+        if tried.is_empty() {
+            tracing::warn!(target = %self.name, "no upstream server available (all down or left out)");
+        }
+        Err(last)
+    }
+
+    fn request(
+        &self,
+        req: &Parts,
+        target: &str,
+        index: usize,
+        server: &Server,
+        peer: &Peer,
+        body: OutBody,
+    ) -> Result<http::Request<OutBody>, HttpError> {
+        let uri: http::Uri = format!("http://{}{target}", connect::authority(index))
+            .parse()
+            .map_err(|_| HttpError::BadRequest("a target that cannot be forwarded"))?;
+        let authority = host_of(&server.endpoint);
+        let out = headers::Outgoing {
+            forwarding: &self.forwarding,
+            preserve_host: self.config.preserve_host,
+            server_authority: Some(&authority),
+            via: self.config.via,
+        };
+        let mut request = http::Request::new(body);
+        *request.method_mut() = req.method.clone();
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers::request_headers(req, peer, &out);
+        if !request.headers().contains_key(http::header::HOST) {
+            if let Ok(v) = http::HeaderValue::from_str(&authority) {
+                request.headers_mut().insert(http::header::HOST, v);
+            }
+        }
+        Ok(request)
+    }
+
+    /// Sends one attempt; the response head must come within `first_byte_timeout` of the last
+    /// byte of the request body.
+    async fn send(
+        &self,
+        request: http::Request<OutBody>,
+        finished: Option<tokio::sync::watch::Receiver<bool>>,
+    ) -> Result<Response<hyper::body::Incoming>, Failure> {
+        let first_byte = self.config.first_byte_timeout;
+        let deadline = async move {
+            if let Some(mut done) = finished {
+                while !*done.borrow_and_update() {
+                    if done.changed().await.is_err() {
+                        break;
+                    }
+                }
+            }
+            tokio::time::sleep(first_byte).await;
+        };
+        tokio::select! {
+            result = self.client().request(request) => result.map_err(|e| {
+                let why = crate::error::with_causes(&e);
+                if e.is_connect() { Failure::NotSent(why) } else { Failure::Broken(why) }
+            }),
+            () = deadline => Err(Failure::Timeout),
+        }
+    }
+
+    fn respond(
+        &self,
+        response: Response<hyper::body::Incoming>,
+        slot: InFlight,
+        upgrade: bool,
+    ) -> Response<Body> {
+        let mut response = response;
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if switching && upgrade {
+            let on = hyper::upgrade::on(&mut response);
+            let (mut parts, _) = response.into_parts();
+            headers::response_headers(&mut parts.headers, true, self.config.via);
+            parts.extensions = http::Extensions::new();
+            parts
+                .extensions
+                .insert(UpstreamUpgrade(Arc::new(std::sync::Mutex::new(Some((
+                    on, slot,
+                ))))));
+            return Response::from_parts(parts, Body::Empty);
+        }
+        let (mut parts, incoming) = response.into_parts();
+        headers::response_headers(&mut parts.headers, false, self.config.via);
+        parts.extensions = http::Extensions::new();
+        let body = Streamed::new(incoming, self.config.read_timeout, slot);
+        Response::from_parts(parts, Body::Stream(Box::new(body)))
+    }
+}
+
+/// The body for one attempt; `None` if the client's body was already given to an earlier one.
+fn attempt_body(source: &Source) -> Result<Option<OutBody>, HttpError> {
+    Ok(Some(match source {
+        Source::Empty => OutBody::Empty,
+        Source::Memory(bytes) => OutBody::Full(Some(bytes.clone())),
+        Source::File(path, len) => {
+            let file = std::fs::File::open(path).map_err(|e| {
+                tracing::error!(error = %e, "cannot reopen a spooled request body");
+                HttpError::Internal
+            })?;
+            OutBody::File(FileChunks::new(file, *len))
+        }
+        Source::Stream(unsent) => {
+            if unsent
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .is_none()
+            {
+                return Ok(None);
+            }
+            OutBody::streamed(unsent)
+        }
+    }))
+}
+
+fn take_fault(fault: &BodyFault) -> Option<HttpError> {
+    fault.lock().ok().and_then(|mut f| f.take())
+}
+
+/// The `Host` a server is asked for when the client's is not passed on.
+pub(crate) fn host_of(endpoint: &Endpoint) -> String {
+    match endpoint {
+        Endpoint::Http { host, port } | Endpoint::Https { host, port } => {
+            let default = matches!(
+                (endpoint, port),
+                (Endpoint::Http { .. }, 80) | (Endpoint::Https { .. }, 443)
+            );
+            let host = if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host.clone()
+            };
+            if default {
+                host
+            } else {
+                format!("{host}:{port}")
+            }
+        }
+        Endpoint::Unix(_) => "localhost".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Balance, UpstreamServer};
+    use std::time::Duration;
+
+    fn target(budget: f64) -> UpstreamTarget {
+        let config = UpstreamConfig {
+            servers: vec![UpstreamServer {
+                endpoint: Endpoint::Http {
+                    host: "127.0.0.1".into(),
+                    port: 9,
+                },
+                weight: 1,
+                label: "http://127.0.0.1:9".into(),
+            }],
+            balance: Balance::RoundRobin,
+            connect_timeout: Duration::from_secs(1),
+            first_byte_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(1),
+            max_connections: 10,
+            keepalive: 1,
+            keepalive_timeout: Duration::from_secs(1),
+            retries: 2,
+            retry_budget: budget,
+            max_fails: 1,
+            fail_timeout: Duration::from_secs(1),
+            health_check: None,
+            request_buffering: false,
+            preserve_host: true,
+            via: false,
+            http2: false,
+            tls_ca: None,
+            tls_verify: true,
+        };
+        UpstreamTarget::build("t", &config, &Forwarding::default()).expect("target")
+    }
+
+    #[test]
+    fn retries_in_flight_stay_within_the_budget() {
+        let t = target(0.2);
+        // Few requests: at least three retries may run at once.
+        let held: Vec<_> = (0..3)
+            .map(|_| t.may_retry().expect("within the floor"))
+            .collect();
+        assert!(t.may_retry().is_none(), "a fourth passes the floor");
+        drop(held);
+        // 100 requests in flight: 20% of them.
+        t.in_flight.store(100, Ordering::Release);
+        let held: Vec<_> = (0..20)
+            .map(|_| t.may_retry().expect("within 20%"))
+            .collect();
+        assert!(t.may_retry().is_none());
+        drop(held);
+        assert_eq!(
+            t.retrying.load(Ordering::Acquire),
+            0,
+            "refused attempts hold nothing"
+        );
+    }
+}
