@@ -11,10 +11,25 @@ use std::sync::{Arc, Mutex, OnceLock};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-/// Two labels: the label sets every family here uses.
+/// Two labels: the label sets most families here use.
 type Labels = [(&'static str, String); 2];
+/// One label.
+type Label = [(&'static str, String); 1];
+/// Seconds summed over calls (with the call count, an average).
+pub type SecondsCounter = Counter<f64, std::sync::atomic::AtomicU64>;
+
+/// Response-head latency buckets, in seconds: 0.5 ms to about 33 s.
+fn latency_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.0005, 3.0, 11,
+    ))
+}
+
+type HistogramFamily = Family<Label, Histogram, fn() -> Histogram>;
 
 /// The counters behind `/metrics`.
 #[derive(Debug)]
@@ -28,6 +43,57 @@ pub struct Metrics {
     log_dropped: Family<[(&'static str, String); 1], Counter>,
     /// Where each log's dropped-line count is read from when the metrics are rendered.
     drop_sources: Mutex<Vec<(&'static str, DropSource)>>,
+    response_seconds: HistogramFamily,
+    connections: Gauge,
+    tls_handshakes: Family<Label, Counter>,
+    plugin_calls: Family<Labels, Counter>,
+    plugin_seconds: Family<Labels, SecondsCounter>,
+    upstream_up: Family<Labels, Gauge>,
+    upstream_failures: Family<Labels, Counter>,
+    upstream_retries: Family<Label, Counter>,
+    wsgi_in_flight: Family<Label, Gauge>,
+    wsgi_restarts: Family<Labels, Counter>,
+}
+
+/// The handles one plugin's calls count into, resolved once when it loads.
+#[derive(Debug, Clone)]
+pub struct PluginCallMetrics {
+    /// Calls, per hook (on-request, on-response, on-log).
+    pub calls: [Counter; 3],
+    /// Seconds spent in them, per hook.
+    pub seconds: [SecondsCounter; 3],
+}
+
+/// The handles one upstream server counts into.
+#[derive(Debug, Clone)]
+pub struct UpstreamServerMetrics {
+    /// 1 while requests may go to it, 0 while it is left out.
+    pub up: Gauge,
+    /// Requests to it that failed (refused, reset, timed out).
+    pub failures: Counter,
+}
+
+/// The handles one WSGI target counts into.
+#[derive(Debug, Clone, Default)]
+pub struct WsgiMetrics {
+    /// Requests admitted and not finished (queued or running).
+    pub in_flight: Gauge,
+    /// Workers replaced, by why.
+    pub restarts: Family<Labels, Counter>,
+    /// The target's name, for the `restarts` labels.
+    pub target: String,
+}
+
+impl WsgiMetrics {
+    /// Counts one worker replaced for `reason` (`crash`, `timeout`, `max_requests`, `reload`).
+    pub fn restarted(&self, reason: &str) {
+        self.restarts
+            .get_or_create(&[
+                ("target", self.target.clone()),
+                ("reason", reason.to_string()),
+            ])
+            .inc();
+    }
 }
 
 /// Reads a log's running count of dropped lines.
@@ -74,7 +140,78 @@ impl Metrics {
             "Counters plugins define (the SDK's metrics::add), by plugin and name",
             plugin_counters.clone(),
         );
+        let response_seconds: HistogramFamily =
+            Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register(
+            "gatehouse_response_head_seconds",
+            "Time from a request's arrival to its response head, by target (\"-\" when none answered)",
+            response_seconds.clone(),
+        );
+        let connections = Gauge::default();
+        registry.register(
+            "gatehouse_connections_active",
+            "Client connections open now",
+            connections.clone(),
+        );
+        let tls_handshakes = Family::default();
+        registry.register(
+            "gatehouse_tls_handshakes",
+            "TLS handshakes, by result (ok, failed, timeout)",
+            tls_handshakes.clone(),
+        );
+        let plugin_calls = Family::default();
+        registry.register(
+            "gatehouse_plugin_calls",
+            "Plugin hook calls, by plugin and hook",
+            plugin_calls.clone(),
+        );
+        let plugin_seconds = Family::default();
+        registry.register(
+            "gatehouse_plugin_call_seconds",
+            "Time spent in plugin hook calls, by plugin and hook",
+            plugin_seconds.clone(),
+        );
+        let upstream_up = Family::default();
+        registry.register(
+            "gatehouse_upstream_server_up",
+            "1 while an upstream server takes requests, 0 while it is left out (failing or failing its health checks)",
+            upstream_up.clone(),
+        );
+        let upstream_failures = Family::default();
+        registry.register(
+            "gatehouse_upstream_failures",
+            "Requests to an upstream server that failed (refused, reset, timed out)",
+            upstream_failures.clone(),
+        );
+        let upstream_retries = Family::default();
+        registry.register(
+            "gatehouse_upstream_retries",
+            "Requests tried again on another server, by target",
+            upstream_retries.clone(),
+        );
+        let wsgi_in_flight = Family::default();
+        registry.register(
+            "gatehouse_wsgi_requests_in_flight",
+            "WSGI requests admitted and not finished (waiting for a thread or running), by target",
+            wsgi_in_flight.clone(),
+        );
+        let wsgi_restarts = Family::default();
+        registry.register(
+            "gatehouse_wsgi_worker_restarts",
+            "WSGI workers replaced, by target and reason",
+            wsgi_restarts.clone(),
+        );
         Metrics {
+            response_seconds,
+            connections,
+            tls_handshakes,
+            plugin_calls,
+            plugin_seconds,
+            upstream_up,
+            upstream_failures,
+            upstream_retries,
+            wsgi_in_flight,
+            wsgi_restarts,
             registry,
             responses,
             plugin_failures,
@@ -98,6 +235,59 @@ impl Metrics {
             .push((log, DropSource(Arc::new(read))));
     }
 
+    /// The open-connections gauge.
+    pub fn connections(&self) -> &Gauge {
+        &self.connections
+    }
+
+    /// Counts a TLS handshake's result (`ok`, `failed`, `timeout`).
+    pub fn tls_handshake(&self, result: &'static str) {
+        self.tls_handshakes
+            .get_or_create(&[("result", result.to_string())])
+            .inc();
+    }
+
+    /// The handles a plugin's calls count into.
+    pub fn plugin_calls(&self, plugin: &str) -> PluginCallMetrics {
+        let labels = |hook: &str| [("plugin", plugin.to_string()), ("hook", hook.to_string())];
+        let hooks = ["on-request", "on-response", "on-log"];
+        PluginCallMetrics {
+            calls: hooks.map(|h| self.plugin_calls.get_or_create_owned(&labels(h))),
+            seconds: hooks.map(|h| self.plugin_seconds.get_or_create_owned(&labels(h))),
+        }
+    }
+
+    /// The handles an upstream server counts into.
+    pub fn upstream_server(&self, target: &str, server: &str) -> UpstreamServerMetrics {
+        let labels = [
+            ("target", target.to_string()),
+            ("server", server.to_string()),
+        ];
+        let up = self.upstream_up.get_or_create_owned(&labels);
+        up.set(1);
+        UpstreamServerMetrics {
+            up,
+            failures: self.upstream_failures.get_or_create_owned(&labels),
+        }
+    }
+
+    /// An upstream target's retry counter.
+    pub fn upstream_retries(&self, target: &str) -> Counter {
+        self.upstream_retries
+            .get_or_create_owned(&[("target", target.to_string())])
+    }
+
+    /// The handles a WSGI target counts into.
+    pub fn wsgi(&self, target: &str) -> WsgiMetrics {
+        WsgiMetrics {
+            in_flight: self
+                .wsgi_in_flight
+                .get_or_create_owned(&[("target", target.to_string())]),
+            restarts: self.wsgi_restarts.clone(),
+            target: target.to_string(),
+        }
+    }
+
     /// Per-target response counters for one configuration's targets (in `Targets` order).
     pub fn responses_for(&self, targets: &[&str]) -> ResponseCounters {
         let names = targets
@@ -106,6 +296,13 @@ impl Metrics {
             .chain(std::iter::once("-".to_string()))
             .collect::<Vec<_>>();
         ResponseCounters {
+            latency: names
+                .iter()
+                .map(|name| {
+                    self.response_seconds
+                        .get_or_create_owned(&[("target", name.clone())])
+                })
+                .collect(),
             family: self.responses.clone(),
             slots: names
                 .into_iter()
@@ -186,16 +383,22 @@ const STATUSES: usize = 500;
 #[derive(Debug)]
 pub struct ResponseCounters {
     family: Family<Labels, Counter>,
+    /// Per target (and last, "-").
+    latency: Vec<Histogram>,
     /// Per target (and last, "-"), per status code from 100.
     slots: Vec<(String, Vec<OnceLock<Counter>>)>,
 }
 
 impl ResponseCounters {
-    /// Counts a response of `status` from the target at `target` (`None`: no target answered).
-    pub fn count(&self, target: Option<usize>, status: u16) {
+    /// Counts a response of `status` from the target at `target` (`None`: no target answered),
+    /// whose head was ready `elapsed` after the request arrived.
+    pub fn count(&self, target: Option<usize>, status: u16, elapsed: std::time::Duration) {
         let row = target
             .filter(|&t| t + 1 < self.slots.len())
             .unwrap_or(self.slots.len().saturating_sub(1));
+        if let Some(histogram) = self.latency.get(row) {
+            histogram.observe(elapsed.as_secs_f64());
+        }
         let Some((name, slots)) = self.slots.get(row) else {
             return;
         };
@@ -224,9 +427,10 @@ mod tests {
         assert!(m.plugin_add("a_b", "c", 1, 10));
         m.plugin_failure("a", "on-request");
         let responses = m.responses_for(&["site"]);
-        responses.count(Some(0), 200);
-        responses.count(Some(0), 200);
-        responses.count(None, 404);
+        let ms = std::time::Duration::from_millis(1);
+        responses.count(Some(0), 200, ms);
+        responses.count(Some(0), 200, ms);
+        responses.count(None, 404, ms);
         let text = m.render();
         for line in [
             "gatehouse_plugin_total{plugin=\"a_b\",name=\"c\"} 3",
@@ -234,6 +438,7 @@ mod tests {
             "gatehouse_plugin_failures_total{plugin=\"a\",hook=\"on-request\"} 1",
             "gatehouse_responses_total{target=\"site\",status=\"200\"} 2",
             "gatehouse_responses_total{target=\"-\",status=\"404\"} 1",
+            "gatehouse_response_head_seconds_count{target=\"site\"} 2",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }

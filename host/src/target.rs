@@ -79,6 +79,16 @@ impl Target {
         }
     }
 
+    /// Whether it can serve: workers up, a server up; `Ok` and `Err` both say what was found.
+    pub fn readiness(&self) -> Result<String, String> {
+        match self {
+            Target::Static(files) => files.readiness(),
+            Target::Wsgi(app) => app.readiness(),
+            Target::Metrics(_) => Ok("ok".into()),
+            Target::Upstream(upstream) => upstream.readiness(),
+        }
+    }
+
     /// Answers a request whose head is `req`; `body` is the whole body under
     /// [`BodyPolicy::Whole`], the unread body under [`BodyPolicy::Stream`] (unless a plugin read
     /// or set it), else whatever a plugin read or set (empty if none did).
@@ -163,12 +173,12 @@ impl Targets {
                     Target::Static(StaticFiles::open(s).map_err(|e| wrap(e.into()))?)
                 }
                 TargetConfig::Wsgi(w) => Target::Wsgi(
-                    WsgiTarget::start(name, w, config.server.threads)
+                    WsgiTarget::start(name, w, config.server.threads, metrics.wsgi(name))
                         .map_err(|e| wrap(e.into()))?,
                 ),
                 TargetConfig::Metrics => Target::Metrics(std::sync::Arc::clone(metrics)),
                 TargetConfig::Upstream(u) => Target::Upstream(Box::new(
-                    UpstreamTarget::build(name, u, &config.server.forwarding)
+                    UpstreamTarget::build(name, u, &config.server.forwarding, metrics)
                         .map_err(|e| wrap(e.into()))?,
                 )),
             };
@@ -207,6 +217,11 @@ impl Targets {
     /// gateway come from the same config, so it always is).
     pub fn get(&self, id: TargetId) -> Option<&Target> {
         self.targets.get(id.0)
+    }
+
+    /// The targets with their names, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Target)> {
+        self.names.iter().map(String::as_str).zip(&self.targets)
     }
 
     /// The configured names, in order.

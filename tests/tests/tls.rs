@@ -64,7 +64,7 @@ fn tls_site(extra_server: &str) -> (tempfile::TempDir, TestCa, String) {
 
 #[test]
 fn https_picks_the_certificate_by_name_speaks_h2_and_http1_and_refuses_tls_1_1() {
-    let (dir, ca, config) = tls_site("");
+    let (dir, ca, config) = tls_site("[admin]\nlisten = \"127.0.0.1:0\"\n");
     let gh = Gatehouse::start(dir.path(), &config);
     let tls = addr(&gh.addrs[1]);
     let ca_path = dir.path().join("ca.pem");
@@ -147,6 +147,22 @@ fn https_picks_the_certificate_by_name_speaks_h2_and_http1_and_refuses_tls_1_1()
         .send()
         .expect("plain");
     assert_eq!(r.text().expect("body"), "hello over tls\n");
+
+    // Handshakes are counted by result.
+    let metrics = gatehouse_tests::client()
+        .get(format!("http://{}/metrics", gh.addrs[2]))
+        .send()
+        .and_then(|r| r.text())
+        .expect("metrics");
+    let count = |result: &str| -> f64 {
+        let series = format!("gatehouse_tls_handshakes_total{{result=\"{result}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series)?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(count("ok") >= 8.0, "{metrics}");
+    assert!(count("failed") >= 1.0, "the TLS 1.1 attempt: {metrics}");
 }
 
 fn pem_der(pem: &str) -> Vec<u8> {

@@ -439,6 +439,24 @@ fn a_100_mib_upload_and_download_stream_through_with_bounded_memory() {
         after.saturating_sub(before)
     );
 
+    // A streamed body past max_body_size is the client's fault: 413, not a server failure.
+    let config = upstream_config(&[a.url()], "").replace(
+        "[server]\n",
+        "[server]\nlimits = { max_body_size = \"10KiB\" }\n",
+    );
+    let small = Gatehouse::start(dir.path(), &config);
+    let r = client()
+        .post(small.url("/upload"))
+        .body(reqwest::blocking::Body::new(Repeat {
+            block: vec![b'y'; 4096],
+            left: 64 << 10,
+            at: 0,
+        }))
+        .send()
+        .expect("post");
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    drop(small);
+
     // With request_buffering the body is read first and sent with a length.
     let config = upstream_config(&[a.url()], "request_buffering = true\n");
     let gh = Gatehouse::start(dir.path(), &config);
@@ -590,5 +608,93 @@ fn the_router_sends_a_prefix_to_an_upstream_which_sees_the_path_below_it() {
             .and_then(|r| r.text())
             .expect("site"),
         "site\n"
+    );
+}
+
+/// The value of the sample line `series` in an OpenMetrics text.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn the_admin_listener_reports_health_readiness_and_metrics_after_known_traffic() {
+    let a = Backend::start("a", &[]);
+    let dead = closed_port();
+    let dir = gatehouse_tests::site(&[("index.html", b"site\n")]);
+    let config = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n[targets.api]\nupstream = [\"{}\", \"http://127.0.0.1:{dead}\"]\nmax_fails = 1\nfail_timeout = \"60s\"\n[targets.site]\nstatic = \"site\"\n[[plugins]]\nuse = \"router\"\n[[plugins.config.routes]]\npath = \"/api/\"\ntarget = \"api\"\nstrip_prefix = true\n[[plugins.config.routes]]\npath = \"/\"\ntarget = \"site\"\n",
+        a.url()
+    );
+    let gh = Gatehouse::start(dir.path(), &config);
+    let admin = format!("http://{}", gh.addrs[1]);
+    let get = |url: String| client().get(url).send().expect("get");
+
+    for _ in 0..3 {
+        assert_eq!(get(gh.url("/api/id")).text().expect("body"), "a");
+    }
+    for path in ["/", "/", "/missing"] {
+        get(gh.url(path));
+    }
+    let r = get(format!("{admin}/healthz"));
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = get(format!("{admin}/readyz"));
+    let status = r.status();
+    let text = r.text().expect("readyz");
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert!(text.contains("api: ok (1 of 2 servers up)"), "{text}");
+    assert!(text.contains("plugins: ok (1 loaded)"), "{text}");
+    assert_eq!(get(format!("{admin}/nope")).status(), StatusCode::NOT_FOUND);
+
+    let metrics = get(format!("{admin}/metrics")).text().expect("metrics");
+    let value =
+        |series: &str| sample(&metrics, series).unwrap_or_else(|| panic!("{series} in\n{metrics}"));
+    assert_eq!(
+        value("gatehouse_responses_total{target=\"api\",status=\"200\"}"),
+        3.0
+    );
+    assert_eq!(
+        value("gatehouse_responses_total{target=\"site\",status=\"200\"}"),
+        2.0
+    );
+    assert_eq!(
+        value("gatehouse_responses_total{target=\"site\",status=\"404\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("gatehouse_response_head_seconds_count{target=\"api\"}"),
+        3.0
+    );
+    assert_eq!(
+        value("gatehouse_plugin_calls_total{plugin=\"router\",hook=\"on-request\"}"),
+        6.0
+    );
+    assert!(
+        value("gatehouse_plugin_call_seconds_total{plugin=\"router\",hook=\"on-request\"}") > 0.0
+    );
+    let dead_server = format!("{{target=\"api\",server=\"http://127.0.0.1:{dead}\"}}");
+    assert_eq!(
+        value(&format!("gatehouse_upstream_server_up{dead_server}")),
+        0.0
+    );
+    assert_eq!(
+        value(&format!("gatehouse_upstream_failures_total{dead_server}")),
+        1.0
+    );
+    assert_eq!(
+        value("gatehouse_upstream_retries_total{target=\"api\"}"),
+        1.0
+    );
+    assert!(value("gatehouse_connections_active") >= 0.0);
+
+    // With its last server gone the upstream is not ready.
+    drop(a);
+    assert_eq!(get(gh.url("/api/id")).status(), StatusCode::BAD_GATEWAY);
+    let r = get(format!("{admin}/readyz"));
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        r.text()
+            .expect("readyz")
+            .contains("api: NOT READY (0 of 2 servers up)")
     );
 }

@@ -484,7 +484,10 @@ fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
 
 #[test]
 fn crashed_workers_give_502_and_are_replaced() {
-    let s = serve("stdlib_app:app", "workers = 2");
+    let s = serve(
+        "stdlib_app:app",
+        "workers = 2\n[admin]\nlisten = \"127.0.0.1:0\"",
+    );
     for path in ["/crash", "/segfault"] {
         let r = client().get(s.gh.url(path)).send().expect("get");
         assert_eq!(r.status(), StatusCode::BAD_GATEWAY, "{path}");
@@ -500,6 +503,17 @@ fn crashed_workers_give_502_and_are_replaced() {
         .map(|_| json(client().get(s.gh.url("/environ")).send().expect("get"))["pid"].as_u64())
         .collect();
     assert_eq!(pids.len(), 2, "two live workers again: {pids:?}");
+    let metrics = client()
+        .get(format!("http://{}/metrics", s.gh.addrs[1]))
+        .send()
+        .and_then(|r| r.text())
+        .expect("metrics");
+    for line in [
+        "gatehouse_wsgi_worker_restarts_total{target=\"app\",reason=\"crash\"} 2",
+        "gatehouse_wsgi_requests_in_flight{target=\"app\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
 }
 
 #[test]

@@ -408,28 +408,11 @@ fn addresses(
     let mut out = Vec::new();
     for (i, entry) in listen.get_ref().iter().enumerate() {
         let key = format!("{list_key}[{i}]");
-        let text = entry.get_ref().trim();
-        let addr = if let Some(path) = text.strip_prefix("unix:") {
-            if path.is_empty() {
-                errors.push(doc.error(
-                    entry.span(),
-                    &key,
-                    "a unix socket needs a path, e.g. \"unix:/run/gatehouse.sock\"",
-                ));
+        let addr = match parse_addr(entry.get_ref(), base) {
+            Ok(addr) => addr,
+            Err(e) => {
+                errors.push(doc.error(entry.span(), &key, e));
                 continue;
-            }
-            ListenAddr::Unix(base.join(path))
-        } else {
-            match text.parse::<SocketAddr>() {
-                Ok(addr) => ListenAddr::Tcp(addr),
-                Err(_) => {
-                    errors.push(doc.error(
-                        entry.span(),
-                        &key,
-                        format!("{text:?} is not an address: expected IP:PORT (\"127.0.0.1:8000\", \"[::1]:8000\") or \"unix:PATH\""),
-                    ));
-                    continue;
-                }
             }
         };
         let clash = match &addr {
@@ -445,4 +428,55 @@ fn addresses(
         out.push(addr);
     }
     out
+}
+
+/// `IP:PORT` or `unix:PATH` (relative to the config's directory).
+fn parse_addr(text: &str, base: &Path) -> Result<ListenAddr, String> {
+    let text = text.trim();
+    if let Some(path) = text.strip_prefix("unix:") {
+        if path.is_empty() {
+            return Err("a unix socket needs a path, e.g. \"unix:/run/gatehouse.sock\"".into());
+        }
+        return Ok(ListenAddr::Unix(base.join(path)));
+    }
+    text.parse::<SocketAddr>().map(ListenAddr::Tcp).map_err(|_| {
+        format!("{text:?} is not an address: expected IP:PORT (\"127.0.0.1:8000\", \"[::1]:8000\") or \"unix:PATH\"")
+    })
+}
+
+/// `[admin]`: the health and metrics listener.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    listen: Spanned<String>,
+}
+
+impl RawAdmin {
+    /// The admin address, checked against the serving listeners.
+    pub(super) fn validate(
+        &self,
+        serving: &[Listen],
+        doc: &Doc<'_>,
+        base: &Path,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<ListenAddr> {
+        let addr = parse_addr(self.listen.get_ref(), base)
+            .map_err(|e| errors.push(doc.error(self.listen.span(), "admin.listen", e)))
+            .ok()?;
+        let taken = match &addr {
+            ListenAddr::Tcp(a) if a.port() == 0 => false,
+            _ => serving.iter().any(|l| l.addr == addr),
+        };
+        if taken {
+            errors.push(doc.error(
+                self.listen.span(),
+                "admin.listen",
+                format!(
+                    "{addr} is also a serving listener: give the admin listener its own address"
+                ),
+            ));
+            return None;
+        }
+        Some(addr)
+    }
 }

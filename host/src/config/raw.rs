@@ -25,6 +25,7 @@ pub(super) struct RawConfig {
     pub(super) plugins: Vec<plugins::RawPlugin>,
     #[serde(default)]
     pub(super) store: plugins::RawStore,
+    pub(super) admin: Option<listeners::RawAdmin>,
 }
 
 #[derive(Deserialize)]

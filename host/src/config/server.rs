@@ -174,7 +174,12 @@ impl RawConfig {
             access_log: self.log.access_log.unwrap_or(AccessLogFormat::Combined),
             access_log_path: self.log.access_log_path.map(|p| base.join(p)),
         };
+        let admin = self
+            .admin
+            .as_ref()
+            .and_then(|a| a.validate(&listening.listen, doc, base, errors));
         Some(Config {
+            admin,
             server: ServerConfig {
                 listen: listening.listen,
                 certificates: listening.certificates,

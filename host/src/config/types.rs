@@ -24,6 +24,8 @@ pub struct Config {
     pub plugins: Vec<PluginConfig>,
     /// `[store] kv_budget`: bytes the shared key-value store may hold.
     pub kv_budget: u64,
+    /// `[admin] listen`: where `/healthz`, `/readyz` and `/metrics` are served (off if `None`).
+    pub admin: Option<ListenAddr>,
 }
 
 /// `[server]`: listeners, the default target, limits.

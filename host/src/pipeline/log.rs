@@ -48,9 +48,11 @@ pub(super) fn finish(
     };
     let (parts, body) = response.into_parts();
     let status = parts.status.as_u16();
-    gateway
-        .responses
-        .count(target_id.map(crate::target::TargetId::index), status);
+    gateway.responses.count(
+        target_id.map(crate::target::TargetId::index),
+        status,
+        started.elapsed(),
+    );
     let log = access.map(|entry| {
         Box::new(PendingLog {
             entry,

@@ -8,7 +8,7 @@ use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderValue, Response, StatusCode};
 
 use super::exchange::Exchange;
-use super::instance::{Failure, Plugin};
+use super::instance::{Failure, Hook, Plugin};
 use super::{LoadError, host_impl, wit};
 use crate::body::Body;
 use crate::config::PluginConfig;
@@ -116,6 +116,11 @@ impl Chain {
         )
     }
 
+    /// How many plugins the chain has.
+    pub fn len(&self) -> usize {
+        self.plugins.len()
+    }
+
     /// The key-value store and counters (kept across reloads).
     pub fn store(&self) -> &Arc<SharedStore> {
         &self.store
@@ -148,7 +153,7 @@ impl Chain {
                 .caps
                 .contains(wit::Capabilities::REQUEST_HEAD)
                 .then(|| ex.head());
-            let action = plugin.call(ex, |b, store| {
+            let action = plugin.call(Hook::Request, ex, |b, store| {
                 // Only a response given during this very call counts (not one from another hook).
                 store.data_mut().local = None;
                 let action = b.call_on_request(
@@ -176,7 +181,7 @@ impl Chain {
                 // A failed plugin gets no on-response for this request.
                 Err(reason) => {
                     progress.ran.clear(i);
-                    plugin.failed("on-request", &Failure(reason))?;
+                    plugin.failed(Hook::Request, &Failure(reason))?;
                 }
             }
         }
@@ -197,11 +202,11 @@ impl Chain {
             if !ran.has(i) {
                 continue;
             }
-            let outcome = plugin.hook(wit::Capabilities::ON_RESPONSE, ex, |b, store| {
+            let outcome = plugin.hook(Hook::Response, ex, |b, store| {
                 b.call_on_response(&mut *store)
             });
             if let Err(failure) = outcome {
-                plugin.failed("on-response", &failure)?;
+                plugin.failed(Hook::Response, &failure)?;
             }
         }
         Ok(())
@@ -227,11 +232,11 @@ impl Chain {
             if !ran.has(i) {
                 continue;
             }
-            let outcome = plugin.hook(wit::Capabilities::ON_LOG, ex, |b, store| {
+            let outcome = plugin.hook(Hook::Log, ex, |b, store| {
                 b.call_on_log(&mut *store, wit_entry.clone())
             });
             if let Err(failure) = outcome {
-                let _ = plugin.failed("on-log", &failure);
+                let _ = plugin.failed(Hook::Log, &failure);
             }
         }
     }

@@ -13,7 +13,7 @@ use super::{bindings, cache, runtime, wasi, wit};
 use crate::builtin;
 use crate::config::{Isolation, OnError, PluginConfig, PluginSource};
 use crate::error::HttpError;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PluginCallMetrics};
 use crate::sandbox;
 use crate::store::SharedStore;
 use crate::target::{Route, TargetId};
@@ -40,6 +40,8 @@ pub(super) struct Plugin {
     pub(super) pool: ThreadLocal<RefCell<Vec<Instance>>>,
     /// The hooks it has and what it needs, as its `init` said.
     pub(super) caps: wit::Capabilities,
+    /// What its calls count into.
+    calls: PluginCallMetrics,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -90,6 +92,7 @@ impl Plugin {
             ticks: sandbox::deadline_ticks(config.time_limit),
             pool: ThreadLocal::new(),
             caps: wit::Capabilities::empty(),
+            calls: metrics.plugin_calls(&config.name),
         };
         // A first instance proves the config is good and tells what the plugin needs; it is not
         // kept, since instances live on the event-loop threads that use them.
@@ -147,6 +150,20 @@ impl Plugin {
     /// placeholder the instance holds between calls, and swapped back after it, whatever happens).
     pub(super) fn call<R>(
         &self,
+        which: Hook,
+        ex: &mut Box<Exchange>,
+        hook: impl FnOnce(&bindings::Plugin, &mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R, Failure> {
+        let started = std::time::Instant::now();
+        let metrics = &self.calls;
+        metrics.calls[which as usize].inc();
+        let result = self.call_timed(ex, hook);
+        metrics.seconds[which as usize].inc_by(started.elapsed().as_secs_f64());
+        result
+    }
+
+    fn call_timed<R>(
+        &self,
         ex: &mut Box<Exchange>,
         hook: impl FnOnce(&bindings::Plugin, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, Failure> {
@@ -172,14 +189,14 @@ impl Plugin {
     /// Runs a hook the plugin said it has (`init`'s capabilities); others are not called.
     pub(super) fn hook(
         &self,
-        has: wit::Capabilities,
+        which: Hook,
         ex: &mut Box<Exchange>,
         hook: impl FnOnce(&bindings::Plugin, &mut Store<HostState>) -> wasmtime::Result<()>,
     ) -> Result<(), Failure> {
-        if !self.caps.contains(has) {
+        if !self.caps.contains(which.capability()) {
             return Ok(());
         }
-        self.call(ex, hook)
+        self.call(which, ex, hook)
     }
 
     /// The target a `route` answer names, with its mount point cut from the request's path.
@@ -231,12 +248,39 @@ impl Plugin {
     }
 
     /// Logs a failed call and says whether the request goes on.
-    pub(super) fn failed(&self, hook: &'static str, failure: &Failure) -> Result<(), HttpError> {
+    pub(super) fn failed(&self, which: Hook, failure: &Failure) -> Result<(), HttpError> {
+        let hook = which.name();
         tracing::error!(plugin = %self.info.name, hook, reason = %failure.0, "plugin failed; instance replaced");
         self.info.metrics.plugin_failure(&self.info.name, hook);
         match self.config.on_error {
             OnError::Continue => Ok(()),
             OnError::Fail => Err(HttpError::Internal),
+        }
+    }
+}
+
+/// A plugin's hooks, in the order of [`PluginCallMetrics`]' arrays.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Hook {
+    Request = 0,
+    Response = 1,
+    Log = 2,
+}
+
+impl Hook {
+    fn name(self) -> &'static str {
+        match self {
+            Hook::Request => "on-request",
+            Hook::Response => "on-response",
+            Hook::Log => "on-log",
+        }
+    }
+
+    fn capability(self) -> wit::Capabilities {
+        match self {
+            Hook::Request => wit::Capabilities::ON_REQUEST,
+            Hook::Response => wit::Capabilities::ON_RESPONSE,
+            Hook::Log => wit::Capabilities::ON_LOG,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The front server: listeners, the accept loops, connection limits and graceful shutdown.
 
+mod admin;
 pub mod conn;
 mod idle;
 pub mod listener;
@@ -52,6 +53,8 @@ struct Role {
     listen: Listen,
     tls: Option<Acceptor>,
     plain: Option<Arc<PlainListener>>,
+    /// The admin listener: health, readiness and metrics, no plugins.
+    admin: bool,
 }
 
 /// The gateway requests use, swapped whole on reload: requests in flight keep the one they started with.
@@ -194,8 +197,23 @@ impl Server {
                 listen: listen.clone(),
                 plain: (acceptor.is_none() && plain.is_active()).then(|| Arc::new(plain)),
                 tls: acceptor,
+                admin: false,
             };
             listeners.push((bound, Arc::new(role)));
+        }
+        if let Some(addr) = &config.admin {
+            let role = Role {
+                listen: Listen {
+                    addr: addr.clone(),
+                    tls: None,
+                    proxy_protocol: None,
+                    redirect_https: false,
+                },
+                tls: None,
+                plain: None,
+                admin: true,
+            };
+            listeners.push((Bound::bind(addr, loops)?, Arc::new(role)));
         }
         let acme = match (&config.server.acme, &tls) {
             (Some(acme), Some(tls)) => Some(Acme::new(
@@ -467,7 +485,14 @@ impl AcceptLoop {
         let builder = Arc::clone(&self.builder);
         let connections = Arc::clone(&self.connections);
         let shutdown = self.shutdown.clone();
+        let metrics = Arc::clone(&gateway.load().metrics);
         self.tracker.spawn(async move {
+            if role.admin {
+                admin::serve(io, gateway).await;
+                drop(permit);
+                return;
+            }
+            let _open = OpenConnection::new(metrics.connections());
             let mut io = io;
             let mut peer = Peer::new(client, local, role.tls.is_some());
             if let Some(trusted) = &role.listen.proxy_protocol {
@@ -495,12 +520,19 @@ impl AcceptLoop {
             match &role.tls {
                 Some(acceptor) => match acceptor.accept(io).await {
                     Ok((stream, established)) => {
+                        metrics.tls_handshake("ok");
                         peer.client_subject = established.client_subject;
                         conn::serve(stream, peer, None, gateway, builder, connections, shutdown)
                             .await;
                     }
-                    Err(HandshakeError::AcmeValidation) => {}
-                    Err(error) => tracing::debug!(?client, %error, "TLS handshake"),
+                    Err(HandshakeError::AcmeValidation) => metrics.tls_handshake("acme"),
+                    Err(error) => {
+                        metrics.tls_handshake(match error {
+                            HandshakeError::Timeout => "timeout",
+                            _ => "failed",
+                        });
+                        tracing::debug!(?client, %error, "TLS handshake");
+                    }
                 },
                 None => {
                     let plain = role.plain.clone();
@@ -509,6 +541,22 @@ impl AcceptLoop {
             }
             drop(permit);
         });
+    }
+}
+
+/// Counts a connection in `gatehouse_connections_active` while it is open.
+struct OpenConnection(prometheus_client::metrics::gauge::Gauge);
+
+impl OpenConnection {
+    fn new(gauge: &prometheus_client::metrics::gauge::Gauge) -> OpenConnection {
+        gauge.inc();
+        OpenConnection(gauge.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

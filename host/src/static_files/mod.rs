@@ -54,6 +54,15 @@ enum Resolver {
 }
 
 impl StaticFiles {
+    /// Whether the directory is still there.
+    pub fn readiness(&self) -> Result<String, String> {
+        if self.root_path.is_dir() {
+            Ok(format!("{} is a directory", self.root_path.display()))
+        } else {
+            Err(format!("{} is gone", self.root_path.display()))
+        }
+    }
+
     /// Opens the root directory of a `static` target.
     pub fn open(config: &StaticConfig) -> std::io::Result<StaticFiles> {
         let root = rustix::fs::open(

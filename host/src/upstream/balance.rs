@@ -190,6 +190,7 @@ mod tests {
                         label: format!("http://10.0.0.{i}:80"),
                     },
                     100,
+                    crate::metrics::Metrics::new().upstream_server("t", "s"),
                 ))
             })
             .collect()

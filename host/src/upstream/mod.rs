@@ -25,6 +25,7 @@ use tokio_util::sync::DropGuard;
 use crate::body::{Body, FileChunks};
 use crate::config::{Endpoint, Forwarding, UpstreamConfig};
 use crate::error::HttpError;
+use crate::metrics::Metrics;
 use crate::peer::Peer;
 use crate::request_body::{BodyFault, RequestBody, ServeBody};
 use balance::Balancer;
@@ -63,6 +64,7 @@ pub struct UpstreamTarget {
     forwarding: Forwarding,
     in_flight: AtomicUsize,
     retrying: AtomicUsize,
+    retries: prometheus_client::metrics::counter::Counter,
     _health: Option<DropGuard>,
 }
 
@@ -108,11 +110,15 @@ impl UpstreamTarget {
         name: &str,
         config: &UpstreamConfig,
         forwarding: &Forwarding,
+        metrics: &Metrics,
     ) -> Result<UpstreamTarget, ConnectError> {
         let servers: Vec<Arc<Server>> = config
             .servers
             .iter()
-            .map(|s| Arc::new(Server::new(s, config.max_connections)))
+            .map(|s| {
+                let counts = metrics.upstream_server(name, &s.label);
+                Arc::new(Server::new(s, config.max_connections, counts))
+            })
             .collect();
         let connector = Connector::new(config)?;
         let health = match &config.health_check {
@@ -131,6 +137,7 @@ impl UpstreamTarget {
             forwarding: forwarding.clone(),
             in_flight: AtomicUsize::new(0),
             retrying: AtomicUsize::new(0),
+            retries: metrics.upstream_retries(name),
             _health: health,
         })
     }
@@ -138,6 +145,13 @@ impl UpstreamTarget {
     /// Whether the request body is read whole before a server is contacted.
     pub fn buffers_requests(&self) -> bool {
         self.config.request_buffering
+    }
+
+    /// Whether at least one server takes requests, and how many of how many do.
+    pub fn readiness(&self) -> Result<String, String> {
+        let up = self.servers.iter().filter(|s| s.available()).count();
+        let text = format!("{up} of {} servers up", self.servers.len());
+        if up > 0 { Ok(text) } else { Err(text) }
     }
 
     fn client(&self) -> &Client<Connector, OutBody> {
@@ -213,7 +227,10 @@ impl UpstreamTarget {
         for attempt in 0..=self.config.retries {
             if attempt > 0 {
                 match self.may_retry() {
-                    Some(guard) => retry_guard = Some(guard),
+                    Some(guard) => {
+                        self.retries.inc();
+                        retry_guard = Some(guard);
+                    }
                     None => {
                         tracing::warn!(target = %self.name, "retry budget spent: not retrying");
                         break;
@@ -447,7 +464,8 @@ mod tests {
             tls_ca: None,
             tls_verify: true,
         };
-        UpstreamTarget::build("t", &config, &Forwarding::default()).expect("target")
+        UpstreamTarget::build("t", &config, &Forwarding::default(), &Metrics::new())
+            .expect("target")
     }
 
     #[test]

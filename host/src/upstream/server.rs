@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{Endpoint, UpstreamServer};
+use crate::metrics::UpstreamServerMetrics;
 
 /// A server and what is known of it.
 #[derive(Debug)]
@@ -28,6 +29,7 @@ pub struct Server {
     up: AtomicBool,
     checks: Mutex<(u32, u32)>,
     epoch: Instant,
+    metrics: UpstreamServerMetrics,
 }
 
 type Mutex<T> = std::sync::Mutex<T>;
@@ -46,8 +48,12 @@ impl Drop for InFlight {
 }
 
 impl Server {
-    /// A server allowed `max_connections` requests in flight.
-    pub fn new(config: &UpstreamServer, max_connections: usize) -> Server {
+    /// A server allowed `max_connections` requests in flight, counting into `metrics`.
+    pub fn new(
+        config: &UpstreamServer,
+        max_connections: usize,
+        metrics: UpstreamServerMetrics,
+    ) -> Server {
         Server {
             label: config.label.clone(),
             endpoint: config.endpoint.clone(),
@@ -59,6 +65,7 @@ impl Server {
             up: AtomicBool::new(true),
             checks: Mutex::new((0, 0)),
             epoch: Instant::now(),
+            metrics,
         }
     }
 
@@ -94,16 +101,20 @@ impl Server {
         })
     }
 
-    /// A request it answered: its failure count starts over.
+    /// A request it answered: its failure count starts over (and it shows as up again).
     pub fn succeeded(&self) {
         if self.fails.load(Ordering::Relaxed) != 0 {
             self.fails.store(0, Ordering::Relaxed);
+        }
+        if self.metrics.up.get() == 0 && self.up.load(Ordering::Relaxed) {
+            self.metrics.up.set(1);
         }
     }
 
     /// A request it failed (refused, reset, timed out): after `max_fails` in a row it is left out
     /// for `fail_timeout`, then tried again. Returns true when this failure ejected it.
     pub fn failed(&self, max_fails: u32, fail_timeout: Duration) -> bool {
+        self.metrics.failures.inc();
         let fails = self.fails.fetch_add(1, Ordering::AcqRel) + 1;
         if fails < max_fails {
             return false;
@@ -113,6 +124,7 @@ impl Server {
             .now_ms()
             .saturating_add(u64::try_from(fail_timeout.as_millis()).unwrap_or(u64::MAX));
         self.ejected_until_ms.store(until, Ordering::Release);
+        self.metrics.up.set(0);
         tracing::warn!(server = %self.label, ?fail_timeout, "upstream server failed {fails} times in a row: left out for fail_timeout");
         true
     }
@@ -135,6 +147,7 @@ impl Server {
         let flip = if up { *bad >= fails } else { *good >= passes };
         if flip {
             self.up.store(!up, Ordering::Release);
+            self.metrics.up.set(i64::from(!up));
             if !up {
                 // Back up: a passive ejection from before does not hold it out longer.
                 self.ejected_until_ms.store(0, Ordering::Release);
@@ -157,6 +170,7 @@ mod tests {
                 label: "x".into(),
             },
             2,
+            crate::metrics::Metrics::new().upstream_server("t", "x"),
         )
     }
 

@@ -58,6 +58,7 @@ pub struct WorkerSpec {
 pub struct WsgiTarget {
     pool: Pool,
     script_name: String,
+    workers: usize,
 }
 
 /// Why a WSGI target could not start.
@@ -74,7 +75,12 @@ pub enum WsgiError {
 impl WsgiTarget {
     /// Finds the interpreter, starts the workers and waits until they have loaded the app; each
     /// worker opens `lanes` connections, one per front event loop.
-    pub fn start(name: &str, config: &WsgiConfig, lanes: usize) -> Result<WsgiTarget, WsgiError> {
+    pub fn start(
+        name: &str,
+        config: &WsgiConfig,
+        lanes: usize,
+        metrics: crate::metrics::WsgiMetrics,
+    ) -> Result<WsgiTarget, WsgiError> {
         let command = interpreter::choose(config.python.as_deref(), config.virtualenv.as_deref());
         let interpreter = interpreter::probe(&command)?;
         let spec = WorkerSpec {
@@ -102,13 +108,25 @@ impl WsgiTarget {
             max_requests: config.max_requests,
             max_requests_jitter: config.max_requests_jitter,
             graceful_timeout: config.graceful_timeout,
+            metrics,
         })?;
         let script_name = if config.mount == "/" {
             String::new()
         } else {
             config.mount.clone()
         };
-        Ok(WsgiTarget { pool, script_name })
+        Ok(WsgiTarget {
+            pool,
+            script_name,
+            workers: config.workers,
+        })
+    }
+
+    /// Whether at least one worker is up, and how many of how many are.
+    pub fn readiness(&self) -> Result<String, String> {
+        let (up, of) = (self.pool.live_workers(), self.workers);
+        let text = format!("{up} of {of} workers up");
+        if up > 0 { Ok(text) } else { Err(text) }
     }
 
     /// Answers a request through the app.

@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex};
 use thread_local::ThreadLocal;
 use tokio::net::UnixStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 /// What a worker said about one request.
@@ -46,7 +45,7 @@ pub(super) struct Lane {
 /// A request's place in the pool: its queue permit and its count on the worker.
 #[derive(Debug)]
 pub(super) struct Held {
-    pub(super) _permit: OwnedSemaphorePermit,
+    pub(super) _permit: super::Admitted,
     pub(super) worker: Arc<Worker>,
     /// When `timeout` runs out for it; the supervisor enforces it for requests whose client left.
     pub(super) deadline: tokio::time::Instant,

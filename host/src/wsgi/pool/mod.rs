@@ -19,6 +19,7 @@ use super::WorkerSpec;
 use super::frame::{self, Kind};
 use crate::body::Body;
 use crate::error::HttpError;
+use crate::metrics::WsgiMetrics;
 
 mod lane;
 mod stream;
@@ -51,6 +52,8 @@ pub struct PoolConfig {
     pub max_requests_jitter: u64,
     /// How long a retiring worker may take to finish its requests before it is killed.
     pub graceful_timeout: Duration,
+    /// What the pool counts into.
+    pub metrics: WsgiMetrics,
 }
 
 /// Why a pool could not start.
@@ -68,6 +71,33 @@ pub enum PoolError {
     /// A worker did not come up.
     #[error("a worker did not start: {0}")]
     Start(String),
+}
+
+/// A request admitted to the pool (within `workers x threads + backlog`), counted in
+/// `gatehouse_wsgi_requests_in_flight` until dropped.
+#[derive(Debug)]
+pub(super) struct Admitted {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Admitted {
+    fn new(
+        permit: tokio::sync::OwnedSemaphorePermit,
+        gauge: &prometheus_client::metrics::gauge::Gauge,
+    ) -> Admitted {
+        gauge.inc();
+        Admitted {
+            _permit: permit,
+            gauge: gauge.clone(),
+        }
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
 }
 
 /// A running pool of Python workers.
@@ -142,9 +172,12 @@ impl Pool {
     /// Sends a request frame (built with [`frame::HEADER_LEN`] bytes of room for its header) to a
     /// worker and returns the response head with a streaming body.
     pub async fn dispatch(&self, mut request: Vec<u8>) -> Result<Response<Body>, HttpError> {
-        let permit = Arc::clone(&self.shared.queue)
-            .try_acquire_owned()
-            .map_err(|_| HttpError::ServiceUnavailable)?;
+        let permit = Admitted::new(
+            Arc::clone(&self.shared.queue)
+                .try_acquire_owned()
+                .map_err(|_| HttpError::ServiceUnavailable)?,
+            &self.shared.config.metrics.in_flight,
+        );
         let deadline = tokio::time::Instant::now() + self.shared.config.timeout;
         // Almost always a worker is up: no timer for the wait then.
         let worker = match self.try_pick() {
@@ -229,6 +262,20 @@ impl Pool {
 
     /// The live worker with the fewest requests in flight, if any is up. Ties go round-robin, so
     /// an idle pool spreads requests over all its workers.
+    /// Workers up and taking requests.
+    pub fn live_workers(&self) -> usize {
+        self.shared
+            .slots
+            .iter()
+            .filter(|slot| {
+                slot.lock()
+                    .ok()
+                    .and_then(|w| w.clone())
+                    .is_some_and(|w| w.alive.load(Ordering::Acquire))
+            })
+            .count()
+    }
+
     fn try_pick(&self) -> Option<Arc<Worker>> {
         let slots = &self.shared.slots;
         let start = self.shared.cursor.fetch_add(1, Ordering::Relaxed);

@@ -126,6 +126,14 @@ impl Supervisor {
                 }
                 match self.spawn(slot, &waiting).await {
                     Ok(next) => {
+                        let cause = if retiring {
+                            "max_requests"
+                        } else if worker.kill.is_cancelled() {
+                            "timeout"
+                        } else {
+                            "crash"
+                        };
+                        self.shared.config.metrics.restarted(cause);
                         running = next;
                         // The old worker (if retiring) now gets no new requests and drains.
                         let _ = replaced_tx.send(());
