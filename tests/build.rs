@@ -11,6 +11,7 @@ fn main() {
         "body-rewrite",
         "ratelimit",
         "headers",
+        "contract-0-2-0",
     ];
     let target_dir = wasm_build::target_dir(&out);
     // The scaffolding test builds its crate here too, reusing compiled dependencies.

@@ -176,6 +176,12 @@ impl Request {
         backend::is_tls()
     }
 
+    /// The subject of the client's verified certificate (mutual TLS) in RFC 4514 form, e.g.
+    /// `CN=alice,O=Example`; `None` without one. Set by the server, so a client cannot forge it.
+    pub fn client_cert_subject(&self) -> Option<String> {
+        backend::client_cert_subject()
+    }
+
     /// The whole request body; in [`Filter::on_request`](crate::Filter::on_request) only if the filter set
     /// [`Filter::REQUEST_BODY`](crate::Filter::REQUEST_BODY) (else [`Error::BodyNotRequested`]).
     pub fn body(&self) -> Result<Vec<u8>, Error> {

@@ -46,6 +46,8 @@ pub struct TestRequest {
     pub client_ip: Option<String>,
     /// Whether the connection is TLS.
     pub tls: bool,
+    /// The verified client certificate's subject (mutual TLS).
+    pub client_cert_subject: Option<String>,
     /// The per-request context.
     pub context: HashMap<String, String>,
 }
@@ -65,6 +67,7 @@ impl TestRequest {
             body: Vec::new(),
             client_ip: Some("127.0.0.1".into()),
             tls: false,
+            client_cert_subject: None,
             context: HashMap::new(),
         }
     }

@@ -851,3 +851,15 @@ fn plugins_that_print_sleep_read_stdin_or_pile_up_headers_cost_only_their_reques
     );
     after("/many-local-headers");
 }
+
+#[test]
+fn a_plugin_built_against_contract_0_2_0_still_loads() {
+    let plugins = format!(
+        "[[plugins]]\nuse = \"{}\"\n",
+        env!("FIXTURE_CONTRACT_0_2_0")
+    );
+    let (_dir, gh) = start(&plugins);
+    let r = client().get(gh.url("/")).send().expect("get");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.text().expect("body"), "built against 0.2.0\n");
+}

@@ -235,6 +235,29 @@ fn client_certificates_are_required_or_optional_per_listener_and_reach_the_app()
     assert!(ok && out.contains("CN=alice"), "{out}");
     let (ok, out) = curl(&[], "app.test", required, &ca_path, "/environ");
     assert!(!ok, "curl without a certificate is refused: {out}");
+
+    // Plugins see the same subject.
+    drop(gh);
+    let probe = format!(
+        "[[plugins]]\nuse = \"{}\"\nconfig = {{ label = \"p\", echo = true }}\n",
+        env!("FIXTURE_PROBE")
+    );
+    let gh = Gatehouse::start(dir.path(), &format!("{config}{probe}"));
+    let (mut conn, _) = TlsConn::connect(
+        addr(&gh.addrs[0]),
+        "app.test",
+        &[ca.der()],
+        &["http/1.1"],
+        Some((&alice.cert, &alice.key)),
+    )
+    .expect("alice");
+    let (status, text) = conn.get("app.test", "/").expect("get");
+    assert_eq!(status, 200);
+    assert!(
+        text.contains("subject=O=Gatehouse Tests,CN=alice\n"),
+        "{text}"
+    );
+    assert!(text.contains("scheme=https\n"), "{text}");
 }
 
 #[test]

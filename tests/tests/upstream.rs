@@ -698,3 +698,18 @@ fn the_admin_listener_reports_health_readiness_and_metrics_after_known_traffic()
             .contains("api: NOT READY (0 of 2 servers up)")
     );
 }
+
+#[test]
+fn http2_to_the_servers_when_configured() {
+    // The server is another Gatehouse serving files; its access log says which protocol came.
+    let site = gatehouse_tests::site(&[("hello.txt", b"over h2c\n")]);
+    let origin = Gatehouse::start(
+        site.path(),
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[targets.site]\nstatic = \"site\"\n",
+    );
+    let (_dir, gh) = start(&[format!("http://{}", origin.addrs[0])], "http2 = true\n");
+    let r = client().get(gh.url("/hello.txt")).send().expect("get");
+    assert_eq!(r.text().expect("body"), "over h2c\n");
+    let log = origin.wait_stdout("GET /hello.txt", Duration::from_secs(5));
+    assert!(log.contains("HTTP/2.0"), "{log}");
+}

@@ -66,12 +66,13 @@ where
         } else {
             (None, Some(body))
         };
-        let exchange = Box::new(Exchange::new(
+        let mut exchange = Box::new(Exchange::new(
             parts,
             known,
             peer.remote.ip,
             peer.remote.https,
         ));
+        exchange.client_subject.clone_from(&peer.client_subject);
         Session {
             gateway,
             peer,

@@ -29,6 +29,8 @@ pub struct Exchange {
     pub client: Option<IpAddr>,
     /// Whether the connection is TLS.
     pub tls: bool,
+    /// The verified client certificate's subject (mutual TLS).
+    pub client_subject: Option<std::sync::Arc<str>>,
     /// The per-request context shared by plugins and phases.
     pub context: Vec<(String, String)>,
     /// The response, present during `on-response` and `on-log`.
@@ -49,6 +51,7 @@ impl Exchange {
             body_reserved: None,
             client,
             tls,
+            client_subject: None,
             context: Vec::new(),
             response: None,
         }

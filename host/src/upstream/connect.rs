@@ -1,8 +1,8 @@
 //! Connections to an upstream's servers, for hyper-util's client: TCP, TLS (rustls) or a Unix
-//! socket, within `connect_timeout`. Each server is addressed to the client as `http://sN` (its
-//! position), so the client's pool keeps one set of idle connections per server.
+//! socket, within `connect_timeout`. Each server has its own connector (and client, so its own
+//! pool): the request's URI then carries the authority the server should see (HTTP/2's
+//! `:authority`), not the server's address.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::path::PathBuf;
@@ -34,19 +34,14 @@ pub enum ConnectError {
     Tls(String),
 }
 
-/// The authority server `index` is addressed by.
-pub fn authority(index: usize) -> String {
-    format!("s{index}")
-}
-
-/// Opens connections to the servers of one upstream.
+/// Opens connections to one server.
 #[derive(Clone)]
 pub struct Connector {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    servers: HashMap<String, Endpoint>,
+    endpoint: Endpoint,
     tls: Option<tokio_rustls::TlsConnector>,
     timeout: Duration,
 }
@@ -54,20 +49,15 @@ struct Inner {
 impl std::fmt::Debug for Connector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connector")
-            .field("servers", &self.inner.servers.len())
+            .field("endpoint", &self.inner.endpoint)
             .finish()
     }
 }
 
 impl Connector {
-    /// A connector for `config`'s servers; builds the TLS client if any server is `https://`.
-    pub fn new(config: &UpstreamConfig) -> Result<Connector, ConnectError> {
-        let servers = config
-            .servers
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (authority(i), s.endpoint.clone()))
-            .collect();
+    /// One connector per server of `config`, in order; the TLS client (built once) for
+    /// `https://` servers.
+    pub fn for_servers(config: &UpstreamConfig) -> Result<Vec<Connector>, ConnectError> {
         let needs_tls = config
             .servers
             .iter()
@@ -77,20 +67,21 @@ impl Connector {
         } else {
             None
         };
-        Ok(Connector {
-            inner: Arc::new(Inner {
-                servers,
-                tls,
-                timeout: config.connect_timeout,
-            }),
-        })
+        Ok(config
+            .servers
+            .iter()
+            .map(|s| Connector {
+                inner: Arc::new(Inner {
+                    endpoint: s.endpoint.clone(),
+                    tls: tls.clone(),
+                    timeout: config.connect_timeout,
+                }),
+            })
+            .collect())
     }
 
-    async fn connect(inner: Arc<Inner>, uri: Uri) -> Result<Conn, ConnectError> {
-        let key = uri.authority().map_or("", |a| a.as_str());
-        let endpoint = inner.servers.get(key).cloned().ok_or_else(|| {
-            ConnectError::Io(io::Error::other(format!("no upstream server {key}")))
-        })?;
+    async fn connect(inner: Arc<Inner>) -> Result<Conn, ConnectError> {
+        let endpoint = inner.endpoint.clone();
         let timeout = inner.timeout;
         let open = async {
             match endpoint {
@@ -184,8 +175,8 @@ impl tower_service::Service<Uri> for Connector {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        Box::pin(Connector::connect(Arc::clone(&self.inner), uri))
+    fn call(&mut self, _: Uri) -> Self::Future {
+        Box::pin(Connector::connect(Arc::clone(&self.inner)))
     }
 }
 

@@ -10,7 +10,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::connect::{Connector, authority};
+use super::connect::Connector;
 use super::server::Server;
 use crate::config::HealthCheck;
 
@@ -18,23 +18,28 @@ use crate::config::HealthCheck;
 pub fn start(
     target: &str,
     servers: &[Arc<Server>],
-    connector: &Connector,
+    connectors: &[Connector],
     check: &HealthCheck,
 ) -> Result<DropGuard, String> {
     let token = CancellationToken::new();
     let guard = token.clone().drop_guard();
-    let (target, servers, connector, check) = (
+    let (target, servers, connectors, check) = (
         target.to_string(),
         servers.to_vec(),
-        connector.clone(),
+        connectors.to_vec(),
         check.clone(),
     );
     crate::background::spawn(async move {
-        let client: Client<Connector, Empty<Bytes>> = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_max_idle_per_host(0)
-            .set_host(false)
-            .build(connector);
+        let clients: Vec<Client<Connector, Empty<Bytes>>> = connectors
+            .into_iter()
+            .map(|connector| {
+                Client::builder(TokioExecutor::new())
+                    .pool_timer(TokioTimer::new())
+                    .pool_max_idle_per_host(0)
+                    .set_host(false)
+                    .build(connector)
+            })
+            .collect();
         let mut interval = tokio::time::interval(check.interval);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -42,11 +47,10 @@ pub fn start(
                 () = token.cancelled() => return,
                 _ = interval.tick() => {}
             }
-            let probes = servers.iter().enumerate().map(|(i, server)| {
-                let client = client.clone();
+            let probes = servers.iter().zip(&clients).map(|(server, client)| {
                 let check = &check;
                 async move {
-                    let ok = probe(&client, i, server, check).await;
+                    let ok = probe(client, server, check).await;
                     (server, ok)
                 }
             });
@@ -69,12 +73,12 @@ pub fn start(
 
 async fn probe(
     client: &Client<Connector, Empty<Bytes>>,
-    index: usize,
     server: &Server,
     check: &HealthCheck,
 ) -> Result<(), String> {
-    let request = http::Request::get(format!("http://{}{}", authority(index), check.path))
-        .header(http::header::HOST, super::host_of(&server.endpoint))
+    let host = super::host_of(&server.endpoint);
+    let request = http::Request::get(format!("http://{host}{}", check.path))
+        .header(http::header::HOST, &host)
         .header(http::header::USER_AGENT, "gatehouse-health-check")
         .body(Empty::new())
         .map_err(|e| e.to_string())?;

@@ -57,10 +57,10 @@ pub struct UpstreamTarget {
     config: UpstreamConfig,
     servers: Vec<Arc<Server>>,
     balancer: Balancer,
-    connector: Connector,
-    /// One client (and so one connection pool) per event loop: a connection is driven by the
-    /// loop that opened it, and used only by that loop's requests.
-    clients: ThreadLocal<Client<Connector, OutBody>>,
+    connectors: Vec<Connector>,
+    /// Per event loop, one client (and so one connection pool) per server: a connection is
+    /// driven by the loop that opened it, and used only by that loop's requests.
+    clients: ThreadLocal<Vec<Client<Connector, OutBody>>>,
     forwarding: Forwarding,
     in_flight: AtomicUsize,
     retrying: AtomicUsize,
@@ -120,10 +120,10 @@ impl UpstreamTarget {
                 Arc::new(Server::new(s, config.max_connections, counts))
             })
             .collect();
-        let connector = Connector::new(config)?;
+        let connectors = Connector::for_servers(config)?;
         let health = match &config.health_check {
             Some(check) => {
-                Some(health::start(name, &servers, &connector, check).map_err(ConnectError::Tls)?)
+                Some(health::start(name, &servers, &connectors, check).map_err(ConnectError::Tls)?)
             }
             None => None,
         };
@@ -132,7 +132,7 @@ impl UpstreamTarget {
             balancer: Balancer::new(&config.balance, &servers),
             config: config.clone(),
             servers,
-            connector,
+            connectors,
             clients: ThreadLocal::new(),
             forwarding: forwarding.clone(),
             in_flight: AtomicUsize::new(0),
@@ -154,16 +154,22 @@ impl UpstreamTarget {
         if up > 0 { Ok(text) } else { Err(text) }
     }
 
-    fn client(&self) -> &Client<Connector, OutBody> {
-        self.clients.get_or(|| {
-            Client::builder(TokioExecutor::new())
-                .pool_timer(TokioTimer::new())
-                .pool_idle_timeout(self.config.keepalive_timeout)
-                .pool_max_idle_per_host(self.config.keepalive)
-                .http2_only(self.config.http2)
-                .set_host(false)
-                .build(self.connector.clone())
-        })
+    fn client(&self, server: usize) -> Option<&Client<Connector, OutBody>> {
+        let clients = self.clients.get_or(|| {
+            self.connectors
+                .iter()
+                .map(|connector| {
+                    Client::builder(TokioExecutor::new())
+                        .pool_timer(TokioTimer::new())
+                        .pool_idle_timeout(self.config.keepalive_timeout)
+                        .pool_max_idle_per_host(self.config.keepalive)
+                        .http2_only(self.config.http2)
+                        .set_host(false)
+                        .build(connector.clone())
+                })
+                .collect()
+        });
+        clients.get(server)
     }
 
     /// A retry may start if retries in flight stay within the budget (and at least 3 may).
@@ -254,8 +260,8 @@ impl UpstreamTarget {
                 // The client's body went to the failed attempt: nothing left to send again.
                 break;
             };
-            let request = self.request(req, &target, index, server, peer, out_body)?;
-            match self.send(request, finished.clone()).await {
+            let request = self.request(req, &target, server, peer, out_body)?;
+            match self.send(index, request, finished.clone()).await {
                 Ok(response) => {
                     server.succeeded();
                     drop(retry_guard);
@@ -295,14 +301,10 @@ impl UpstreamTarget {
         &self,
         req: &Parts,
         target: &str,
-        index: usize,
         server: &Server,
         peer: &Peer,
         body: OutBody,
     ) -> Result<http::Request<OutBody>, HttpError> {
-        let uri: http::Uri = format!("http://{}{target}", connect::authority(index))
-            .parse()
-            .map_err(|_| HttpError::BadRequest("a target that cannot be forwarded"))?;
         let authority = host_of(&server.endpoint);
         let out = headers::Outgoing {
             forwarding: &self.forwarding,
@@ -310,15 +312,30 @@ impl UpstreamTarget {
             server_authority: Some(&authority),
             via: self.config.via,
         };
+        let mut headers = headers::request_headers(req, peer, &out);
+        if !headers.contains_key(http::header::HOST) {
+            if let Ok(v) = http::HeaderValue::from_str(&authority) {
+                headers.insert(http::header::HOST, v);
+            }
+        }
+        // HTTP/1.1 sends the target in origin form and the Host field as given; HTTP/2 sends the
+        // URI's authority as `:authority`, which must then be the Host the server is to see.
+        let uri_authority = if self.config.http2 {
+            headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or(&authority)
+                .to_string()
+        } else {
+            "upstream".to_string()
+        };
+        let uri: http::Uri = format!("http://{uri_authority}{target}")
+            .parse()
+            .map_err(|_| HttpError::BadRequest("a target that cannot be forwarded"))?;
         let mut request = http::Request::new(body);
         *request.method_mut() = req.method.clone();
         *request.uri_mut() = uri;
-        *request.headers_mut() = headers::request_headers(req, peer, &out);
-        if !request.headers().contains_key(http::header::HOST) {
-            if let Ok(v) = http::HeaderValue::from_str(&authority) {
-                request.headers_mut().insert(http::header::HOST, v);
-            }
-        }
+        *request.headers_mut() = headers;
         Ok(request)
     }
 
@@ -326,9 +343,13 @@ impl UpstreamTarget {
     /// byte of the request body.
     async fn send(
         &self,
+        server: usize,
         request: http::Request<OutBody>,
         finished: Option<tokio::sync::watch::Receiver<bool>>,
     ) -> Result<Response<hyper::body::Incoming>, Failure> {
+        let Some(client) = self.client(server) else {
+            return Err(Failure::NotSent(format!("no client for server #{server}")));
+        };
         let first_byte = self.config.first_byte_timeout;
         let deadline = async move {
             if let Some(mut done) = finished {
@@ -341,7 +362,7 @@ impl UpstreamTarget {
             tokio::time::sleep(first_byte).await;
         };
         tokio::select! {
-            result = self.client().request(request) => result.map_err(|e| {
+            result = client.request(request) => result.map_err(|e| {
                 let why = crate::error::with_causes(&e);
                 if e.is_connect() { Failure::NotSent(why) } else { Failure::Broken(why) }
             }),

@@ -80,6 +80,10 @@ pub(crate) fn is_tls() -> bool {
     request::is_tls()
 }
 
+pub(crate) fn client_cert_subject() -> Option<String> {
+    request::client_cert_subject()
+}
+
 pub(crate) fn context_get(key: &str) -> Option<String> {
     request::context_get(key)
 }

@@ -200,6 +200,10 @@ pub(crate) fn is_tls() -> bool {
     with(|ex| ex.req.tls)
 }
 
+pub(crate) fn client_cert_subject() -> Option<String> {
+    with(|ex| ex.req.client_cert_subject.clone())
+}
+
 pub(crate) fn context_get(key: &str) -> Option<String> {
     with(|ex| ex.req.context.get(key).cloned())
 }

@@ -136,6 +136,10 @@ impl request::Host for HostState {
         Ok(self.ex()?.tls)
     }
 
+    fn client_cert_subject(&mut self) -> Result<Option<String>> {
+        Ok(self.ex()?.client_subject.as_deref().map(str::to_string))
+    }
+
     fn context_get(&mut self, key: String) -> Result<Option<String>> {
         Ok(self.ex()?.context_get(&key).map(str::to_string))
     }
