@@ -22,11 +22,15 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 
 # Requests/s of one wrk run. Error responses fail the script (a fast error is no result); socket
 # errors (timeouts under load) are reported.
-rps() {
-  local out
-  out=$(wrk -t2 -c"$CONNS" -d"$DURATION" "$1")
-  if grep -q 'Non-2xx' <<<"$out"; then echo "error responses from $1:" >&2; echo "$out" >&2; exit 1; fi
-  if grep -q 'Socket errors' <<<"$out"; then echo "socket errors from $1:" >&2; grep 'Socket errors' <<<"$out" >&2; fi
+rps() { rps_args "$1" -c"$CONNS"; }
+
+
+# Requests/s of one wrk run against $1 with the wrk options after it (connections, headers).
+rps_args() {
+  local url=$1 out
+  shift
+  out=$(wrk -t2 "$@" -d"$DURATION" "$url")
+  if grep -q 'Non-2xx' <<<"$out"; then echo "error responses from $url:" >&2; echo "$out" >&2; exit 1; fi
+  if grep -q 'Socket errors' <<<"$out"; then echo "socket errors from $url:" >&2; grep 'Socket errors' <<<"$out" >&2; fi
   awk '/Requests\/sec/ {print $2}' <<<"$out"
 }
-
