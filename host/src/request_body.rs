@@ -311,7 +311,6 @@ pub struct BodyStream {
     max: u64,
     deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
     fault: BodyFault,
-    done: Option<tokio::sync::watch::Sender<bool>>,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -337,20 +336,12 @@ impl BodyStream {
             max: limits.max_body_size,
             deadline: Box::pin(tokio::time::sleep(limits.body_read_timeout)),
             fault: BodyFault::default(),
-            done: None,
         }
     }
 
     /// Where the limit a body broke is kept.
     pub fn fault(&self) -> BodyFault {
         Arc::clone(&self.fault)
-    }
-
-    /// Becomes true once the whole body has been passed on (and stays false if it never is).
-    pub fn finished(&mut self) -> tokio::sync::watch::Receiver<bool> {
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        self.done = Some(tx);
-        rx
     }
 
     fn fail(&mut self, error: HttpError) -> BoxError {
@@ -390,12 +381,7 @@ impl http_body::Body for BodyStream {
             Poll::Ready(Some(Err(_))) => Poll::Ready(Some(Err(this.fail(HttpError::BadRequest(
                 "malformed or incomplete request body",
             ))))),
-            Poll::Ready(None) => {
-                if let Some(done) = this.done.take() {
-                    let _ = done.send(true);
-                }
-                Poll::Ready(None)
-            }
+            Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
                 if this.deadline.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Some(Err(this.fail(HttpError::RequestTimeout))));

@@ -12,6 +12,7 @@ Prints `port=N` once listening. Routes:
   /slow?gap=S          sends part of a body, pauses S seconds, sends the rest
   /download?size=N     streams N bytes (chunked)
   /upload              reads the body as it comes; answers its length and SHA-256
+  /slowread?gap=S      reads the body in 64 KiB pieces, pausing S seconds after each
   /counts              how many requests each method+path got, as JSON
   /healthz             200, or 503 after /sick (until /well)
   /ws                  a WebSocket that echoes text frames
@@ -96,6 +97,13 @@ class Handler(BaseHTTPRequestHandler):
         path = url.path
         if path == "/ws":
             return self.websocket()
+        if path == "/slowread":
+            gap = float(query.get("gap", ["0.3"])[0])
+            length = 0
+            for piece in self.read_body():
+                length += len(piece)
+                time.sleep(gap)
+            return self.send(200, f"read {length} slowly\n")
         digest = hashlib.sha256()
         length = 0
         for piece in self.read_body():

@@ -105,6 +105,8 @@ pub struct Negotiated {
     pub alpn: Option<String>,
     /// The certificate the server sent (its leaf), DER.
     pub cert: Vec<u8>,
+    /// Whether the session was resumed (no full handshake).
+    pub resumed: bool,
 }
 
 impl TlsConn {
@@ -117,33 +119,19 @@ impl TlsConn {
         alpn: &[&str],
         client: Option<(&str, &str)>,
     ) -> Result<(TlsConn, Negotiated), String> {
-        let mut store = rustls::RootCertStore::empty();
-        for root in roots {
-            store.add(root.clone()).map_err(|e| e.to_string())?;
-        }
-        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(store);
-        let mut config = match client {
-            Some((cert, key)) => {
-                let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| e.to_string())?;
-                let key =
-                    PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| e.to_string())?;
-                builder
-                    .with_client_auth_cert(chain, key)
-                    .map_err(|e| e.to_string())?
-            }
-            None => builder.with_no_client_auth(),
-        };
-        config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        TlsConn::connect_with(addr, sni, &client_config(roots, alpn, client)?)
+    }
+
+    /// Connects with a client config made by [`client_config`]: connections made with the same
+    /// one resume each other's sessions.
+    pub fn connect_with(
+        addr: SocketAddr,
+        sni: &str,
+        config: &Arc<rustls::ClientConfig>,
+    ) -> Result<(TlsConn, Negotiated), String> {
         let name = ServerName::try_from(sni.to_string()).map_err(|e| e.to_string())?;
         let conn =
-            rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
+            rustls::ClientConnection::new(Arc::clone(config), name).map_err(|e| e.to_string())?;
         let tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
         tcp.set_read_timeout(Some(Duration::from_secs(10)))
             .map_err(|e| e.to_string())?;
@@ -165,6 +153,7 @@ impl TlsConn {
                 .and_then(|c| c.first())
                 .map(|c| c.to_vec())
                 .unwrap_or_default(),
+            resumed: stream.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
         };
         Ok((TlsConn { stream }, negotiated))
     }
@@ -215,4 +204,36 @@ impl TlsConn {
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A client config trusting `roots`, offering `alpn`, presenting `client` (cert PEM, key PEM).
+pub fn client_config(
+    roots: &[CertificateDer<'static>],
+    alpn: &[&str],
+    client: Option<(&str, &str)>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut store = rustls::RootCertStore::empty();
+    for root in roots {
+        store.add(root.clone()).map_err(|e| e.to_string())?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(store);
+    let mut config = match client {
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| e.to_string())?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| e.to_string())?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Ok(Arc::new(config))
 }

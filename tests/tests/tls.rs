@@ -386,3 +386,37 @@ fn the_proxy_protocol_names_the_client_only_from_trusted_peers() {
     assert!(refused.starts_with("HTTP/1.1 400"), "{refused}");
     assert!(!refused.contains("203.0.113.7"), "{refused}");
 }
+
+#[test]
+fn a_session_from_a_listener_without_client_certificates_does_not_resume_past_mutual_tls() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let ca = TestCa::new("Gatehouse Test CA");
+    let clients = TestCa::new("Client CA");
+    ca.issue(&["app.test"], false).write(dir.path(), "server");
+    std::fs::write(dir.path().join("clients.pem"), &clients.pem).expect("clients");
+    std::fs::write(dir.path().join("index.html"), "hello\n").expect("index");
+    let config = "[server]\n\
+         [[server.listeners]]\nlisten = [\"127.0.0.1:0\"]\ntls = true\n\
+         [[server.listeners]]\nlisten = [\"127.0.0.1:0\"]\ntls = true\nclient_ca = \"clients.pem\"\n\
+         [[server.certificates]]\ncert = \"server.pem\"\nkey = \"server.key\"\n\
+         [targets.site]\nstatic = \".\"\n";
+    let gh = Gatehouse::start(dir.path(), config);
+    let (open, mutual) = (addr(&gh.addrs[0]), addr(&gh.addrs[1]));
+
+    // One client config: its session store carries a ticket from one connection to the next.
+    let client =
+        gatehouse_tests::tls::client_config(&[ca.der()], &["http/1.1"], None).expect("client");
+    for _ in 0..2 {
+        let (mut conn, _) = TlsConn::connect_with(open, "app.test", &client).expect("open");
+        assert_eq!(conn.get("app.test", "/").expect("get").0, 200);
+    }
+    let (_, again) = TlsConn::connect_with(open, "app.test", &client).expect("open");
+    assert!(again.resumed, "sessions resume on the same listener");
+    // The ticket is offered to the mutual-TLS listener: no certificate, no way in.
+    let refused = TlsConn::connect_with(mutual, "app.test", &client)
+        .and_then(|(mut conn, negotiated)| conn.get("app.test", "/").map(|r| (r, negotiated)));
+    assert!(
+        refused.is_err(),
+        "resumed into mutual TLS without a certificate: {refused:?}"
+    );
+}

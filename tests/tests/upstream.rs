@@ -568,7 +568,7 @@ fn upstream_settings_are_checked_with_their_keys() {
     let path = dir.path().join("gatehouse.toml");
     std::fs::write(
         &path,
-        "[server]\nlisten = [\"127.0.0.1:0\"]\n[targets.api]\nupstream = [\"127.0.0.1:9000\", \"http://a:1 weight=0\"]\nbalance = \"hash\"\n[targets.site]\nstatic = \".\"\nretries = 3\n",
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[targets.api]\nupstream = [\"127.0.0.1:9000\", \"http://a:1 weight=0\"]\nbalance = \"hash\"\n[targets.site]\nstatic = \".\"\nretries = 3\n[targets.checked]\nupstream = [\"http://a:1\"]\nhealth_check = { interval = \"0s\" }\n",
     )
     .expect("config");
     let out = Command::new(gatehouse_tests::binary())
@@ -584,6 +584,7 @@ fn upstream_settings_are_checked_with_their_keys() {
         "targets.api.upstream[1]",
         "targets.api.hash_key",
         "`targets.site`",
+        "targets.checked.health_check",
     ] {
         assert!(text.contains(key), "{key} in:\n{text}");
     }
@@ -712,4 +713,79 @@ fn http2_to_the_servers_when_configured() {
     assert_eq!(r.text().expect("body"), "over h2c\n");
     let log = origin.wait_stdout("GET /hello.txt", Duration::from_secs(5));
     assert!(log.contains("HTTP/2.0"), "{log}");
+    // Many Hosts still share one multiplexed connection per event loop.
+    for i in 0..20 {
+        let r = client()
+            .get(gh.url("/hello.txt"))
+            .header("Host", format!("tenant{i}.example"))
+            .send()
+            .expect("get");
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let conns = std::fs::read_dir(format!("/proc/{}/fd", origin.pid()))
+        .expect("fds")
+        .flatten()
+        .filter(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
+        })
+        .count();
+    assert!(conns < 12, "{conns} sockets at the origin after 20 Hosts");
+}
+
+#[test]
+fn the_first_byte_timer_starts_once_the_body_is_handed_over_even_when_buffered() {
+    let a = Backend::start("a", &[]);
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = upstream_config(
+        &[a.url()],
+        "request_buffering = true\nfirst_byte_timeout = \"1s\"\nretries = 0\n",
+    )
+    .replace(
+        "[server]\n",
+        "[server]\nlimits = { max_body_size = \"64MiB\" }\n",
+    );
+    let gh = Gatehouse::start(dir.path(), &config);
+    // 32 MiB read by the server 64 KiB per 5 ms: about 3 s to send, far past first_byte_timeout,
+    // which runs only from the end of the body (as far as the kernel's buffers let us see it).
+    let size = 32 << 20;
+    let r = client()
+        .put(gh.url("/slowread?gap=0.005"))
+        .body(vec![b'z'; size])
+        .send()
+        .expect("put");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.text().expect("body"), format!("read {size} slowly\n"));
+}
+
+#[test]
+fn the_admin_listener_answers_while_every_client_slot_is_busy() {
+    let a = Backend::start("a", &[]);
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nlimits = {{ max_connections = 2 }}\n[admin]\nlisten = \"127.0.0.1:0\"\n[targets.api]\nupstream = [\"{}\"]\nfirst_byte_timeout = \"20s\"\n",
+        a.url()
+    );
+    let gh = Gatehouse::start(dir.path(), &config);
+    let busy: Vec<_> = (0..2)
+        .map(|_| {
+            let url = gh.url("/hang");
+            std::thread::spawn(move || client().get(url).send().map(|r| r.status()))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let r = client()
+        .get(format!("http://{}/healthz", gh.addrs[1]))
+        .send()
+        .expect("healthz");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(a);
+    for b in busy {
+        let _ = b.join();
+    }
 }

@@ -295,10 +295,20 @@ impl RawTarget {
                     }
                 },
             };
+            let interval = hc.interval.map_or(Duration::from_secs(5), |s| s.0);
+            let timeout = hc.timeout.map_or(Duration::from_secs(2), |s| s.0);
+            if interval < Duration::from_millis(100) || timeout < Duration::from_millis(10) {
+                errors.push(doc.error(
+                    h.span(),
+                    &format!("{key}.health_check"),
+                    "interval must be at least 100ms and timeout at least 10ms",
+                ));
+                return None;
+            }
             Some(HealthCheck {
                 path,
-                interval: hc.interval.map_or(Duration::from_secs(5), |s| s.0),
-                timeout: hc.timeout.map_or(Duration::from_secs(2), |s| s.0),
+                interval,
+                timeout,
                 expect,
                 fails: hc.fails.unwrap_or(2).max(1),
                 passes: hc.passes.unwrap_or(2).max(1),

@@ -53,7 +53,14 @@ pub(super) fn answer<B>(
         location.push(':');
         location.push_str(itoa::Buffer::new().format(port));
     }
-    location.push_str(req.uri().path_and_query().map_or("/", |p| p.as_str()));
+    // `OPTIONS *` has no path: it goes to the root.
+    let target = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .filter(|p| p.starts_with('/'))
+        .unwrap_or("/");
+    location.push_str(target);
     // 308 keeps the method and body (a 301 turns a POST into a GET in browsers).
     Some(Ok(text(
         StatusCode::PERMANENT_REDIRECT,

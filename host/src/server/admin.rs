@@ -16,8 +16,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::SharedGateway;
 use crate::pipeline::Gateway;
 
-/// Serves one admin connection (HTTP/1.1) until it closes.
-pub async fn serve<I>(io: I, gateway: SharedGateway)
+/// Serves one admin connection (HTTP/1.1) until it closes, holding one admin slot.
+pub async fn serve<I>(io: I, gateway: SharedGateway, _slot: tokio::sync::OwnedSemaphorePermit)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -29,8 +29,11 @@ where
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(std::time::Duration::from_secs(10))
         .serve_connection(TokioIo::new(io), service);
-    if let Err(error) = conn.await {
-        tracing::debug!(%error, "admin connection ended with an error");
+    // Short-lived by design: a health probe or a scrape, not a keep-alive session.
+    match tokio::time::timeout(std::time::Duration::from_secs(60), conn).await {
+        Ok(Err(error)) => tracing::debug!(%error, "admin connection ended with an error"),
+        Err(_) => tracing::debug!("admin connection closed after 60 s"),
+        Ok(Ok(())) => {}
     }
 }
 

@@ -272,6 +272,7 @@ impl Server {
         // A copy: holding the gateway here would keep it (and its workers) alive past a reload.
         let limits = &self.gateway.load().limits.clone();
         let permits = Arc::new(Semaphore::new(limits.max_connections));
+        let admin_slots = Arc::new(Semaphore::new(ADMIN_CONNECTIONS));
         let connections = Arc::new(Connections::default());
         let builder = Arc::new(conn::builder(limits));
         let socket_files: Vec<_> = self
@@ -304,6 +305,7 @@ impl Server {
         for (index, sockets) in per_loop.into_iter().enumerate() {
             let event_loop = EventLoop {
                 index,
+                admin_slots: Arc::clone(&admin_slots),
                 sockets,
                 gateway: Arc::clone(&self.gateway),
                 builder: Arc::clone(&builder),
@@ -370,6 +372,7 @@ fn raise_open_file_limit(max_connections: usize) {
 /// One event loop: a single-threaded tokio runtime serving its share of the connections.
 struct EventLoop {
     index: usize,
+    admin_slots: Arc<Semaphore>,
     sockets: Vec<(LoopSocket, Arc<Role>)>,
     gateway: SharedGateway,
     builder: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
@@ -389,6 +392,7 @@ impl EventLoop {
             for (socket, role) in self.sockets {
                 let accept = AcceptLoop {
                     role,
+                    admin_slots: Arc::clone(&self.admin_slots),
                     gateway: Arc::clone(&self.gateway),
                     builder: Arc::clone(&self.builder),
                     permits: Arc::clone(&self.permits),
@@ -411,9 +415,13 @@ impl EventLoop {
     }
 }
 
+/// Admin connections open at once, beside `max_connections`.
+const ADMIN_CONNECTIONS: usize = 16;
+
 /// Accepts connections on one listener and spawns a task for each.
 struct AcceptLoop {
     role: Arc<Role>,
+    admin_slots: Arc<Semaphore>,
     gateway: SharedGateway,
     builder: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
     permits: Arc<Semaphore>,
@@ -429,6 +437,35 @@ impl AcceptLoop {
                 accepted = accept(&listener) => accepted,
                 () = self.shutdown.cancelled() => break,
             };
+            // The admin listener has slots of its own: a server at `max_connections` still
+            // answers its health checks, and they never close a client's connection.
+            if self.role.admin {
+                match Arc::clone(&self.admin_slots).try_acquire_owned() {
+                    Ok(permit) => match accepted {
+                        Ok(Accepted::Tcp(stream, _)) => {
+                            self.tracker.spawn(admin::serve(
+                                stream,
+                                Arc::clone(&self.gateway),
+                                permit,
+                            ));
+                        }
+                        Ok(Accepted::Unix(stream)) => {
+                            self.tracker.spawn(admin::serve(
+                                stream,
+                                Arc::clone(&self.gateway),
+                                permit,
+                            ));
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "admin accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    },
+                    // Too many admin clients at once: this one is closed unanswered.
+                    Err(_) => drop(accepted),
+                }
+                continue;
+            }
             // At `max_connections` the connection idle the longest is asked to close, and the
             // accepted one waits, unread, for its slot; when every connection is busy it waits for
             // any to close, and this loop accepts nothing more meanwhile: further clients wait in
@@ -487,11 +524,6 @@ impl AcceptLoop {
         let shutdown = self.shutdown.clone();
         let metrics = Arc::clone(&gateway.load().metrics);
         self.tracker.spawn(async move {
-            if role.admin {
-                admin::serve(io, gateway).await;
-                drop(permit);
-                return;
-            }
             let _open = OpenConnection::new(metrics.connections());
             let mut io = io;
             let mut peer = Peer::new(client, local, role.tls.is_some());

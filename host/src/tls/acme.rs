@@ -165,6 +165,15 @@ impl Acme {
     fn until_renewal(&self, v: Validity) -> Duration {
         let lifetime = (v.not_after - v.not_before).max(0);
         let before = match self.config.renew_before {
+            // Renewing that early would order again the moment a certificate arrives, until the
+            // CA's rate limits stop it.
+            Some(d) if i64::try_from(d.as_secs()).unwrap_or(i64::MAX) >= lifetime => {
+                tracing::warn!(
+                    lifetime_seconds = lifetime,
+                    "ACME: renew_before is not shorter than the certificate's lifetime; renewing when a third of it is left"
+                );
+                lifetime / 3
+            }
             Some(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
             None => lifetime / 3,
         };
@@ -262,10 +271,14 @@ impl Acme {
         let key = parse_pair(&chain_pem, &key_pem)?;
         let validity = validity(&key)
             .ok_or_else(|| AcmeError::Order("the issued certificate has no validity".into()))?;
-        self.store(&chain_pem, &key_pem)?;
+        // Served first: a state directory that cannot be written must not waste the certificate
+        // (a restart will order another).
         self.certificates
             .set_acme(key)
             .map_err(|e| AcmeError::Order(e.to_string()))?;
+        if let Err(error) = self.store(&chain_pem, &key_pem) {
+            tracing::error!(%error, "ACME: the new certificate serves but could not be stored");
+        }
         Ok(validity)
     }
 

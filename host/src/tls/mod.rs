@@ -81,6 +81,7 @@ impl Tls {
         Ok(Acceptor {
             config: ArcSwap::from(self.server_config(listen)?),
             timeout: self.handshake_timeout,
+            requires_client_cert: listen.client_auth.as_ref().is_some_and(|a| a.required),
         })
     }
 
@@ -143,8 +144,16 @@ impl Tls {
         if self.acme_alpn {
             config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
         }
-        config.ticketer = Arc::clone(&self.ticketer);
-        config.session_storage = Arc::clone(&self.sessions);
+        if listen.client_auth.is_some() {
+            // rustls resumes a session without checking the client certificate again: a ticket
+            // from a listener without client certificates (or from before a CA was removed) must
+            // not open this one. Its own keys and cache, made anew on every reload.
+            config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+            config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
+        } else {
+            config.ticketer = Arc::clone(&self.ticketer);
+            config.session_storage = Arc::clone(&self.sessions);
+        }
         Ok(Arc::new(config))
     }
 }
@@ -154,6 +163,9 @@ impl Tls {
 pub struct Acceptor {
     config: ArcSwap<rustls::ServerConfig>,
     timeout: Duration,
+    /// Refuse a finished handshake without a client certificate (a second line behind the
+    /// verifier and the per-listener session keys).
+    requires_client_cert: bool,
 }
 
 /// What a finished handshake tells the rest of the server.
@@ -195,10 +207,14 @@ impl Acceptor {
         if session.alpn_protocol() == Some(ACME_TLS_ALPN) {
             return Err(HandshakeError::AcmeValidation);
         }
-        let client_subject = session
-            .peer_certificates()
-            .and_then(|chain| chain.first())
-            .and_then(|leaf| subject(leaf));
+        let leaf = session.peer_certificates().and_then(|chain| chain.first());
+        if self.requires_client_cert && leaf.is_none() {
+            return Err(HandshakeError::Failed(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "no client certificate",
+            )));
+        }
+        let client_subject = leaf.and_then(|leaf| subject(leaf));
         Ok((stream, Established { client_subject }))
     }
 }

@@ -19,9 +19,17 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// a retry after a connection that failed before sending anything can still send it.
 pub type Unsent = Arc<Mutex<Option<BodyStream>>>;
 
-/// A request body on its way to a server.
+/// A request body on its way to a server, saying when its last byte has gone (the first-byte
+/// timer starts then).
 #[derive(Debug)]
-pub enum OutBody {
+pub struct OutBody {
+    kind: OutKind,
+    sent: Option<tokio::sync::watch::Sender<bool>>,
+}
+
+/// Where a request body comes from.
+#[derive(Debug)]
+pub enum OutKind {
     /// Nothing.
     Empty,
     /// In memory (sent as one frame).
@@ -37,32 +45,24 @@ pub enum OutBody {
     },
 }
 
-impl OutBody {
+impl OutKind {
     /// A streamed body, taken from `unsent` when first read.
-    pub fn streamed(unsent: &Unsent) -> OutBody {
-        OutBody::Stream {
+    pub fn streamed(unsent: &Unsent) -> OutKind {
+        OutKind::Stream {
             unsent: Arc::clone(unsent),
             taken: None,
         }
     }
-}
 
-impl http_body::Body for OutBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            OutBody::Empty => Poll::Ready(None),
-            OutBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            OutBody::File(file) => Poll::Ready(
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self {
+            OutKind::Empty => Poll::Ready(None),
+            OutKind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            OutKind::File(file) => Poll::Ready(
                 file.read_next()
                     .map(|r| r.map(Frame::data).map_err(Into::into)),
             ),
-            OutBody::Stream { unsent, taken } => {
+            OutKind::Stream { unsent, taken } => {
                 if taken.is_none() {
                     *taken = unsent.lock().unwrap_or_else(PoisonError::into_inner).take();
                 }
@@ -76,20 +76,21 @@ impl http_body::Body for OutBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            OutBody::Empty => true,
-            OutBody::Full(bytes) => bytes.is_none(),
-            OutBody::File(_) | OutBody::Stream { .. } => false,
+            OutKind::Empty => true,
+            OutKind::Full(bytes) => bytes.is_none(),
+            OutKind::File(file) => file.left() == 0,
+            OutKind::Stream { taken, .. } => taken.as_ref().is_some_and(|s| s.is_end_stream()),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            OutBody::Empty => SizeHint::with_exact(0),
-            OutBody::Full(bytes) => {
+            OutKind::Empty => SizeHint::with_exact(0),
+            OutKind::Full(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
-            OutBody::File(file) => SizeHint::with_exact(file.left()),
-            OutBody::Stream { unsent, taken } => match taken {
+            OutKind::File(file) => SizeHint::with_exact(file.left()),
+            OutKind::Stream { unsent, taken } => match taken {
                 Some(stream) => stream.size_hint(),
                 None => unsent
                     .lock()
@@ -98,6 +99,48 @@ impl http_body::Body for OutBody {
                     .map_or_else(SizeHint::default, |s| s.size_hint()),
             },
         }
+    }
+}
+
+impl OutBody {
+    /// A body, and what turns true once all of it has been sent.
+    pub fn new(kind: OutKind) -> (OutBody, tokio::sync::watch::Receiver<bool>) {
+        let empty = kind.is_end_stream();
+        let (tx, rx) = tokio::sync::watch::channel(empty);
+        let body = OutBody {
+            kind,
+            sent: (!empty).then_some(tx),
+        };
+        (body, rx)
+    }
+}
+
+impl http_body::Body for OutBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let poll = this.kind.poll_frame(cx);
+        // Done once the last frame is out, or the end is seen: hyper may not ask again after a
+        // frame that ends the body.
+        let done = matches!(poll, Poll::Ready(None))
+            || (matches!(poll, Poll::Ready(Some(Ok(_)))) && this.kind.is_end_stream());
+        if done && let Some(sent) = this.sent.take() {
+            let _ = sent.send(true);
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.kind.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.kind.size_hint()
     }
 }
 

@@ -19,10 +19,16 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 const VIA_VALUE: HeaderValue = HeaderValue::from_static("1.1 gatehouse");
 
-/// Whether the client asks to switch protocols (a WebSocket, say) on an HTTP/1.1 connection.
+/// Whether the client asks for a WebSocket on an HTTP/1.1 connection. Other protocols are not
+/// offered to servers: a server that accepted `h2c` would take every later request on the
+/// connection past the plugins.
 pub fn wants_upgrade(req: &Parts) -> bool {
     req.version == http::Version::HTTP_11
-        && req.headers.contains_key(UPGRADE)
+        && req
+            .headers
+            .get(UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
         && connection_has(&req.headers, "upgrade")
 }
 
@@ -135,7 +141,12 @@ pub fn request_headers(req: &Parts, peer: &Peer, out: &Outgoing<'_>) -> HeaderMa
             }
             value.push_str(";proto=");
             value.push_str(scheme);
-            if let Some(h) = host.as_ref().and_then(|h| h.to_str().ok()) {
+            // Left out when it holds a delimiter: a Host such as `a;for=6.6.6.6` must not add
+            // parameters for a parser that does not honour the quotes.
+            if let Some(h) = host.as_ref().and_then(|h| h.to_str().ok()).filter(|h| {
+                h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+            }) {
                 value.push_str(&format!(";host=\"{h}\""));
             }
             for name in [X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST] {
@@ -268,6 +279,45 @@ mod tests {
             "for=\"[2001:db8::1]\";proto=http;host=\"a.example\""
         );
         assert!(!h.contains_key("x-forwarded-for"));
+    }
+
+    #[test]
+    fn only_websocket_upgrades_are_offered_to_servers() {
+        let req = parts(&[
+            ("host", "a"),
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+        ]);
+        assert!(!wants_upgrade(&req));
+        let forwarding = Forwarding::default();
+        let out = Outgoing {
+            forwarding: &forwarding,
+            preserve_host: true,
+            server_authority: None,
+            via: false,
+        };
+        let h = request_headers(&req, &peer("127.0.0.1"), &out);
+        assert!(
+            !h.contains_key("upgrade") && !h.contains_key("connection"),
+            "{h:?}"
+        );
+    }
+
+    #[test]
+    fn a_host_with_delimiters_is_left_out_of_forwarded() {
+        let req = parts(&[("host", "a;proto=https;for=6.6.6.6")]);
+        let forwarding = Forwarding {
+            trusted: Trusted::default(),
+            header: ForwardedHeader::Forwarded,
+        };
+        let out = Outgoing {
+            forwarding: &forwarding,
+            preserve_host: true,
+            server_authority: None,
+            via: false,
+        };
+        let h = request_headers(&req, &peer("192.0.2.1"), &out);
+        assert_eq!(h["forwarded"], "for=192.0.2.1;proto=http");
     }
 
     #[test]

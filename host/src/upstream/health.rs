@@ -20,6 +20,7 @@ pub fn start(
     servers: &[Arc<Server>],
     connectors: &[Connector],
     check: &HealthCheck,
+    http2: bool,
 ) -> Result<DropGuard, String> {
     let token = CancellationToken::new();
     let guard = token.clone().drop_guard();
@@ -36,6 +37,7 @@ pub fn start(
                 Client::builder(TokioExecutor::new())
                     .pool_timer(TokioTimer::new())
                     .pool_max_idle_per_host(0)
+                    .http2_only(http2)
                     .set_host(false)
                     .build(connector)
             })

@@ -29,7 +29,7 @@ use crate::metrics::Metrics;
 use crate::peer::Peer;
 use crate::request_body::{BodyFault, RequestBody, ServeBody};
 use balance::Balancer;
-use body::{OutBody, Streamed, Unsent};
+use body::{OutBody, OutKind, Streamed, Unsent};
 use connect::{ConnectError, Connector};
 use server::{InFlight, Server};
 
@@ -61,6 +61,8 @@ pub struct UpstreamTarget {
     /// Per event loop, one client (and so one connection pool) per server: a connection is
     /// driven by the loop that opened it, and used only by that loop's requests.
     clients: ThreadLocal<Vec<Client<Connector, OutBody>>>,
+    /// With `http2`: per event loop, the connection to each server.
+    h2: ThreadLocal<std::sync::Mutex<Vec<Option<H2Sender>>>>,
     forwarding: Forwarding,
     in_flight: AtomicUsize,
     retrying: AtomicUsize,
@@ -95,6 +97,8 @@ enum Source {
     Stream(Unsent),
 }
 
+type H2Sender = hyper::client::conn::http2::SendRequest<OutBody>;
+
 /// Counts one request (or retry) in flight until dropped.
 struct Counted<'a>(&'a AtomicUsize);
 
@@ -122,9 +126,10 @@ impl UpstreamTarget {
             .collect();
         let connectors = Connector::for_servers(config)?;
         let health = match &config.health_check {
-            Some(check) => {
-                Some(health::start(name, &servers, &connectors, check).map_err(ConnectError::Tls)?)
-            }
+            Some(check) => Some(
+                health::start(name, &servers, &connectors, check, config.http2)
+                    .map_err(ConnectError::Tls)?,
+            ),
             None => None,
         };
         Ok(UpstreamTarget {
@@ -134,6 +139,7 @@ impl UpstreamTarget {
             servers,
             connectors,
             clients: ThreadLocal::new(),
+            h2: ThreadLocal::new(),
             forwarding: forwarding.clone(),
             in_flight: AtomicUsize::new(0),
             retrying: AtomicUsize::new(0),
@@ -163,7 +169,6 @@ impl UpstreamTarget {
                         .pool_timer(TokioTimer::new())
                         .pool_idle_timeout(self.config.keepalive_timeout)
                         .pool_max_idle_per_host(self.config.keepalive)
-                        .http2_only(self.config.http2)
                         .set_host(false)
                         .build(connector.clone())
                 })
@@ -210,19 +215,17 @@ impl UpstreamTarget {
                 | Method::DELETE
         );
         let upgrade = headers::wants_upgrade(req);
-        let (source, fault, finished) = match body {
-            ServeBody::Read(RequestBody::Memory(b)) if b.is_empty() => (Source::Empty, None, None),
-            ServeBody::Read(RequestBody::Memory(b)) => (Source::Memory(b.clone()), None, None),
+        let (source, fault) = match body {
+            ServeBody::Read(RequestBody::Memory(b)) if b.is_empty() => (Source::Empty, None),
+            ServeBody::Read(RequestBody::Memory(b)) => (Source::Memory(b.clone()), None),
             ServeBody::Read(RequestBody::Spooled { file, len }) => {
-                (Source::File(file.path().to_path_buf(), *len), None, None)
+                (Source::File(file.path().to_path_buf(), *len), None)
             }
-            ServeBody::Unread(mut stream) => {
-                let finished = stream.finished();
+            ServeBody::Unread(stream) => {
                 let fault = stream.fault();
                 (
                     Source::Stream(Arc::new(std::sync::Mutex::new(Some(stream)))),
                     Some(fault),
-                    Some(finished),
                 )
             }
         };
@@ -256,12 +259,13 @@ impl UpstreamTarget {
                 last = HttpError::ServiceUnavailable;
                 continue;
             };
-            let Some(out_body) = attempt_body(&source)? else {
+            let Some(kind) = attempt_body(&source)? else {
                 // The client's body went to the failed attempt: nothing left to send again.
                 break;
             };
+            let (out_body, sent) = OutBody::new(kind);
             let request = self.request(req, &target, server, peer, out_body)?;
-            match self.send(index, request, finished.clone()).await {
+            match self.send(index, request, sent).await {
                 Ok(response) => {
                     server.succeeded();
                     drop(retry_guard);
@@ -345,29 +349,96 @@ impl UpstreamTarget {
         &self,
         server: usize,
         request: http::Request<OutBody>,
-        finished: Option<tokio::sync::watch::Receiver<bool>>,
+        mut sent: tokio::sync::watch::Receiver<bool>,
     ) -> Result<Response<hyper::body::Incoming>, Failure> {
-        let Some(client) = self.client(server) else {
-            return Err(Failure::NotSent(format!("no client for server #{server}")));
-        };
         let first_byte = self.config.first_byte_timeout;
         let deadline = async move {
-            if let Some(mut done) = finished {
-                while !*done.borrow_and_update() {
-                    if done.changed().await.is_err() {
-                        break;
-                    }
+            while !*sent.borrow_and_update() {
+                if sent.changed().await.is_err() {
+                    break;
                 }
             }
             tokio::time::sleep(first_byte).await;
         };
+        let exchange = async {
+            if self.config.http2 {
+                self.send_h2(server, request).await
+            } else {
+                let Some(client) = self.client(server) else {
+                    return Err(Failure::NotSent(format!("no client for server #{server}")));
+                };
+                client.request(request).await.map_err(|e| {
+                    let why = crate::error::with_causes(&e);
+                    if e.is_connect() {
+                        Failure::NotSent(why)
+                    } else {
+                        Failure::Broken(why)
+                    }
+                })
+            }
+        };
         tokio::select! {
-            result = client.request(request) => result.map_err(|e| {
-                let why = crate::error::with_causes(&e);
-                if e.is_connect() { Failure::NotSent(why) } else { Failure::Broken(why) }
-            }),
+            result = exchange => result,
             () = deadline => Err(Failure::Timeout),
         }
+    }
+
+    /// HTTP/2: one multiplexed connection per server and event loop, opened when first needed
+    /// and again once it has closed. (hyper-util's pool keys connections by the request's
+    /// authority, which HTTP/2 sends as `:authority`, so every Host a client sends would open
+    /// another connection.)
+    async fn send_h2(
+        &self,
+        server: usize,
+        request: http::Request<OutBody>,
+    ) -> Result<Response<hyper::body::Incoming>, Failure> {
+        let slots = self
+            .h2
+            .get_or(|| std::sync::Mutex::new(vec![None; self.connectors.len()]));
+        let cached = slots
+            .lock()
+            .ok()
+            .and_then(|s| s.get(server).cloned().flatten())
+            .filter(|sender: &H2Sender| !sender.is_closed());
+        let mut sender = match cached {
+            Some(sender) => sender,
+            None => {
+                let connector = self
+                    .connectors
+                    .get(server)
+                    .cloned()
+                    .ok_or_else(|| Failure::NotSent(format!("no server #{server}")))?;
+                let conn =
+                    tower_service::Service::call(&mut connector.clone(), http::Uri::default())
+                        .await
+                        .map_err(|e| Failure::NotSent(crate::error::with_causes(&e)))?;
+                let (sender, connection) =
+                    hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                        .timer(TokioTimer::new())
+                        .handshake(conn)
+                        .await
+                        .map_err(|e| Failure::NotSent(crate::error::with_causes(&e)))?;
+                tokio::spawn(async move {
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%error, "upstream HTTP/2 connection closed");
+                    }
+                });
+                if let Ok(mut s) = slots.lock()
+                    && let Some(slot) = s.get_mut(server)
+                {
+                    *slot = Some(sender.clone());
+                }
+                sender
+            }
+        };
+        sender
+            .ready()
+            .await
+            .map_err(|e| Failure::NotSent(crate::error::with_causes(&e)))?;
+        sender
+            .send_request(request)
+            .await
+            .map_err(|e| Failure::Broken(crate::error::with_causes(&e)))
     }
 
     fn respond(
@@ -399,16 +470,16 @@ impl UpstreamTarget {
 }
 
 /// The body for one attempt; `None` if the client's body was already given to an earlier one.
-fn attempt_body(source: &Source) -> Result<Option<OutBody>, HttpError> {
+fn attempt_body(source: &Source) -> Result<Option<OutKind>, HttpError> {
     Ok(Some(match source {
-        Source::Empty => OutBody::Empty,
-        Source::Memory(bytes) => OutBody::Full(Some(bytes.clone())),
+        Source::Empty => OutKind::Empty,
+        Source::Memory(bytes) => OutKind::Full(Some(bytes.clone())),
         Source::File(path, len) => {
             let file = std::fs::File::open(path).map_err(|e| {
                 tracing::error!(error = %e, "cannot reopen a spooled request body");
                 HttpError::Internal
             })?;
-            OutBody::File(FileChunks::new(file, *len))
+            OutKind::File(FileChunks::new(file, *len))
         }
         Source::Stream(unsent) => {
             if unsent
@@ -418,7 +489,7 @@ fn attempt_body(source: &Source) -> Result<Option<OutBody>, HttpError> {
             {
                 return Ok(None);
             }
-            OutBody::streamed(unsent)
+            OutKind::streamed(unsent)
         }
     }))
 }
