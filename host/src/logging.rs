@@ -12,13 +12,23 @@ static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
 /// Installs the global subscriber: `RUST_LOG` when set, else the config's level. Lines written before
 /// the returned guard is dropped are flushed when it is.
 pub fn init(config_level: &str, buffer_lines: usize) -> Result<WorkerGuard, String> {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(env) if !env.trim().is_empty() => {
-            EnvFilter::try_new(env).map_err(|e| format!("RUST_LOG: {e}"))?
-        }
-        _ => EnvFilter::try_new(config_level)
-            .map_err(|e| format!("log.level {config_level:?}: {e}"))?,
+    let (text, source) = match std::env::var("RUST_LOG") {
+        Ok(env) if !env.trim().is_empty() => (env, "RUST_LOG".to_string()),
+        _ => (
+            config_level.to_string(),
+            format!("log.level {config_level:?}"),
+        ),
     };
+    let mut filter = EnvFilter::try_new(&text).map_err(|e| format!("{source}: {e}"))?;
+    // rustls warns about what a client sent (an IP address as SNI, say) on every handshake: a
+    // client could fill the log. Its errors stay, unless the filter names rustls itself.
+    if !text.contains("rustls") {
+        filter = filter.add_directive(
+            "rustls=error"
+                .parse()
+                .map_err(|e| format!("built-in log filter: {e}"))?,
+        );
+    }
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(true)
         .buffered_lines_limit(buffer_lines)
