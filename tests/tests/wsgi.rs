@@ -1171,6 +1171,43 @@ fn sigterm_lets_python_requests_in_flight_finish() {
 }
 
 #[test]
+fn shutdown_under_load_reaps_every_worker_and_reports_no_crash() {
+    let s = serve("stdlib_app:app", "workers = 2\nthreads = 2");
+    let mut gh = s.gh;
+    let workers = gh.children();
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    let clients: Vec<_> = (0..8)
+        .map(|i| {
+            let url = gh.url(if i % 2 == 0 { "/sleep?0.5" } else { "/environ" });
+            std::thread::spawn(move || {
+                (0..5)
+                    .map(|_| client().get(&url).send().map(|r| r.status()))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    gh.signal("TERM");
+    for c in clients {
+        for status in c.join().expect("client").into_iter().flatten() {
+            // Requests after the listeners closed fail to connect; every answered one is a 200.
+            assert_eq!(status, StatusCode::OK);
+        }
+    }
+    let exit = gh.wait_exit(Duration::from_secs(15)).expect("exits");
+    assert!(exit.success(), "{exit}");
+    for pid in workers {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "worker {pid} outlived the server"
+        );
+    }
+    let log = gh.stderr();
+    assert!(!log.contains("restarting it"), "{log}");
+    drop(s.marks);
+}
+
+#[test]
 fn ctrl_c_to_the_whole_process_group_still_lets_requests_finish() {
     let s = serve("stdlib_app:app", "workers = 2");
     let mut gh = s.gh;

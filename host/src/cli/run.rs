@@ -85,7 +85,9 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
         eprintln!("{}: {error}", path.display());
         return Ok(ExitCode::FAILURE);
     }
-    Targets::build(&config, &metrics)?;
+    let targets = Targets::build(&config, &metrics)?;
+    drop(targets);
+    crate::wsgi::stop_all_pools();
     println!(
         "{}: ok ({} listener(s), {} target(s), {} plugin(s))",
         path.display(),

@@ -331,6 +331,8 @@ impl Server {
         if let Some(acme) = acme {
             let _ = acme.join();
         }
+        // Every request is done: the Python workers stop, and are reaped before we exit.
+        crate::wsgi::stop_all_pools();
         for path in socket_files {
             let _ = std::fs::remove_file(path);
         }
@@ -403,6 +405,7 @@ impl EventLoop {
                 tracker.spawn(accept.run(socket.into_listener()?));
             }
             self.shutdown.cancelled().await;
+            crate::wsgi::begin_shutdown();
             tracker.close();
             if self.index == 0 {
                 tracing::info!(grace = ?self.grace, "shutting down: no new connections, finishing requests in flight");

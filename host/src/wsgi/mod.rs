@@ -173,6 +173,16 @@ impl WsgiTarget {
     }
 }
 
+/// The server begins to shut down: workers exiting from now on are expected.
+pub fn begin_shutdown() {
+    pool::begin_shutdown();
+}
+
+/// Stops every pool (reloaded-away ones too) and reaps their workers.
+pub fn stop_all_pools() {
+    pool::stop_all();
+}
+
 /// Entry point of the hidden `__worker` subcommand.
 pub fn worker_main() -> ExitCode {
     let spec = match std::env::var(WORKER_ENV)

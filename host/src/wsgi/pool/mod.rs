@@ -30,6 +30,7 @@ use stream::build_response;
 use supervisor::Supervisor;
 
 pub use stream::ResponseStream;
+pub use supervisor::{begin_shutdown, stop_all};
 
 /// Settings of one pool, from the target's configuration.
 #[derive(Debug, Clone)]
@@ -153,9 +154,10 @@ impl Pool {
             shared: Arc::clone(&shared),
             socket: socket_path,
         };
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(format!("wsgi-{}", shared.config.name))
             .spawn(move || runtime.block_on(supervisor.run(ready_tx)))?;
+        supervisor::register(shared.shutdown.clone(), thread);
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(Pool {
                 guard: Arc::new(PoolGuard {

@@ -29,6 +29,45 @@ pub(super) struct Supervisor {
 /// Worker ids handed out per spawn, so a late connection from a dead worker is never mistaken.
 pub(super) static NEXT_WORKER_ID: AtomicU32 = AtomicU32::new(1);
 
+/// Every pool's supervisor thread with its stop token, so the server can stop and reap all of
+/// them (reloaded-away pools included) before the process exits.
+static POOLS: Mutex<Vec<(CancellationToken, std::thread::JoinHandle<()>)>> =
+    Mutex::new(Vec::new());
+
+/// The process is shutting down: workers that exit now (their lanes closing with the event
+/// loops) are neither restarted nor reported as crashed.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+pub(super) fn register(stop: CancellationToken, thread: std::thread::JoinHandle<()>) {
+    let mut pools = POOLS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    // Pools reloaded away that have already stopped need no joining.
+    pools.retain(|(_, t)| !t.is_finished());
+    pools.push((stop, thread));
+}
+
+/// The server begins its shutdown: worker exits from here on are expected.
+pub fn begin_shutdown() {
+    STOPPING.store(true, Ordering::Release);
+}
+
+fn stopping() -> bool {
+    STOPPING.load(Ordering::Acquire)
+}
+
+/// Stops every pool and waits until each supervisor has stopped and reaped its workers.
+pub fn stop_all() {
+    begin_shutdown();
+    let pools: Vec<_> = std::mem::take(
+        &mut *POOLS.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    for (stop, _) in &pools {
+        stop.cancel();
+    }
+    for (_, thread) in pools {
+        let _ = thread.join();
+    }
+}
+
 impl Supervisor {
     pub(super) async fn run(self, ready: std::sync::mpsc::Sender<Result<(), PoolError>>) {
         let listener = match UnixListener::bind(&self.socket) {
@@ -64,17 +103,22 @@ impl Supervisor {
         }
         tracing::info!(pool = %self.shared.config.name, workers = started.len(), "WSGI workers ready");
         let _ = ready.send(Ok(()));
+        let mut watchers = Vec::new();
         for (slot, running) in started {
             let shared = Arc::clone(&self.shared);
             let waiting = Arc::clone(&waiting);
             let socket = self.socket.clone();
-            tokio::spawn(async move {
+            watchers.push(tokio::spawn(async move {
                 Supervisor { shared, socket }
                     .keep_alive(slot, running, waiting)
                     .await
-            });
+            }));
         }
         self.shared.shutdown.cancelled().await;
+        // Each watcher stops its worker and waits for it to exit: none outlives the pool.
+        for watcher in watchers {
+            let _ = watcher.await;
+        }
     }
 
     /// Watches one slot's worker and replaces it whenever it exits (with backoff on quick deaths) or
@@ -108,6 +152,11 @@ impl Supervisor {
                     }
                 }
                 if self.shared.shutdown.is_cancelled() {
+                    return;
+                }
+                if stopping() {
+                    // The process is stopping: wait for the pool's stop instead of a new worker.
+                    self.shared.shutdown.cancelled().await;
                     return;
                 }
                 if started.elapsed() > Duration::from_secs(10) {
@@ -285,11 +334,19 @@ impl Running {
             }
         };
         worker.fail_all();
+        if reason == "stopped" {
+            // A stop asks first (SIGTERM, as Gunicorn does), so the app's exit handlers run.
+            let pid = self.child.id().and_then(|p| i32::try_from(p).ok());
+            if let Some(pid) = pid.and_then(rustix::process::Pid::from_raw) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+        }
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
         if reason.starts_with("retired") {
             tracing::info!(pid = worker.pid, %reason, "old worker stopped");
-        } else if !shutdown.is_cancelled() {
+        } else if !shutdown.is_cancelled() && !stopping() {
             tracing::warn!(pid = worker.pid, %reason, "worker gone; its requests in flight get 502, restarting it");
         }
     }
