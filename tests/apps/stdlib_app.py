@@ -201,6 +201,18 @@ def many_headers_view(environ, start_response):
     return [b"headers"]
 
 
+def corrupt_view(environ, start_response):
+    """Writes garbage into the worker's own connections to the front, as a buggy C extension
+    holding a stray file descriptor might."""
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                os.write(int(name), b"\xff" * 64)
+        except OSError:
+            pass
+    return respond(start_response, {"corrupted": True})
+
+
 def crash_view(environ, start_response):
     os._exit(1)
 
@@ -237,6 +249,7 @@ UNVALIDATED = {
     "/plain": plain_view,
     "/many_headers": many_headers_view,
     "/crash": crash_view,
+    "/corrupt": corrupt_view,
     "/segfault": segfault_view,
     "/hop": hop_by_hop_view,
     "/error": error_view,

@@ -517,6 +517,32 @@ fn crashed_workers_give_502_and_are_replaced() {
 }
 
 #[test]
+fn a_worker_whose_connection_carries_garbage_is_replaced_and_requests_go_on() {
+    let s = serve("stdlib_app:app", "workers = 1");
+    let before = json(client().get(s.gh.url("/environ")).send().expect("get"))["pid"].clone();
+    let r = client().get(s.gh.url("/corrupt")).send().expect("get");
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    s.gh.wait_stderr("replacing the worker", Duration::from_secs(5));
+    let quick = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let mut served = None;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(10) {
+        if let Ok(r) = quick.get(s.gh.url("/environ")).send()
+            && r.status() == StatusCode::OK
+        {
+            served = Some(json(r)["pid"].clone());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after = served.expect("a replacement serves within seconds, not after a timeout");
+    assert_ne!(before, after);
+}
+
+#[test]
 fn a_request_past_the_timeout_gets_504_and_its_worker_is_replaced() {
     let s = serve("stdlib_app:app", "timeout = \"1s\"");
     let before = json(client().get(s.gh.url("/environ")).send().expect("get"))["pid"].clone();

@@ -58,8 +58,13 @@ impl Drop for Held {
 }
 
 impl Lane {
-    /// Takes over an accepted lane socket on the calling event loop and starts reading it.
-    pub(super) fn adopt(socket: std::os::unix::net::UnixStream) -> std::io::Result<Arc<Lane>> {
+    /// Takes over an accepted lane socket on the calling event loop and starts reading it. If the
+    /// reading fails (frames that make no sense: the worker's state cannot be trusted), `broken`
+    /// fires and the worker is replaced.
+    pub(super) fn adopt(
+        socket: std::os::unix::net::UnixStream,
+        broken: CancellationToken,
+    ) -> std::io::Result<Arc<Lane>> {
         socket.set_nonblocking(true)?;
         let (frames, mut receiver) = transport::over_socket(UnixStream::from_std(socket)?);
         let lane = Arc::new(Lane {
@@ -72,9 +77,11 @@ impl Lane {
         tokio::spawn(async move {
             let mut buf = BytesMut::with_capacity(64 * 1024);
             if let Err(e) = read_frames(&mut receiver, &mut buf, &reading).await {
-                tracing::debug!(error = %e, "worker lane closed");
+                tracing::error!(error = %e, "a worker connection failed: replacing the worker");
+                broken.cancel();
             }
-            // The worker is gone (its supervisor sees it exit): whatever waits on this lane fails.
+            // The worker is gone (its supervisor sees it exit) or will be: whatever waits on this
+            // lane fails.
             reading.fail_all();
         });
         Ok(lane)
@@ -159,6 +166,8 @@ pub(super) struct Worker {
     pub(super) max_requests: u64,
     /// Fired when `max_requests` is reached: the supervisor starts a replacement, then drains this one.
     pub(super) retire: CancellationToken,
+    /// Fired when one of its connections failed: the supervisor kills and replaces it.
+    pub(super) broken: CancellationToken,
 }
 
 impl Worker {
@@ -171,7 +180,7 @@ impl Worker {
         let spare = self.spare.lock().ok().and_then(|mut s| s.pop());
         match spare {
             Some(socket) => {
-                let lane = Lane::adopt(socket).map_err(|e| {
+                let lane = Lane::adopt(socket, self.broken.clone()).map_err(|e| {
                     tracing::error!(pid = self.pid, error = %e, "cannot use a worker connection");
                     HttpError::BadGateway
                 })?;

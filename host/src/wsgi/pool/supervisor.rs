@@ -31,15 +31,16 @@ pub(super) static NEXT_WORKER_ID: AtomicU32 = AtomicU32::new(1);
 
 /// Every pool's supervisor thread with its stop token, so the server can stop and reap all of
 /// them (reloaded-away pools included) before the process exits.
-static POOLS: Mutex<Vec<(CancellationToken, std::thread::JoinHandle<()>)>> =
-    Mutex::new(Vec::new());
+static POOLS: Mutex<Vec<(CancellationToken, std::thread::JoinHandle<()>)>> = Mutex::new(Vec::new());
 
 /// The process is shutting down: workers that exit now (their lanes closing with the event
 /// loops) are neither restarted nor reported as crashed.
 static STOPPING: AtomicBool = AtomicBool::new(false);
 
 pub(super) fn register(stop: CancellationToken, thread: std::thread::JoinHandle<()>) {
-    let mut pools = POOLS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut pools = POOLS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     // Pools reloaded away that have already stopped need no joining.
     pools.retain(|(_, t)| !t.is_finished());
     pools.push((stop, thread));
@@ -58,7 +59,9 @@ fn stopping() -> bool {
 pub fn stop_all() {
     begin_shutdown();
     let pools: Vec<_> = std::mem::take(
-        &mut *POOLS.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+        &mut *POOLS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
     );
     for (stop, _) in &pools {
         stop.cancel();
@@ -271,6 +274,7 @@ impl Supervisor {
                 n => n + jitter(config.max_requests_jitter),
             },
             retire: CancellationToken::new(),
+            broken: CancellationToken::new(),
         });
         if let Ok(mut s) = self.shared.slots[slot].lock() {
             *s = Some(Arc::clone(&worker));
@@ -305,6 +309,7 @@ impl Running {
             tokio::select! {
                 status = self.child.wait() => break status.map_or_else(|e| e.to_string(), |s| format!("exited with {s}")),
                 () = worker.kill.cancelled() => break "killed after a request timed out".to_string(),
+                () = worker.broken.cancelled() => break "killed after its connection failed".to_string(),
                 () = shutdown.cancelled() => break "stopped".to_string(),
                 () = worker.retire.cancelled(), if retiring.is_some() => {
                     if let Some(tx) = retiring.take() {
