@@ -17,6 +17,25 @@ pub const MAX_PLUGIN_BODY: usize = 16 * 1024 * 1024;
 /// Default byte budget of the shared key-value store.
 pub const KV_BUDGET: u64 = 64 * 1024 * 1024;
 
+/// Default byte budget of the counters (names plus bookkeeping): about 200,000 per-IP counters.
+pub const COUNTER_BUDGET: u64 = 16 * 1024 * 1024;
+
+/// Longest `time_limit` allowed: a call holds its event loop (every connection on that thread
+/// waits), so a plugin may not take it for longer than this.
+pub const MAX_TIME_LIMIT: Duration = Duration::from_secs(2);
+
+/// Header bytes (names and values) plugins may set on one exchange, request and response
+/// together; past it setting more is `too-many-headers`.
+pub const MAX_PLUGIN_HEADER_BYTES: usize = 1024 * 1024;
+
+/// Entries in a request's context, and their bytes; past either `context-set` traps.
+pub const MAX_CONTEXT_ENTRIES: usize = 64;
+/// See [`MAX_CONTEXT_ENTRIES`].
+pub const MAX_CONTEXT_BYTES: usize = 64 * 1024;
+
+/// Elements of one instance's tables (function references): more fails the instantiation.
+pub const MAX_TABLE_ELEMENTS: usize = 100_000;
+
 /// Most instances of one plugin kept warm in its pool; more concurrent calls than event-loop
 /// threads never happen, so this only bounds what a burst of replacements leaves behind.
 pub const POOL_MAX: usize = 64;

@@ -13,6 +13,9 @@ use lru::LruCache;
 /// Bookkeeping bytes charged per entry on top of its key and value.
 const ENTRY_OVERHEAD: usize = 64;
 
+/// Bookkeeping bytes charged per counter on top of its name.
+const COUNTER_OVERHEAD: usize = 64;
+
 /// The key-value store and counters, kept across reloads.
 #[derive(Debug)]
 pub struct SharedStore {
@@ -21,8 +24,9 @@ pub struct SharedStore {
 }
 
 impl SharedStore {
-    /// A store whose key-value part holds at most `kv_budget` bytes.
-    pub fn new(kv_budget: usize) -> SharedStore {
+    /// A store whose key-value part holds at most `kv_budget` bytes and whose counters at most
+    /// `counter_budget` (names come from clients: a limit per IP address, say).
+    pub fn new(kv_budget: usize, counter_budget: usize) -> SharedStore {
         SharedStore {
             kv: Mutex::new(Kv {
                 entries: LruCache::unbounded(),
@@ -33,6 +37,8 @@ impl SharedStore {
                 by_window: HashMap::new(),
                 len: 0,
                 sweep_at: 1024,
+                bytes: 0,
+                budget: counter_budget,
             }),
         }
     }
@@ -80,7 +86,10 @@ impl SharedStore {
         let mut guard = lock(&self.counters);
         guard.sweep(now);
         let counters = &mut *guard;
-        let map = counters.by_window.entry(window_ms).or_default();
+        let map = counters
+            .by_window
+            .entry(window_ms)
+            .or_insert_with(LruCache::unbounded);
         // Looked up by reference: the name is copied only for a new counter.
         match map.get_mut(name) {
             Some(slot) => {
@@ -94,7 +103,7 @@ impl SharedStore {
                 slot.value
             }
             None => {
-                map.insert(
+                map.put(
                     name.to_string(),
                     Counter {
                         window: current,
@@ -102,6 +111,18 @@ impl SharedStore {
                     },
                 );
                 counters.len += 1;
+                counters.bytes += name.len() + COUNTER_OVERHEAD;
+                // Past the budget the counters used longest ago go (in this window length, the
+                // one growing).
+                while counters.bytes > counters.budget {
+                    match map.pop_lru() {
+                        Some((old, _)) => {
+                            counters.bytes -= old.len() + COUNTER_OVERHEAD;
+                            counters.len -= 1;
+                        }
+                        None => break,
+                    }
+                }
                 delta
             }
         }
@@ -111,7 +132,11 @@ impl SharedStore {
     pub fn counter_get(&self, name: &str, window: Option<Duration>) -> i64 {
         let window_ms = window.map_or(0, |w| w.as_millis().max(1) as u64);
         let counters = lock(&self.counters);
-        match counters.by_window.get(&window_ms).and_then(|m| m.get(name)) {
+        match counters
+            .by_window
+            .get(&window_ms)
+            .and_then(|m| m.peek(name))
+        {
             Some(c) if c.window == current_window(now_ms(), window_ms) => c.value,
             _ => 0,
         }
@@ -208,14 +233,18 @@ struct Counter {
     value: i64,
 }
 
-/// Counters by (name, window length); windows that have passed are swept as the map grows.
+/// Counters by (name, window length); windows that have passed are swept as the map grows, and
+/// past the byte budget the least recently used go.
 #[derive(Debug)]
 struct Counters {
-    /// By window length in milliseconds (0: no window), then by name.
-    by_window: HashMap<u64, HashMap<String, Counter>>,
+    /// By window length in milliseconds (0: no window), then by name, least recently used first.
+    by_window: HashMap<u64, LruCache<String, Counter>>,
     /// Counters in all windows.
     len: usize,
     sweep_at: usize,
+    /// Bytes charged for them (names plus bookkeeping), within `budget`.
+    bytes: usize,
+    budget: usize,
 }
 
 impl Counters {
@@ -225,10 +254,18 @@ impl Counters {
         }
         for (&window_ms, map) in self.by_window.iter_mut() {
             if window_ms != 0 {
-                map.retain(|_, c| c.window == current_window(now, window_ms));
+                let stale: Vec<String> = map
+                    .iter()
+                    .filter(|(_, c)| c.window != current_window(now, window_ms))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for name in stale {
+                    map.pop(&name);
+                    self.bytes -= name.len() + COUNTER_OVERHEAD;
+                }
             }
         }
-        self.len = self.by_window.values().map(HashMap::len).sum();
+        self.len = self.by_window.values().map(LruCache::len).sum();
         self.sweep_at = (self.len * 2).max(1024);
     }
 }
@@ -239,7 +276,7 @@ mod tests {
 
     #[test]
     fn kv_ttl_cas_and_budget() {
-        let s = SharedStore::new(3 * (ENTRY_OVERHEAD + 2));
+        let s = SharedStore::new(3 * (ENTRY_OVERHEAD + 2), 1 << 20);
         assert!(s.kv_set("a".into(), b"1".to_vec(), None));
         assert_eq!(s.kv_get("a"), Some(b"1".to_vec()));
         assert!(!s.kv_compare_and_swap("a".into(), Some(b"2"), b"3".to_vec(), None));
@@ -260,8 +297,25 @@ mod tests {
     }
 
     #[test]
+    fn counters_stay_within_their_budget_dropping_the_least_recently_used() {
+        let s = SharedStore::new(1024, 10 * (COUNTER_OVERHEAD + 6));
+        let hour = Some(Duration::from_secs(3600));
+        for i in 0..1000 {
+            s.counter_incr(&format!("ip{i:04}"), 1, hour);
+            // One key stays in use throughout and is never the one dropped.
+            s.counter_incr("keeper", 1, hour);
+        }
+        assert_eq!(s.counter_get("keeper", hour), 1000);
+        assert_eq!(s.counter_get("ip0999", hour), 1);
+        assert_eq!(s.counter_get("ip0000", hour), 0, "dropped long ago");
+        let c = lock(&s.counters);
+        assert!(c.bytes <= c.budget, "{} > {}", c.bytes, c.budget);
+        assert!(c.len <= 10);
+    }
+
+    #[test]
     fn counters_count_within_windows() {
-        let s = SharedStore::new(1024);
+        let s = SharedStore::new(1024, 1 << 20);
         assert_eq!(s.counter_incr("x", 2, None), 2);
         assert_eq!(s.counter_incr("x", 3, None), 5);
         assert_eq!(s.counter_get("x", None), 5);

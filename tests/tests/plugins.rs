@@ -850,6 +850,17 @@ fn plugins_that_print_sleep_read_stdin_or_pile_up_headers_cost_only_their_reques
         Duration::from_secs(5),
     );
     after("/many-local-headers");
+
+    // Header bytes a plugin may set on an exchange are bounded (1 MiB): 100 KiB values stop at 10.
+    let r = c.get(gh.url("/big-headers")).send().expect("big headers");
+    assert_eq!(r.text().expect("body"), "set=10\n");
+    after("/big-headers");
+
+    // The context is bounded too: the 65th entry fails the plugin's call.
+    let r = c.get(gh.url("/context-flood")).send().expect("context");
+    assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    gh.wait_stderr("already has 64 entries", Duration::from_secs(5));
+    after("/context-flood");
 }
 
 #[test]

@@ -75,7 +75,10 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    let store = Arc::new(SharedStore::new(config.kv_budget as usize));
+    let store = Arc::new(SharedStore::new(
+        config.store.kv_budget as usize,
+        config.store.counter_budget as usize,
+    ));
     let metrics = Arc::new(Metrics::new());
     if let Err(error) = Chain::for_config(&config, store, &metrics) {
         eprintln!("{}: {error}", path.display());

@@ -93,6 +93,15 @@ mod tests {
     }
 
     #[test]
+    fn a_plugin_may_not_hold_its_event_loop_for_long() {
+        let e = errors(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n[targets.a]\nstatic = \".\"\n[[plugins]]\nuse = \"router\"\ntime_limit = \"3s\"\n",
+        );
+        assert_eq!(e[0].key, "plugins[0].time_limit", "{e:?}");
+        assert!(e[0].message.contains("2s"), "{}", e[0].message);
+    }
+
+    #[test]
     fn forwarded_allow_ips_lives_in_server_and_names_its_new_place_elsewhere() {
         let config: Config =
             "[server]\nlisten = [\"127.0.0.1:0\"]\nforwarded_allow_ips = [\"10.0.0.0/8\"]\nforwarded_header = \"forwarded\"\n[targets.a]\nstatic = \".\"\n"

@@ -87,11 +87,24 @@ pub(super) struct RawPlugin {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawStore {
     kv_budget: Option<Bytes>,
+    counter_budget: Option<Bytes>,
+}
+
+/// `[store]`: the shared key-value store and counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// Bytes the key-value store may hold; least recently used entries go first.
+    pub kv_budget: u64,
+    /// Bytes the counters may hold; least recently used counters go first.
+    pub counter_budget: u64,
 }
 
 impl RawStore {
-    pub(super) fn kv_budget(&self) -> u64 {
-        self.kv_budget.map_or(sandbox::KV_BUDGET, |b| b.0)
+    pub(super) fn validate(&self) -> StoreConfig {
+        StoreConfig {
+            kv_budget: self.kv_budget.map_or(sandbox::KV_BUDGET, |b| b.0),
+            counter_budget: self.counter_budget.map_or(sandbox::COUNTER_BUDGET, |b| b.0),
+        }
     }
 }
 
@@ -142,11 +155,11 @@ impl RawPlugin {
             None => "{}".into(),
         };
         let time_limit = match &self.time_limit {
-            Some(t) if t.get_ref().0.is_zero() || t.get_ref().0 > Duration::from_secs(60) => {
+            Some(t) if t.get_ref().0.is_zero() || t.get_ref().0 > sandbox::MAX_TIME_LIMIT => {
                 errors.push(doc.error(
                     t.span(),
                     &format!("{key}.time_limit"),
-                    "must be between 1ms and 60s",
+                    "must be between 1ms and 2s: a call holds its event loop, and every connection on it waits",
                 ));
                 sandbox::TIME_LIMIT
             }

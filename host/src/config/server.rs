@@ -197,7 +197,7 @@ impl RawConfig {
             log,
             targets,
             plugins,
-            kv_budget: self.store.kv_budget(),
+            store: self.store.validate(),
         })
     }
 }

@@ -22,8 +22,8 @@ pub struct Config {
     pub targets: BTreeMap<String, TargetConfig>,
     /// The plugin chain, in order.
     pub plugins: Vec<PluginConfig>,
-    /// `[store] kv_budget`: bytes the shared key-value store may hold.
-    pub kv_budget: u64,
+    /// `[store]`: the shared key-value store and counters.
+    pub store: super::plugins::StoreConfig,
     /// `[admin] listen`: where `/healthz`, `/readyz` and `/metrics` are served (off if `None`).
     pub admin: Option<ListenAddr>,
 }

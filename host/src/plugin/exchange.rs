@@ -33,6 +33,8 @@ pub struct Exchange {
     pub client_subject: Option<std::sync::Arc<str>>,
     /// The per-request context shared by plugins and phases.
     pub context: Vec<(String, String)>,
+    /// Header bytes plugins have set on this exchange (see `MAX_PLUGIN_HEADER_BYTES`).
+    pub plugin_header_bytes: usize,
     /// The response, present during `on-response` and `on-log`.
     pub response: Option<Response<Body>>,
 }
@@ -53,6 +55,7 @@ impl Exchange {
             tls,
             client_subject: None,
             context: Vec::new(),
+            plugin_header_bytes: 0,
             response: None,
         }
     }
@@ -95,12 +98,30 @@ impl Exchange {
             .map(|(_, v)| v.as_str())
     }
 
-    /// Sets a context value.
-    pub fn context_set(&mut self, key: String, value: String) {
-        match self.context.iter_mut().find(|(k, _)| *k == key) {
-            Some(slot) => slot.1 = value,
+    /// Sets a context value, within `MAX_CONTEXT_ENTRIES` entries and `MAX_CONTEXT_BYTES`.
+    pub fn context_set(&mut self, key: String, value: String) -> Result<(), &'static str> {
+        use crate::sandbox::{MAX_CONTEXT_BYTES, MAX_CONTEXT_ENTRIES};
+        let index = self.context.iter().position(|(k, _)| *k == key);
+        let bytes: usize = self
+            .context
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != index)
+            .map(|(_, (k, v))| k.len() + v.len())
+            .sum::<usize>()
+            + key.len()
+            + value.len();
+        if bytes > MAX_CONTEXT_BYTES {
+            return Err("the request context would pass 64 KiB");
+        }
+        match index {
+            Some(i) => self.context[i].1 = value,
+            None if self.context.len() >= MAX_CONTEXT_ENTRIES => {
+                return Err("the request context already has 64 entries");
+            }
             None => self.context.push((key, value)),
         }
+        Ok(())
     }
 }
 

@@ -107,6 +107,7 @@ impl Plugin {
             .memory_size(self.config.memory_limit as usize)
             .instances(4)
             .tables(16)
+            .table_elements(sandbox::MAX_TABLE_ELEMENTS)
             .memories(4)
             .trap_on_grow_failure(true)
             .build();

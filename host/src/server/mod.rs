@@ -223,7 +223,10 @@ impl Server {
             )),
             _ => None,
         };
-        let store = Arc::new(SharedStore::new(config.kv_budget as usize));
+        let store = Arc::new(SharedStore::new(
+            config.store.kv_budget as usize,
+            config.store.counter_budget as usize,
+        ));
         let metrics = Arc::new(Metrics::new());
         metrics.watch_dropped_lines("diagnostics", crate::logging::dropped_lines);
         let log = access_log.clone();

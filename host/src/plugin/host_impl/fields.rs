@@ -10,7 +10,7 @@ use super::wit::{ErrorCode, HeaderField as Header, Message};
 use crate::body::Body;
 use crate::plugin::bindings::gatehouse::plugin::fields;
 use crate::request_body::RequestBody;
-use crate::sandbox::{MAX_PLUGIN_BODY, MAX_PLUGIN_HEADERS};
+use crate::sandbox::{MAX_PLUGIN_BODY, MAX_PLUGIN_HEADER_BYTES, MAX_PLUGIN_HEADERS};
 
 impl HostState {
     /// The header fields of one message; the response's before there is one is the guest's error.
@@ -21,12 +21,19 @@ impl HostState {
         })
     }
 
-    /// The same for a call that answers an error code: no response yet is `no-response`.
+    /// The same for a call that answers an error code: no response yet is `no-response`, and
+    /// `bytes` more header data than plugins may set on one exchange is `too-many-headers`.
     fn headers_for_change(
         &mut self,
         message: Message,
+        bytes: usize,
     ) -> Result<Result<&mut HeaderMap, ErrorCode>> {
         let ex = self.ex()?;
+        let total = ex.plugin_header_bytes.saturating_add(bytes);
+        if total > MAX_PLUGIN_HEADER_BYTES {
+            return Ok(Err(ErrorCode::TooManyHeaders));
+        }
+        ex.plugin_header_bytes = total;
         Ok(match message {
             Message::Request => Ok(&mut ex.request.headers),
             Message::Response => match ex.response.as_mut() {
@@ -95,8 +102,9 @@ impl fields::Host for HostState {
         name: String,
         value: Vec<u8>,
     ) -> Result<Result<(), ErrorCode>> {
+        let bytes = name.len() + value.len();
         Ok(self
-            .headers_for_change(message)?
+            .headers_for_change(message, bytes)?
             .and_then(|headers| set(headers, &name, value, false)))
     }
 
@@ -106,8 +114,9 @@ impl fields::Host for HostState {
         name: String,
         value: Vec<u8>,
     ) -> Result<Result<(), ErrorCode>> {
+        let bytes = name.len() + value.len();
         Ok(self
-            .headers_for_change(message)?
+            .headers_for_change(message, bytes)?
             .and_then(|headers| set(headers, &name, value, true)))
     }
 
@@ -116,11 +125,14 @@ impl fields::Host for HostState {
         message: Message,
         fields: Vec<Header>,
     ) -> Result<Result<(), ErrorCode>> {
-        Ok(self.headers_for_change(message)?.and_then(|headers| {
-            fields
-                .into_iter()
-                .try_for_each(|h| set(headers, &h.name, h.value, false))
-        }))
+        let bytes = fields.iter().map(|h| h.name.len() + h.value.len()).sum();
+        Ok(self
+            .headers_for_change(message, bytes)?
+            .and_then(|headers| {
+                fields
+                    .into_iter()
+                    .try_for_each(|h| set(headers, &h.name, h.value, false))
+            }))
     }
 
     fn remove_header(&mut self, message: Message, name: String) -> Result<()> {

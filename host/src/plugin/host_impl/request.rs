@@ -145,8 +145,10 @@ impl request::Host for HostState {
     }
 
     fn context_set(&mut self, key: String, value: String) -> Result<()> {
-        self.ex()?.context_set(key, value);
-        Ok(())
+        // No error code in the contract for this: the plugin's call fails (500, or skipped).
+        self.ex()?
+            .context_set(key, value)
+            .map_err(wasmtime::Error::msg)
     }
 
     fn respond(&mut self, response: wit::LocalResponse) -> Result<()> {
