@@ -40,7 +40,7 @@ fn exchange(client: Option<std::net::SocketAddr>) -> Box<Exchange> {
 }
 
 fn bench_chain(c: &mut Criterion, label: &str, plugins: &[PluginConfig]) {
-    let store = Arc::new(SharedStore::new(1 << 20));
+    let store = Arc::new(SharedStore::new(1 << 20, 1 << 20));
     let metrics = Arc::new(Metrics::new());
     let targets = ["app".to_string(), "assets".to_string()];
     let chain =
@@ -96,7 +96,7 @@ fn benches(c: &mut Criterion) {
 /// The realistic chain of `bench/plugins.sh` over a whole request: on-request, then on-response
 /// on a response with the headers a static file has.
 fn bench_request(c: &mut Criterion, plugins: &[PluginConfig]) {
-    let store = Arc::new(SharedStore::new(1 << 20));
+    let store = Arc::new(SharedStore::new(1 << 20, 1 << 20));
     let metrics = Arc::new(Metrics::new());
     let targets = ["app".to_string()];
     let chain =
