@@ -433,3 +433,51 @@ fn a_client_that_stops_reading_is_cut_after_send_timeout() {
     assert!(rest.closed);
     assert!(rest.bytes.len() < 32 << 20, "{} bytes", rest.bytes.len());
 }
+
+/// An HTTP/2 client (h2 crate, prior knowledge) that never opens its flow-control window: the
+/// server can send headers but no data.
+#[test]
+fn an_http2_stream_whose_window_stays_shut_is_cut_after_send_timeout() {
+    let dir = site(&[("big.bin", &vec![7u8; 4 << 20])]);
+    let gh = Gatehouse::start(
+        dir.path(),
+        &static_config("", "[server.limits]\nsend_timeout = \"1s\"\n"),
+    );
+    let addr = gh.addr();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let outcome = runtime.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (client, connection) = h2::client::Builder::new()
+            .initial_window_size(0)
+            .initial_connection_window_size(65_535)
+            .handshake::<_, bytes::Bytes>(tcp)
+            .await
+            .expect("h2 handshake");
+        let connection = tokio::spawn(connection);
+        let mut client = client.ready().await.expect("ready");
+        let request = http::Request::get(format!("http://{addr}/big.bin"))
+            .body(())
+            .expect("request");
+        let (response, _) = client.send_request(request, true).expect("send");
+        let response = response.await.expect("response head");
+        assert_eq!(response.status(), 200);
+        let mut body = response.into_body();
+        // Read nothing and never release capacity: the stream stays shut.
+        let started = std::time::Instant::now();
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            let _ = body.data().await;
+            let _ = connection.await;
+        })
+        .await;
+        (ended.is_ok(), started.elapsed())
+    });
+    let (ended, took) = outcome;
+    assert!(ended, "the server held the stalled stream for 10 s");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    // The server serves on.
+    let r = client().get(gh.url("/big.bin")).send().expect("get");
+    assert_eq!(r.bytes().expect("body").len(), 4 << 20);
+}

@@ -7,17 +7,29 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// Requests in flight on a connection and when the last one finished.
+/// Requests in flight on a connection and when the last one finished; and whether a response
+/// body waits for the client (handed data that the connection has not come back for).
 #[derive(Debug)]
 pub struct Activity {
     opened: Instant,
     in_flight: AtomicUsize,
     last_done_ms: AtomicU64,
+    /// Response bodies whose last poll gave data: the next poll waits on the client.
+    waiting_bodies: AtomicUsize,
+    /// When a response body was last polled, in ms since `opened`.
+    last_poll_ms: AtomicU64,
 }
 
 /// Marks one request in flight until dropped.
 #[derive(Debug)]
 pub struct RequestGuard(Arc<Activity>);
+
+impl RequestGuard {
+    /// The connection's activity.
+    pub fn activity(&self) -> &Activity {
+        &self.0
+    }
+}
 
 impl Default for Activity {
     /// A connection opened now, with nothing in flight.
@@ -26,6 +38,8 @@ impl Default for Activity {
             opened: Instant::now(),
             in_flight: AtomicUsize::new(0),
             last_done_ms: AtomicU64::new(0),
+            waiting_bodies: AtomicUsize::new(0),
+            last_poll_ms: AtomicU64::new(0),
         }
     }
 }
@@ -44,6 +58,48 @@ impl Activity {
         }
         let last = self.opened + Duration::from_millis(self.last_done_ms.load(Ordering::Acquire));
         Some(now.saturating_duration_since(last))
+    }
+}
+
+impl Activity {
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A response body was polled; `gave_data` is whether it handed data over (so the next poll
+    /// waits on the connection, not on the producer); `was_waiting` what it said before.
+    pub fn body_polled(&self, was_waiting: bool, gave_data: bool) {
+        self.last_poll_ms
+            .store(self.elapsed_ms(), Ordering::Relaxed);
+        match (was_waiting, gave_data) {
+            (false, true) => {
+                self.waiting_bodies.fetch_add(1, Ordering::AcqRel);
+            }
+            (true, false) => {
+                self.waiting_bodies.fetch_sub(1, Ordering::AcqRel);
+            }
+            _ => {}
+        }
+    }
+
+    /// A response body that was waiting on the connection went away.
+    pub fn body_dropped(&self, was_waiting: bool) {
+        if was_waiting {
+            self.waiting_bodies.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// How long response data has waited for the connection to take more (`None`: nothing
+    /// waits). On HTTP/2 a client that never opens its window stalls here, not in a socket
+    /// write.
+    pub fn send_stalled_for(&self) -> Option<Duration> {
+        if self.waiting_bodies.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let last = self.last_poll_ms.load(Ordering::Relaxed);
+        Some(Duration::from_millis(
+            self.elapsed_ms().saturating_sub(last),
+        ))
     }
 }
 

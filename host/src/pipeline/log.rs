@@ -62,6 +62,10 @@ pub(super) fn finish(
             log: gateway.access_log.clone(),
         })
     });
+    // A body with something to send waits on the connection from the start: HTTP/2 polls it
+    // only once the client's window has room.
+    let waiting = !http_body::Body::is_end_stream(&body);
+    guard.activity().body_polled(false, waiting);
     Response::from_parts(
         parts,
         LoggedBody {
@@ -70,7 +74,8 @@ pub(super) fn finish(
             status,
             log,
             plugin_log,
-            _guard: guard,
+            waiting,
+            guard,
         },
     )
 }
@@ -140,7 +145,9 @@ pub struct LoggedBody {
     // request's cost.
     log: Option<Box<PendingLog>>,
     plugin_log: Option<Box<PluginLog>>,
-    _guard: RequestGuard,
+    /// Whether the last poll handed data over (the next one waits on the client).
+    waiting: bool,
+    guard: RequestGuard,
 }
 
 impl http_body::Body for LoggedBody {
@@ -153,11 +160,15 @@ impl http_body::Body for LoggedBody {
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         let this = self.get_mut();
         let poll = Pin::new(&mut this.inner).poll_frame(cx);
+        let mut gave_data = false;
         if let Poll::Ready(Some(Ok(frame))) = &poll {
             if let Some(data) = frame.data_ref() {
                 this.sent += data.len() as u64;
+                gave_data = !this.inner.is_end_stream();
             }
         }
+        this.guard.activity().body_polled(this.waiting, gave_data);
+        this.waiting = gave_data;
         poll
     }
 
@@ -172,6 +183,7 @@ impl http_body::Body for LoggedBody {
 
 impl Drop for LoggedBody {
     fn drop(&mut self) {
+        self.guard.activity().body_dropped(self.waiting);
         if let Some(mut pending) = self.log.take() {
             pending.entry.status = pending.status;
             pending.entry.bytes = self.sent;

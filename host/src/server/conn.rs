@@ -52,6 +52,7 @@ pub async fn serve<I>(
     // Copied out, so an idle keep-alive connection does not keep a reloaded-away gateway alive.
     let limits = gateway.load().limits.clone();
     let keepalive = limits.keepalive_timeout;
+    let send_timeout = limits.send_timeout;
     let (io, verdicts) = WireGuard::new(
         io,
         limits.max_header_size,
@@ -75,7 +76,8 @@ pub async fn serve<I>(
     tokio::pin!(conn);
 
     let mut draining = false;
-    let idle_check = tokio::time::sleep(keepalive);
+    // Checked at least every send_timeout: a stalled response must be noticed while requests run.
+    let idle_check = tokio::time::sleep(keepalive.min(send_timeout));
     tokio::pin!(idle_check);
     loop {
         tokio::select! {
@@ -98,15 +100,35 @@ pub async fn serve<I>(
                 draining = true;
                 conn.as_mut().graceful_shutdown();
             }
-            () = &mut idle_check, if !draining => {
+            () = &mut idle_check => {
                 let now = Instant::now();
+                // A response the client takes nothing of for send_timeout (an HTTP/2 stream whose
+                // window stays shut, say) ends the connection: nothing holds its file or buffers.
+                match activity.send_stalled_for() {
+                    Some(stalled) if stalled >= send_timeout => {
+                        tracing::debug!(client = ?client, "the client took no response data within send_timeout: connection closed");
+                        return;
+                    }
+                    Some(stalled) => {
+                        idle_check.as_mut().reset(now + (send_timeout - stalled));
+                        continue;
+                    }
+                    None => {}
+                }
+                if draining {
+                    idle_check.as_mut().reset(now + send_timeout);
+                    continue;
+                }
                 match activity.idle_for(now) {
                     Some(idle) if idle >= keepalive => {
                         draining = true;
                         conn.as_mut().graceful_shutdown();
                     }
-                    Some(idle) => idle_check.as_mut().reset(now + (keepalive - idle)),
-                    None => idle_check.as_mut().reset(now + keepalive),
+                    Some(idle) => {
+                        idle_check.as_mut().reset(now + (keepalive - idle).min(send_timeout));
+                    }
+                    // A request runs: look again when a stall could first be noticed.
+                    None => idle_check.as_mut().reset(now + keepalive.min(send_timeout)),
                 }
             }
         }
