@@ -543,6 +543,98 @@ fn a_worker_whose_connection_carries_garbage_is_replaced_and_requests_go_on() {
 }
 
 #[test]
+fn a_burst_deeper_than_the_threads_waits_in_the_front_and_timeout_counts_only_the_apps_time() {
+    // One thread, 2 s timeout, eight 0.5 s requests at once: 4 s of work. Each request's timeout
+    // starts when a thread takes it, so all of them succeed and the worker is never killed.
+    let s = serve(
+        "stdlib_app:app",
+        "workers = 1\nthreads = 1\ntimeout = \"2s\"\n[admin]\nlisten = \"127.0.0.1:0\"",
+    );
+    let burst: Vec<_> = (0..8)
+        .map(|_| {
+            let url = s.gh.url("/sleep?0.5");
+            std::thread::spawn(move || client().get(url).send().map(|r| r.status()))
+        })
+        .collect();
+    for b in burst {
+        assert_eq!(b.join().expect("thread").expect("get"), StatusCode::OK);
+    }
+    let metrics = client()
+        .get(format!("http://{}/metrics", s.gh.addrs[1]))
+        .send()
+        .and_then(|r| r.text())
+        .expect("metrics");
+    assert!(
+        !metrics.contains("gatehouse_wsgi_worker_restarts_total{"),
+        "no worker was replaced: {metrics}"
+    );
+}
+
+#[test]
+fn a_request_waiting_past_queue_timeout_gets_503() {
+    let s = serve(
+        "stdlib_app:app",
+        "workers = 1\nthreads = 1\nqueue_timeout = \"2s\"",
+    );
+    let requests: Vec<_> = (0..3)
+        .map(|i| {
+            let url = s.gh.url("/sleep?1.2");
+            std::thread::sleep(Duration::from_millis(if i == 0 { 0 } else { 100 }));
+            std::thread::spawn(move || client().get(url).send().map(|r| r.status()))
+        })
+        .collect();
+    let statuses: Vec<StatusCode> = requests
+        .into_iter()
+        .map(|r| r.join().expect("thread").expect("get"))
+        .collect();
+    // The second waits 1.2 s (within queue_timeout), the third 2.4 s (past it).
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::SERVICE_UNAVAILABLE
+        ]
+    );
+}
+
+#[test]
+fn a_timed_out_request_costs_only_itself_when_its_worker_runs_others() {
+    let s = serve(
+        "stdlib_app:app",
+        "workers = 1\nthreads = 2\ntimeout = \"1s\"",
+    );
+    let before = json(client().get(s.gh.url("/environ")).send().expect("get"))["pid"].clone();
+    let stuck = {
+        let url = s.gh.url("/sleep?4");
+        std::thread::spawn(move || client().get(url).send().map(|r| r.status()))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let neighbour = {
+        let url = s.gh.url("/sleep?0.9");
+        std::thread::spawn(move || client().get(url).send().map(|r| r.status()))
+    };
+    assert_eq!(
+        stuck.join().expect("thread").expect("get"),
+        StatusCode::GATEWAY_TIMEOUT
+    );
+    // Its neighbour on the same worker is still running when the stuck one times out: it
+    // finishes (a 200, not a 502), and only then is the worker replaced.
+    assert_eq!(
+        neighbour.join().expect("thread").expect("get"),
+        StatusCode::OK
+    );
+    wait_for("a replacement worker", || {
+        client()
+            .get(s.gh.url("/environ"))
+            .send()
+            .is_ok_and(|r| r.status() == StatusCode::OK)
+    });
+    let after = json(client().get(s.gh.url("/environ")).send().expect("get"))["pid"].clone();
+    assert_ne!(before, after);
+}
+
+#[test]
 fn a_request_past_the_timeout_gets_504_and_its_worker_is_replaced() {
     let s = serve("stdlib_app:app", "timeout = \"1s\"");
     let before = json(client().get(s.gh.url("/environ")).send().expect("get"))["pid"].clone();
@@ -1320,7 +1412,7 @@ fn another_build_of_the_same_python_version_is_refused_at_start_naming_both() {
 }
 
 #[test]
-fn an_abandoned_queued_request_never_runs_and_keeps_its_slot_until_the_worker_drops_it() {
+fn an_abandoned_queued_request_never_runs_and_gives_its_place_back() {
     for mode in ["threads = 1", "threads = 2"] {
         // One worker; `backlog = 1` past its threads.
         let s = serve(
@@ -1340,18 +1432,28 @@ fn an_abandoned_queued_request_never_runs_and_keeps_its_slot_until_the_worker_dr
             .write_all(b"GET /close?abandoned HTTP/1.1\r\nHost: x\r\n\r\n")
             .expect("write");
         std::thread::sleep(Duration::from_millis(200));
-        drop(queued);
-        std::thread::sleep(Duration::from_millis(200));
-        // Its slot is still taken (the worker has not dropped it yet): the backlog is full.
+        // While it waits, the one place of the backlog is taken.
         let r = client().get(s.gh.url("/environ")).send().expect("get");
         assert_eq!(
             r.status(),
             StatusCode::SERVICE_UNAVAILABLE,
-            "{mode}: backlog still full"
+            "{mode}: backlog full"
         );
+        drop(queued);
+        std::thread::sleep(Duration::from_millis(200));
+        // It waited in the front, never given to the worker: its place is free again at once.
+        let next = {
+            let url = s.gh.url("/environ");
+            std::thread::spawn(move || client().get(url).send().map(|r| r.status()))
+        };
         for b in busy {
             assert_eq!(b.join().expect("thread").expect("get"), StatusCode::OK);
         }
+        assert_eq!(
+            next.join().expect("thread").expect("get"),
+            StatusCode::OK,
+            "{mode}: queued in the freed place"
+        );
         std::thread::sleep(Duration::from_millis(500));
         assert!(
             !s.marks.path().join("abandoned").exists(),
@@ -1360,6 +1462,44 @@ fn an_abandoned_queued_request_never_runs_and_keeps_its_slot_until_the_worker_dr
         // Once the worker dropped it, the slot is free again.
         assert_serving(&s.gh);
     }
+}
+
+#[test]
+fn an_http2_stream_reset_while_queued_never_runs() {
+    let s = serve(
+        "stdlib_app:app",
+        "workers = 1\nthreads = 1\nbacklog = 1\ntimeout = \"20s\"",
+    );
+    let url = s.gh.url("/sleep?1.5");
+    let busy = std::thread::spawn(move || client().get(url).send().map(|r| r.status()));
+    std::thread::sleep(Duration::from_millis(300));
+    let addr = s.gh.addr();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // The connection stays open: only the stream is reset (RST_STREAM), not the connection.
+    let (_client, _connection) = runtime.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (client, connection) = h2::client::handshake(tcp).await.expect("h2");
+        let connection = tokio::spawn(connection);
+        let mut ready = client.clone().ready().await.expect("ready");
+        let request = http::Request::get(format!("http://{addr}/close?abandoned-h2"))
+            .body(())
+            .expect("request");
+        let (response, _) = ready.send_request(request, true).expect("send");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(response);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        (client, connection)
+    });
+    assert_eq!(busy.join().expect("thread").expect("get"), StatusCode::OK);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !s.marks.path().join("abandoned-h2").exists(),
+        "a stream reset before its request started must not run"
+    );
+    assert_serving(&s.gh);
 }
 
 #[test]

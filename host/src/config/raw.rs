@@ -92,6 +92,7 @@ pub(super) struct RawTarget {
     pub(super) workers: Option<Spanned<u32>>,
     pub(super) threads: Option<Spanned<u32>>,
     pub(super) timeout: Option<Seconds>,
+    pub(super) queue_timeout: Option<Seconds>,
     pub(super) backlog: Option<u32>,
     pub(super) max_requests: Option<u64>,
     pub(super) max_requests_jitter: Option<u64>,

@@ -183,8 +183,11 @@ pub struct WsgiConfig {
     pub workers: usize,
     /// Threads per worker (requests one worker runs at once).
     pub threads: usize,
-    /// Longest a request may run; past it the client gets 504 and the worker is replaced.
+    /// Longest a request may run in the app (to its response head, then between two pieces of
+    /// the body); past it the client gets 504 and the worker is replaced.
     pub timeout: Duration,
+    /// Longest a request may wait in the front for a free thread; past it, 503.
+    pub queue_timeout: Duration,
     /// Requests that may wait for a free thread; beyond that, 503 at once.
     pub backlog: usize,
     /// Recycle a worker after this many requests (0: never), like Gunicorn's `max_requests`.

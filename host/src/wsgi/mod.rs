@@ -98,6 +98,7 @@ impl WsgiTarget {
             name: name.to_string(),
             workers: config.workers,
             timeout: config.timeout,
+            queue_timeout: config.queue_timeout,
             backlog: config.backlog,
             spec,
             env: config

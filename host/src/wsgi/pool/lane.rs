@@ -49,11 +49,14 @@ pub(super) struct Held {
     pub(super) worker: Arc<Worker>,
     /// When `timeout` runs out for it; the supervisor enforces it for requests whose client left.
     pub(super) deadline: tokio::time::Instant,
+    /// Told when the request is done: its thread is free for the next one waiting.
+    pub(super) freed: Arc<tokio::sync::Notify>,
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
         self.worker.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.freed.notify_one();
     }
 }
 
@@ -168,6 +171,10 @@ pub(super) struct Worker {
     pub(super) retire: CancellationToken,
     /// Fired when one of its connections failed: the supervisor kills and replaces it.
     pub(super) broken: CancellationToken,
+    /// Threads it runs requests on.
+    pub(super) threads: usize,
+    /// A request on it ran past `timeout` (it is being replaced for that).
+    pub(super) timed_out: AtomicBool,
 }
 
 impl Worker {
@@ -199,11 +206,32 @@ impl Worker {
     /// (so no response timer watches it) and that the app never finished.
     pub(super) fn overdue(&self, now: tokio::time::Instant) -> bool {
         self.lanes.iter().any(|lane| {
+            let open = lane
+                .streams
+                .lock()
+                .map(|s| s.keys().copied().collect::<Vec<_>>());
+            let Ok(open) = open else { return false };
             lane.held.lock().is_ok_and(|held| {
-                held.values()
-                    .any(|h| now > h.deadline + std::time::Duration::from_secs(1))
+                held.iter().any(|(id, h)| {
+                    !open.contains(id) && now > h.deadline + std::time::Duration::from_secs(1)
+                })
             })
         })
+    }
+
+    /// A request on it ran past `timeout`. That costs the request, not the others: with nothing
+    /// else running here the worker is killed at once; otherwise it takes no new requests and is
+    /// replaced once the others are done (or `graceful_timeout` has passed).
+    pub(super) fn request_timed_out(&self) {
+        if self.timed_out.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if self.threads <= 1 || self.in_flight.load(Ordering::Acquire) <= 1 {
+            self.kill.cancel();
+        } else {
+            self.alive.store(false, Ordering::Release);
+            self.retire.cancel();
+        }
     }
 
     /// Marks the worker dead and tells every request on it.

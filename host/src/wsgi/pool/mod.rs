@@ -39,8 +39,10 @@ pub struct PoolConfig {
     pub name: String,
     /// Worker processes.
     pub workers: usize,
-    /// Longest a request may run.
+    /// Longest a request may run in the app (to its response head; then between chunks).
     pub timeout: Duration,
+    /// Longest a request may wait in the front for a free thread; past it, 503.
+    pub queue_timeout: Duration,
     /// Requests waiting beyond those the threads are running; more get 503 at once.
     pub backlog: usize,
     /// What each worker is told (its id is filled in per spawn).
@@ -72,6 +74,35 @@ pub enum PoolError {
     /// A worker did not come up.
     #[error("a worker did not start: {0}")]
     Start(String),
+}
+
+/// Counts a request waiting in the front's queue until dropped.
+struct Waiting<'a> {
+    count: &'a AtomicUsize,
+    freed: &'a Notify,
+    /// It got a thread; otherwise (its client left, or `queue_timeout`) a wake-up meant for it
+    /// is passed on to the next in line.
+    picked: bool,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize, freed: &'a Notify) -> Waiting<'a> {
+        count.fetch_add(1, Ordering::AcqRel);
+        Waiting {
+            count,
+            freed,
+            picked: false,
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+        if !self.picked {
+            self.freed.notify_one();
+        }
+    }
 }
 
 /// A request admitted to the pool (within `workers x threads + backlog`), counted in
@@ -128,6 +159,10 @@ struct Shared {
     slots: Vec<Mutex<Option<Arc<Worker>>>>,
     cursor: AtomicUsize,
     changed: Notify,
+    /// A thread became free (a request finished).
+    freed: Arc<Notify>,
+    /// Requests waiting in the front for a free thread.
+    waiting: AtomicUsize,
     queue: Arc<Semaphore>,
     shutdown: CancellationToken,
 }
@@ -142,6 +177,8 @@ impl Pool {
             slots: (0..config.workers).map(|_| Mutex::new(None)).collect(),
             cursor: AtomicUsize::new(0),
             changed: Notify::new(),
+            freed: Arc::new(Notify::new()),
+            waiting: AtomicUsize::new(0),
             queue: Arc::new(Semaphore::new(config.workers * threads + config.backlog)),
             shutdown: CancellationToken::new(),
             config,
@@ -180,14 +217,21 @@ impl Pool {
                 .map_err(|_| HttpError::ServiceUnavailable)?,
             &self.shared.config.metrics.in_flight,
         );
-        let deadline = tokio::time::Instant::now() + self.shared.config.timeout;
-        // Almost always a worker is up: no timer for the wait then.
-        let worker = match self.try_pick() {
+        // A request goes to a worker only when one of its threads is free; until then it waits
+        // here, in arrival order, at most `queue_timeout` (503). Almost always a thread is free and
+        // nobody waits: no timer then.
+        let first_in_line = self.shared.waiting.load(Ordering::Acquire) == 0;
+        let worker = match self.try_pick().filter(|_| first_in_line) {
             Some(worker) => worker,
-            None => tokio::time::timeout_at(deadline, self.pick())
+            None => tokio::time::timeout(self.shared.config.queue_timeout, self.pick())
                 .await
-                .map_err(|_| HttpError::ServiceUnavailable)?,
+                .map_err(|_| {
+                    tracing::warn!(pool = %self.shared.config.name, queue_timeout = ?self.shared.config.queue_timeout, "no thread free within queue_timeout: 503");
+                    HttpError::ServiceUnavailable
+                })?,
         };
+        // The app's time starts now: a thread is free to run it.
+        let deadline = tokio::time::Instant::now() + self.shared.config.timeout;
         let lane = worker.lane()?;
         let served = worker.served.fetch_add(1, Ordering::AcqRel) + 1;
         if worker.max_requests > 0 && served == worker.max_requests {
@@ -201,6 +245,7 @@ impl Pool {
                 _permit: permit,
                 worker: Arc::clone(&worker),
                 deadline,
+                freed: Arc::clone(&self.shared.freed),
             },
         );
         frame::seal(&mut request, Kind::Request, id);
@@ -251,19 +296,31 @@ impl Pool {
         }
     }
 
-    /// The live worker with the fewest requests in flight, waiting for one while none is up.
+    /// A worker with a thread free, waiting in the front's queue (in arrival order: tokio's
+    /// `Notify` wakes its oldest waiter, and a waiter keeps its place while it waits) while
+    /// every thread is busy or no worker is up.
     async fn pick(&self) -> Arc<Worker> {
+        let mut waiting = Waiting::new(&self.shared.waiting, &self.shared.freed);
+        let freed = self.shared.freed.notified();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
         loop {
-            let notified = self.shared.changed.notified();
+            let changed = self.shared.changed.notified();
             if let Some(worker) = self.try_pick() {
+                waiting.picked = true;
                 return worker;
             }
-            notified.await;
+            tokio::select! {
+                () = &mut freed => {
+                    // Woken for a thread someone else took: in line again (at the back).
+                    freed.set(self.shared.freed.notified());
+                    freed.as_mut().enable();
+                }
+                () = changed => {}
+            }
         }
     }
 
-    /// The live worker with the fewest requests in flight, if any is up. Ties go round-robin, so
-    /// an idle pool spreads requests over all its workers.
     /// Workers up and taking requests.
     pub fn live_workers(&self) -> usize {
         self.shared
@@ -278,8 +335,11 @@ impl Pool {
             .count()
     }
 
+    /// The live worker with the fewest requests in flight among those with a thread free, if
+    /// any. Ties go round-robin, so an idle pool spreads requests over all its workers.
     fn try_pick(&self) -> Option<Arc<Worker>> {
         let slots = &self.shared.slots;
+        let threads = self.shared.config.spec.threads.max(1);
         let start = self.shared.cursor.fetch_add(1, Ordering::Relaxed);
         (0..slots.len())
             .filter_map(|i| {
@@ -289,6 +349,9 @@ impl Pool {
                     .and_then(|w| w.clone())
             })
             .filter(|w| w.alive.load(Ordering::Acquire))
-            .min_by_key(|w| w.in_flight.load(Ordering::Acquire))
+            .map(|w| (w.in_flight.load(Ordering::Acquire), w))
+            .filter(|(busy, _)| *busy < threads)
+            .min_by_key(|(busy, _)| *busy)
+            .map(|(_, w)| w)
     }
 }

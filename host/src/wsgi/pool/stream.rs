@@ -45,8 +45,8 @@ pub struct ResponseStream {
 
 impl ResponseStream {
     pub(super) fn timed_out(&mut self) {
-        tracing::error!(pid = self.worker.pid, timeout = ?self.timeout, "request timed out: killing its worker");
-        self.worker.kill.cancel();
+        tracing::error!(pid = self.worker.pid, timeout = ?self.timeout, "request timed out: replacing its worker");
+        self.worker.request_timed_out();
         self.done = true;
     }
 }
@@ -63,6 +63,12 @@ impl crate::body::ChunkStream for ResponseStream {
             Poll::Ready(Some(Event::Body(bytes))) => {
                 self.lane
                     .send(Kind::Credit, self.id, &(bytes.len() as u32).to_be_bytes());
+                // A streamed body may run long: `timeout` bounds each wait for the app's next
+                // piece, not the whole.
+                self.deadline = tokio::time::Instant::now() + self.timeout;
+                if let Some(timer) = self.timer.as_mut() {
+                    timer.as_mut().reset(self.deadline);
+                }
                 Poll::Ready(Some(Ok(bytes)))
             }
             Poll::Ready(Some(Event::End)) => {

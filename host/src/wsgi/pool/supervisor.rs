@@ -165,6 +165,8 @@ impl Supervisor {
                 if started.elapsed() > Duration::from_secs(10) {
                     backoff = Duration::from_millis(100);
                 }
+            } else if worker.timed_out.load(Ordering::Acquire) {
+                tracing::info!(pool = %self.shared.config.name, pid = worker.pid, "replacing a worker with a request past timeout once its other requests finish");
             } else {
                 tracing::info!(pool = %self.shared.config.name, pid = worker.pid, "worker reached max_requests: replacing it");
             }
@@ -178,10 +180,10 @@ impl Supervisor {
                 }
                 match self.spawn(slot, &waiting).await {
                     Ok(next) => {
-                        let cause = if retiring {
-                            "max_requests"
-                        } else if worker.kill.is_cancelled() {
+                        let cause = if worker.timed_out.load(Ordering::Acquire) {
                             "timeout"
+                        } else if retiring {
+                            "max_requests"
                         } else {
                             "crash"
                         };
@@ -275,6 +277,8 @@ impl Supervisor {
             },
             retire: CancellationToken::new(),
             broken: CancellationToken::new(),
+            threads: config.spec.threads.max(1),
+            timed_out: AtomicBool::new(false),
         });
         if let Ok(mut s) = self.shared.slots[slot].lock() {
             *s = Some(Arc::clone(&worker));
@@ -327,7 +331,8 @@ impl Running {
                 // A request whose client left still has its `timeout`.
                 () = tokio::time::sleep(Duration::from_secs(1)), if draining_until.is_none() => {
                     if worker.overdue(tokio::time::Instant::now()) {
-                        break "killed after an abandoned request ran past timeout".to_string();
+                        tracing::error!(pid = worker.pid, "a request whose client left ran past timeout: replacing its worker");
+                        worker.request_timed_out();
                     }
                 }
                 () = tokio::time::sleep(Duration::from_millis(20)), if draining_until.is_some() => {
