@@ -39,9 +39,10 @@ impl RequestBody {
     }
 }
 
-/// Bytes of request bodies buffered at once across the process, in memory and in spool files
-/// (`server.limits.body_memory_budget` and `body_spool_budget`): past either, a request that
-/// needs more gets 503 instead of the front running out of memory or disk.
+/// Bytes of bodies buffered at once across the process, in memory and in spool files
+/// (`server.limits.body_memory_budget` and `body_spool_budget`): past either, a request body that
+/// needs more gets 503, and a response buffer waits on its client instead, rather than the front
+/// running out of memory or disk.
 #[derive(Debug)]
 pub struct BodyBudget {
     memory: AtomicU64,
@@ -112,6 +113,39 @@ impl Reservation {
         }
         self.spool += n;
         Ok(())
+    }
+
+    /// Takes `n` more bytes of memory if the budget has them (a response buffer: past the budget
+    /// it falls back to flow control instead of failing).
+    pub fn try_memory(&mut self, n: u64) -> bool {
+        let ok = take(&self.budget.memory, &self.budget.memory_max, n);
+        if ok {
+            self.memory += n;
+        }
+        ok
+    }
+
+    /// Takes `n` more bytes of spool if the budget has them.
+    pub fn try_spool(&mut self, n: u64) -> bool {
+        let ok = take(&self.budget.spool, &self.budget.spool_max, n);
+        if ok {
+            self.spool += n;
+        }
+        ok
+    }
+
+    /// Gives back `n` bytes of memory (at most what is held).
+    pub fn release_memory(&mut self, n: u64) {
+        let n = n.min(self.memory);
+        self.budget.memory.fetch_sub(n, Ordering::AcqRel);
+        self.memory -= n;
+    }
+
+    /// Gives back `n` bytes of spool (at most what is held).
+    pub fn release_spool(&mut self, n: u64) {
+        let n = n.min(self.spool);
+        self.budget.spool.fetch_sub(n, Ordering::AcqRel);
+        self.spool -= n;
     }
 
     /// What was held in memory moves to the spool (the buffer went to a file).

@@ -160,6 +160,7 @@ impl Targets {
     pub fn build(
         config: &Config,
         metrics: &std::sync::Arc<Metrics>,
+        budget: &std::sync::Arc<crate::request_body::BodyBudget>,
     ) -> Result<Targets, BuildError> {
         let mut names = Vec::new();
         let mut targets = Vec::new();
@@ -173,8 +174,14 @@ impl Targets {
                     Target::Static(StaticFiles::open(s).map_err(|e| wrap(e.into()))?)
                 }
                 TargetConfig::Wsgi(w) => Target::Wsgi(
-                    WsgiTarget::start(name, w, config.server.threads, metrics.wsgi(name))
-                        .map_err(|e| wrap(e.into()))?,
+                    WsgiTarget::start(
+                        name,
+                        w,
+                        config.server.threads,
+                        metrics.wsgi(name),
+                        std::sync::Arc::clone(budget),
+                    )
+                    .map_err(|e| wrap(e.into()))?,
                 ),
                 TargetConfig::Metrics => Target::Metrics(std::sync::Arc::clone(metrics)),
                 TargetConfig::Upstream(u) => Target::Upstream(Box::new(

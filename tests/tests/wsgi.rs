@@ -306,6 +306,69 @@ fn response_bodies(threads: &str) {
 }
 
 #[test]
+fn a_client_that_reads_nothing_does_not_hold_the_apps_thread() {
+    // One worker, one thread. A 20 MiB response to a client that never reads: the front takes it
+    // (1 MiB in memory, the rest in a temporary file), so the thread is free at once.
+    let s = serve("stdlib_app:app", "workers = 1\nthreads = 1");
+    let size = 20 * 1024 * 1024;
+    let mut stalled = TcpStream::connect(s.gh.addr()).expect("connect");
+    stalled
+        .write_all(format!("GET /big?{size} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .expect("request");
+    std::thread::sleep(Duration::from_millis(500));
+    let quick = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let r = quick
+        .get(s.gh.url("/environ"))
+        .send()
+        .expect("the next request is served while the first client reads nothing");
+    assert_eq!(r.status(), StatusCode::OK);
+    // The stalled client, reading at last, gets every byte in order.
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut reader = std::io::BufReader::new(stalled);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut reader, &mut line).expect("head");
+        if line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut body = vec![0u8; size];
+    std::io::Read::read_exact(&mut reader, &mut body).expect("body");
+    assert!(
+        body.iter().enumerate().all(|(i, b)| *b == (i % 256) as u8),
+        "the body came back in order"
+    );
+
+    // Without a file and with little memory, the client's pace sets the app's again.
+    let s = serve(
+        "stdlib_app:app",
+        "workers = 1\nthreads = 1\nresponse_buffer = \"64KiB\"\nresponse_spool = 0",
+    );
+    let mut stalled = TcpStream::connect(s.gh.addr()).expect("connect");
+    stalled
+        .write_all(format!("GET /big?{size} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .expect("request");
+    std::thread::sleep(Duration::from_millis(500));
+    let quick = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("client");
+    assert!(
+        quick.get(s.gh.url("/environ")).send().is_err(),
+        "flow control: the thread waits on the stalled client"
+    );
+    drop(stalled);
+}
+
+#[test]
 fn close_is_called_on_every_iterable() {
     let s = serve("stdlib_app:app", "");
     assert_eq!(

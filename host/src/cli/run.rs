@@ -88,7 +88,11 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
         eprintln!("{}: {error}", path.display());
         return Ok(ExitCode::FAILURE);
     }
-    let targets = Targets::build(&config, &metrics)?;
+    let budget = crate::request_body::BodyBudget::new(
+        config.server.limits.body_memory_budget,
+        config.server.limits.body_spool_budget,
+    );
+    let targets = Targets::build(&config, &metrics, &budget)?;
     drop(targets);
     crate::wsgi::stop_all_pools();
     println!(

@@ -93,6 +93,8 @@ pub(super) struct RawTarget {
     pub(super) threads: Option<Spanned<u32>>,
     pub(super) timeout: Option<Seconds>,
     pub(super) queue_timeout: Option<Seconds>,
+    pub(super) response_buffer: Option<Bytes>,
+    pub(super) response_spool: Option<Bytes>,
     pub(super) backlog: Option<u32>,
     pub(super) max_requests: Option<u64>,
     pub(super) max_requests_jitter: Option<u64>,

@@ -188,6 +188,11 @@ pub struct WsgiConfig {
     pub timeout: Duration,
     /// Longest a request may wait in the front for a free thread; past it, 503.
     pub queue_timeout: Duration,
+    /// Response bytes the front holds in memory per response (nginx's `proxy_buffers`), so the
+    /// app's thread does not wait on a slow client.
+    pub response_buffer: u64,
+    /// And past that, in a temporary file (nginx's `proxy_max_temp_file_size`; 0: none).
+    pub response_spool: u64,
     /// Requests that may wait for a free thread; beyond that, 503 at once.
     pub backlog: usize,
     /// Recycle a worker after this many requests (0: never), like Gunicorn's `max_requests`.

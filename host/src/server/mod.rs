@@ -130,7 +130,7 @@ fn build_gateway(
     let limits = &config.server.limits;
     body_budget.resize(limits.body_memory_budget, limits.body_spool_budget);
     let plugins = Chain::for_config(config, store, &metrics)?;
-    let targets = Targets::build(config, &metrics)?;
+    let targets = Targets::build(config, &metrics, &body_budget)?;
     let responses = metrics.responses_for(&targets.names().collect::<Vec<_>>());
     Ok(Gateway {
         targets,

@@ -80,6 +80,7 @@ impl WsgiTarget {
         config: &WsgiConfig,
         lanes: usize,
         metrics: crate::metrics::WsgiMetrics,
+        budget: std::sync::Arc<crate::request_body::BodyBudget>,
     ) -> Result<WsgiTarget, WsgiError> {
         let command = interpreter::choose(config.python.as_deref(), config.virtualenv.as_deref());
         let interpreter = interpreter::probe(&command)?;
@@ -110,6 +111,9 @@ impl WsgiTarget {
             max_requests_jitter: config.max_requests_jitter,
             graceful_timeout: config.graceful_timeout,
             metrics,
+            response_buffer: config.response_buffer,
+            response_spool: config.response_spool,
+            budget,
         })?;
         let script_name = if config.mount == "/" {
             String::new()

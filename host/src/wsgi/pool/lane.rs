@@ -3,6 +3,7 @@
 
 use super::super::frame::{self, Kind};
 use super::super::{inbox, transport};
+use super::buffer::{Placed, ResponseBuffer};
 use crate::error::HttpError;
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
@@ -26,6 +27,16 @@ pub(super) enum Event {
     Unusable(String),
     /// The worker died or was killed.
     Gone,
+    /// More of the body went to the response's file (see [`super::buffer`]).
+    Spilled,
+}
+
+/// Where a lane delivers one request's events.
+#[derive(Debug)]
+pub(super) struct Sink {
+    tx: inbox::Sender<Event>,
+    /// The front's buffer for the response's body (credit on receipt), if it has one.
+    buffer: Option<Arc<ResponseBuffer>>,
 }
 
 /// One event loop's connection to one worker: frames out, and the requests waiting for frames back.
@@ -34,7 +45,7 @@ pub(super) enum Event {
 pub(super) struct Lane {
     pub(super) frames: transport::Sender,
     /// Requests waiting for frames, by stream id (ours, sequential: a fast hash is safe).
-    pub(super) streams: Mutex<FxHashMap<u32, inbox::Sender<Event>>>,
+    pub(super) streams: Mutex<FxHashMap<u32, Sink>>,
     /// Requests the worker has not finished, by stream id: each holds its pool slot until the worker
     /// says it is done (its last frame) or dies, even after the client has gone, so `backlog` bounds
     /// what the worker really has to do.
@@ -96,11 +107,14 @@ impl Lane {
         self.frames.send(buf);
     }
 
-    pub(super) fn open_stream(&self) -> (u32, inbox::Receiver<Event>) {
+    pub(super) fn open_stream(
+        &self,
+        buffer: Option<Arc<ResponseBuffer>>,
+    ) -> (u32, inbox::Receiver<Event>) {
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed).max(1);
         let (tx, rx) = inbox::inbox();
         if let Ok(mut streams) = self.streams.lock() {
-            streams.insert(id, tx);
+            streams.insert(id, Sink { tx, buffer });
         }
         (id, rx)
     }
@@ -128,8 +142,22 @@ impl Lane {
     }
 
     pub(super) fn deliver(&self, id: u32, event: Event) {
-        if let Some(tx) = self.streams.lock().ok().as_ref().and_then(|s| s.get(&id)) {
-            tx.send(event);
+        let streams = self.streams.lock();
+        let Some(sink) = streams.as_ref().ok().and_then(|s| s.get(&id)) else {
+            return;
+        };
+        match (event, &sink.buffer) {
+            (Event::Body(bytes), Some(buffer)) => {
+                let (placed, credit) = buffer.arrived(bytes);
+                if credit > 0 {
+                    self.send(Kind::Credit, id, &credit.to_be_bytes());
+                }
+                sink.tx.send(match placed {
+                    Placed::Memory(bytes) => Event::Body(bytes),
+                    Placed::Spilled => Event::Spilled,
+                });
+            }
+            (event, _) => sink.tx.send(event),
         }
     }
 
@@ -146,8 +174,8 @@ impl Lane {
             .lock()
             .map(|mut s| s.drain().collect())
             .unwrap_or_default();
-        for (_, tx) in streams {
-            tx.send(Event::Gone);
+        for (_, sink) in streams {
+            sink.tx.send(Event::Gone);
         }
     }
 }

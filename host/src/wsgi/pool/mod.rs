@@ -21,6 +21,7 @@ use crate::body::Body;
 use crate::error::HttpError;
 use crate::metrics::WsgiMetrics;
 
+mod buffer;
 mod lane;
 mod stream;
 mod supervisor;
@@ -57,6 +58,12 @@ pub struct PoolConfig {
     pub graceful_timeout: Duration,
     /// What the pool counts into.
     pub metrics: WsgiMetrics,
+    /// Response bytes the front holds in memory per response before spilling to a file.
+    pub response_buffer: u64,
+    /// Response bytes the front holds in a temporary file per response (0: none).
+    pub response_spool: u64,
+    /// The process's budget for buffered bodies.
+    pub budget: Arc<crate::request_body::BodyBudget>,
 }
 
 /// Why a pool could not start.
@@ -237,7 +244,15 @@ impl Pool {
         if worker.max_requests > 0 && served == worker.max_requests {
             worker.retire.cancel();
         }
-        let (id, mut events) = lane.open_stream();
+        let config = &self.shared.config;
+        let buffer = (config.response_buffer > 0 || config.response_spool > 0).then(|| {
+            buffer::ResponseBuffer::new(
+                config.response_buffer,
+                config.response_spool,
+                &config.budget,
+            )
+        });
+        let (id, mut events) = lane.open_stream(buffer.clone());
         worker.in_flight.fetch_add(1, Ordering::AcqRel);
         lane.hold(
             id,
@@ -259,6 +274,8 @@ impl Pool {
             timer: None,
             done: false,
             timeout: self.shared.config.timeout,
+            buffer,
+            from_file: false,
             _pool: Arc::clone(&self.guard),
         };
         // The timer lives in this future (no allocation); a streamed body gets its own below.
@@ -284,7 +301,7 @@ impl Pool {
                 tracing::error!(pool = %self.shared.config.name, "the app's response head is unusable: {why}");
                 Err(HttpError::BadGateway)
             }
-            Some(Event::End | Event::Body(_)) => {
+            Some(Event::End | Event::Body(_) | Event::Spilled) => {
                 stream.done = true;
                 tracing::error!(pool = %self.shared.config.name, "worker sent a body before its headers");
                 Err(HttpError::BadGateway)

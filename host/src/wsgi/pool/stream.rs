@@ -1,6 +1,7 @@
 //! A response as it arrives from a worker: the head, then the body streamed with credit.
 
 use super::PoolGuard;
+use super::buffer::ResponseBuffer;
 use super::lane::{Event, Lane, Worker};
 
 use super::super::frame::Kind;
@@ -40,8 +41,15 @@ pub struct ResponseStream {
     pub(super) timer: Option<Pin<Box<tokio::time::Sleep>>>,
     pub(super) done: bool,
     pub(super) timeout: Duration,
+    /// The front's buffer for this body (credit sent as pieces arrive), if it has one.
+    pub(super) buffer: Option<Arc<ResponseBuffer>>,
+    /// Part of the body is in the buffer's file: read it out before anything after it.
+    pub(super) from_file: bool,
     pub(super) _pool: Arc<PoolGuard>,
 }
+
+/// Largest piece read back from a response's file at once.
+const FILE_PIECE: usize = 256 * 1024;
 
 impl ResponseStream {
     pub(super) fn timed_out(&mut self) {
@@ -56,19 +64,68 @@ impl crate::body::ChunkStream for ResponseStream {
         if self.done {
             return Poll::Ready(None);
         }
-        let Some(events) = self.events.as_mut() else {
-            return Poll::Ready(None);
-        };
-        match events.poll_recv(cx) {
+        loop {
+            if self.from_file
+                && let Some(piece) = self
+                    .buffer
+                    .as_ref()
+                    .and_then(|b| b.read_spilled(FILE_PIECE))
+            {
+                return Poll::Ready(Some(match piece {
+                    Ok((bytes, credit)) => {
+                        self.credit(credit);
+                        self.progress();
+                        Ok(bytes)
+                    }
+                    Err(error) => {
+                        self.done = true;
+                        Err(error)
+                    }
+                }));
+            }
+            let Some(events) = self.events.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let event = events.poll_recv(cx);
+            if let Poll::Ready(Some(Event::Spilled)) = event {
+                self.from_file = true;
+                continue;
+            }
+            return self.on_event(event, cx);
+        }
+    }
+}
+
+impl ResponseStream {
+    /// Sends the worker `n` more bytes of credit.
+    fn credit(&self, n: u32) {
+        if n > 0 {
+            self.lane.send(Kind::Credit, self.id, &n.to_be_bytes());
+        }
+    }
+
+    /// A streamed body may run long: `timeout` bounds each wait for the app's next piece, not
+    /// the whole.
+    fn progress(&mut self) {
+        self.deadline = tokio::time::Instant::now() + self.timeout;
+        if let Some(timer) = self.timer.as_mut() {
+            timer.as_mut().reset(self.deadline);
+        }
+    }
+
+    fn on_event(
+        &mut self,
+        event: Poll<Option<Event>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<std::io::Result<Bytes>>> {
+        match event {
             Poll::Ready(Some(Event::Body(bytes))) => {
-                self.lane
-                    .send(Kind::Credit, self.id, &(bytes.len() as u32).to_be_bytes());
-                // A streamed body may run long: `timeout` bounds each wait for the app's next
-                // piece, not the whole.
-                self.deadline = tokio::time::Instant::now() + self.timeout;
-                if let Some(timer) = self.timer.as_mut() {
-                    timer.as_mut().reset(self.deadline);
-                }
+                let credit = match &self.buffer {
+                    Some(buffer) => buffer.taken(bytes.len() as u64),
+                    None => u32::try_from(bytes.len()).unwrap_or(u32::MAX),
+                };
+                self.credit(credit);
+                self.progress();
                 Poll::Ready(Some(Ok(bytes)))
             }
             Poll::Ready(Some(Event::End)) => {
@@ -82,7 +139,13 @@ impl crate::body::ChunkStream for ResponseStream {
                 )))))
             }
             Poll::Ready(
-                Some(Event::Start(..) | Event::Complete(..) | Event::Unusable(_) | Event::Gone)
+                Some(
+                    Event::Start(..)
+                    | Event::Complete(..)
+                    | Event::Unusable(_)
+                    | Event::Gone
+                    | Event::Spilled,
+                )
                 | None,
             ) => {
                 self.done = true;
