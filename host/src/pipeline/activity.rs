@@ -51,6 +51,12 @@ impl Activity {
         RequestGuard(Arc::clone(self))
     }
 
+    /// Whether a request has finished on the connection (a connection that has served none is
+    /// not parked: its first head has its own timer).
+    pub fn has_served(&self) -> bool {
+        self.last_done_ms.load(Ordering::Acquire) > 0
+    }
+
     /// How long the connection has had nothing in flight; `None` while a request runs.
     pub fn idle_for(&self, now: Instant) -> Option<Duration> {
         if self.in_flight.load(Ordering::Acquire) > 0 {
@@ -105,7 +111,9 @@ impl Activity {
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        let ms = u64::try_from(self.0.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let ms = u64::try_from(self.0.opened.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
         self.0.last_done_ms.store(ms, Ordering::Release);
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }

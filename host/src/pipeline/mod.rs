@@ -40,6 +40,7 @@ pub use activity::{Activity, RequestGuard};
 pub use admit::admit;
 pub use log::LoggedBody;
 pub use plain::PlainListener;
+pub use tunnel::Tunnel;
 
 /// Everything a request needs that outlives it: targets, plugins, limits, the access log.
 #[derive(Debug)]
@@ -73,19 +74,19 @@ pub struct ConnCtx {
     pub activity: Arc<Activity>,
     /// What a plain listener answers itself (HTTPS redirects, ACME validations).
     pub plain: Option<Arc<PlainListener>>,
-    /// A tunnel the connection turned into (a WebSocket): resolves when it closes.
-    pub tunnel: std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
+    /// The tunnel this connection turns into after a 101 (a WebSocket), for it to run.
+    pub tunnel: std::sync::Mutex<Option<Tunnel>>,
 }
 
 impl ConnCtx {
-    fn set_tunnel(&self, closed: tokio::sync::oneshot::Receiver<()>) {
+    fn set_tunnel(&self, tunnel: Tunnel) {
         if let Ok(mut slot) = self.tunnel.lock() {
-            *slot = Some(closed);
+            *slot = Some(tunnel);
         }
     }
 
     /// The tunnel this connection became, if it did.
-    pub fn take_tunnel(&self) -> Option<tokio::sync::oneshot::Receiver<()>> {
+    pub fn take_tunnel(&self) -> Option<Tunnel> {
         self.tunnel.lock().ok().and_then(|mut t| t.take())
     }
 }

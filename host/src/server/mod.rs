@@ -3,6 +3,7 @@
 mod admin;
 pub mod conn;
 mod idle;
+mod io;
 pub mod listener;
 mod proxy_protocol;
 pub mod wire;
@@ -380,7 +381,7 @@ struct EventLoop {
     admin_slots: Arc<Semaphore>,
     sockets: Vec<(LoopSocket, Arc<Role>)>,
     gateway: SharedGateway,
-    builder: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
+    builder: Arc<conn::Builders>,
     permits: Arc<Semaphore>,
     connections: Arc<Connections>,
     shutdown: CancellationToken,
@@ -429,7 +430,7 @@ struct AcceptLoop {
     role: Arc<Role>,
     admin_slots: Arc<Semaphore>,
     gateway: SharedGateway,
-    builder: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
+    builder: Arc<conn::Builders>,
     permits: Arc<Semaphore>,
     connections: Arc<Connections>,
     shutdown: CancellationToken,
@@ -521,7 +522,7 @@ impl AcceptLoop {
         local: Option<std::net::SocketAddr>,
         permit: tokio::sync::OwnedSemaphorePermit,
     ) where
-        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + io::Park + Unpin + Send + 'static,
     {
         let role = Arc::clone(&self.role);
         let gateway = Arc::clone(&self.gateway);
@@ -529,7 +530,7 @@ impl AcceptLoop {
         let connections = Arc::clone(&self.connections);
         let shutdown = self.shutdown.clone();
         let metrics = Arc::clone(&gateway.load().metrics);
-        self.tracker.spawn(async move {
+        let task = async move {
             let _open = OpenConnection::new(metrics.connections());
             let mut io = io;
             let mut peer = Peer::new(client, local, role.tls.is_some());
@@ -538,8 +539,8 @@ impl AcceptLoop {
                 let believed = client.is_none_or(|c| trusted.contains(c.ip()));
                 if believed {
                     let timeout = gateway.load().limits.tls_handshake_timeout;
-                    match tokio::time::timeout(timeout, proxy_protocol::read_header(&mut io)).await
-                    {
+                    let header = Box::pin(proxy_protocol::read_header(&mut io));
+                    match tokio::time::timeout(timeout, header).await {
                         Ok(Ok(Some(proxied))) => {
                             peer = Peer::new(Some(proxied.client), Some(proxied.local), peer.tls);
                         }
@@ -556,12 +557,27 @@ impl AcceptLoop {
                 }
             }
             match &role.tls {
-                Some(acceptor) => match acceptor.accept(io).await {
+                // Boxed, as the serving below: the task holds only the step it is at.
+                Some(acceptor) => match Box::pin(acceptor.accept(io)).await {
                     Ok((stream, established)) => {
                         metrics.tls_handshake("ok");
                         peer.client_subject = established.client_subject;
-                        conn::serve(stream, peer, None, gateway, builder, connections, shutdown)
-                            .await;
+                        let negotiated = match established.alpn {
+                            Some(crate::tls::Alpn::Http2) => Some(conn::Negotiated::Http2),
+                            Some(crate::tls::Alpn::Http1) => Some(conn::Negotiated::Http1),
+                            None => None,
+                        };
+                        Box::pin(conn::serve(
+                            stream,
+                            peer,
+                            None,
+                            negotiated,
+                            gateway,
+                            builder,
+                            connections,
+                            shutdown,
+                        ))
+                        .await;
                     }
                     Err(HandshakeError::AcmeValidation) => metrics.tls_handshake("acme"),
                     Err(error) => {
@@ -574,11 +590,22 @@ impl AcceptLoop {
                 },
                 None => {
                     let plain = role.plain.clone();
-                    conn::serve(io, peer, plain, gateway, builder, connections, shutdown).await;
+                    Box::pin(conn::serve(
+                        io,
+                        peer,
+                        plain,
+                        None,
+                        gateway,
+                        builder,
+                        connections,
+                        shutdown,
+                    ))
+                    .await;
                 }
             }
             drop(permit);
-        });
+        };
+        self.tracker.spawn(task);
     }
 }
 

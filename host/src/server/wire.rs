@@ -103,6 +103,20 @@ impl<T> WireGuard<T> {
         (guard, verdicts)
     }
 
+    /// The connection parks between requests: the timers and the head buffer go (a head in
+    /// progress keeps its timer: parking never lengthens a slow client's time).
+    pub fn park(&mut self) {
+        if !self.head_armed {
+            self.head_deadline = None;
+        }
+        if !self.send_waiting {
+            self.send_deadline = None;
+        }
+        if self.head.is_empty() {
+            self.head = Vec::new();
+        }
+    }
+
     fn arm_head_timer(&mut self) {
         let Some(timeout) = self.head_timeout else {
             return;
@@ -396,6 +410,12 @@ fn step_chunked(chunk: &mut Chunk, bytes: &[u8]) -> Result<(usize, bool), &'stat
         }
     }
     Ok((i, false))
+}
+
+impl<T: crate::server::io::Park + Send> crate::server::io::Park for WireGuard<T> {
+    async fn readable(&mut self) -> io::Result<()> {
+        self.inner.readable().await
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for WireGuard<T> {

@@ -173,6 +173,17 @@ pub struct Acceptor {
 pub struct Established {
     /// The verified client certificate's subject (RFC 4514 form), with mutual TLS.
     pub client_subject: Option<Arc<str>>,
+    /// The protocol ALPN settled on (`None`: the client offered none).
+    pub alpn: Option<Alpn>,
+}
+
+/// An HTTP protocol chosen by ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alpn {
+    /// `h2`.
+    Http2,
+    /// `http/1.1`.
+    Http1,
 }
 
 /// Why a handshake ended without a connection to serve.
@@ -215,7 +226,18 @@ impl Acceptor {
             )));
         }
         let client_subject = leaf.and_then(|leaf| subject(leaf));
-        Ok((stream, Established { client_subject }))
+        let alpn = match session.alpn_protocol() {
+            Some(b"h2") => Some(Alpn::Http2),
+            Some(b"http/1.1") => Some(Alpn::Http1),
+            _ => None,
+        };
+        Ok((
+            stream,
+            Established {
+                client_subject,
+                alpn,
+            },
+        ))
     }
 }
 

@@ -1,0 +1,110 @@
+//! Many connections at once: ten thousand idle keep-alive clients cost little and lock no one out.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use gatehouse_tests::{Gatehouse, site, static_config};
+
+const IDLE: usize = 10_000;
+
+/// Raises this process's soft limit on open files to the hard one; the clients need one each.
+fn raise_open_files(needed: u64) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    setrlimit(Resource::Nofile, raised).expect("raise the open-file limit");
+    let now = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    assert!(
+        now >= needed,
+        "this test needs {needed} open files; the hard limit is {now}"
+    );
+}
+
+/// The resident memory of a process, in bytes, from `/proc`.
+fn resident(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kib * 1024
+}
+
+/// Sends one keep-alive request for `/a.txt` (body `AAAA`) and reads its response.
+fn exchange(stream: &mut TcpStream) -> Result<(), String> {
+    stream
+        .write_all(b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+        .map_err(|e| format!("write: {e}"))?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n")
+            && got.len() >= end + 4 + 4
+        {
+            if !got.starts_with(b"HTTP/1.1 200") || !got.ends_with(b"AAAA") {
+                return Err(String::from_utf8_lossy(&got).into_owned());
+            }
+            return Ok(());
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => return Err(format!("closed after {:?}", String::from_utf8_lossy(&got))),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+}
+
+#[test]
+fn ten_thousand_idle_keep_alive_connections_are_held_cheaply_and_new_clients_are_served() {
+    raise_open_files(IDLE as u64 + 256);
+    let dir = site(&[("a.txt", b"AAAA")]);
+    let gh = Gatehouse::start(
+        dir.path(),
+        &static_config(
+            "",
+            "[server.limits]\nmax_connections = 12000\nkeepalive_timeout = \"5m\"\n",
+        ),
+    );
+    let mut warm = TcpStream::connect(gh.addr()).expect("connect");
+    for _ in 0..100 {
+        exchange(&mut warm).expect("warm-up");
+    }
+    drop(warm);
+    std::thread::sleep(Duration::from_secs(1));
+    let before = resident(gh.pid());
+
+    let mut idle = Vec::with_capacity(IDLE);
+    for i in 0..IDLE {
+        let mut s = TcpStream::connect(gh.addr()).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        exchange(&mut s).unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        idle.push(s);
+    }
+    // Past the moment idle connections give back hyper's buffers.
+    std::thread::sleep(Duration::from_secs(2));
+    let after = resident(gh.pid());
+    let each = after.saturating_sub(before) / IDLE as u64;
+    eprintln!("resident {before} -> {after} bytes: {each} bytes per idle connection");
+    // Holding hyper's connection state (its read and write buffers) costs over 30 KiB per
+    // connection; a parked connection costs a task, the socket's registration and its timers.
+    assert!(
+        each <= 16 << 10,
+        "{each} bytes per idle connection ({before} -> {after})"
+    );
+
+    // A new client is served while all are held, and every idle one is still open and served.
+    let mut fresh = TcpStream::connect(gh.addr()).expect("connect");
+    fresh
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    exchange(&mut fresh).expect("a new client");
+    for (i, s) in idle.iter_mut().enumerate() {
+        exchange(s).unwrap_or_else(|e| panic!("idle connection {i} on its second request: {e}"));
+    }
+}
