@@ -789,3 +789,22 @@ fn the_admin_listener_answers_while_every_client_slot_is_busy() {
         let _ = b.join();
     }
 }
+
+#[test]
+fn a_lone_server_is_never_left_out_for_one_clients_broken_requests() {
+    let a = Backend::start("a", &[]);
+    let (_dir, gh) = start(&[a.url()], "max_fails = 1\nretries = 0\n");
+    for _ in 0..5 {
+        let r = client()
+            .post(gh.url("/reset"))
+            .body("x")
+            .send()
+            .expect("post");
+        assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    }
+    // As nginx: with nothing to fail over to, the server is still tried.
+    let r = client().get(gh.url("/id")).send().expect("get");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.text().expect("body"), "a");
+    assert!(!gh.stderr().contains("left out for fail_timeout"));
+}

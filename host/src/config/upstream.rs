@@ -38,7 +38,7 @@ pub struct UpstreamConfig {
     /// Retries in flight allowed, as a share of the requests in flight (at least 3 at any time),
     /// so retries cannot multiply the load on struggling servers (Envoy's retry budget).
     pub retry_budget: f64,
-    /// Consecutive failures after which a server is left out for `fail_timeout`.
+    /// Consecutive failures after which a server is left out for `fail_timeout` (0: never).
     pub max_fails: u32,
     /// How long a failing server is left out before it is tried again.
     pub fail_timeout: Duration,
@@ -330,6 +330,14 @@ impl RawTarget {
         }
         let secs =
             |v: &Option<Seconds>, default: u64| v.map_or(Duration::from_secs(default), |s| s.0);
+        // As nginx: a lone server is never left out (there is nothing to fail over to, and
+        // leaving it out would turn one client's broken request into 502s for everyone); 0
+        // turns passive ejection off.
+        let max_fails = if servers.len() == 1 {
+            0
+        } else {
+            self.max_fails.unwrap_or(3)
+        };
         Some(TargetConfig::Upstream(UpstreamConfig {
             servers,
             balance: balance?,
@@ -341,7 +349,7 @@ impl RawTarget {
             keepalive_timeout: secs(&self.keepalive_timeout, 60),
             retries: self.retries.unwrap_or(2),
             retry_budget,
-            max_fails: self.max_fails.unwrap_or(3).max(1),
+            max_fails,
             fail_timeout: secs(&self.fail_timeout, 10),
             health_check,
             request_buffering: self.request_buffering.unwrap_or(false),

@@ -115,6 +115,9 @@ impl Server {
     /// for `fail_timeout`, then tried again. Returns true when this failure ejected it.
     pub fn failed(&self, max_fails: u32, fail_timeout: Duration) -> bool {
         self.metrics.failures.inc();
+        if max_fails == 0 {
+            return false;
+        }
         let fails = self.fails.fetch_add(1, Ordering::AcqRel) + 1;
         if fails < max_fails {
             return false;
