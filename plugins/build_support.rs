@@ -23,9 +23,11 @@ pub fn build(packages: &[&str], target_dir: &Path) -> Vec<(String, PathBuf)> {
         "plugins/Cargo.toml",
         "plugins/Cargo.lock",
         "plugins/router",
+        "plugins/cache",
         "plugins/fixtures",
         "sdk/Cargo.toml",
         "sdk/src",
+        "units",
         "wit",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(path).display());

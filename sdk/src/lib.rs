@@ -53,6 +53,9 @@ pub mod testing;
 
 pub use answer::{Action, LocalResponse};
 pub use error::Error;
+/// Durations (`"30s"`) and sizes (`"10MiB"`) for a filter's config, read as the server reads its
+/// own: `#[derive(Deserialize)] struct Config { window: units::Seconds }`.
+pub use gatehouse_units as units;
 pub use http::{Request, Response};
 pub use services::{clock, counter, kv, log, metrics};
 
@@ -80,7 +83,8 @@ pub trait Filter: Sized + 'static {
     const HOOKS: &'static [Hook] = &[Hook::OnRequest, Hook::OnResponse, Hook::OnLog];
 
     /// Set to `true` to read and change streamed response bodies in [`Filter::on_response`] (the
-    /// host then buffers them, up to `server.limits.body_buffer_size`).
+    /// host then buffers them, up to `server.limits.plugin_body_size`; a larger body
+    /// streams on unchanged and [`Response::body`] gives [`Error::BodyTooLarge`]).
     const RESPONSE_BODY: bool = false;
 
     /// Set to `true` if [`Filter::on_request`] reads the request body ([`Request::body`]): the host

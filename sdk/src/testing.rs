@@ -221,7 +221,12 @@ pub fn metric(name: &str) -> u64 {
     backend::STATE.with(|s| s.borrow().metrics.get(name).copied().unwrap_or(0))
 }
 
-/// Clears this thread's store, counters, metrics and logs.
+/// Moves this thread's clock ([`crate::clock::now_ms`], store TTLs, counter windows) forward.
+pub fn advance(by: std::time::Duration) {
+    backend::STATE.with(|s| s.borrow_mut().clock_offset_ms += by.as_millis() as u64);
+}
+
+/// Clears this thread's store, counters, metrics, logs and clock offset.
 pub fn reset() {
     backend::STATE.with(|s| *s.borrow_mut() = backend::State::default());
 }
@@ -255,6 +260,7 @@ pub mod backend {
         counters: HashMap<(String, u64), (u64, i64)>,
         pub(crate) metrics: HashMap<String, u64>,
         pub(crate) logs: Vec<(String, String)>,
+        pub(crate) clock_offset_ms: u64,
     }
 
     thread_local! {
@@ -267,31 +273,37 @@ pub mod backend {
 
     /// See [`crate::clock::now_ms`].
     pub fn now_ms() -> u64 {
+        let offset = STATE.with(|s| s.borrow().clock_offset_ms);
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64)
+            + offset
     }
 
-    fn live(entry: &(Vec<u8>, Option<u64>)) -> bool {
-        entry.1.is_none_or(|t| t > now_ms())
+    // The clock is read before the state is borrowed: it borrows the state itself.
+    fn live(entry: &(Vec<u8>, Option<u64>), now: u64) -> bool {
+        entry.1.is_none_or(|t| t > now)
     }
 
     /// See [`crate::kv::get`].
     pub fn kv_get(key: &str) -> Option<Vec<u8>> {
-        with(|s| s.kv.get(key).filter(|e| live(e)).map(|e| e.0.clone()))
+        let now = now_ms();
+        with(|s| s.kv.get(key).filter(|e| live(e, now)).map(|e| e.0.clone()))
     }
 
     /// See [`crate::kv::set`].
     pub fn kv_set(key: &str, value: &[u8], ttl: Option<u64>) -> bool {
+        let now = now_ms();
         with(|s| {
-            s.kv.insert(key.to_string(), (value.to_vec(), ttl.map(|t| now_ms() + t)));
+            s.kv.insert(key.to_string(), (value.to_vec(), ttl.map(|t| now + t)));
         });
         true
     }
 
     /// See [`crate::kv::delete`].
     pub fn kv_delete(key: &str) -> bool {
-        with(|s| s.kv.remove(key).is_some_and(|e| live(&e)))
+        let now = now_ms();
+        with(|s| s.kv.remove(key).is_some_and(|e| live(&e, now)))
     }
 
     /// See [`crate::kv::compare_and_swap`].

@@ -1,4 +1,5 @@
-//! Human-friendly units in the config file: durations (`"30s"`) and byte sizes (`"10MiB"`).
+//! Human-friendly units in config files: durations (`"30s"`) and byte sizes (`"10MiB"`), for the
+//! server's TOML and for plugins' `config` tables alike.
 //!
 //! Both parse inside `Deserialize`, so a bad value is reported by toml with its line and column.
 
@@ -87,6 +88,9 @@ impl<'de> Deserialize<'de> for Seconds {
                     .map(|s| Seconds(Duration::from_secs(s)))
                     .map_err(|_| E::custom("a duration cannot be negative"))
             }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Seconds, E> {
+                Ok(Seconds(Duration::from_secs(v)))
+            }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Seconds, E> {
                 Duration::try_from_secs_f64(v)
                     .map(Seconds)
@@ -112,6 +116,10 @@ impl<'de> Deserialize<'de> for Bytes {
                 u64::try_from(v)
                     .map(Bytes)
                     .map_err(|_| E::custom("a size cannot be negative"))
+            }
+            // JSON (a plugin's config) gives positive numbers as u64; TOML as i64.
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Bytes, E> {
+                Ok(Bytes(v))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Bytes, E> {
                 parse_size(v).map(Bytes).map_err(E::custom)

@@ -13,7 +13,7 @@ mod shape;
 mod targets;
 mod trusted;
 mod types;
-pub mod units;
+pub use gatehouse_units as units;
 mod upstream;
 
 pub use errors::{ConfigError, LoadError};

@@ -37,6 +37,8 @@ pub struct Exchange {
     pub plugin_header_bytes: usize,
     /// The response, present during `on-response` and `on-log`.
     pub response: Option<Response<Body>>,
+    /// The response body was larger than plugins may buffer: it streams on unread.
+    pub response_too_large: bool,
 }
 
 impl Exchange {
@@ -57,6 +59,7 @@ impl Exchange {
             context: Vec::new(),
             plugin_header_bytes: 0,
             response: None,
+            response_too_large: false,
         }
     }
 

@@ -151,6 +151,7 @@ impl fields::Host for HostState {
             },
             Message::Response => match ex.response.as_ref().map(http::Response::body) {
                 None => Err(ErrorCode::NoResponse),
+                Some(_) if ex.response_too_large => Err(ErrorCode::BodyTooLarge),
                 Some(Body::Empty | Body::Full(None)) => Ok(Vec::new()),
                 Some(Body::Full(Some(b))) => Ok(b.to_vec()),
                 Some(_) => Err(ErrorCode::BodyNotBuffered),
