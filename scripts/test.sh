@@ -13,6 +13,8 @@ command -v pebble >/dev/null 2>&1 || need_apt+=(pebble)
 # A second build of the embedded Python's version (Debian's, beside pyenv's): the tests prove that
 # gatehouse refuses an interpreter that is not the build it links.
 [ -x /usr/bin/python3.11 ] || need_apt+=(python3.11)
+# The public HTTP cache test suite runs on Node.
+command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]} with apt-get"
   apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
@@ -20,6 +22,9 @@ fi
 
 # The WSGI tests serve real Flask and Django apps with the python3 on PATH (the one gatehouse embeds).
 python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+
+# The public HTTP cache test suite (cache-tests.fyi), pinned by tests/cache-suite/package-lock.json.
+npm ci --prefix tests/cache-suite --no-audit --no-fund --silent
 
 # Plugins are WebAssembly components: first-party ones are embedded in the binary and test fixtures
 # are built from source, both for this target.

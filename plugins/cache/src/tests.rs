@@ -1,0 +1,373 @@
+//! The cache through the SDK's native harness: requests and responses as the host would pass
+//! them, the store in memory, the clock moved by hand.
+
+use std::time::Duration;
+
+use gatehouse_sdk::testing::{self, TestRequest, TestResponse};
+use gatehouse_sdk::{Action, LocalResponse};
+
+use super::Cache;
+
+fn cache(config: &str) -> Cache {
+    testing::reset();
+    testing::init(config).expect("config")
+}
+
+fn get(path: &str) -> TestRequest {
+    TestRequest::get(path).with_header("host", "example.com")
+}
+
+fn response(status: u16, headers: &[(&str, &str)], body: &str) -> TestResponse {
+    let mut r = TestResponse::new(status, body);
+    r.headers = headers
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+        .collect();
+    r
+}
+
+/// Sends `req` through the cache: the stored answer if it made one, else the target's `origin`
+/// response after the cache's on-response.
+fn exchange(
+    cache: &Cache,
+    req: &mut TestRequest,
+    origin: impl FnOnce(&TestRequest) -> TestResponse,
+) -> (TestResponse, bool) {
+    match testing::on_request(cache, req) {
+        Action::Respond(LocalResponse {
+            status,
+            headers,
+            body,
+        }) => {
+            let mut resp = TestResponse::new(status, body);
+            resp.headers = headers;
+            (resp, true)
+        }
+        Action::Continue => {
+            let mut resp = origin(req);
+            testing::on_response(cache, req, &mut resp);
+            (resp, false)
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn fetch(cache: &Cache, path: &str, origin: &TestResponse) -> (TestResponse, bool) {
+    exchange(cache, &mut get(path), |_| origin.clone())
+}
+
+#[test]
+fn a_fresh_response_is_served_from_the_store_with_its_age() {
+    let c = cache("{}");
+    let origin = response(
+        200,
+        &[("cache-control", "max-age=60"), ("etag", "\"v1\"")],
+        "hello",
+    );
+    let (first, cached) = fetch(&c, "/a", &origin);
+    assert!(!cached);
+    assert_eq!(first.header("x-cache").as_deref(), Some("MISS"));
+    assert!(
+        first
+            .header("cache-status")
+            .unwrap_or_default()
+            .contains("stored")
+    );
+    testing::advance(Duration::from_secs(5));
+    let (second, cached) = fetch(&c, "/a", &origin);
+    assert!(cached, "served from the store");
+    assert_eq!(second.body, b"hello");
+    assert_eq!(second.header("age").as_deref(), Some("5"));
+    assert_eq!(second.header("x-cache").as_deref(), Some("HIT"));
+    assert_eq!(second.header("etag").as_deref(), Some("\"v1\""));
+    // Another query is another URL.
+    assert!(!fetch(&c, "/a?x=1", &origin).1);
+    // Past max-age it is stale: the request goes on, with the stored validator.
+    testing::advance(Duration::from_secs(60));
+    let mut req = get("/a");
+    let (_, cached) = exchange(&c, &mut req, |r| {
+        assert_eq!(r.header("if-none-match").as_deref(), Some("\"v1\""));
+        response(304, &[("cache-control", "max-age=60"), ("x-new", "1")], "")
+    });
+    assert!(!cached);
+    // The 304 refreshed it: fresh again, with the new field.
+    let (third, cached) = fetch(&c, "/a", &origin);
+    assert!(cached);
+    assert_eq!(third.body, b"hello");
+    assert_eq!(third.header("x-new").as_deref(), Some("1"));
+}
+
+#[test]
+fn a_304_during_revalidation_becomes_the_stored_response_for_the_client() {
+    let c = cache("{}");
+    let origin = response(
+        200,
+        &[
+            ("cache-control", "max-age=1"),
+            ("etag", "\"v1\""),
+            ("content-type", "text/plain"),
+        ],
+        "body",
+    );
+    fetch(&c, "/r", &origin);
+    testing::advance(Duration::from_secs(3));
+    let mut req = get("/r");
+    let (resp, _) = exchange(&c, &mut req, |_| {
+        response(
+            304,
+            &[("cache-control", "max-age=10"), ("etag", "\"v2\"")],
+            "",
+        )
+    });
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body, b"body");
+    assert_eq!(resp.header("content-type").as_deref(), Some("text/plain"));
+    assert_eq!(
+        resp.header("etag").as_deref(),
+        Some("\"v1\""),
+        "ETag is not updated by a 304"
+    );
+    assert_eq!(resp.header("x-cache").as_deref(), Some("REVALIDATED"));
+    // The client's own conditional is answered from the refreshed entry.
+    testing::advance(Duration::from_secs(11));
+    let mut req = get("/r").with_header("if-none-match", "\"v1\"");
+    let (resp, _) = exchange(&c, &mut req, |r| {
+        assert_eq!(r.header("if-none-match").as_deref(), Some("\"v1\""));
+        response(304, &[("cache-control", "max-age=10")], "")
+    });
+    assert_eq!(resp.status, 304);
+    assert!(resp.body.is_empty());
+}
+
+#[test]
+fn what_must_not_be_stored_is_not() {
+    let c = cache("{}");
+    for (path, headers) in [
+        ("/no-store", vec![("cache-control", "max-age=60, no-store")]),
+        ("/private", vec![("cache-control", "max-age=60, private")]),
+        (
+            "/cookie",
+            vec![("cache-control", "max-age=60"), ("set-cookie", "a=1")],
+        ),
+        (
+            "/vary-star",
+            vec![("cache-control", "max-age=60"), ("vary", "*")],
+        ),
+        ("/no-info", vec![]),
+    ] {
+        let origin = response(200, &headers, "x");
+        fetch(&c, path, &origin);
+        assert!(!fetch(&c, path, &origin).1, "{path} was stored");
+    }
+    // A 403 has no heuristic freshness: with Last-Modified alone it is not stored.
+    let origin = response(
+        403,
+        &[("last-modified", "Sun, 09 Sep 2001 01:46:40 GMT")],
+        "x",
+    );
+    fetch(&c, "/403", &origin);
+    assert!(!fetch(&c, "/403", &origin).1);
+    // A request with Authorization: only with public, must-revalidate or s-maxage.
+    let origin = response(200, &[("cache-control", "max-age=60")], "x");
+    let mut req = get("/auth").with_header("authorization", "Basic eDp5");
+    exchange(&c, &mut req, |_| origin.clone());
+    assert!(!fetch(&c, "/auth", &origin).1);
+    let public = response(200, &[("cache-control", "max-age=60, public")], "x");
+    let mut req = get("/auth-public").with_header("authorization", "Basic eDp5");
+    exchange(&c, &mut req, |_| public.clone());
+    assert!(fetch(&c, "/auth-public", &public).1);
+    // Configured: Set-Cookie responses are stored.
+    let c = cache(r#"{"store_set_cookie": true}"#);
+    let origin = response(
+        200,
+        &[("cache-control", "max-age=60"), ("set-cookie", "a=1")],
+        "x",
+    );
+    fetch(&c, "/cookie", &origin);
+    assert!(fetch(&c, "/cookie", &origin).1);
+}
+
+#[test]
+fn vary_selects_a_variant_per_request_field_value() {
+    let c = cache("{}");
+    let origin = |lang: &'static str| {
+        move |_: &TestRequest| {
+            response(
+                200,
+                &[("cache-control", "max-age=60"), ("vary", "Accept-Language")],
+                lang,
+            )
+        }
+    };
+    let mut en = get("/v").with_header("accept-language", "en");
+    exchange(&c, &mut en, origin("en"));
+    let mut de = get("/v").with_header("accept-language", "de");
+    let (resp, cached) = exchange(&c, &mut de, origin("de"));
+    assert!(!cached && resp.body == b"de");
+    let mut en = get("/v").with_header("accept-language", "en");
+    let (resp, cached) = exchange(&c, &mut en, origin("xx"));
+    assert!(cached);
+    assert_eq!(resp.body, b"en");
+    let mut none = get("/v");
+    assert!(
+        !exchange(&c, &mut none, origin("none")).1,
+        "an absent field is its own variant"
+    );
+}
+
+#[test]
+fn unsafe_methods_invalidate_the_url_and_its_locations() {
+    let c = cache("{}");
+    let origin = response(200, &[("cache-control", "max-age=60")], "x");
+    fetch(&c, "/item", &origin);
+    fetch(&c, "/other", &origin);
+    let mut failed = TestRequest::new("POST", "/item").with_header("host", "example.com");
+    exchange(&c, &mut failed, |_| response(500, &[], ""));
+    assert!(
+        fetch(&c, "/item", &origin).1,
+        "a failed POST invalidates nothing"
+    );
+    let mut post = TestRequest::new("POST", "/item").with_header("host", "example.com");
+    exchange(&c, &mut post, |_| {
+        response(201, &[("location", "http://example.com/other")], "")
+    });
+    assert!(!fetch(&c, "/item", &origin).1);
+    assert!(!fetch(&c, "/other", &origin).1);
+}
+
+#[test]
+fn conditional_and_range_requests_are_answered_from_the_store() {
+    let c = cache("{}");
+    let origin = response(
+        200,
+        &[
+            ("cache-control", "max-age=60"),
+            ("etag", "W/\"x\""),
+            ("last-modified", "Sun, 09 Sep 2001 01:46:40 GMT"),
+        ],
+        "0123456789",
+    );
+    fetch(&c, "/f", &origin);
+    let mut req = get("/f").with_header("if-none-match", "\"a\", W/\"x\"");
+    let (resp, cached) = exchange(&c, &mut req, |_| origin.clone());
+    assert!(cached);
+    assert_eq!(resp.status, 304);
+    assert_eq!(resp.header("etag").as_deref(), Some("W/\"x\""));
+    let mut req = get("/f").with_header("if-modified-since", "Sun, 09 Sep 2001 01:46:40 GMT");
+    assert_eq!(exchange(&c, &mut req, |_| origin.clone()).0.status, 304);
+    let mut req = get("/f").with_header("range", "bytes=2-4");
+    let (resp, _) = exchange(&c, &mut req, |_| origin.clone());
+    assert_eq!(resp.status, 206);
+    assert_eq!(resp.body, b"234");
+    assert_eq!(
+        resp.header("content-range").as_deref(),
+        Some("bytes 2-4/10")
+    );
+}
+
+#[test]
+fn stale_responses_are_served_only_where_allowed() {
+    let c = cache("{}");
+    let origin = response(
+        200,
+        &[
+            ("cache-control", "max-age=1, stale-if-error=60"),
+            ("etag", "\"e\""),
+        ],
+        "old",
+    );
+    fetch(&c, "/sie", &origin);
+    testing::advance(Duration::from_secs(5));
+    let mut req = get("/sie");
+    let (resp, _) = exchange(&c, &mut req, |_| response(503, &[], "down"));
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body, b"old");
+    assert_eq!(resp.header("x-cache").as_deref(), Some("STALE"));
+
+    let strict = response(
+        200,
+        &[
+            (
+                "cache-control",
+                "max-age=1, stale-if-error=60, must-revalidate",
+            ),
+            ("etag", "\"e\""),
+        ],
+        "old",
+    );
+    fetch(&c, "/strict", &strict);
+    testing::advance(Duration::from_secs(5));
+    let mut req = get("/strict");
+    assert_eq!(
+        exchange(&c, &mut req, |_| response(503, &[], "down"))
+            .0
+            .status,
+        503
+    );
+
+    // stale-while-revalidate: one request revalidates, the others get the stale copy meanwhile.
+    let swr = response(
+        200,
+        &[
+            ("cache-control", "max-age=1, stale-while-revalidate=60"),
+            ("etag", "\"e\""),
+        ],
+        "old",
+    );
+    fetch(&c, "/swr", &swr);
+    testing::advance(Duration::from_secs(5));
+    let mut first = get("/swr");
+    assert_eq!(testing::on_request(&c, &mut first), Action::Continue);
+    let (resp, cached) = fetch(&c, "/swr", &swr);
+    assert!(cached);
+    assert_eq!(resp.header("x-cache").as_deref(), Some("UPDATING"));
+}
+
+#[test]
+fn request_directives_are_honoured() {
+    let c = cache("{}");
+    let origin = response(200, &[("cache-control", "max-age=60")], "x");
+    fetch(&c, "/d", &origin);
+    let mut req = get("/d").with_header("cache-control", "no-cache");
+    assert!(!exchange(&c, &mut req, |_| origin.clone()).1);
+    testing::advance(Duration::from_secs(10));
+    let mut req = get("/d").with_header("cache-control", "max-age=5");
+    assert!(!exchange(&c, &mut req, |_| origin.clone()).1);
+    let mut req = get("/missing").with_header("cache-control", "only-if-cached");
+    assert_eq!(exchange(&c, &mut req, |_| origin.clone()).0.status, 504);
+}
+
+#[test]
+fn purge_is_for_configured_clients_only() {
+    let c = cache(r#"{"purge_from": ["10.0.0.0/8"]}"#);
+    let origin = response(200, &[("cache-control", "max-age=60")], "x");
+    fetch(&c, "/p", &origin);
+    let mut outsider = TestRequest::new("PURGE", "/p")
+        .with_header("host", "example.com")
+        .with_client_ip("192.0.2.1");
+    assert!(
+        matches!(testing::on_request(&c, &mut outsider), Action::Respond(r) if r.status == 403)
+    );
+    let mut admin = TestRequest::new("PURGE", "/p")
+        .with_header("host", "example.com")
+        .with_client_ip("10.1.2.3");
+    assert!(matches!(testing::on_request(&c, &mut admin), Action::Respond(r) if r.status == 200));
+    assert!(!fetch(&c, "/p", &origin).1);
+}
+
+#[test]
+fn bad_configs_are_refused() {
+    assert!(testing::init::<Cache>(r#"{"purge_from": ["nope"]}"#).is_err());
+    assert!(testing::init::<Cache>(r#"{"heuristic_fraction": 2}"#).is_err());
+    assert!(testing::init::<Cache>(r#"{"max_entry_size": "1XB"}"#).is_err());
+    assert!(testing::init::<Cache>(r#"{"colour": "red"}"#).is_err());
+}
+
+#[test]
+fn a_body_over_max_entry_size_passes_through_unstored() {
+    let c = cache(r#"{"max_entry_size": 4}"#);
+    let origin = response(200, &[("cache-control", "max-age=60")], "too long");
+    let (resp, _) = fetch(&c, "/big", &origin);
+    assert_eq!(resp.body, b"too long");
+    assert!(!fetch(&c, "/big", &origin).1);
+}

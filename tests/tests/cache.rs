@@ -1,0 +1,95 @@
+//! The `cache` plugin through the binary, in front of a real WSGI app: hits never reach Python
+//! and never read a request body; what is too large to store passes through whole.
+
+use std::time::{Duration, Instant};
+
+use gatehouse_tests::{Gatehouse, client};
+
+const APP: &str = r#"
+import itertools
+count = itertools.count(1)
+
+def app(environ, start_response):
+    n = next(count)
+    path = environ["PATH_INFO"]
+    if path == "/big":
+        body = b"x" * (3 * 1024 * 1024)
+        start_response("200 OK", [("Cache-Control", "max-age=60"), ("X-Count", str(n)),
+                                  ("Content-Length", str(len(body)))])
+        return [body]
+    start_response("200 OK", [("Cache-Control", "max-age=60"), ("X-Count", str(n)),
+                              ("Content-Type", "text/plain")])
+    return [("%s %d" % (path, n)).encode()]
+"#;
+
+fn serve() -> (tempfile::TempDir, Gatehouse) {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join("counted.py"), APP).expect("app");
+    let config = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[targets.app]\nwsgi = \"counted:app\"\nchdir = \"{}\"\nworkers = 1\n\
+         [[plugins]]\nuse = \"cache\"\n",
+        dir.path().display()
+    );
+    let gh = Gatehouse::start(dir.path(), &config);
+    (dir, gh)
+}
+
+fn get(gh: &Gatehouse, path: &str) -> (String, String, usize) {
+    let r = client().get(gh.url(path)).send().expect("get");
+    assert_eq!(r.status(), 200);
+    let x_cache = r
+        .headers()
+        .get("x-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let count = r
+        .headers()
+        .get("x-count")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let len = r.bytes().expect("body").len();
+    (x_cache, count, len)
+}
+
+#[test]
+fn hits_are_answered_on_the_head_without_python_and_unsafe_methods_invalidate() {
+    let (_dir, gh) = serve();
+    assert_eq!(get(&gh, "/a"), ("MISS".into(), "1".into(), 4));
+    assert_eq!(
+        get(&gh, "/a"),
+        ("HIT".into(), "1".into(), 4),
+        "Python did not run"
+    );
+
+    // A hit does not wait for a body the client announces and never sends.
+    let started = Instant::now();
+    let exchange = gh.raw(
+        b"GET /a HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    let text = String::from_utf8_lossy(&exchange.bytes).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("x-count: 1"), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "waited for the body"
+    );
+
+    // A successful POST to the URL invalidates it: the next GET reaches the app.
+    let r = client().post(gh.url("/a")).body("x").send().expect("post");
+    assert_eq!(r.status(), 200, "{:?}", r.text());
+    assert_eq!(get(&gh, "/a"), ("MISS".into(), "3".into(), 4));
+    assert_eq!(get(&gh, "/a").0, "HIT");
+}
+
+#[test]
+fn a_response_larger_than_a_plugin_may_buffer_streams_through_unstored() {
+    let (_dir, gh) = serve();
+    // 3 MiB, past plugin_body_size (1 MiB): delivered whole, not stored, not a 500.
+    assert_eq!(get(&gh, "/big"), ("MISS".into(), "1".into(), 3 << 20));
+    assert_eq!(get(&gh, "/big"), ("MISS".into(), "2".into(), 3 << 20));
+    assert_eq!(get(&gh, "/small").0, "MISS");
+    assert_eq!(get(&gh, "/small").0, "HIT");
+}
