@@ -62,6 +62,12 @@ pub fn deadline_ticks(limit: Duration) -> u64 {
     (limit.as_nanos().div_ceil(tick) as u64).max(1) + 1
 }
 
+/// The longest a plugin may hold a request with `request.wait-for`.
+pub const MAX_WAIT: Duration = Duration::from_secs(10);
+
+/// How many times one request may wait (`request.wait-for`); later calls are ignored.
+pub const MAX_WAITS: u8 = 3;
+
 #[cfg(test)]
 mod tests {
     use super::*;

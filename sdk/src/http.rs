@@ -197,6 +197,16 @@ impl Request {
     pub fn set_context(&mut self, key: &str, value: &str) {
         backend::context_set(key, value);
     }
+
+    /// Request collapsing: once this `on_request` returns [`Action::Continue`](crate::Action),
+    /// the request waits until [`crate::waits::notify`] is called with `key` (by the request
+    /// that is fetching what this one needs) or `timeout` passes (at most 10 s), then this
+    /// filter's `on_request` runs again. A request waits at most three times; later calls are
+    /// ignored.
+    pub fn wait_for(&mut self, key: &str, timeout: std::time::Duration) {
+        let ms = timeout.as_millis().min(u128::from(u32::MAX)) as u32;
+        backend::wait_for(key, ms);
+    }
 }
 
 /// The response on its way back to the client, in [`Filter::on_response`](crate::Filter::on_response) (a [`LocalResponse`](crate::LocalResponse) is

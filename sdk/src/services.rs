@@ -110,6 +110,17 @@ pub mod log {
     }
 }
 
+/// Request collapsing: waking the requests that [`Request::wait_for`](crate::Request::wait_for)
+/// holds.
+pub mod waits {
+    use super::backend;
+
+    /// Wakes every request waiting on `key`, on every event loop of the server.
+    pub fn notify(key: &str) {
+        backend::notify(key);
+    }
+}
+
 /// Time and randomness from the host.
 pub mod clock {
     use super::backend;

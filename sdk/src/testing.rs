@@ -50,6 +50,9 @@ pub struct TestRequest {
     pub client_cert_subject: Option<String>,
     /// The per-request context.
     pub context: HashMap<String, String>,
+    /// The wait the filter asked for in its last `on_request` ([`Request::wait_for`]): key and
+    /// timeout in milliseconds.
+    pub waiting: Option<(String, u32)>,
 }
 
 impl TestRequest {
@@ -69,6 +72,7 @@ impl TestRequest {
             tls: false,
             client_cert_subject: None,
             context: HashMap::new(),
+            waiting: None,
         }
     }
 
@@ -181,6 +185,7 @@ fn run(
 /// `Action::Continue` without calling it if [`Filter::HOOKS`] leaves it out, as the host would.
 pub fn on_request<F: Filter>(filter: &F, req: &mut TestRequest) -> Action {
     let mut action = Action::Continue;
+    req.waiting = None;
     if F::HOOKS.contains(&Hook::OnRequest) {
         run(req, None, F::REQUEST_BODY, || {
             action = filter.on_request(&mut Request::new(None, None));
@@ -214,6 +219,11 @@ pub fn on_log<F: Filter>(filter: &F, req: &mut TestRequest, entry: &LogEntry) ->
 /// Log lines written by the filter on this thread, as `(level, message)`.
 pub fn logs() -> Vec<(String, String)> {
     backend::STATE.with(|s| s.borrow().logs.clone())
+}
+
+/// Keys the filter notified ([`crate::waits::notify`]) on this thread, in order.
+pub fn notified() -> Vec<String> {
+    backend::STATE.with(|s| s.borrow().notified.clone())
 }
 
 /// A metric's value on this thread.
@@ -261,6 +271,7 @@ pub mod backend {
         pub(crate) metrics: HashMap<String, u64>,
         pub(crate) logs: Vec<(String, String)>,
         pub(crate) clock_offset_ms: u64,
+        pub(crate) notified: Vec<String>,
     }
 
     thread_local! {
@@ -269,6 +280,11 @@ pub mod backend {
 
     fn with<R>(f: impl FnOnce(&mut State) -> R) -> R {
         STATE.with(|s| f(&mut s.borrow_mut()))
+    }
+
+    /// See [`crate::waits::notify`].
+    pub fn notify(key: &str) {
+        with(|s| s.notified.push(key.to_string()));
     }
 
     /// See [`crate::clock::now_ms`].

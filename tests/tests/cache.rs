@@ -6,12 +6,14 @@ use std::time::{Duration, Instant};
 use gatehouse_tests::{Gatehouse, client};
 
 const APP: &str = r#"
-import itertools
+import itertools, time
 count = itertools.count(1)
 
 def app(environ, start_response):
     n = next(count)
     path = environ["PATH_INFO"]
+    if path == "/slow":
+        time.sleep(1)
     if path == "/big":
         body = b"x" * (3 * 1024 * 1024)
         start_response("200 OK", [("Cache-Control", "max-age=60"), ("X-Count", str(n)),
@@ -26,7 +28,7 @@ fn serve() -> (tempfile::TempDir, Gatehouse) {
     let dir = tempfile::tempdir().expect("tmp");
     std::fs::write(dir.path().join("counted.py"), APP).expect("app");
     let config = format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\n[targets.app]\nwsgi = \"counted:app\"\nchdir = \"{}\"\nworkers = 1\n\
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[targets.app]\nwsgi = \"counted:app\"\nchdir = \"{}\"\nworkers = 1\nthreads = 8\n\
          [[plugins]]\nuse = \"cache\"\n",
         dir.path().display()
     );
@@ -92,4 +94,27 @@ fn a_response_larger_than_a_plugin_may_buffer_streams_through_unstored() {
     assert_eq!(get(&gh, "/big"), ("MISS".into(), "2".into(), 3 << 20));
     assert_eq!(get(&gh, "/small").0, "MISS");
     assert_eq!(get(&gh, "/small").0, "HIT");
+}
+
+#[test]
+fn concurrent_misses_of_one_url_reach_the_app_once() {
+    let (_dir, gh) = serve();
+    let gh = &gh;
+    let answers: Vec<(String, String, usize)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6).map(|_| s.spawn(move || get(gh, "/slow"))).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("join"))
+            .collect()
+    });
+    let counts: Vec<&str> = answers.iter().map(|a| a.1.as_str()).collect();
+    assert!(
+        counts.iter().all(|c| *c == "1"),
+        "the app ran more than once: {counts:?}"
+    );
+    assert_eq!(
+        answers.iter().filter(|a| a.0 == "MISS").count(),
+        1,
+        "{answers:?}"
+    );
 }

@@ -128,6 +128,7 @@ where
                 Decision::Serve(route) => break route,
                 // A plugin sees the body only in memory: it is kept there up to what a plugin
                 // may read.
+                Decision::Wait(waiter) => waiter.wait().await,
                 Decision::ReadBody => {
                     let limits = &gateway.limits;
                     self.read_body(limits.body_buffer_size.max(limits.plugin_body_size))

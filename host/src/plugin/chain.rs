@@ -47,6 +47,8 @@ pub struct Progress {
     pub(super) next: usize,
     /// The route a plugin chose so far.
     pub(super) route: Option<Route>,
+    /// How many times the request has waited (`request.wait-for`).
+    pub(super) waits: u8,
 }
 
 /// What the chain decided for a request.
@@ -59,6 +61,9 @@ pub enum Decision {
     /// The next plugin needs the request body: read it into the exchange and call
     /// [`Chain::on_request`] again.
     ReadBody,
+    /// A plugin asked the request to wait (request collapsing): wait, then call
+    /// [`Chain::on_request`] again, which calls that plugin again.
+    Wait(crate::store::Waiter),
 }
 
 /// The loaded chain of a configuration.
@@ -163,6 +168,15 @@ impl Chain {
                 )?;
                 Ok((action, store.data_mut().local.take()))
             });
+            // A wait counts only with `continue`, and only so many times per request.
+            let wait = ex.wait.take();
+            if let (Ok((wit::Action::Continue, _)), Some(waiter)) = (&action, wait)
+                && progress.waits < sandbox::MAX_WAITS
+            {
+                progress.waits += 1;
+                progress.next = i;
+                return Ok(Decision::Wait(waiter));
+            }
             let answer = match action {
                 Ok((wit::Action::Continue, _)) => Ok(None),
                 Ok((wit::Action::Route(route), _)) => plugin.route(route, ex).map(|r| {

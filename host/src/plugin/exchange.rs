@@ -39,6 +39,8 @@ pub struct Exchange {
     pub response: Option<Response<Body>>,
     /// The response body was larger than plugins may buffer: it streams on unread.
     pub response_too_large: bool,
+    /// A wait the running `on-request` asked for (`request.wait-for`).
+    pub wait: Option<crate::store::Waiter>,
 }
 
 impl Exchange {
@@ -60,6 +62,7 @@ impl Exchange {
             plugin_header_bytes: 0,
             response: None,
             response_too_large: false,
+            wait: None,
         }
     }
 

@@ -11,6 +11,8 @@
 //! store_authorized = false     # store responses to requests with Authorization regardless
 //! purge_from = ["127.0.0.1/32", "::1/128"]   # clients allowed to send PURGE
 //! stale_if_unreachable = true  # a stale copy answers when the target cannot be reached (502/504)
+//! collapse = true              # concurrent misses of a URL wait for the first one's response
+//! collapse_timeout = "5s"      # ... for at most this long (10s at most), then go on themselves
 //! ```
 //!
 //! A request is answered from the store on its head (no body is read, the target is not called)
@@ -30,7 +32,9 @@ mod freshness;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use gatehouse_sdk::{Action, Filter, LocalResponse, Request, Response, clock, kv, metrics, units};
+use gatehouse_sdk::{
+    Action, Filter, LocalResponse, Request, Response, clock, kv, metrics, units, waits,
+};
 use serde::Deserialize;
 
 use directives::Directives;
@@ -58,6 +62,8 @@ pub struct Config {
     purge_method: Option<String>,
     status_headers: Option<bool>,
     stale_if_unreachable: Option<bool>,
+    collapse: Option<bool>,
+    collapse_timeout: Option<units::Seconds>,
 }
 
 /// The cache.
@@ -73,6 +79,8 @@ pub struct Cache {
     purge_method: String,
     status_headers: bool,
     stale_if_unreachable: bool,
+    /// Concurrent misses of one URL wait for the first one's response (`None`: off).
+    collapse_timeout: Option<Duration>,
 }
 
 /// How long one request may hold the right to revalidate an entry while others are served stale.
@@ -88,6 +96,12 @@ const CLIENT_INM: &str = "cache.inm";
 const CLIENT_IMS: &str = "cache.ims";
 const LOCKED: &str = "cache.lock";
 const NO_STORE: &str = "cache.no-store";
+const FILLING: &str = "cache.filling";
+const WAITED: &str = "cache.waited";
+
+/// How long a URL whose response could not be stored skips collapsing (Varnish's hit-for-miss):
+/// its requests then go to the target side by side instead of one after another.
+const PASS_FOR: Duration = Duration::from_secs(10);
 
 /// Fields never stored (hop-by-hop, and `Age`, which is computed on use).
 const NOT_STORED: &[&str] = &[
@@ -190,6 +204,12 @@ impl Filter for Cache {
                 .to_ascii_uppercase(),
             status_headers: config.status_headers.unwrap_or(true),
             stale_if_unreachable: config.stale_if_unreachable.unwrap_or(true),
+            collapse_timeout: config.collapse.unwrap_or(true).then(|| {
+                config
+                    .collapse_timeout
+                    .map_or(Duration::from_secs(5), |s| s.0)
+                    .min(Duration::from_secs(10))
+            }),
         })
     }
 
@@ -275,7 +295,24 @@ impl Cache {
             if only_if_cached {
                 return self.gateway_timeout();
             }
-            req.set_context(FWD, "uri-miss");
+            if req.context(FWD).is_none() {
+                req.set_context(FWD, "uri-miss");
+            }
+            if let Some(timeout) = self.collapse_timeout
+                && req.method() == "GET"
+                && req.context(WAITED).is_none()
+                && kv::get(&pass_key(&url)).is_none()
+            {
+                // One miss goes to the target; the others wait for it, then find its response.
+                if kv::compare_and_swap(&fill_key(&url), None, b"1", Some(timeout)) {
+                    req.set_context(FILLING, "1");
+                } else {
+                    req.set_context(WAITED, "1");
+                    metrics::add("collapsed", 1);
+                    req.wait_for(&fill_key(&url), timeout);
+                    return Action::Continue;
+                }
+            }
             metrics::add("miss", 1);
             return Action::Continue;
         };
@@ -482,6 +519,15 @@ impl Cache {
         }
         let stored_now = req.method() == "GET" && self.store(req, resp, now);
         metrics::add(if stored_now { "stored" } else { "not-stored" }, 1);
+        if req.context(FILLING).is_some()
+            && let Some(url) = req.context(URL)
+        {
+            if !stored_now {
+                kv::set(&pass_key(&url), b"1", Some(PASS_FOR));
+            }
+            kv::delete(&fill_key(&url));
+            waits::notify(&fill_key(&url));
+        }
         if self.status_headers {
             let detail = format!(
                 "{}{}",
@@ -841,6 +887,14 @@ fn index_key(url: &str) -> String {
 
 fn lock_key(variant: &str) -> String {
     format!("upd:{variant}")
+}
+
+fn fill_key(url: &str) -> String {
+    format!("fill:{url}")
+}
+
+fn pass_key(url: &str) -> String {
+    format!("pass:{url}")
 }
 
 /// The field names a response's `Vary` lists, lower case, sorted and joined by `\n`; `None` for

@@ -371,3 +371,39 @@ fn a_body_over_max_entry_size_passes_through_unstored() {
     assert_eq!(resp.body, b"too long");
     assert!(!fetch(&c, "/big", &origin).1);
 }
+
+#[test]
+fn concurrent_misses_collapse_into_one_fetch() {
+    let c = cache("{}");
+    let origin = response(200, &[("cache-control", "max-age=60")], "once");
+    let mut first = get("/c");
+    assert_eq!(testing::on_request(&c, &mut first), Action::Continue);
+    assert_eq!(first.waiting, None, "the first miss fetches");
+    let mut second = get("/c");
+    assert_eq!(testing::on_request(&c, &mut second), Action::Continue);
+    let (key, timeout) = second.waiting.clone().expect("the second waits");
+    assert_eq!(timeout, 5000);
+    // The first one's response is stored and wakes the waiters; the second then finds it.
+    let mut resp = origin.clone();
+    testing::on_response(&c, &mut first, &mut resp);
+    assert_eq!(testing::notified(), vec![key]);
+    match testing::on_request(&c, &mut second) {
+        Action::Respond(r) => assert_eq!(r.body, b"once"),
+        other => panic!("{other:?}"),
+    }
+
+    // A response that cannot be stored: the waiters go on themselves, and for a while the URL's
+    // misses do not wait at all (nothing would come of it).
+    let mut first = get("/private");
+    testing::on_request(&c, &mut first);
+    let mut second = get("/private");
+    testing::on_request(&c, &mut second);
+    assert!(second.waiting.is_some());
+    let mut resp = response(200, &[("cache-control", "private")], "mine");
+    testing::on_response(&c, &mut first, &mut resp);
+    assert_eq!(testing::on_request(&c, &mut second), Action::Continue);
+    assert_eq!(second.waiting, None, "after one wait it goes on");
+    let mut third = get("/private");
+    testing::on_request(&c, &mut third);
+    assert_eq!(third.waiting, None, "hit-for-miss: no waiting");
+}

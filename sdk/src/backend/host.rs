@@ -88,6 +88,10 @@ pub(crate) fn context_get(key: &str) -> Option<String> {
     request::context_get(key)
 }
 
+pub(crate) fn wait_for(key: &str, timeout_ms: u32) {
+    request::wait_for(key, timeout_ms);
+}
+
 pub(crate) fn context_set(key: &str, value: &str) {
     request::context_set(key, value);
 }

@@ -208,6 +208,10 @@ pub(crate) fn context_get(key: &str) -> Option<String> {
     with(|ex| ex.req.context.get(key).cloned())
 }
 
+pub(crate) fn wait_for(key: &str, timeout_ms: u32) {
+    with(|ex| ex.req.waiting = Some((key.to_string(), timeout_ms)));
+}
+
 pub(crate) fn context_set(key: &str, value: &str) {
     with(|ex| {
         ex.req.context.insert(key.to_string(), value.to_string());

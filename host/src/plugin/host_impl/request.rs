@@ -151,6 +151,15 @@ impl request::Host for HostState {
             .map_err(wasmtime::Error::msg)
     }
 
+    fn wait_for(&mut self, key: String, timeout_ms: u32) -> Result<()> {
+        let timeout =
+            std::time::Duration::from_millis(u64::from(timeout_ms)).min(crate::sandbox::MAX_WAIT);
+        let key = super::scoped(&mut self.scratch, &self.info.namespace, &key).to_string();
+        let waiter = self.info.store.waits.register(key, timeout);
+        self.ex()?.wait = Some(waiter);
+        Ok(())
+    }
+
     fn respond(&mut self, response: wit::LocalResponse) -> Result<()> {
         // Like every request call, an error outside a hook.
         self.ex()?;

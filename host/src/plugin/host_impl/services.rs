@@ -88,6 +88,12 @@ impl host::Host for HostState {
     fn random_u64(&mut self) -> Result<u64> {
         Ok(rand::random())
     }
+
+    fn notify(&mut self, key: String) -> Result<()> {
+        let key = scoped(&mut self.scratch, &self.info.namespace, &key);
+        self.info.store.waits.notify(key);
+        Ok(())
+    }
 }
 
 fn monotonic_ns() -> u64 {
