@@ -22,7 +22,6 @@ command -v wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq
 source bench/helpers.sh
 
 rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
-(cd plugins && cargo build --release --locked --target wasm32-wasip2 -p headers -p ratelimit >&2)
 FIX=$PWD/plugins/target/wasm32-wasip2/release
 OLD_FIX=${OLD_FIXTURES:-$FIX}
 APPS=$PWD/bench/apps

@@ -8,7 +8,7 @@ median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2
 ratio() { python3 -c "print($1 / $2)"; }
 
 # The `[[plugins]]` entries of the realistic chain (router + headers + a per-client rate limit on the
-# host's counters) for a static target `site`, with the fixtures built in directory $1.
+# host's store, all built in) for a static target `site`. ($1, a fixtures directory, is unused.)
 realistic_chain() {
   cat <<CONF
 [[plugins]]
@@ -21,11 +21,11 @@ path = "/"
 target = "site"
 
 [[plugins]]
-use = "$1/headers.wasm"
-config = { "x-frame-options" = "DENY", "x-content-type-options" = "nosniff" }
+use = "headers"
+config = { response = { set = { "x-frame-options" = "DENY", "x-content-type-options" = "nosniff" } } }
 
 [[plugins]]
-use = "$1/ratelimit.wasm"
-config = { limit = 1000000000, window_ms = 1000 }
+use = "rate-limit"
+config = { rate = 1000000000, per = "1s", headers = false }
 CONF
 }

@@ -24,7 +24,7 @@ cd "$(dirname "$0")/.."
 source bench/lib.sh
 
 rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
-(cd plugins && cargo build --release --locked --target wasm32-wasip2 -p noop -p headers -p ratelimit >&2)
+(cd plugins && cargo build --release --locked --target wasm32-wasip2 -p noop >&2)
 FIX=$PWD/plugins/target/wasm32-wasip2/release
 
 work=$(mktemp -d)
@@ -127,9 +127,9 @@ path = \"/\"
 target = \"site\"
 "
 printf '%s%s' "$head_conf" "$router_only" > "$work/router.toml"
-sed -n '/headers.wasm/,/^config/p' "$work/real.toml" | sed '1s/^/[[plugins]]\n/' > "$work/h.part"
+sed -n '/use = "headers"/,/^config/p' "$work/real.toml" | sed '1s/^/[[plugins]]\n/' > "$work/h.part"
 printf '%s' "$head_conf" > "$work/headers.toml"; cat "$work/h.part" >> "$work/headers.toml"
-sed -n '/ratelimit.wasm/,/^config/p' "$work/real.toml" | sed '1s/^/[[plugins]]\n/' > "$work/r.part"
+sed -n '/use = "rate-limit"/,/^config/p' "$work/real.toml" | sed '1s/^/[[plugins]]\n/' > "$work/r.part"
 printf '%s' "$head_conf" > "$work/ratelimit.toml"; cat "$work/r.part" >> "$work/ratelimit.toml"
 singles="none noop3 router headers ratelimit real"
 for c in $singles; do

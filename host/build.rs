@@ -32,7 +32,19 @@ fn main() {
 /// `plugin::builtin` includes.
 fn embed_plugins() {
     let out = std::path::PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
-    let built = wasm_build::build(&["router", "cache"], &wasm_build::target_dir(&out));
+    let built = wasm_build::build(
+        &[
+            "router",
+            "cache",
+            "ip-filter",
+            "rate-limit",
+            "auth",
+            "headers",
+            "cors",
+            "redirect",
+        ],
+        &wasm_build::target_dir(&out),
+    );
     let mut table = String::from(
         "/// Built-in plugins: name and component bytes.\npub const BUILTIN: &[(&str, &[u8])] = &[\n",
     );

@@ -9,8 +9,6 @@ fn main() {
         "services",
         "noop",
         "body-rewrite",
-        "ratelimit",
-        "headers",
         "contract-0-2-0",
     ];
     let target_dir = wasm_build::target_dir(&out);

@@ -74,15 +74,15 @@ fn benches(c: &mut Criterion) {
         bench_chain(c, "1 no-op on-request", std::slice::from_ref(&one));
         bench_chain(c, "3 no-op on-request", &[one.clone(), one.clone(), one]);
         let ratelimit = plugin(
-            "ratelimit",
-            PluginSource::File(dir.join("ratelimit.wasm")),
-            r#"{"limit": 1000000000, "window_ms": 1000}"#,
+            "rate-limit",
+            PluginSource::Builtin("rate-limit".into()),
+            r#"{"rate": 1000000000, "per": "1s", "headers": false}"#,
         );
         bench_chain(c, "ratelimit on-request", std::slice::from_ref(&ratelimit));
         let headers = plugin(
             "headers",
-            PluginSource::File(dir.join("headers.wasm")),
-            r#"{"x-frame-options": "DENY", "x-content-type-options": "nosniff"}"#,
+            PluginSource::Builtin("headers".into()),
+            r#"{"response": {"set": {"x-frame-options": "DENY", "x-content-type-options": "nosniff"}}}"#,
         );
         let router = plugin(
             "router",

@@ -354,7 +354,9 @@ fn unix_socket_file_is_removed_at_shutdown_and_threads_setting_serves() {
 #[test]
 fn the_readme_examples_are_valid() {
     let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    for config in ["static.toml", "gatehouse.toml"] {
+    // gatehouse.toml needs what examples/run.sh builds first (a virtualenv, the bot-block plugin):
+    // tests/tests/example.rs builds those and runs it.
+    for config in ["static.toml"] {
         let (code, out, err) = run(&["check", "-c", config], &examples);
         assert_eq!(code, 0, "{config}: {err}");
         assert!(out.contains(": ok ("), "{out}");

@@ -665,10 +665,8 @@ fn pooled_instances_are_reused_and_per_request_ones_are_fresh() {
 #[test]
 fn rate_limit_headers_and_no_op_fixtures() {
     let plugins = format!(
-        "[[plugins]]\nuse = \"{}\"\n[[plugins]]\nuse = \"{}\"\nconfig = {{ \"x-frame-options\" = \"DENY\", \"x-a\" = \"1\" }}\n[[plugins]]\nuse = \"{}\"\nconfig = {{ limit = 2, window_ms = 60000 }}\n",
+        "[[plugins]]\nuse = \"{}\"\n[[plugins]]\nuse = \"headers\"\nconfig = {{ response = {{ set = {{ \"x-frame-options\" = \"DENY\", \"x-a\" = \"1\" }} }} }}\n[[plugins]]\nuse = \"rate-limit\"\nconfig = {{ rate = 2, per = \"1m\", burst = 1 }}\n",
         env!("FIXTURE_NOOP"),
-        env!("FIXTURE_HEADERS"),
-        env!("FIXTURE_RATELIMIT")
     );
     let (_dir, gh) = start(&plugins);
     let c = client();

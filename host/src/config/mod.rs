@@ -328,6 +328,26 @@ mount = "/static/"
     }
 
     #[test]
+    fn files_for_plugins_are_read_by_the_server_into_their_config() {
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::write(dir.path().join("users"), "alice:$2b$...\n").expect("write");
+        let text = "[server]\nlisten = [\"127.0.0.1:0\"]\n[[plugins]]\nuse = \"router\"\nfiles = { htpasswd = \"users\" }\n[plugins.config]\nroutes = []\n";
+        let config = Config::parse(text, "g.toml", dir.path()).expect("valid");
+        let json: serde_json::Value =
+            serde_json::from_str(&config.plugins[0].config_json).expect("json");
+        assert_eq!(json["files"]["htpasswd"], "alice:$2b$...\n");
+        assert_eq!(json["routes"], serde_json::json!([]));
+        let missing = text.replace("\"users\"", "\"nowhere\"");
+        match Config::parse(&missing, "g.toml", dir.path()) {
+            Err(LoadError::Invalid(e)) => {
+                assert_eq!(e[0].key, "plugins[0].files.htpasswd");
+                assert!(e[0].message.contains("cannot read"), "{e:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn syntax_error_has_position() {
         let e = errors("[server\nlisten = 1\n");
         assert_eq!(e[0].line, 1);

@@ -81,7 +81,11 @@ pub(super) struct RawPlugin {
     hosts: Option<Spanned<Vec<String>>>,
     paths: Option<Spanned<Vec<String>>>,
     kv_namespace: Option<String>,
+    files: Option<Spanned<std::collections::BTreeMap<String, String>>>,
 }
+
+/// The largest file the server reads for a plugin (`files`).
+pub const MAX_PLUGIN_FILE: u64 = 1 << 20;
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -150,10 +154,43 @@ impl RawPlugin {
                 .map_or_else(|| uses.clone(), |s| s.to_string_lossy().into_owned()),
             None => uses.clone(),
         };
-        let config_json = match &self.config {
-            Some(table) => serde_json::to_string(table).unwrap_or_else(|_| "{}".into()),
-            None => "{}".into(),
-        };
+        let mut table = self.config.clone().unwrap_or_default();
+        // A plugin cannot open files: the server reads the ones named here and hands their text
+        // over in the config, at start and at every reload.
+        if let Some(files) = &self.files {
+            let mut texts = toml::Table::new();
+            for (entry, path) in files.get_ref() {
+                let path = base.join(path);
+                let read = std::fs::metadata(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|m| {
+                        if m.len() > MAX_PLUGIN_FILE {
+                            Err(format!("larger than {MAX_PLUGIN_FILE} bytes"))
+                        } else {
+                            std::fs::read_to_string(&path).map_err(|e| e.to_string())
+                        }
+                    });
+                match read {
+                    Ok(text) => {
+                        texts.insert(entry.clone(), toml::Value::String(text));
+                    }
+                    Err(why) => errors.push(doc.error(
+                        files.span(),
+                        &format!("{key}.files.{entry}"),
+                        format!("cannot read {}: {why}", path.display()),
+                    )),
+                }
+            }
+            if table.contains_key("files") {
+                errors.push(doc.error(
+                    files.span(),
+                    &format!("{key}.files"),
+                    "the plugin's config already has a `files` key; the files the server reads go there",
+                ));
+            }
+            table.insert("files".into(), toml::Value::Table(texts));
+        }
+        let config_json = serde_json::to_string(&table).unwrap_or_else(|_| "{}".into());
         let time_limit = match &self.time_limit {
             Some(t) if t.get_ref().0.is_zero() || t.get_ref().0 > sandbox::MAX_TIME_LIMIT => {
                 errors.push(doc.error(

@@ -1,0 +1,363 @@
+//! `rate-limit`: requests per key per period with a burst, by the generic cell rate algorithm
+//! (GCRA, what `governor` and Redis' `redis-cell` implement) over the host's key-value store.
+//!
+//! ```toml
+//! [[plugins]]
+//! use = "rate-limit"
+//! [plugins.config]
+//! rate = 10              # requests ...
+//! per = "1s"             # ... per period (default 1s): one every 100 ms on average
+//! burst = 20             # how many more may come at once (default 0)
+//! key = ["ip"]           # what is limited: "ip", "host", "method", "path", "path:N" (the first
+//!                        # N segments), "header:NAME"; several parts make one key
+//! name = "default"       # the policy's name in the RateLimit headers
+//! headers = true         # RateLimit-Policy and RateLimit on every response
+//! ```
+//!
+//! One GCRA state per key: the theoretical arrival time of the next request, updated with
+//! compare-and-swap in the host's store, so the limit is exact across every event loop of the
+//! process (and across instances once the store is shared). A request over the limit gets 429
+//! with `Retry-After` before any body is read. Each key's state expires when its bucket is full
+//! again, and the store's byte budget (least recently used first) bounds the key space whatever
+//! clients send.
+//!
+//! Why GCRA rather than a crate: `governor` keeps its state in process memory; the point here is
+//! that the state lives in the host's store, shared by every loop, so the few lines of the
+//! algorithm are written against it.
+
+use std::time::Duration;
+
+use gatehouse_sdk::{Action, Filter, LocalResponse, Request, Response, clock, kv, metrics, units};
+use serde::Deserialize;
+
+/// The plugin's `config` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    rate: u64,
+    per: Option<units::Seconds>,
+    #[serde(default)]
+    burst: u64,
+    key: Option<Vec<String>>,
+    name: Option<String>,
+    headers: Option<bool>,
+    status: Option<u16>,
+}
+
+/// One part of a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Ip,
+    Host,
+    Method,
+    Path,
+    PathSegments(usize),
+    Header(String),
+}
+
+/// The limiter.
+#[derive(Debug)]
+pub struct RateLimit {
+    /// Microseconds between requests at the steady rate.
+    interval_us: u64,
+    /// How far ahead of now the theoretical arrival time may run (the burst).
+    tolerance_us: u64,
+    rate: u64,
+    per_s: u64,
+    burst: u64,
+    key: Vec<Part>,
+    name: String,
+    headers: bool,
+    status: u16,
+}
+
+const REMAINING: &str = "rate-limit.remaining";
+const RESET: &str = "rate-limit.reset";
+
+/// Tries of the compare-and-swap before the request is let through (counted as `contended`).
+const CAS_TRIES: usize = 16;
+
+fn part(text: &str) -> Result<Part, String> {
+    Ok(match text {
+        "ip" => Part::Ip,
+        "host" => Part::Host,
+        "method" => Part::Method,
+        "path" => Part::Path,
+        other => {
+            if let Some(n) = other.strip_prefix("path:") {
+                let n: usize = n
+                    .parse()
+                    .map_err(|_| format!("key part {other:?}: expected path:N, N a number"))?;
+                Part::PathSegments(n)
+            } else if let Some(name) = other.strip_prefix("header:") {
+                if name.is_empty() {
+                    return Err("key part \"header:\" needs a header name".into());
+                }
+                Part::Header(name.to_ascii_lowercase())
+            } else {
+                return Err(format!(
+                    "unknown key part {other:?}: expected ip, host, method, path, path:N or header:NAME"
+                ));
+            }
+        }
+    })
+}
+
+impl Filter for RateLimit {
+    type Config = Config;
+
+    fn new(config: Config) -> Result<Self, String> {
+        if config.rate == 0 {
+            return Err("rate must be at least 1".into());
+        }
+        let per = config.per.map_or(Duration::from_secs(1), |s| s.0);
+        let per_us = u64::try_from(per.as_micros()).unwrap_or(u64::MAX);
+        if per_us == 0 {
+            return Err("per must be a positive duration".into());
+        }
+        let interval_us = (per_us / config.rate).max(1);
+        let key = config
+            .key
+            .unwrap_or_else(|| vec!["ip".into()])
+            .iter()
+            .map(|p| part(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        if key.is_empty() {
+            return Err("key needs at least one part".into());
+        }
+        let status = config.status.unwrap_or(429);
+        if !(400..=599).contains(&status) {
+            return Err(format!("status must be 4xx or 5xx, not {status}"));
+        }
+        Ok(RateLimit {
+            interval_us,
+            tolerance_us: interval_us.saturating_mul(config.burst),
+            rate: config.rate,
+            per_s: per.as_secs().max(1),
+            burst: config.burst,
+            key,
+            name: config.name.unwrap_or_else(|| "default".into()),
+            headers: config.headers.unwrap_or(true),
+            status,
+        })
+    }
+
+    fn on_request(&self, req: &mut Request) -> Action {
+        let key = self.key_of(req);
+        match self.take(&key) {
+            Verdict::Allowed { remaining, reset_s } => {
+                if self.headers {
+                    req.set_context(REMAINING, &remaining.to_string());
+                    req.set_context(RESET, &reset_s.to_string());
+                }
+                Action::Continue
+            }
+            Verdict::Limited { retry_after_s } => {
+                metrics::add("limited", 1);
+                let mut r = LocalResponse::new(self.status)
+                    .header("content-type", "text/plain; charset=utf-8")
+                    .header("retry-after", retry_after_s.to_string())
+                    .body(format!("{} Too Many Requests\n", self.status));
+                if self.headers {
+                    r = r
+                        .header("ratelimit-policy", self.policy())
+                        .header("ratelimit", self.state(0, retry_after_s));
+                }
+                r.into()
+            }
+        }
+    }
+
+    fn on_response(&self, req: &mut Request, resp: &mut Response) {
+        if !self.headers {
+            return;
+        }
+        let (Some(remaining), Some(reset)) = (req.context(REMAINING), req.context(RESET)) else {
+            return;
+        };
+        let remaining = remaining.parse().unwrap_or(0);
+        let reset = reset.parse().unwrap_or(0);
+        let _ = resp.set_headers(&[
+            ("ratelimit-policy", self.policy()),
+            ("ratelimit", self.state(remaining, reset)),
+        ]);
+    }
+}
+
+gatehouse_sdk::export_filter!(RateLimit);
+
+/// What GCRA decided.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Allowed { remaining: u64, reset_s: u64 },
+    Limited { retry_after_s: u64 },
+}
+
+impl RateLimit {
+    fn key_of(&self, req: &Request) -> String {
+        let mut key = String::new();
+        for (i, part) in self.key.iter().enumerate() {
+            if i > 0 {
+                key.push('\u{1f}');
+            }
+            match part {
+                Part::Ip => key.push_str(&req.client_ip().unwrap_or_else(|| "unix".into())),
+                Part::Host => key.push_str(req.host_name().unwrap_or("")),
+                Part::Method => key.push_str(req.method()),
+                Part::Path => key.push_str(req.path()),
+                Part::PathSegments(n) => {
+                    let path = req.path();
+                    let end = path
+                        .match_indices('/')
+                        .nth(*n)
+                        .map_or(path.len(), |(i, _)| i);
+                    key.push_str(&path[..end]);
+                }
+                Part::Header(name) => key.push_str(&req.header(name).unwrap_or_default()),
+            }
+        }
+        key
+    }
+
+    /// GCRA: allowed if the theoretical arrival time is no further ahead of now than the burst
+    /// allows; then it moves one interval on.
+    fn take(&self, key: &str) -> Verdict {
+        for _ in 0..CAS_TRIES {
+            let now = clock::now_ms().saturating_mul(1000);
+            let stored = kv::get(key);
+            let tat = stored
+                .as_deref()
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map_or(now, u64::from_le_bytes)
+                .max(now);
+            let new_tat = tat + self.interval_us;
+            let allow_at = new_tat.saturating_sub(self.tolerance_us + self.interval_us);
+            if now < allow_at {
+                return Verdict::Limited {
+                    retry_after_s: (allow_at - now).div_ceil(1_000_000).max(1),
+                };
+            }
+            let ttl = Duration::from_micros(new_tat - now);
+            if kv::compare_and_swap(key, stored.as_deref(), &new_tat.to_le_bytes(), Some(ttl)) {
+                let ahead = new_tat - now;
+                let room = (self.tolerance_us + self.interval_us).saturating_sub(ahead);
+                return Verdict::Allowed {
+                    remaining: room / self.interval_us,
+                    reset_s: ahead.div_ceil(1_000_000),
+                };
+            }
+        }
+        // Another loop changed the state every time: let this one through rather than spin.
+        metrics::add("contended", 1);
+        Verdict::Allowed {
+            remaining: 0,
+            reset_s: 1,
+        }
+    }
+
+    /// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers): quota and window.
+    fn policy(&self) -> String {
+        let mut p = format!("\"{}\";q={};w={}", self.name, self.rate, self.per_s);
+        if self.burst > 0 {
+            p.push_str(&format!(";burst={}", self.burst));
+        }
+        p
+    }
+
+    /// `RateLimit`: what is left and when the key is whole again.
+    fn state(&self, remaining: u64, reset_s: u64) -> String {
+        format!("\"{}\";r={remaining};t={reset_s}", self.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gatehouse_sdk::testing::{self, TestRequest};
+
+    fn limiter(config: &str) -> RateLimit {
+        testing::reset();
+        testing::init(config).expect("config")
+    }
+
+    fn status(f: &RateLimit, req: &mut TestRequest) -> u16 {
+        match testing::on_request(f, req) {
+            Action::Continue => 200,
+            Action::Respond(r) => r.status,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_burst_then_the_steady_rate() {
+        let f = limiter(r#"{"rate": 2, "per": "1s", "burst": 3}"#);
+        let mut req = TestRequest::get("/").with_client_ip("192.0.2.1");
+        // burst + 1 at once, then nothing until an interval (500 ms) has passed.
+        for i in 0..4 {
+            assert_eq!(status(&f, &mut req), 200, "request {i}");
+        }
+        assert_eq!(status(&f, &mut req), 429);
+        testing::advance(Duration::from_millis(500));
+        assert_eq!(status(&f, &mut req), 200);
+        assert_eq!(status(&f, &mut req), 429);
+        // Another client has its own bucket.
+        let mut other = TestRequest::get("/").with_client_ip("192.0.2.2");
+        assert_eq!(status(&f, &mut other), 200);
+        // After the whole burst's time the bucket is full again.
+        testing::advance(Duration::from_secs(3));
+        for _ in 0..4 {
+            assert_eq!(status(&f, &mut req), 200);
+        }
+    }
+
+    #[test]
+    fn a_refusal_says_when_to_come_back_and_headers_say_what_is_left() {
+        let f = limiter(r#"{"rate": 1, "per": "10s", "name": "api"}"#);
+        let mut req = TestRequest::get("/").with_client_ip("192.0.2.1");
+        assert_eq!(status(&f, &mut req), 200);
+        let mut resp = testing::TestResponse::new(200, "ok");
+        testing::on_response(&f, &mut req, &mut resp);
+        assert_eq!(
+            resp.header("ratelimit-policy").as_deref(),
+            Some("\"api\";q=1;w=10")
+        );
+        assert_eq!(
+            resp.header("ratelimit").as_deref(),
+            Some("\"api\";r=0;t=10")
+        );
+        match testing::on_request(&f, &mut req) {
+            Action::Respond(r) => {
+                assert_eq!(r.status, 429);
+                let retry = r
+                    .headers
+                    .iter()
+                    .find(|(n, _)| n == "retry-after")
+                    .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+                assert_eq!(retry.as_deref(), Some("10"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(testing::metric("limited"), 1);
+    }
+
+    #[test]
+    fn keys_combine_parts() {
+        let f = limiter(r#"{"rate": 1, "per": "1m", "key": ["header:x-api-key", "path:1"]}"#);
+        let mut a = TestRequest::get("/v1/users").with_header("x-api-key", "a");
+        assert_eq!(status(&f, &mut a), 200);
+        let mut a_same_prefix = TestRequest::get("/v1/orders").with_header("x-api-key", "a");
+        assert_eq!(status(&f, &mut a_same_prefix), 429, "same key: /v1 and a");
+        let mut a_other_prefix = TestRequest::get("/v2/orders").with_header("x-api-key", "a");
+        assert_eq!(status(&f, &mut a_other_prefix), 200);
+        let mut b = TestRequest::get("/v1/users").with_header("x-api-key", "b");
+        assert_eq!(status(&f, &mut b), 200);
+    }
+
+    #[test]
+    fn bad_configs_say_what_is_wrong() {
+        assert!(testing::init::<RateLimit>(r#"{"rate": 0}"#).is_err());
+        assert!(testing::init::<RateLimit>(r#"{"rate": 1, "key": ["cookie"]}"#).is_err());
+        assert!(testing::init::<RateLimit>(r#"{"rate": 1, "per": "0s"}"#).is_err());
+        assert!(testing::init::<RateLimit>(r#"{"rate": 1, "per": "1 fortnight"}"#).is_err());
+    }
+}
