@@ -13,6 +13,8 @@ command -v pebble >/dev/null 2>&1 || need_apt+=(pebble)
 # A second build of the embedded Python's version (Debian's, beside pyenv's): the tests prove that
 # gatehouse refuses an interpreter that is not the build it links.
 [ -x /usr/bin/python3.11 ] || need_apt+=(python3.11)
+# A real Redis for the shared-store tests.
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 # The public HTTP cache test suite runs on Node.
 command -v npm >/dev/null 2>&1 || need_apt+=(nodejs npm)
 if [ ${#need_apt[@]} -gt 0 ]; then

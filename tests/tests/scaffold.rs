@@ -1,5 +1,6 @@
 //! `gatehouse plugin new`: the scaffolded crate passes its own tests natively, builds to
-//! wasm32-wasip2, and the result runs in the server.
+//! wasm32-wasip2, and the result runs in the server. (Not named bot-block:
+//! examples/plugins/bot-block builds into the same wasm target directory.)
 
 use std::path::Path;
 use std::process::Command;
@@ -27,7 +28,7 @@ fn cargo(dir: &Path, args: &[&str]) {
 fn plugin_new_makes_a_crate_that_tests_builds_and_runs() {
     let dir = site(&[("index.html", b"welcome\n")]);
     let out = Command::new(binary())
-        .args(["plugin", "new", "bot-block", "--dir"])
+        .args(["plugin", "new", "ua-block", "--dir"])
         .arg(dir.path())
         .output()
         .expect("run plugin new");
@@ -36,7 +37,7 @@ fn plugin_new_makes_a_crate_that_tests_builds_and_runs() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let krate = dir.path().join("bot-block");
+    let krate = dir.path().join("ua-block");
     assert!(
         String::from_utf8_lossy(&out.stdout)
             .contains("cargo build --release --target wasm32-wasip2")
@@ -47,7 +48,7 @@ fn plugin_new_makes_a_crate_that_tests_builds_and_runs() {
         &krate,
         &["build", "--quiet", "--release", "--target", "wasm32-wasip2"],
     );
-    let wasm = Path::new(env!("WASM_TARGET_DIR")).join("wasm32-wasip2/release/bot_block.wasm");
+    let wasm = Path::new(env!("WASM_TARGET_DIR")).join("wasm32-wasip2/release/ua_block.wasm");
     assert!(wasm.is_file());
 
     let config = format!(
@@ -68,7 +69,7 @@ fn plugin_new_makes_a_crate_that_tests_builds_and_runs() {
         .send()
         .expect("get");
     assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(r.headers()["x-filtered-by"], "bot-block");
+    assert_eq!(r.headers()["x-filtered-by"], "ua-block");
 }
 
 #[test]

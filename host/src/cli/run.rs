@@ -75,10 +75,13 @@ fn check(path: &Path) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
-    let store = Arc::new(SharedStore::new(
-        config.store.kv_budget as usize,
-        config.store.counter_budget as usize,
-    ));
+    let store = match SharedStore::for_config(&config.store) {
+        Ok(store) => Arc::new(store),
+        Err(error) => {
+            eprintln!("{}: {error}", path.display());
+            return Ok(ExitCode::FAILURE);
+        }
+    };
     let metrics = Arc::new(Metrics::new());
     if let Err(error) = Chain::for_config(&config, store, &metrics) {
         eprintln!("{}: {error}", path.display());

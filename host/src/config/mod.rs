@@ -27,7 +27,10 @@ pub use upstream::{Balance, Endpoint, HashKey, HealthCheck, UpstreamConfig, Upst
 use errors::Doc;
 use shape::{deserialize_all, within};
 
-pub use plugins::{Isolation, MAX_CHAIN, OnError, PluginConfig, PluginSource};
+pub use plugins::{
+    Isolation, MAX_CHAIN, OnError, PluginConfig, PluginSource, RedisConfig, StoreBackend,
+    StoreConfig, StoreErrors,
+};
 
 use std::path::{Path, PathBuf};
 

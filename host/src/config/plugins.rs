@@ -36,6 +36,8 @@ pub struct PluginConfig {
     pub paths: Vec<String>,
     /// Prefix of its keys and counters in the shared store (`kv_namespace`, default its name).
     pub namespace: String,
+    /// What its store calls answer while a remote store is unreachable.
+    pub store_errors: StoreErrors,
 }
 
 /// Where a plugin's code comes from.
@@ -82,6 +84,19 @@ pub(super) struct RawPlugin {
     paths: Option<Spanned<Vec<String>>>,
     kv_namespace: Option<String>,
     files: Option<Spanned<std::collections::BTreeMap<String, String>>>,
+    store_errors: Option<StoreErrors>,
+}
+
+/// What a plugin's store calls answer while a remote store is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreErrors {
+    /// As if the store were empty and refused writes: reads find nothing, writes and
+    /// compare-and-swap report failure, counters read 0 (a rate limit lets requests through, a
+    /// cache misses).
+    Open,
+    /// The request fails with 503.
+    Closed,
 }
 
 /// The largest file the server reads for a plugin (`files`).
@@ -92,22 +107,100 @@ pub const MAX_PLUGIN_FILE: u64 = 1 << 20;
 pub(super) struct RawStore {
     kv_budget: Option<Bytes>,
     counter_budget: Option<Bytes>,
+    backend: Option<Spanned<String>>,
+    timeout: Option<Spanned<Seconds>>,
+    pool: Option<usize>,
+    prefix: Option<String>,
+    retry_after: Option<Seconds>,
+    threads: Option<Spanned<usize>>,
 }
 
 /// `[store]`: the shared key-value store and counters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreConfig {
-    /// Bytes the key-value store may hold; least recently used entries go first.
+    /// Bytes the key-value store may hold; least recently used entries go first (memory backend).
     pub kv_budget: u64,
-    /// Bytes the counters may hold; least recently used counters go first.
+    /// Bytes the counters may hold; least recently used counters go first (memory backend).
     pub counter_budget: u64,
+    /// Where the store lives.
+    pub backend: StoreBackend,
+    /// Threads per event loop that run plugin calls while the store is remote (their calls wait
+    /// on the network, so they run off the event loop).
+    pub threads: usize,
+}
+
+/// Where the store lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreBackend {
+    /// In the front process.
+    Memory,
+    /// In a Redis server, shared by every instance that names it.
+    Redis(RedisConfig),
+}
+
+/// `[store] backend = "redis://..."` and its settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port/db` (or `rediss://`, `redis+unix:///path`).
+    pub url: String,
+    /// The longest one call (connecting included) may take.
+    pub timeout: Duration,
+    /// Idle connections kept.
+    pub pool: usize,
+    /// Put in front of every key, so several deployments can share one server.
+    pub prefix: String,
+    /// After a failure, how long calls fail at once before the server is tried again.
+    pub retry_after: Duration,
 }
 
 impl RawStore {
-    pub(super) fn validate(&self) -> StoreConfig {
+    pub(super) fn validate(&self, doc: &Doc<'_>, errors: &mut Vec<ConfigError>) -> StoreConfig {
+        let backend = match &self.backend {
+            None => StoreBackend::Memory,
+            Some(b) if b.get_ref() == "memory" => StoreBackend::Memory,
+            Some(b)
+                if b.get_ref().starts_with("redis://")
+                    || b.get_ref().starts_with("rediss://")
+                    || b.get_ref().starts_with("redis+unix://") =>
+            {
+                StoreBackend::Redis(RedisConfig {
+                    url: b.get_ref().clone(),
+                    timeout: self
+                        .timeout
+                        .as_ref()
+                        .map_or(Duration::from_millis(100), |t| t.get_ref().0),
+                    pool: self.pool.unwrap_or(32),
+                    prefix: self.prefix.clone().unwrap_or_else(|| "gatehouse:".into()),
+                    retry_after: self.retry_after.map_or(Duration::from_secs(1), |s| s.0),
+                })
+            }
+            Some(b) => {
+                errors.push(doc.error(
+                    b.span(),
+                    "store.backend",
+                    format!("{:?}: expected \"memory\" or a redis:// URL", b.get_ref()),
+                ));
+                StoreBackend::Memory
+            }
+        };
+        if let Some(t) = &self.timeout
+            && t.get_ref().0.is_zero()
+        {
+            errors.push(doc.error(t.span(), "store.timeout", "must be more than 0"));
+        }
+        let threads = match &self.threads {
+            Some(t) if *t.get_ref() == 0 || *t.get_ref() > 1024 => {
+                errors.push(doc.error(t.span(), "store.threads", "must be between 1 and 1024"));
+                16
+            }
+            Some(t) => *t.get_ref(),
+            None => 16,
+        };
         StoreConfig {
             kv_budget: self.kv_budget.map_or(sandbox::KV_BUDGET, |b| b.0),
             counter_budget: self.counter_budget.map_or(sandbox::COUNTER_BUDGET, |b| b.0),
+            backend,
+            threads,
         }
     }
 }
@@ -241,6 +334,7 @@ impl RawPlugin {
             return None;
         }
         Some(PluginConfig {
+            store_errors: self.store_errors.unwrap_or(StoreErrors::Open),
             namespace: self.kv_namespace.clone().unwrap_or_else(|| name.clone()),
             name,
             source,

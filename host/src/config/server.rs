@@ -197,7 +197,7 @@ impl RawConfig {
             log,
             targets,
             plugins,
-            store: self.store.validate(),
+            store: self.store.validate(doc, errors),
         })
     }
 }

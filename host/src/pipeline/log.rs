@@ -198,10 +198,7 @@ impl Drop for LoggedBody {
                 duration: pending.started.elapsed(),
                 target: pending.target.take(),
             };
-            pending
-                .gateway
-                .plugins
-                .on_log(&mut pending.exchange, pending.ran, &entry);
+            super::off_loop::on_log(pending.gateway, pending.exchange, pending.ran, entry);
         }
     }
 }

@@ -10,6 +10,7 @@ mod activity;
 mod admit;
 mod log;
 mod normalise;
+mod off_loop;
 mod plain;
 mod respond;
 mod session;

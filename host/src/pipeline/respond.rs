@@ -1,6 +1,7 @@
 //! The response phase: plugins' `on-response`, in reverse order, over the plugins whose
 //! `on-request` ran.
 
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -16,7 +17,7 @@ use crate::plugin::{Exchange, Ran};
 /// `on-response` of every plugin whose `on-request` ran (at least one: the session calls this only
 /// then), in reverse order, with the body buffered first if one of them asked for it.
 pub(super) async fn on_response(
-    gateway: &Gateway,
+    gateway: &Arc<Gateway>,
     ex: &mut Box<Exchange>,
     ran: Ran,
     response: Response<Body>,
@@ -35,7 +36,7 @@ pub(super) async fn on_response(
         response
     };
     ex.response = Some(response);
-    let outcome = gateway.plugins.on_response(ex, ran);
+    let outcome = super::off_loop::on_response(gateway, ex, ran).await;
     match (outcome, ex.response.take()) {
         (Ok(()), Some(response)) => response,
         (Err(e), _) => error_response(&e, version),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{Request, Response, Version};
 
-use super::{Gateway, error_response, respond};
+use super::{Gateway, error_response, off_loop, respond};
 use crate::body::Body;
 use crate::error::HttpError;
 use crate::peer::Peer;
@@ -120,10 +120,7 @@ where
         // A handle of its own: the phases below change the session while they read the gateway.
         let gateway = Arc::clone(&self.gateway);
         let chosen = loop {
-            match gateway
-                .plugins
-                .on_request(&mut self.exchange, &mut self.progress)?
-            {
+            match off_loop::on_request(&gateway, &mut self.exchange, &mut self.progress).await? {
                 Decision::Respond(response) => return Ok(response),
                 Decision::Serve(route) => break route,
                 // A plugin sees the body only in memory: it is kept there up to what a plugin

@@ -179,23 +179,27 @@ impl Chain {
             }
             let answer = match action {
                 Ok((wit::Action::Continue, _)) => Ok(None),
-                Ok((wit::Action::Route(route), _)) => plugin.route(route, ex).map(|r| {
-                    progress.route = Some(r);
-                    None
-                }),
+                Ok((wit::Action::Route(route), _)) => plugin
+                    .route(route, ex)
+                    .map(|r| {
+                        progress.route = Some(r);
+                        None
+                    })
+                    .map_err(Failure::plugin),
                 Ok((wit::Action::Respond, local)) => local
                     .ok_or_else(|| "answered `respond` without calling `request.respond`".into())
                     .and_then(local_response)
-                    .map(Some),
-                Err(failure) => Err(failure.0),
+                    .map(Some)
+                    .map_err(Failure::plugin),
+                Err(failure) => Err(failure),
             };
             match answer {
                 Ok(None) => {}
                 Ok(Some(response)) => return Ok(Decision::Respond(response)),
                 // A failed plugin gets no on-response for this request.
-                Err(reason) => {
+                Err(failure) => {
                     progress.ran.clear(i);
-                    plugin.failed(Hook::Request, &Failure(reason))?;
+                    plugin.failed(Hook::Request, &failure)?;
                 }
             }
         }

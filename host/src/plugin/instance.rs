@@ -26,7 +26,22 @@ pub(super) struct Instance {
 
 /// Why a hook call failed.
 #[derive(Debug)]
-pub(super) struct Failure(pub(super) String);
+pub(super) struct Failure {
+    /// What went wrong, for the log.
+    pub(super) reason: String,
+    /// The shared store was unreachable and the plugin's `store_errors` is `closed`.
+    pub(super) store_unavailable: bool,
+}
+
+impl Failure {
+    /// The plugin's own failure.
+    pub(super) fn plugin(reason: String) -> Failure {
+        Failure {
+            reason,
+            store_unavailable: false,
+        }
+    }
+}
 
 /// A loaded plugin: compiled code, settings, and its pool of ready instances.
 pub(super) struct Plugin {
@@ -82,6 +97,7 @@ impl Plugin {
                 name: config.name.clone(),
                 namespace: config.namespace.clone(),
                 store: Arc::clone(store),
+                store_errors: config.store_errors,
                 metrics: Arc::clone(metrics),
                 body_limit,
                 output: wasi::OutputBudget::new(&config.name),
@@ -135,7 +151,7 @@ impl Plugin {
                 return Ok(instance);
             }
         }
-        self.instantiate().map(|(i, _)| i).map_err(Failure)
+        self.instantiate().map(|(i, _)| i).map_err(Failure::plugin)
     }
 
     pub(super) fn checkin(&self, instance: Instance) {
@@ -183,7 +199,10 @@ impl Plugin {
                 Ok(value)
             }
             // The instance may be half-way through anything: it is dropped, never reused.
-            Err(e) => Err(Failure(describe(&e, &self.config))),
+            Err(e) => Err(Failure {
+                store_unavailable: e.downcast_ref::<crate::store::Unavailable>().is_some(),
+                reason: describe(&e, &self.config),
+            }),
         }
     }
 
@@ -251,7 +270,11 @@ impl Plugin {
     /// Logs a failed call and says whether the request goes on.
     pub(super) fn failed(&self, which: Hook, failure: &Failure) -> Result<(), HttpError> {
         let hook = which.name();
-        tracing::error!(plugin = %self.info.name, hook, reason = %failure.0, "plugin failed; instance replaced");
+        if failure.store_unavailable {
+            // Logged once by the store; the plugin asked to fail closed.
+            return Err(HttpError::ServiceUnavailable);
+        }
+        tracing::error!(plugin = %self.info.name, hook, reason = %failure.reason, "plugin failed; instance replaced");
         self.info.metrics.plugin_failure(&self.info.name, hook);
         match self.config.on_error {
             OnError::Continue => Ok(()),

@@ -45,6 +45,9 @@ pub enum StartError {
     /// A certificate, key or client CA could not be loaded.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The shared store could not be set up.
+    #[error("{0}")]
+    Store(String),
 }
 
 /// How one listener's connections are opened: PROXY protocol, TLS, or a plain listener's own
@@ -89,6 +92,9 @@ impl Reloader {
         }
         // The shared store, the body budget and the access log survive the reload.
         let current = self.gateway.load();
+        if !current.plugins.store().made_from(&config.store) {
+            tracing::warn!("changes to [store] take effect at the next restart");
+        }
         let gateway = build_gateway(
             config,
             Arc::clone(current.plugins.store()),
@@ -224,10 +230,7 @@ impl Server {
             )),
             _ => None,
         };
-        let store = Arc::new(SharedStore::new(
-            config.store.kv_budget as usize,
-            config.store.counter_budget as usize,
-        ));
+        let store = Arc::new(SharedStore::for_config(&config.store).map_err(StartError::Store)?);
         let metrics = Arc::new(Metrics::new());
         metrics.watch_dropped_lines("diagnostics", crate::logging::dropped_lines);
         let log = access_log.clone();
@@ -390,8 +393,12 @@ struct EventLoop {
 
 impl EventLoop {
     fn run(self) -> std::io::Result<()> {
+        // With a remote store, plugin calls run on this loop's blocking threads (they wait on
+        // the network); their number bounds the calls in flight and the store's connections.
+        let blocking = self.gateway.load().plugins.store().threads();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            .max_blocking_threads(blocking)
             .build()?;
         runtime.block_on(async move {
             let tracker = TaskTracker::new();

@@ -32,6 +32,8 @@ pub struct PluginInfo {
     pub namespace: String,
     /// The shared key-value store and counters.
     pub store: Arc<SharedStore>,
+    /// What its store calls answer while a remote store is unreachable.
+    pub store_errors: crate::config::StoreErrors,
     /// The process's metrics.
     pub metrics: Arc<Metrics>,
     /// Largest request body handed to plugins.

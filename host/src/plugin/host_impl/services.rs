@@ -5,12 +5,24 @@ use std::time::Duration;
 use wasmtime::Result;
 
 use super::{HostState, scoped};
+use crate::config::StoreErrors;
 use crate::plugin::bindings::gatehouse::plugin::host;
 use crate::sandbox::MAX_PLUGIN_METRICS;
 use crate::store;
 
 fn ttl(ms: Option<u64>) -> Option<Duration> {
     ms.map(Duration::from_millis)
+}
+
+/// A store call's answer: the store's, or while it is unreachable, `open` (the value the plugin
+/// gets as if the store were empty and refused writes) or a failed call (`store_errors = closed`:
+/// the request gets 503).
+fn answer<T>(result: Result<T, store::Unavailable>, errors: StoreErrors, open: T) -> Result<T> {
+    match (result, errors) {
+        (Ok(value), _) => Ok(value),
+        (Err(_), StoreErrors::Open) => Ok(open),
+        (Err(unavailable), StoreErrors::Closed) => Err(wasmtime::Error::new(unavailable)),
+    }
 }
 
 impl host::Host for HostState {
@@ -28,17 +40,25 @@ impl host::Host for HostState {
 
     fn kv_get(&mut self, key: String) -> Result<Option<Vec<u8>>> {
         let key = scoped(&mut self.scratch, &self.info.namespace, &key);
-        Ok(self.info.store.kv_get(key))
+        answer(self.info.store.kv_get(key), self.info.store_errors, None)
     }
 
     fn kv_set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<bool> {
         let key = scoped(&mut self.scratch, &self.info.namespace, &key).to_string();
-        Ok(self.info.store.kv_set(key, value, ttl(ttl_ms)))
+        answer(
+            self.info.store.kv_set(key, value, ttl(ttl_ms)),
+            self.info.store_errors,
+            false,
+        )
     }
 
     fn kv_delete(&mut self, key: String) -> Result<bool> {
         let key = scoped(&mut self.scratch, &self.info.namespace, &key);
-        Ok(self.info.store.kv_delete(key))
+        answer(
+            self.info.store.kv_delete(key),
+            self.info.store_errors,
+            false,
+        )
     }
 
     fn kv_compare_and_swap(
@@ -49,20 +69,31 @@ impl host::Host for HostState {
         ttl_ms: Option<u64>,
     ) -> Result<bool> {
         let key = scoped(&mut self.scratch, &self.info.namespace, &key).to_string();
-        Ok(self
-            .info
-            .store
-            .kv_compare_and_swap(key, expected.as_deref(), new, ttl(ttl_ms)))
+        answer(
+            self.info
+                .store
+                .kv_compare_and_swap(key, expected.as_deref(), new, ttl(ttl_ms)),
+            self.info.store_errors,
+            false,
+        )
     }
 
     fn counter_incr(&mut self, name: String, delta: i64, window_ms: Option<u64>) -> Result<i64> {
         let key = scoped(&mut self.scratch, &self.info.namespace, &name);
-        Ok(self.info.store.counter_incr(key, delta, ttl(window_ms)))
+        answer(
+            self.info.store.counter_incr(key, delta, ttl(window_ms)),
+            self.info.store_errors,
+            0,
+        )
     }
 
     fn counter_get(&mut self, name: String, window_ms: Option<u64>) -> Result<i64> {
         let key = scoped(&mut self.scratch, &self.info.namespace, &name);
-        Ok(self.info.store.counter_get(key, ttl(window_ms)))
+        answer(
+            self.info.store.counter_get(key, ttl(window_ms)),
+            self.info.store_errors,
+            0,
+        )
     }
 
     fn metric_add(&mut self, name: String, delta: u64) -> Result<()> {

@@ -1,15 +1,13 @@
-//! The key-value store and counters behind the plugins' host services, shared by every plugin and
-//! every event-loop thread of the front process.
-//!
-//! One store per process (not per thread or per instance), so a rate limit counts every request the
-//! process sees. Keys are namespaced per plugin by the caller.
+//! The store in the front process's memory (the default backend): an LRU map with a byte budget
+//! and per-entry expiry, and counters in fixed windows, each behind one lock.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use lru::LruCache;
+
+use super::{current_window, lock, now_ms};
 
 /// Bookkeeping bytes charged per entry on top of its key and value.
 const ENTRY_OVERHEAD: usize = 64;
@@ -17,20 +15,18 @@ const ENTRY_OVERHEAD: usize = 64;
 /// Bookkeeping bytes charged per counter on top of its name.
 const COUNTER_OVERHEAD: usize = 64;
 
-/// The key-value store and counters, kept across reloads.
+/// The key-value store and counters in memory.
 #[derive(Debug)]
-pub struct SharedStore {
+pub struct MemoryStore {
     kv: Mutex<Kv>,
     counters: Mutex<Counters>,
-    /// Requests held by `request.wait-for` until a `host.notify` of their key.
-    pub waits: Waits,
 }
 
-impl SharedStore {
+impl MemoryStore {
     /// A store whose key-value part holds at most `kv_budget` bytes and whose counters at most
     /// `counter_budget` (names come from clients: a limit per IP address, say).
-    pub fn new(kv_budget: usize, counter_budget: usize) -> SharedStore {
-        SharedStore {
+    pub fn new(kv_budget: usize, counter_budget: usize) -> MemoryStore {
+        MemoryStore {
             kv: Mutex::new(Kv {
                 entries: LruCache::unbounded(),
                 bytes: 0,
@@ -43,7 +39,6 @@ impl SharedStore {
                 bytes: 0,
                 budget: counter_budget,
             }),
-            waits: Waits::default(),
         }
     }
 
@@ -145,100 +140,6 @@ impl SharedStore {
             _ => 0,
         }
     }
-}
-
-/// Keys requests wait on (request collapsing), each with a count of the notifications so far.
-///
-/// A key is here only while a request waits on it (a waiter leaves when dropped, a request whose
-/// client went away included), so the map holds no more keys than there are requests in flight.
-#[derive(Debug, Default)]
-pub struct Waits {
-    keys: Arc<Mutex<HashMap<String, Arc<WaitSlot>>>>,
-}
-
-/// One key's wake-ups.
-#[derive(Debug, Default)]
-struct WaitSlot {
-    notify: tokio::sync::Notify,
-    notified: AtomicU64,
-}
-
-/// A request's intent to wait on a key, taken when the plugin asks (so a notification that comes
-/// before the request starts waiting still counts).
-#[derive(Debug)]
-pub struct Waiter {
-    key: String,
-    slot: Arc<WaitSlot>,
-    keys: Arc<Mutex<HashMap<String, Arc<WaitSlot>>>>,
-    seen: u64,
-    timeout: Duration,
-}
-
-impl Waits {
-    /// A waiter on `key`, for at most `timeout`.
-    pub fn register(&self, key: String, timeout: Duration) -> Waiter {
-        let slot = Arc::clone(lock(&self.keys).entry(key.clone()).or_default());
-        let seen = slot.notified.load(Ordering::Acquire);
-        Waiter {
-            key,
-            slot,
-            keys: Arc::clone(&self.keys),
-            seen,
-            timeout,
-        }
-    }
-
-    /// Wakes every request waiting on `key`.
-    pub fn notify(&self, key: &str) {
-        if let Some(slot) = lock(&self.keys).get(key) {
-            slot.notified.fetch_add(1, Ordering::AcqRel);
-            slot.notify.notify_waiters();
-        }
-    }
-
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        lock(&self.keys).len()
-    }
-}
-
-impl Waiter {
-    /// Waits until the key is notified (since the waiter was taken) or the timeout passes.
-    pub async fn wait(self) {
-        let notified = self.slot.notify.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        if self.slot.notified.load(Ordering::Acquire) == self.seen {
-            let _ = tokio::time::timeout(self.timeout, notified).await;
-        }
-    }
-}
-
-impl Drop for Waiter {
-    fn drop(&mut self) {
-        let mut keys = lock(&self.keys);
-        // The map's reference and this waiter's: nobody else waits on the key.
-        if Arc::strong_count(&self.slot) <= 2 {
-            keys.remove(&self.key);
-        }
-    }
-}
-
-/// Locks a mutex; a panic while holding it cannot leave these maps half-updated in a way that
-/// matters more than losing the server, so poisoning is ignored.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn current_window(now_ms: u64, window_ms: u64) -> u64 {
-    now_ms.checked_div(window_ms).unwrap_or(0)
 }
 
 #[derive(Debug)]
@@ -355,44 +256,9 @@ impl Counters {
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
-    async fn waiters_wake_on_notify_even_one_sent_before_they_wait_and_keys_go_with_them() {
-        let waits = Waits::default();
-        let early = waits.register("k".into(), Duration::from_secs(10));
-        waits.notify("k");
-        let started = tokio::time::Instant::now();
-        early.wait().await;
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "the earlier notify counted"
-        );
-        assert_eq!(waits.len(), 0);
-
-        let a = waits.register("k".into(), Duration::from_secs(10));
-        let b = waits.register("k".into(), Duration::from_secs(10));
-        let both = tokio::spawn(async move {
-            tokio::join!(a.wait(), b.wait());
-        });
-        tokio::task::yield_now().await;
-        waits.notify("k");
-        both.await.expect("join");
-        assert_eq!(waits.len(), 0);
-
-        let lonely = waits.register("other".into(), Duration::from_secs(2));
-        let started = tokio::time::Instant::now();
-        lonely.wait().await;
-        assert!(
-            started.elapsed() >= Duration::from_secs(2),
-            "waited for the timeout"
-        );
-        let dropped = waits.register("gone".into(), Duration::from_secs(2));
-        drop(dropped);
-        assert_eq!(waits.len(), 0);
-    }
-
     #[test]
     fn kv_ttl_cas_and_budget() {
-        let s = SharedStore::new(3 * (ENTRY_OVERHEAD + 2), 1 << 20);
+        let s = MemoryStore::new(3 * (ENTRY_OVERHEAD + 2), 1 << 20);
         assert!(s.kv_set("a".into(), b"1".to_vec(), None));
         assert_eq!(s.kv_get("a"), Some(b"1".to_vec()));
         assert!(!s.kv_compare_and_swap("a".into(), Some(b"2"), b"3".to_vec(), None));
@@ -414,7 +280,7 @@ mod tests {
 
     #[test]
     fn counters_stay_within_their_budget_dropping_the_least_recently_used() {
-        let s = SharedStore::new(1024, 10 * (COUNTER_OVERHEAD + 6));
+        let s = MemoryStore::new(1024, 10 * (COUNTER_OVERHEAD + 6));
         let hour = Some(Duration::from_secs(3600));
         for i in 0..1000 {
             s.counter_incr(&format!("ip{i:04}"), 1, hour);
@@ -431,7 +297,7 @@ mod tests {
 
     #[test]
     fn counters_count_within_windows() {
-        let s = SharedStore::new(1024, 1 << 20);
+        let s = MemoryStore::new(1024, 1 << 20);
         assert_eq!(s.counter_incr("x", 2, None), 2);
         assert_eq!(s.counter_incr("x", 3, None), 5);
         assert_eq!(s.counter_get("x", None), 5);
