@@ -35,6 +35,10 @@ rustup target add wasm32-wasip2
 # The first-party plugins' own unit tests (natively, through the SDK's test harness).
 (cd plugins && cargo test --locked --quiet)
 
+# Every parser of bytes a client, an app, a plugin or a user controls, fuzzed for 20 s each (cargo-fuzz,
+# coverage-guided; a crash fails the run and saves its input in fuzz/artifacts/).
+scripts/fuzz.sh 20
+
 # The black-box tests run the binary cargo builds here.
 cargo build --locked -p gatehouse
 cargo test --locked --workspace

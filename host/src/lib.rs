@@ -35,6 +35,39 @@ pub use cli::main;
 /// What `benches/plugin_call.rs` drives in process (a chain built from hand-made plugin configs),
 /// behind the `bench` feature so that ordinary builds export [`main`] alone and the compiler reports
 /// every item nothing uses.
+/// What the fuzz targets in `fuzz/` drive: every parser of bytes a client, an app or a user
+/// controls, fed whatever the fuzzer makes. Each must return (an error is fine), never panic.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    /// The config loader on any text.
+    pub fn config(text: &str) {
+        let _ =
+            crate::config::Config::parse(text, "fuzz.toml", std::path::Path::new("/nonexistent"));
+    }
+
+    /// The HTTP/1 wire guard on a byte stream cut into pieces where `cuts` says.
+    pub fn wire(stream: &[u8], cuts: &[u8]) {
+        crate::server::wire::fuzz(stream, cuts);
+    }
+
+    /// The worker transport's frames and the payloads inside them, from both sides.
+    pub fn frames(bytes: &[u8]) {
+        crate::wsgi::frame::fuzz(bytes);
+    }
+
+    /// The WSGI environ built from a request head parsed out of `head` (as hyper would accept
+    /// it), with the request's own Host and path normalisation first.
+    pub fn environ(head: &[u8]) {
+        crate::wsgi::environ::fuzz(head);
+    }
+
+    /// What plugins hand the host: paths, hosts, header names and values, local responses.
+    pub fn host_calls(bytes: &[u8]) {
+        crate::plugin::fuzz(bytes);
+    }
+}
+
 #[cfg(feature = "bench")]
 #[doc(hidden)]
 pub mod bench {

@@ -67,3 +67,31 @@ fn runtime() -> Result<&'static Runtime, String> {
         .as_ref()
         .map_err(Clone::clone)
 }
+
+/// What a plugin can hand the host, from fuzz bytes split at 0xff: a path, a query, a host, a
+/// header name and value, a local response; each through the checks the host calls make
+/// (fuzzing).
+#[cfg(feature = "fuzzing")]
+pub fn fuzz(bytes: &[u8]) {
+    let mut parts = bytes.split(|b| *b == 0xff);
+    let mut next = || String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+    let (path, query, host, name, value) = (next(), next(), next(), next(), next());
+    let _ = crate::request_target::normalise_host(&host);
+    if let Ok(normal) = crate::request_target::normalise_path(&path) {
+        let path = normal.unwrap_or(path);
+        let mut uri = http::Uri::from_static("/");
+        let _ = crate::request_target::replace_path_and_query(&mut uri, &path, Some(&query));
+    }
+    let mut headers = http::HeaderMap::new();
+    let _ = host_impl::fuzz_set_header(&mut headers, &name, value.clone().into_bytes());
+    let status = bytes.first().map_or(200, |b| u16::from(*b) * 4);
+    let local = wit::LocalResponse {
+        status,
+        headers: vec![wit::HeaderField {
+            name,
+            value: value.into_bytes(),
+        }],
+        body: bytes.to_vec(),
+    };
+    let _ = chain::local_response(local);
+}

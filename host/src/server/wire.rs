@@ -489,6 +489,31 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WireGuard<T> {
     }
 }
 
+/// The guard over `stream`, fed in pieces cut where `cuts` says, every verdict read (fuzzing).
+#[cfg(feature = "fuzzing")]
+pub fn fuzz(stream: &[u8], cuts: &[u8]) {
+    let (mut guard, verdicts) = WireGuard::new((), 16 * 1024, None, None);
+    let mut rest = stream;
+    for &cut in cuts {
+        if rest.is_empty() {
+            break;
+        }
+        let (piece, after) = rest.split_at((usize::from(cut) % rest.len()).max(1));
+        if guard.observe(piece).is_err() {
+            return;
+        }
+        rest = after;
+    }
+    let _ = guard.observe(rest);
+    // Once the guard has lost track every later request is refused, so `next` never runs dry:
+    // there are at most as many verdicts as bytes.
+    for _ in 0..=stream.len() {
+        if verdicts.next().is_none() {
+            break;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

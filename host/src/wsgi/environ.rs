@@ -83,7 +83,7 @@ pub fn join(values: http::header::GetAll<'_, http::HeaderValue>, separator: &[u8
 }
 
 /// Builds the CGI part of the environ as a list (what [`write()`] sends), for tests.
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn build(req: &Parts, origin: &Origin<'_>, body_len: usize) -> Vec<(String, Vec<u8>)> {
     let mut env = Vec::with_capacity(16 + req.headers.len());
     write(req, origin, body_len, &mut env);
@@ -186,6 +186,43 @@ fn server_name_port<'a>(req: &'a Parts, origin: &Origin<'_>) -> (Cow<'a, str>, C
         Some(addr) => (addr.ip().to_string().into(), addr.port().to_string().into()),
         None => ("localhost".into(), default_port.into()),
     }
+}
+
+/// A request head from `head` (`METHOD TARGET` then `name: value` lines, as far as the `http`
+/// crate accepts them, the way hyper would hand it over), its environ, and that environ through a
+/// request frame and back (fuzzing).
+#[cfg(feature = "fuzzing")]
+pub fn fuzz(head: &[u8]) {
+    let text = String::from_utf8_lossy(head);
+    let mut lines = text.split("\r\n");
+    let first = lines.next().unwrap_or_default();
+    let (method, target) = first.split_once(' ').unwrap_or(("GET", first));
+    let mut builder = http::Request::builder().method(method).uri(target);
+    for line in lines {
+        if let Some((name, value)) = line.split_once(':') {
+            builder = builder.header(name.trim(), value.trim());
+        }
+    }
+    let Ok(request) = builder.body(()) else {
+        return;
+    };
+    let (parts, ()) = request.into_parts();
+    let origin = Origin {
+        remote_ip: Some(std::net::Ipv4Addr::LOCALHOST.into()),
+        remote_port: Some(40000),
+        local: None,
+        scheme: "http",
+        script_name: "",
+        client_subject: None,
+    };
+    let environ = build(&parts, &origin, 0);
+    let payload = super::frame::encode_request(&environ, b"");
+    let decoded = super::frame::decode_request(payload.into()).map(|r| r.environ.to_vec());
+    assert_eq!(
+        decoded.ok(),
+        Some(environ),
+        "an environ must survive its frame"
+    );
 }
 
 #[cfg(test)]

@@ -120,7 +120,7 @@ const BODY_INLINE: u8 = 0;
 const BODY_FILE: u8 = 1;
 
 /// Encodes a request: the pairs ([`encode_pairs`]), `0`, then the body.
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub fn encode_request(environ: &[(String, Vec<u8>)], body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(64 * environ.len() + body.len() + 1);
     encode_pairs(&mut out, environ);
@@ -292,7 +292,7 @@ impl EnvironPairs {
     }
 
     /// The pairs as owned values, for tests.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn to_vec(&self) -> Vec<(String, Vec<u8>)> {
         self.iter()
             .map(|(k, v)| (k.to_string(), v.to_vec()))
@@ -385,6 +385,22 @@ pub fn decode_start(payload: bytes::Bytes) -> io::Result<(u16, http::HeaderMap)>
         }
     }
     Ok((status, headers))
+}
+
+/// Every frame in `bytes`, and each payload read as a request and as a response head, as the
+/// worker and the front would (fuzzing).
+#[cfg(feature = "fuzzing")]
+pub fn fuzz(bytes: &[u8]) {
+    let mut buf = bytes::BytesMut::from(bytes);
+    while let Ok(Some(frame)) = take_frame(&mut buf) {
+        if let Ok(request) = decode_request(frame.payload.clone()) {
+            for pair in request.environ.iter() {
+                std::hint::black_box(pair);
+            }
+            let _ = request.environ.to_vec();
+        }
+        let _ = decode_start(frame.payload);
+    }
 }
 
 #[cfg(test)]

@@ -183,3 +183,8 @@ impl fields::Host for HostState {
         })
     }
 }
+
+#[cfg(feature = "fuzzing")]
+pub(super) fn fuzz_set(headers: &mut HeaderMap, field: &str, v: Vec<u8>) -> Result<(), ErrorCode> {
+    set(headers, field, v, true)
+}

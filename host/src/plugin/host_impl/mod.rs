@@ -199,3 +199,13 @@ mod tests {
         );
     }
 }
+
+/// A plugin's `set-header`, checks included (fuzzing).
+#[cfg(feature = "fuzzing")]
+pub(super) fn fuzz_set_header(
+    headers: &mut http::HeaderMap,
+    name: &str,
+    value: Vec<u8>,
+) -> Result<(), wit::ErrorCode> {
+    fields::fuzz_set(headers, name, value)
+}
