@@ -217,6 +217,11 @@ def crash_view(environ, start_response):
     os._exit(1)
 
 
+def sigkill_view(environ, start_response):
+    import signal
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def segfault_view(environ, start_response):
     import ctypes
     ctypes.string_at(0)
@@ -251,6 +256,7 @@ UNVALIDATED = {
     "/crash": crash_view,
     "/corrupt": corrupt_view,
     "/segfault": segfault_view,
+    "/sigkill": sigkill_view,
     "/hop": hop_by_hop_view,
     "/error": error_view,
     "/late_error": late_error_view,

@@ -361,6 +361,33 @@ pub fn read_until_close(stream: &mut TcpStream, wait: Duration) -> RawExchange {
     }
 }
 
+/// Raises this process's soft limit on open files to the hard one; the clients need one each.
+pub fn raise_open_files(needed: u64) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    setrlimit(Resource::Nofile, raised).expect("raise the open-file limit");
+    let now = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    assert!(
+        now >= needed,
+        "this test needs {needed} open files; the hard limit is {now}"
+    );
+}
+
+/// The resident memory of a process, in bytes, from `/proc`.
+pub fn resident(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kib * 1024
+}
+
 /// A blocking HTTP client that neither follows redirects nor decompresses.
 pub fn client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()

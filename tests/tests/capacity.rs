@@ -4,36 +4,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use gatehouse_tests::{Gatehouse, site, static_config};
+use gatehouse_tests::{Gatehouse, raise_open_files, resident, site, static_config};
 
 const IDLE: usize = 10_000;
-
-/// Raises this process's soft limit on open files to the hard one; the clients need one each.
-fn raise_open_files(needed: u64) {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let limit = getrlimit(Resource::Nofile);
-    let raised = Rlimit {
-        current: limit.maximum,
-        maximum: limit.maximum,
-    };
-    setrlimit(Resource::Nofile, raised).expect("raise the open-file limit");
-    let now = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
-    assert!(
-        now >= needed,
-        "this test needs {needed} open files; the hard limit is {now}"
-    );
-}
-
-/// The resident memory of a process, in bytes, from `/proc`.
-fn resident(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS");
-    kib * 1024
-}
 
 /// Sends one keep-alive request for `/a.txt` (body `AAAA`) and reads its response.
 fn exchange(stream: &mut TcpStream) -> Result<(), String> {

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use gatehouse_tests::{Gatehouse, client, site, static_config};
+use gatehouse_tests::{Gatehouse, client, resident, site, static_config};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -32,16 +32,6 @@ fn get_block() -> Vec<u8> {
     let mut block = vec![0x82, 0x86, 0x84, 0x41, 9];
     block.extend_from_slice(b"localhost");
     block
-}
-
-fn resident(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .expect("VmRSS")
-        * 1024
 }
 
 fn serve() -> (tempfile::TempDir, Gatehouse) {

@@ -78,6 +78,7 @@ impl Lane {
     pub(super) fn adopt(
         socket: std::os::unix::net::UnixStream,
         broken: CancellationToken,
+        alive: Arc<AtomicBool>,
     ) -> std::io::Result<Arc<Lane>> {
         socket.set_nonblocking(true)?;
         let (frames, mut receiver) = transport::over_socket(UnixStream::from_std(socket)?);
@@ -94,8 +95,10 @@ impl Lane {
                 tracing::error!(error = %e, "a worker connection failed: replacing the worker");
                 broken.cancel();
             }
-            // The worker is gone (its supervisor sees it exit) or will be: whatever waits on this
-            // lane fails.
+            // The worker is gone (its supervisor sees it exit) or will be: it takes nothing new,
+            // then whatever waits on this lane fails. In that order: a slot freed here must not
+            // go to a request that would be sent to the dead worker.
+            alive.store(false, Ordering::Release);
             reading.fail_all();
         });
         Ok(lane)
@@ -189,7 +192,8 @@ pub(super) struct Worker {
     /// Each event loop's lane to this worker.
     pub(super) lanes: ThreadLocal<Arc<Lane>>,
     pub(super) in_flight: AtomicUsize,
-    pub(super) alive: AtomicBool,
+    /// Taking requests; cleared (by its lanes too) the moment it is known to be gone.
+    pub(super) alive: Arc<AtomicBool>,
     pub(super) kill: CancellationToken,
     /// Requests handed to this worker so far.
     pub(super) served: AtomicU64,
@@ -215,7 +219,7 @@ impl Worker {
         let spare = self.spare.lock().ok().and_then(|mut s| s.pop());
         match spare {
             Some(socket) => {
-                let lane = Lane::adopt(socket, self.broken.clone()).map_err(|e| {
+                let lane = Lane::adopt(socket, self.broken.clone(), Arc::clone(&self.alive)).map_err(|e| {
                     tracing::error!(pid = self.pid, error = %e, "cannot use a worker connection");
                     HttpError::BadGateway
                 })?;
@@ -254,10 +258,11 @@ impl Worker {
         if self.timed_out.swap(true, Ordering::AcqRel) {
             return;
         }
+        // Either way it takes no new request: one sent now would wait behind the stuck one.
+        self.alive.store(false, Ordering::Release);
         if self.threads <= 1 || self.in_flight.load(Ordering::Acquire) <= 1 {
             self.kill.cancel();
         } else {
-            self.alive.store(false, Ordering::Release);
             self.retire.cancel();
         }
     }

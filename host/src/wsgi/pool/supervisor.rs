@@ -162,7 +162,12 @@ impl Supervisor {
                     self.shared.shutdown.cancelled().await;
                     return;
                 }
-                if started.elapsed() > Duration::from_secs(10) {
+                // Backoff is for crash loops (an app that dies on import or on its first
+                // request); a worker that served requests before dying is replaced at once, as
+                // Gunicorn does, so a request that kills workers costs only itself.
+                if started.elapsed() > Duration::from_secs(10)
+                    || worker.served.load(Ordering::Acquire) >= 2
+                {
                     backoff = Duration::from_millis(100);
                 }
             } else if worker.timed_out.load(Ordering::Acquire) {
@@ -268,7 +273,7 @@ impl Supervisor {
             spare: Mutex::new(spare),
             lanes: ThreadLocal::new(),
             in_flight: AtomicUsize::new(0),
-            alive: AtomicBool::new(true),
+            alive: Arc::new(AtomicBool::new(true)),
             kill: CancellationToken::new(),
             served: AtomicU64::new(0),
             max_requests: match config.max_requests {
