@@ -58,10 +58,10 @@ enum Part {
 /// The limiter.
 #[derive(Debug)]
 pub struct RateLimit {
-    /// Microseconds between requests at the steady rate.
-    interval_us: u64,
+    /// Nanoseconds between requests at the steady rate.
+    interval_ns: u64,
     /// How far ahead of now the theoretical arrival time may run (the burst).
-    tolerance_us: u64,
+    tolerance_ns: u64,
     rate: u64,
     per_s: u64,
     burst: u64,
@@ -76,6 +76,8 @@ const RESET: &str = "rate-limit.reset";
 
 /// Tries of the compare-and-swap before the request is let through (counted as `contended`).
 const CAS_TRIES: usize = 16;
+/// The shared clock's resolution (`clock::now_ms`), less a nanosecond.
+const CLOCK_STEP_NS: u64 = 999_999;
 
 fn part(text: &str) -> Result<Part, String> {
     Ok(match text {
@@ -111,11 +113,11 @@ impl Filter for RateLimit {
             return Err("rate must be at least 1".into());
         }
         let per = config.per.map_or(Duration::from_secs(1), |s| s.0);
-        let per_us = u64::try_from(per.as_micros()).unwrap_or(u64::MAX);
-        if per_us == 0 {
+        let per_ns = u64::try_from(per.as_nanos()).unwrap_or(u64::MAX);
+        if per_ns == 0 {
             return Err("per must be a positive duration".into());
         }
-        let interval_us = (per_us / config.rate).max(1);
+        let interval_ns = (per_ns / config.rate).max(1);
         let key = config
             .key
             .unwrap_or_else(|| vec!["ip".into()])
@@ -130,8 +132,8 @@ impl Filter for RateLimit {
             return Err(format!("status must be 4xx or 5xx, not {status}"));
         }
         Ok(RateLimit {
-            interval_us,
-            tolerance_us: interval_us.saturating_mul(config.burst),
+            interval_ns,
+            tolerance_ns: interval_ns.saturating_mul(config.burst),
             rate: config.rate,
             per_s: per.as_secs().max(1),
             burst: config.burst,
@@ -223,27 +225,31 @@ impl RateLimit {
     /// allows; then it moves one interval on.
     fn take(&self, key: &str) -> Verdict {
         for _ in 0..CAS_TRIES {
-            let now = clock::now_ms().saturating_mul(1000);
+            let now = clock::now_ms().saturating_mul(1_000_000);
             let stored = kv::get(key);
             let tat = stored
                 .as_deref()
                 .and_then(|b| <[u8; 8]>::try_from(b).ok())
                 .map_or(now, u64::from_le_bytes)
                 .max(now);
-            let new_tat = tat + self.interval_us;
-            let allow_at = new_tat.saturating_sub(self.tolerance_us + self.interval_us);
+            let new_tat = tat + self.interval_ns;
+            // The shared clock ticks in milliseconds, so requests within one tick all read the same
+            // time: up to a tick's worth of the rate passes in it, not one request a tick.
+            let allow_at =
+                new_tat.saturating_sub(self.tolerance_ns + self.interval_ns + CLOCK_STEP_NS);
             if now < allow_at {
                 return Verdict::Limited {
-                    retry_after_s: (allow_at - now).div_ceil(1_000_000).max(1),
+                    retry_after_s: (allow_at - now).div_ceil(1_000_000_000).max(1),
                 };
             }
-            let ttl = Duration::from_micros(new_tat - now);
+            // At least a millisecond: the stores keep nothing shorter.
+            let ttl = Duration::from_nanos(new_tat - now).max(Duration::from_millis(1));
             if kv::compare_and_swap(key, stored.as_deref(), &new_tat.to_le_bytes(), Some(ttl)) {
                 let ahead = new_tat - now;
-                let room = (self.tolerance_us + self.interval_us).saturating_sub(ahead);
+                let room = (self.tolerance_ns + self.interval_ns).saturating_sub(ahead);
                 return Verdict::Allowed {
-                    remaining: room / self.interval_us,
-                    reset_s: ahead.div_ceil(1_000_000),
+                    remaining: room / self.interval_ns,
+                    reset_s: ahead.div_ceil(1_000_000_000),
                 };
             }
         }
@@ -308,6 +314,23 @@ mod tests {
         for _ in 0..4 {
             assert_eq!(status(&f, &mut req), 200);
         }
+    }
+
+    #[test]
+    fn rates_above_a_thousand_a_second_are_kept_despite_the_millisecond_clock() {
+        // Effectively unlimited: nothing is refused, however many requests share a millisecond.
+        let f = limiter(r#"{"rate": 1000000000, "per": "1s"}"#);
+        let mut req = TestRequest::get("/").with_client_ip("192.0.2.1");
+        for i in 0..10_000 {
+            assert_eq!(status(&f, &mut req), 200, "request {i}");
+        }
+        // 100 a millisecond: about that many pass in each one, and no more.
+        let f = limiter(r#"{"rate": 100000, "per": "1s"}"#);
+        let started = std::time::Instant::now();
+        let allowed = (0..20_000).filter(|_| status(&f, &mut req) == 200).count();
+        let ms = started.elapsed().as_millis() as usize;
+        assert!(allowed >= 100, "{allowed} allowed");
+        assert!(allowed <= 100 * (ms + 2), "{allowed} allowed in {ms} ms");
     }
 
     #[test]
