@@ -225,8 +225,10 @@ impl RateLimit {
     /// allows; then it moves one interval on.
     fn take(&self, key: &str) -> Verdict {
         for _ in 0..CAS_TRIES {
-            let now = clock::now_ms().saturating_mul(1_000_000);
             let stored = kv::get(key);
+            // Read after the state: a time read before it could be older than the time another
+            // event loop (or instance) wrote it at, and refuse a request for that skew alone.
+            let now = clock::now_ms().saturating_mul(1_000_000);
             let tat = stored
                 .as_deref()
                 .and_then(|b| <[u8; 8]>::try_from(b).ok())
