@@ -317,15 +317,21 @@ impl Pool {
     /// `Notify` wakes its oldest waiter, and a waiter keeps its place while it waits) while
     /// every thread is busy or no worker is up.
     async fn pick(&self) -> Arc<Worker> {
+        // Behind others already in line, a newcomer does not look for a thread before it is
+        // woken for one: the thread freed for the head of the line is not taken from under it
+        // (that sent the oldest waiter to the back and gave the queue a long tail).
+        let mut behind_others = self.shared.waiting.load(Ordering::Acquire) > 0;
         let mut waiting = Waiting::new(&self.shared.waiting, &self.shared.freed);
         let freed = self.shared.freed.notified();
         tokio::pin!(freed);
         freed.as_mut().enable();
         loop {
             let changed = self.shared.changed.notified();
-            if let Some(worker) = self.try_pick() {
-                waiting.picked = true;
-                return worker;
+            if !std::mem::take(&mut behind_others) {
+                if let Some(worker) = self.try_pick() {
+                    waiting.picked = true;
+                    return worker;
+                }
             }
             tokio::select! {
                 () = &mut freed => {
