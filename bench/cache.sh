@@ -16,14 +16,7 @@ source bench/lib.sh
 command -v redis-server >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
 python3 -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.3
-  rm -rf "$work"
-}
-trap cleanup EXIT
+with_workdir
 mkdir -p "$work/site"
 head -c 1024 /dev/urandom > "$work/site/1k.bin"
 cp bench/apps/cached.py "$work/"

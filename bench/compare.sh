@@ -26,14 +26,7 @@ FIX=$PWD/plugins/target/wasm32-wasip2/release
 OLD_FIX=${OLD_FIXTURES:-$FIX}
 APPS=$PWD/bench/apps
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.5
-  rm -rf "$work"
-}
-trap cleanup EXIT
+with_workdir
 mkdir -p "$work/site"
 head -c 1024 /dev/urandom > "$work/site/1k.bin"
 cat > "$work/post.lua" <<'LUA'

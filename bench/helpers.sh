@@ -1,5 +1,5 @@
-# Shared by the benchmark scripts (sourced, not run), with no side effects: medians, ratios, and the
-# realistic plugin chain they measure.
+# Shared by the benchmark scripts (sourced, not run), with no side effects: medians, ratios, a
+# temporary directory cleaned up at exit, and the realistic plugin chain they measure.
 
 # The median of the numbers on standard input.
 median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
@@ -28,4 +28,12 @@ config = { response = { set = { "x-frame-options" = "DENY", "x-content-type-opti
 use = "rate-limit"
 config = { rate = 1000000000, per = "1s", headers = false }
 CONF
+}
+
+# Sets up $work (a temporary directory) and $pids (the processes the script starts; add each one):
+# at exit the processes are killed and the directory removed.
+with_workdir() {
+  work=$(mktemp -d)
+  pids=()
+  trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.5; rm -rf "$work"' EXIT
 }

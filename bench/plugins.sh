@@ -27,14 +27,7 @@ rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
 (cd plugins && cargo build --release --locked --target wasm32-wasip2 -p noop >&2)
 FIX=$PWD/plugins/target/wasm32-wasip2/release
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.3
-  rm -rf "$work"
-}
-trap cleanup EXIT
+with_workdir
 
 mkdir -p "$work/site"
 head -c 1024 /dev/urandom > "$work/site/1k.bin"

@@ -15,14 +15,7 @@ cd "$(dirname "$0")/.."
 source bench/lib.sh
 python3 -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.3
-  rm -rf "$work"
-}
-trap cleanup EXIT
+with_workdir
 mkdir -p "$work/site"
 head -c 1024 /dev/urandom > "$work/site/1k.bin"
 head -c $((4 << 20)) /dev/urandom > "$work/site/4m.bin"
