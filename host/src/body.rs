@@ -8,8 +8,9 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 
 /// Largest piece of a file read at once while streaming it: bigger pieces mean fewer syscalls per
-/// byte, but each response in flight holds one piece in memory.
-const FILE_CHUNK: u64 = 512 * 1024;
+/// byte, but each response in flight holds one piece in memory, for as long as its client takes
+/// to read it (up to `send_timeout`): 500 clients that stop reading hold 500 pieces.
+const FILE_CHUNK: u64 = 128 * 1024;
 
 /// A response body.
 #[derive(Debug)]
@@ -18,7 +19,7 @@ pub enum Body {
     Empty,
     /// A body already in memory, sent as one frame.
     Full(Option<Bytes>),
-    /// A byte range of an open file, streamed in chunks of at most 512 KiB.
+    /// A byte range of an open file, streamed in chunks of at most [`FILE_CHUNK`].
     File(FileChunks),
     /// A body a target produces as it goes (a WSGI worker's response).
     Stream(Box<dyn ChunkStream>),
