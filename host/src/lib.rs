@@ -32,9 +32,6 @@ mod wsgi;
 
 pub use cli::main;
 
-/// What `benches/plugin_call.rs` drives in process (a chain built from hand-made plugin configs),
-/// behind the `bench` feature so that ordinary builds export [`main`] alone and the compiler reports
-/// every item nothing uses.
 /// What the fuzz targets in `fuzz/` drive: every parser of bytes a client, an app or a user
 /// controls, fed whatever the fuzzer makes. Each must return (an error is fine), never panic.
 #[cfg(feature = "fuzzing")]
@@ -68,6 +65,9 @@ pub mod fuzzing {
     }
 }
 
+/// What `benches/plugin_call.rs` drives in process (a chain built from hand-made plugin configs),
+/// behind the `bench` feature so that ordinary builds export [`main`] alone and the compiler reports
+/// every item nothing uses.
 #[cfg(feature = "bench")]
 #[doc(hidden)]
 pub mod bench {

@@ -184,7 +184,12 @@ impl fields::Host for HostState {
     }
 }
 
+/// A plugin's `set-header`, checks included (fuzzing).
 #[cfg(feature = "fuzzing")]
-pub(super) fn fuzz_set(headers: &mut HeaderMap, field: &str, v: Vec<u8>) -> Result<(), ErrorCode> {
+pub(in crate::plugin) fn fuzz_set_header(
+    headers: &mut HeaderMap,
+    field: &str,
+    v: Vec<u8>,
+) -> Result<(), ErrorCode> {
     set(headers, field, v, true)
 }

@@ -200,12 +200,5 @@ mod tests {
     }
 }
 
-/// A plugin's `set-header`, checks included (fuzzing).
 #[cfg(feature = "fuzzing")]
-pub(super) fn fuzz_set_header(
-    headers: &mut http::HeaderMap,
-    name: &str,
-    value: Vec<u8>,
-) -> Result<(), wit::ErrorCode> {
-    fields::fuzz_set(headers, name, value)
-}
+pub(super) use fields::fuzz_set_header;
