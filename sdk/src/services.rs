@@ -9,8 +9,10 @@ use crate::__private::bindings::gatehouse::plugin::host as backend;
 #[cfg(not(target_arch = "wasm32"))]
 use crate::testing::backend;
 
+/// A duration in the contract's milliseconds, rounded up: a time to live shorter than the clock's
+/// step must not become zero (gone at once) nor shrink.
 fn millis(d: Option<std::time::Duration>) -> Option<u64> {
-    d.map(|d| d.as_millis().min(u128::from(u64::MAX)) as u64)
+    d.map(|d| d.as_nanos().div_ceil(1_000_000).min(u128::from(u64::MAX)) as u64)
 }
 
 /// The shared key-value store: values with an optional time to live, evicted least-recently-used

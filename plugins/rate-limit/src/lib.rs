@@ -244,8 +244,7 @@ impl RateLimit {
                     retry_after_s: (allow_at - now).div_ceil(1_000_000_000).max(1),
                 };
             }
-            // At least a millisecond: the stores keep nothing shorter.
-            let ttl = Duration::from_nanos(new_tat - now).max(Duration::from_millis(1));
+            let ttl = Duration::from_nanos(new_tat - now);
             if kv::compare_and_swap(key, stored.as_deref(), &new_tat.to_le_bytes(), Some(ttl)) {
                 let ahead = new_tat - now;
                 let room = (self.tolerance_ns + self.interval_ns).saturating_sub(ahead);
