@@ -56,7 +56,7 @@ pub mod fuzzing {
     /// The WSGI environ built from a request head parsed out of `head` (as hyper would accept
     /// it), with the request's own Host and path normalisation first.
     pub fn environ(head: &[u8]) {
-        crate::wsgi::environ::fuzz(head);
+        crate::wsgi::frame::fuzz_environ(head);
     }
 
     /// What plugins hand the host: paths, hosts, header names and values, local responses.

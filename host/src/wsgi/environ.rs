@@ -188,43 +188,6 @@ fn server_name_port<'a>(req: &'a Parts, origin: &Origin<'_>) -> (Cow<'a, str>, C
     }
 }
 
-/// A request head from `head` (`METHOD TARGET` then `name: value` lines, as far as the `http`
-/// crate accepts them, the way hyper would hand it over), its environ, and that environ through a
-/// request frame and back (fuzzing).
-#[cfg(feature = "fuzzing")]
-pub fn fuzz(head: &[u8]) {
-    let text = String::from_utf8_lossy(head);
-    let mut lines = text.split("\r\n");
-    let first = lines.next().unwrap_or_default();
-    let (method, target) = first.split_once(' ').unwrap_or(("GET", first));
-    let mut builder = http::Request::builder().method(method).uri(target);
-    for line in lines {
-        if let Some((name, value)) = line.split_once(':') {
-            builder = builder.header(name.trim(), value.trim());
-        }
-    }
-    let Ok(request) = builder.body(()) else {
-        return;
-    };
-    let (parts, ()) = request.into_parts();
-    let origin = Origin {
-        remote_ip: Some(std::net::Ipv4Addr::LOCALHOST.into()),
-        remote_port: Some(40000),
-        local: None,
-        scheme: "http",
-        script_name: "",
-        client_subject: None,
-    };
-    let environ = build(&parts, &origin, 0);
-    let payload = super::frame::encode_request(&environ, b"");
-    let decoded = super::frame::decode_request(payload.into()).map(|r| r.environ.to_vec());
-    assert_eq!(
-        decoded.ok(),
-        Some(environ),
-        "an environ must survive its frame"
-    );
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
