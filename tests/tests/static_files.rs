@@ -372,3 +372,83 @@ fn dotfiles_served_when_enabled() {
         .expect("get");
     assert_eq!(r.text().expect("body"), "contact");
 }
+
+/// Small files are kept in memory for `file_cache_valid`: a change on disk is not seen before that
+/// (which is how this test knows the cache answered) and is seen after it, with validators, length
+/// and ranges of the new version. `file_cache = 0` reads the disk every time.
+#[test]
+fn file_cache_serves_from_memory_until_valid_runs_out() {
+    let (dir, gh) = serve(
+        &[
+            ("a.txt", b"first"),
+            ("b.css", b"plain"),
+            ("b.css.gz", b"gzipped"),
+        ],
+        "file_cache_valid = \"700ms\"\n",
+    );
+    let c = client();
+    let get = |path: &str, extra: &[(reqwest::header::HeaderName, &str)]| {
+        let mut req = c.get(gh.url(path)).header(ACCEPT_ENCODING, "identity");
+        for (name, value) in extra {
+            req = req.header(name, *value);
+        }
+        let r = req.send().expect("get");
+        let status = r.status();
+        let etag = r
+            .headers()
+            .get(ETAG)
+            .map(|v| v.to_str().expect("etag").to_string());
+        (status, etag, r.text().expect("body"))
+    };
+    let (_, first_etag, body) = get("/a.txt", &[]);
+    assert_eq!(body, "first");
+    std::fs::write(dir.path().join("site/a.txt"), b"second, longer").expect("write");
+    let (status, etag, body) = get("/a.txt", &[]);
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "first"),
+        "kept in memory"
+    );
+    assert_eq!(etag, first_etag);
+    let (status, _, body) = get("/a.txt", &[(RANGE, "bytes=1-3")]);
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::PARTIAL_CONTENT, "irs")
+    );
+    let etag = first_etag.clone().expect("etag");
+    assert_eq!(
+        get("/a.txt", &[(IF_NONE_MATCH, &etag)]).0,
+        StatusCode::NOT_MODIFIED
+    );
+
+    // Each Accept-Encoding gets its own entry.
+    let r = c
+        .get(gh.url("/b.css"))
+        .header(ACCEPT_ENCODING, "gzip")
+        .send()
+        .expect("gz");
+    assert_eq!(r.headers()[CONTENT_ENCODING], "gzip");
+    assert_eq!(r.bytes().expect("body").as_ref(), b"gzipped");
+    assert_eq!(get("/b.css", &[]).2, "plain");
+
+    std::thread::sleep(Duration::from_millis(900));
+    let (status, etag, body) = get("/a.txt", &[]);
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "second, longer"));
+    assert_ne!(etag, first_etag, "the new version's validators");
+    let (_, _, body) = get("/a.txt", &[(RANGE, "bytes=8-")]);
+    assert_eq!(body, "longer");
+    drop(gh);
+
+    let (dir, gh) = serve(&[("a.txt", b"first")], "file_cache = 0\n");
+    let get = |path: &str| {
+        client()
+            .get(gh.url(path))
+            .send()
+            .expect("get")
+            .text()
+            .expect("body")
+    };
+    assert_eq!(get("/a.txt"), "first");
+    std::fs::write(dir.path().join("site/a.txt"), b"second").expect("write");
+    assert_eq!(get("/a.txt"), "second", "no cache: the disk every time");
+}

@@ -87,6 +87,8 @@ pub(super) struct RawTarget {
     pub(super) autoindex: Option<Spanned<bool>>,
     pub(super) show_hidden: Option<Spanned<bool>>,
     pub(super) precompressed: Option<Spanned<bool>>,
+    pub(super) file_cache: Option<Spanned<Bytes>>,
+    pub(super) file_cache_valid: Option<Spanned<Seconds>>,
     pub(super) wsgi: Option<Spanned<String>>,
     pub(super) metrics: Option<Spanned<bool>>,
     pub(super) workers: Option<Spanned<u32>>,

@@ -34,10 +34,10 @@ impl RawTarget {
                 || self.upstream.is_some()
                 || !self.upstream_settings_used().is_empty()
                 || !self.wsgi_settings_used().is_empty()
-                || self.index.is_some()
-                || self.autoindex.is_some()
-                || self.show_hidden.is_some()
-                || self.precompressed.is_some()
+                || self
+                    .static_settings()
+                    .iter()
+                    .any(|(_, span)| span.is_some())
                 || self.mount.is_some();
             if !*m.get_ref() || others {
                 errors.push(doc.error(
@@ -130,15 +130,7 @@ impl RawTarget {
         errors: &mut Vec<ConfigError>,
     ) -> Option<TargetConfig> {
         let before = errors.len();
-        for (name, span) in [
-            ("index", self.index.as_ref().map(Spanned::span)),
-            ("autoindex", self.autoindex.as_ref().map(Spanned::span)),
-            ("show_hidden", self.show_hidden.as_ref().map(Spanned::span)),
-            (
-                "precompressed",
-                self.precompressed.as_ref().map(Spanned::span),
-            ),
-        ] {
+        for (name, span) in self.static_settings() {
             if let Some(span) = span {
                 errors.push(doc.error(
                     span,
@@ -267,7 +259,30 @@ impl RawTarget {
             autoindex: self.autoindex.as_ref().is_some_and(|a| *a.get_ref()),
             show_hidden: self.show_hidden.as_ref().is_some_and(|a| *a.get_ref()),
             precompressed: self.precompressed.as_ref().is_none_or(|a| *a.get_ref()),
+            file_cache: self.file_cache.as_ref().map_or(8 << 20, |b| b.get_ref().0),
+            file_cache_valid: self
+                .file_cache_valid
+                .as_ref()
+                .map_or(Duration::from_secs(1), |s| s.get_ref().0),
         }))
+    }
+
+    /// The `static`-only settings, each with where it is set (`None`: not set).
+    pub(super) fn static_settings(&self) -> [(&'static str, Option<std::ops::Range<usize>>); 6] {
+        [
+            ("index", self.index.as_ref().map(Spanned::span)),
+            ("autoindex", self.autoindex.as_ref().map(Spanned::span)),
+            ("show_hidden", self.show_hidden.as_ref().map(Spanned::span)),
+            (
+                "precompressed",
+                self.precompressed.as_ref().map(Spanned::span),
+            ),
+            ("file_cache", self.file_cache.as_ref().map(Spanned::span)),
+            (
+                "file_cache_valid",
+                self.file_cache_valid.as_ref().map(Spanned::span),
+            ),
+        ]
     }
 
     /// The `wsgi`-only settings this (static) target sets.

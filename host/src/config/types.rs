@@ -228,4 +228,8 @@ pub struct StaticConfig {
     pub show_hidden: bool,
     /// Whether `.br`/`.gz` siblings are served to clients that accept them.
     pub precompressed: bool,
+    /// Bytes of small files kept in memory; 0 turns the file cache off.
+    pub file_cache: u64,
+    /// How long a file kept in memory is served before it is read again.
+    pub file_cache_valid: Duration,
 }

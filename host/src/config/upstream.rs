@@ -180,16 +180,10 @@ impl RawTarget {
     ) -> Option<TargetConfig> {
         let before = errors.len();
         let mut misplaced = self.wsgi_settings_used();
-        for (name, set) in [
-            ("index", self.index.is_some()),
-            ("autoindex", self.autoindex.is_some()),
-            ("show_hidden", self.show_hidden.is_some()),
-            ("precompressed", self.precompressed.is_some()),
-            ("mount", self.mount.is_some()),
-        ] {
-            if set {
-                misplaced.push(name);
-            }
+        let statics = self.static_settings().into_iter();
+        misplaced.extend(statics.filter_map(|(name, span)| span.map(|_| name)));
+        if self.mount.is_some() {
+            misplaced.push("mount");
         }
         if !misplaced.is_empty() {
             errors.push(doc.error(

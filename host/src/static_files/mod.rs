@@ -4,12 +4,13 @@
 //! optional listings; precompressed `.br`/`.gz` siblings. Every file is opened relative to the root's
 //! directory handle with `openat2(RESOLVE_BENEATH)`, so neither `..` nor a symlink can leave the root.
 
+mod cache;
 mod listing;
 mod path;
 mod validators;
 
 use std::fs::File;
-use std::io::{Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
@@ -24,6 +25,7 @@ use rustix::fs::{Mode, OFlags, ResolveFlags};
 use crate::body::{Body, FileChunks};
 use crate::config::StaticConfig;
 use crate::error::HttpError;
+use cache::FileCache;
 use validators::{RangeRequest, Version};
 
 /// Header room reserved in a file response: the six or seven set here plus a few a plugin or the
@@ -41,6 +43,19 @@ pub struct StaticFiles {
     show_hidden: bool,
     precompressed: bool,
     beneath: Resolver,
+    cache: Option<FileCache>,
+}
+
+/// The precompressed siblings tried, in order of preference: coding, file extension, and the bit
+/// standing for "the client accepts it" in a cache key.
+const SIBLINGS: [(&str, &str, u8); 2] = [("br", "br", 1), ("gzip", "gz", 2)];
+
+/// Where a response's bytes come from.
+enum Content {
+    /// An open file, streamed.
+    File(File),
+    /// The whole file, already in memory (the file cache).
+    Memory(bytes::Bytes),
 }
 
 /// How paths are resolved under the root.
@@ -92,6 +107,7 @@ impl StaticFiles {
             show_hidden: config.show_hidden,
             precompressed: config.precompressed,
             beneath,
+            cache: FileCache::new(config.file_cache, config.file_cache_valid),
         })
     }
 
@@ -103,7 +119,20 @@ impl StaticFiles {
         let url_path = req.uri.path();
         let mount = mount.unwrap_or(&self.mount);
         let rest = crate::path::below_mount(url_path, mount).ok_or(HttpError::NotFound)?;
+        let accepts = self.accepted_siblings(req);
+        if let Some(hit) = self.cache.as_ref().and_then(|c| c.get(rest, accepts)) {
+            let content = Content::Memory(hit.bytes.clone());
+            return self.respond(
+                req,
+                Path::new(rest),
+                hit.version,
+                hit.mime,
+                hit.encoding,
+                content,
+            );
+        }
         let rel = path::relative_path(rest, self.show_hidden).map_err(|_| HttpError::NotFound)?;
+        let found = Found { rest, accepts };
 
         let file = self.open_beneath(&self.root, &rel)?;
         let meta = file
@@ -120,7 +149,7 @@ impl StaticFiles {
                             .metadata()
                             .map_err(|e| internal(&self.root_path, &rel, &e))?;
                         if meta.is_file() {
-                            return self.file_response(req, &rel.join(name), index, meta);
+                            return self.file_response(req, &found, &rel.join(name), index, meta);
                         }
                     }
                     Err(HttpError::NotFound) => continue,
@@ -136,13 +165,15 @@ impl StaticFiles {
         if !meta.is_file() {
             return Err(HttpError::NotFound);
         }
-        self.file_response(req, &rel, file, meta)
+        self.file_response(req, &found, &rel, file, meta)
     }
 
-    /// Builds the response for a regular file, preferring a precompressed sibling the client accepts.
+    /// Builds the response for a regular file, preferring a precompressed sibling the client accepts,
+    /// and keeps the file in the cache when it is small enough.
     fn file_response(
         &self,
         req: &Parts,
+        found: &Found<'_>,
         rel: &Path,
         file: File,
         meta: std::fs::Metadata,
@@ -150,11 +181,41 @@ impl StaticFiles {
         let mime = mime_guess::from_path(rel)
             .first_raw()
             .unwrap_or("application/octet-stream");
-        let (file, meta, encoding) = match self.precompressed_sibling(req, rel)? {
+        let (mut file, meta, encoding) = match self.precompressed_sibling(found.accepts, rel)? {
             Some((f, m, enc)) => (f, m, Some(enc)),
             None => (file, meta, None),
         };
         let version = Version::of(&meta);
+        let content = match &self.cache {
+            Some(cache) if cache.fits(version.len) => match read_whole(&mut file, version.len) {
+                Ok(Some(bytes)) => {
+                    let entry =
+                        cache.insert(found.rest, found.accepts, bytes, version, mime, encoding);
+                    Content::Memory(entry.bytes.clone())
+                }
+                // Changed while being read: served from the file (which ends short if it shrank).
+                Ok(None) => {
+                    file.rewind()
+                        .map_err(|e| internal(&self.root_path, rel, &e))?;
+                    Content::File(file)
+                }
+                Err(e) => return Err(internal(&self.root_path, rel, &e)),
+            },
+            _ => Content::File(file),
+        };
+        self.respond(req, rel, version, mime, encoding, content)
+    }
+
+    /// The response for one version of a file: validators, 304, range, headers and body.
+    fn respond(
+        &self,
+        req: &Parts,
+        rel: &Path,
+        version: Version,
+        mime: &'static str,
+        encoding: Option<&'static str>,
+        content: Content,
+    ) -> Result<Response<Body>, HttpError> {
         let mut builder = Response::builder();
         if let Some(headers) = builder.headers_mut() {
             headers.reserve(RESPONSE_HEADERS);
@@ -191,12 +252,19 @@ impl StaticFiles {
         let body = if req.method == Method::HEAD || len == 0 {
             Body::Empty
         } else {
-            let mut file = file;
-            if start > 0 {
-                file.seek(SeekFrom::Start(start))
-                    .map_err(|e| internal(&self.root_path, rel, &e))?;
+            match content {
+                // The range was checked against `version.len`, which is the length of these bytes.
+                Content::Memory(bytes) => {
+                    Body::full(bytes.slice(start as usize..(start + len) as usize))
+                }
+                Content::File(mut file) => {
+                    if start > 0 {
+                        file.seek(SeekFrom::Start(start))
+                            .map_err(|e| internal(&self.root_path, rel, &e))?;
+                    }
+                    Body::File(FileChunks::new(file, len))
+                }
             }
-            Body::File(FileChunks::new(file, len))
         };
         builder
             .status(status)
@@ -205,24 +273,33 @@ impl StaticFiles {
             .map_err(|_| HttpError::Internal)
     }
 
-    /// A `.br` or `.gz` sibling of `rel`, when enabled, present and accepted by the client.
-    fn precompressed_sibling(
-        &self,
-        req: &Parts,
-        rel: &Path,
-    ) -> Result<Option<(File, std::fs::Metadata, &'static str)>, HttpError> {
+    /// The precompressed codings this client accepts, as cache-key bits ([`SIBLINGS`]); 0 when
+    /// precompressed siblings are off.
+    fn accepted_siblings(&self, req: &Parts) -> u8 {
         if !self.precompressed {
-            return Ok(None);
+            return 0;
         }
         let Some(accept) = req
             .headers
             .get(ACCEPT_ENCODING)
             .and_then(|v| v.to_str().ok())
         else {
-            return Ok(None);
+            return 0;
         };
-        for (coding, ext) in [("br", "br"), ("gzip", "gz")] {
-            if !accepts(accept, coding) {
+        SIBLINGS
+            .iter()
+            .filter(|(coding, _, _)| accepts(accept, coding))
+            .fold(0, |bits, (_, _, bit)| bits | bit)
+    }
+
+    /// A `.br` or `.gz` sibling of `rel` the client accepts (`accepted`: [`SIBLINGS`] bits), if present.
+    fn precompressed_sibling(
+        &self,
+        accepted: u8,
+        rel: &Path,
+    ) -> Result<Option<(File, std::fs::Metadata, &'static str)>, HttpError> {
+        for (coding, ext, bit) in SIBLINGS {
+            if accepted & bit == 0 {
                 continue;
             }
             let mut name = rel.as_os_str().to_owned();
@@ -259,6 +336,25 @@ impl StaticFiles {
             Err(e) => Err(internal(&self.root_path, rel, &e.into())),
         }
     }
+}
+
+/// What the cache needs to know of a request that missed it, to key the file it finds.
+struct Found<'a> {
+    /// The URL path below the mount.
+    rest: &'a str,
+    /// [`SIBLINGS`] bits of the codings the client accepts.
+    accepts: u8,
+}
+
+/// All of a file of `len` bytes, or `None` when it changed length while being read.
+fn read_whole(file: &mut File, len: u64) -> std::io::Result<Option<bytes::Bytes>> {
+    let Ok(want) = usize::try_from(len) else {
+        return Ok(None);
+    };
+    let mut buf = Vec::with_capacity(want);
+    // One byte more than expected tells a file that grew from one that did not.
+    file.take(len + 1).read_to_end(&mut buf)?;
+    Ok((buf.len() == want).then(|| buf.into()))
 }
 
 fn beneath_flags() -> ResolveFlags {
