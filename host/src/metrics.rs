@@ -325,32 +325,29 @@ impl Metrics {
             .inc();
     }
 
-    /// Adds to a plugin's own counter; false if the plugin already has `max_series` counters and
-    /// this would be a new one (nothing is added).
-    pub fn plugin_add(&self, plugin: &str, name: &str, delta: u64, max_series: usize) -> bool {
+    /// A plugin's own counter, made on first use; `None` if the plugin already has `max_series`
+    /// counters and this would be a new one.
+    pub fn plugin_counter(&self, plugin: &str, name: &str, max_series: usize) -> Option<Counter> {
         let labels = [("plugin", plugin.to_string()), ("name", name.to_string())];
         if let Some(counter) = self.plugin_counters.get(&labels) {
-            counter.inc_by(delta);
-            return true;
+            return Some(counter.clone());
         }
         {
             let mut series = self
                 .plugin_series
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            // Another thread may have made it meanwhile: it counts once.
+            // Another thread may have made it meanwhile: it exists once.
             if let Some(counter) = self.plugin_counters.get(&labels) {
-                counter.inc_by(delta);
-                return true;
+                return Some(counter.clone());
             }
             let count = series.entry(plugin.to_string()).or_default();
             if *count >= max_series {
-                return false;
+                return None;
             }
             *count += 1;
         }
-        self.plugin_counters.get_or_create(&labels).inc_by(delta);
-        true
+        Some(self.plugin_counters.get_or_create(&labels).clone())
     }
 
     /// Everything, in the OpenMetrics text format.
@@ -422,9 +419,21 @@ mod tests {
     #[test]
     fn series_are_labelled_and_never_collide() {
         let m = Metrics::new();
-        assert!(m.plugin_add("a_b", "c", 2, 10));
-        assert!(m.plugin_add("a", "b_c", 5, 10));
-        assert!(m.plugin_add("a_b", "c", 1, 10));
+        assert!(
+            m.plugin_counter("a_b", "c", 10)
+                .map(|c| c.inc_by(2))
+                .is_some()
+        );
+        assert!(
+            m.plugin_counter("a", "b_c", 10)
+                .map(|c| c.inc_by(5))
+                .is_some()
+        );
+        assert!(
+            m.plugin_counter("a_b", "c", 10)
+                .map(|c| c.inc_by(1))
+                .is_some()
+        );
         m.plugin_failure("a", "on-request");
         let responses = m.responses_for(&["site"]);
         let ms = std::time::Duration::from_millis(1);
@@ -448,12 +457,23 @@ mod tests {
     fn a_plugin_cannot_make_unbounded_series() {
         let m = Metrics::new();
         for i in 0..3 {
-            assert!(m.plugin_add("p", &format!("n{i}"), 1, 3));
+            assert!(
+                m.plugin_counter("p", &format!("n{i}"), 3)
+                    .map(|c| c.inc_by(1))
+                    .is_some()
+            );
         }
-        assert!(!m.plugin_add("p", "one-more", 1, 3));
-        assert!(m.plugin_add("p", "n0", 1, 3), "existing ones still count");
+        assert!(m.plugin_counter("p", "one-more", 3).is_none());
         assert!(
-            m.plugin_add("q", "n0", 1, 3),
+            m.plugin_counter("p", "n0", 3)
+                .map(|c| c.inc_by(1))
+                .is_some(),
+            "existing ones still count"
+        );
+        assert!(
+            m.plugin_counter("q", "n0", 3)
+                .map(|c| c.inc_by(1))
+                .is_some(),
             "other plugins are not affected"
         );
     }

@@ -30,9 +30,9 @@ fn with_filter<F: Filter, R>(f: impl FnOnce(&F) -> R) -> R {
 }
 
 /// What the filter tells the host at `init`.
-pub(crate) fn capabilities<F: Filter>() -> wit::Capabilities {
+pub(crate) fn capabilities<F: Filter>(filter: &F) -> wit::Capabilities {
     let mut caps = wit::Capabilities::empty();
-    for hook in F::HOOKS {
+    for hook in filter.hooks() {
         caps = caps
             | (match hook {
                 Hook::OnRequest => wit::Capabilities::ON_REQUEST,
@@ -59,8 +59,9 @@ pub fn init<F: Filter>(config: String, targets: Vec<String>) -> Result<wit::Capa
         crate::log::error(&format!("plugin panicked: {info}"));
     }));
     let filter = build::<F>(&config)?;
+    let caps = capabilities(&filter);
     FILTER.with(|cell| *cell.borrow_mut() = Some(Box::new(filter)));
-    Ok(capabilities::<F>())
+    Ok(caps)
 }
 
 /// `on-request` export.

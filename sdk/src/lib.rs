@@ -82,6 +82,13 @@ pub trait Filter: Sized + 'static {
     /// if implemented.
     const HOOKS: &'static [Hook] = &[Hook::OnRequest, Hook::OnResponse, Hook::OnLog];
 
+    /// The hooks this filter, as configured, has: [`Filter::HOOKS`] unless overridden. A filter
+    /// whose config can leave a hook with nothing to do (a header filter with no request edits)
+    /// returns fewer, and the host skips the call.
+    fn hooks(&self) -> &'static [Hook] {
+        Self::HOOKS
+    }
+
     /// Set to `true` to read and change streamed response bodies in [`Filter::on_response`] (the
     /// host then buffers them, up to `server.limits.plugin_body_size`; a larger body
     /// streams on unchanged and [`Response::body`] gives [`Error::BodyTooLarge`]).

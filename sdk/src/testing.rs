@@ -182,11 +182,11 @@ fn run(
 }
 
 /// Runs [`Filter::on_request`] (the request body readable only with [`Filter::REQUEST_BODY`]);
-/// `Action::Continue` without calling it if [`Filter::HOOKS`] leaves it out, as the host would.
+/// `Action::Continue` without calling it if [`Filter::hooks`] leaves it out, as the host would.
 pub fn on_request<F: Filter>(filter: &F, req: &mut TestRequest) -> Action {
     let mut action = Action::Continue;
     req.waiting = None;
-    if F::HOOKS.contains(&Hook::OnRequest) {
+    if filter.hooks().contains(&Hook::OnRequest) {
         run(req, None, F::REQUEST_BODY, || {
             action = filter.on_request(&mut Request::new(None, None));
         });
@@ -194,9 +194,9 @@ pub fn on_request<F: Filter>(filter: &F, req: &mut TestRequest) -> Action {
     action
 }
 
-/// Runs [`Filter::on_response`]; false (and not called) if [`Filter::HOOKS`] leaves it out.
+/// Runs [`Filter::on_response`]; false (and not called) if [`Filter::hooks`] leaves it out.
 pub fn on_response<F: Filter>(filter: &F, req: &mut TestRequest, resp: &mut TestResponse) -> bool {
-    if !F::HOOKS.contains(&Hook::OnResponse) {
+    if !filter.hooks().contains(&Hook::OnResponse) {
         return false;
     }
     run(req, Some(resp), true, || {
@@ -205,9 +205,9 @@ pub fn on_response<F: Filter>(filter: &F, req: &mut TestRequest, resp: &mut Test
     true
 }
 
-/// Runs [`Filter::on_log`]; false (and not called) if [`Filter::HOOKS`] leaves it out.
+/// Runs [`Filter::on_log`]; false (and not called) if [`Filter::hooks`] leaves it out.
 pub fn on_log<F: Filter>(filter: &F, req: &mut TestRequest, entry: &LogEntry) -> bool {
-    if !F::HOOKS.contains(&Hook::OnLog) {
+    if !filter.hooks().contains(&Hook::OnLog) {
         return false;
     }
     run(req, None, true, || {

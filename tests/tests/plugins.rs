@@ -812,9 +812,12 @@ fn plugins_that_print_sleep_read_stdin_or_pile_up_headers_cost_only_their_reques
     let log = gh.wait_stderr("adversarial fixture prints line 0", Duration::from_secs(5));
     assert!(log.contains("adversarial"), "{log}");
     assert!(log.contains("prints to stderr 0"), "{log}");
+    // 20,000 lines in one request; 100 a second pass (a burst that spans a window's end gets
+    // the next window's 100 too), so however long the burst takes, far from all of them.
+    let logged = log.matches("adversarial fixture prints").count();
     assert!(
-        !log.contains("prints line 9999"),
-        "10,000 lines in one request are not all logged"
+        logged <= 1_000,
+        "{logged} of the 20,000 lines logged: the rate bound did not hold"
     );
     after("/print");
 

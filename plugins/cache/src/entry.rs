@@ -42,6 +42,12 @@ impl Entry {
             .map(|(_, v)| v.as_slice())
     }
 
+    /// Whether stored bytes are an entry (and not, say, an index of `Vary` names, which are
+    /// lower case and so never start with the magic).
+    pub fn is_entry(bytes: &[u8]) -> bool {
+        bytes.starts_with(MAGIC)
+    }
+
     /// The bytes to store.
     pub fn encode(&self) -> Vec<u8> {
         let meta: usize = self

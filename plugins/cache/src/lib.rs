@@ -27,18 +27,20 @@
 mod conditional;
 mod directives;
 mod entry;
+mod fields;
 mod freshness;
 
 use std::net::IpAddr;
 use std::time::Duration;
 
 use gatehouse_sdk::{
-    Action, Filter, LocalResponse, Request, Response, clock, kv, metrics, units, waits,
+    Action, Filter, Hook, LocalResponse, Request, Response, clock, kv, metrics, units, waits,
 };
 use serde::Deserialize;
 
 use directives::Directives;
 use entry::Entry;
+use fields::Fields;
 use freshness::{Freshness, Policy};
 
 /// The plugin's `config` table.
@@ -158,6 +160,8 @@ impl Outcome {
 
 impl Filter for Cache {
     type Config = Config;
+    const HOOKS: &'static [Hook] = &[Hook::OnRequest, Hook::OnResponse];
+    const REQUEST_HEAD: bool = true;
     const RESPONSE_BODY: bool = true;
 
     fn new(config: Config) -> Result<Self, String> {
@@ -269,56 +273,58 @@ impl Cache {
     }
 
     /// GET and HEAD: answer from the store, or send the request on (to fetch or revalidate).
+    /// A hit sets nothing on the request: the per-request state is written only for a request
+    /// that goes on to the target.
     fn lookup(&self, req: &mut Request) -> Action {
         let now = clock::now_ms();
         let url = self.url(req);
-        let req_cc = Directives::parse(req.header_all("cache-control").iter().map(Vec::as_slice));
+        let fields = Fields::of(req);
+        let req_cc = Directives::parse(fields.all("cache-control"));
         let pragma_no_cache = req_cc.is_empty()
-            && req.header_all("pragma").iter().any(|v| {
+            && fields.all("pragma").any(|v| {
                 String::from_utf8_lossy(v)
                     .to_ascii_lowercase()
                     .contains("no-cache")
             });
         let client_no_cache = req_cc.has("no-cache") || pragma_no_cache;
         let only_if_cached = req_cc.has("only-if-cached");
-        if req_cc.has("no-store") {
-            req.set_context(NO_STORE, "1");
-        }
-        req.set_context(URL, &url);
-        req.set_context(STATE, "fetch");
-        req.set_context(SENT_AT, &now.to_string());
-        if let Some(name) = &self.policy.surrogate {
-            let _ = req.set_header("surrogate-capability", format!("{name}=\"Surrogate/1.0\""));
-        }
 
-        let Some((key, stored)) = self.stored_variant(req, &url) else {
-            if only_if_cached {
-                return self.gateway_timeout();
-            }
-            if req.context(FWD).is_none() {
-                req.set_context(FWD, "uri-miss");
-            }
-            if let Some(timeout) = self.collapse_timeout
-                && req.method() == "GET"
-                && req.context(WAITED).is_none()
-                && kv::get(&pass_key(&url)).is_none()
-            {
-                // One miss goes to the target; the others wait for it, then find its response.
-                if kv::compare_and_swap(&fill_key(&url), None, b"1", Some(timeout)) {
-                    req.set_context(FILLING, "1");
-                } else {
-                    req.set_context(WAITED, "1");
-                    metrics::add("collapsed", 1);
-                    req.wait_for(&fill_key(&url), timeout);
-                    return Action::Continue;
+        let (key, stored) = match self.stored_variant(&fields, &url) {
+            Ok(found) => found,
+            Err(fwd) => {
+                if only_if_cached {
+                    return self.gateway_timeout();
                 }
+                let mut filling = false;
+                if let Some(timeout) = self.collapse_timeout
+                    && req.method() == "GET"
+                    && req.context(WAITED).is_none()
+                    && kv::get(&pass_key(&url)).is_none()
+                {
+                    // One miss goes to the target; the others wait for it, then find its
+                    // response (a waiter leaves no state behind: it may come back a hit).
+                    if kv::compare_and_swap(&fill_key(&url), None, b"1", Some(timeout)) {
+                        filling = true;
+                    } else {
+                        req.set_context(WAITED, "1");
+                        metrics::add("collapsed", 1);
+                        req.wait_for(&fill_key(&url), timeout);
+                        return Action::Continue;
+                    }
+                }
+                self.forward(req, &url, &req_cc, now);
+                req.set_context(FWD, fwd);
+                if filling {
+                    req.set_context(FILLING, "1");
+                }
+                metrics::add("miss", 1);
+                return Action::Continue;
             }
-            metrics::add("miss", 1);
-            return Action::Continue;
         };
-        req.set_context(KEY, &key);
         let resp_cc = freshness::cache_control(&stored);
-        if req.header("authorization").is_some() && !self.authorized_reuse(&resp_cc) {
+        if fields.first("authorization").is_some() && !self.authorized_reuse(&resp_cc) {
+            self.forward(req, &url, &req_cc, now);
+            req.set_context(KEY, &key);
             req.set_context(FWD, "bypass");
             return Action::Continue;
         }
@@ -337,7 +343,7 @@ impl Cache {
             acceptable = false;
         }
         if acceptable {
-            return self.serve(req, &stored, f, Outcome::Hit);
+            return self.serve(req, &fields, stored, f, Outcome::Hit);
         }
         let stale_allowed = !f.is_fresh()
             && !revalidate_always
@@ -349,39 +355,66 @@ impl Cache {
                 Some(Some(limit)) => f.staleness_ms() <= limit.saturating_mul(1000),
             };
             if within {
-                return self.serve(req, &stored, f, Outcome::StaleHit);
+                return self.serve(req, &fields, stored, f, Outcome::StaleHit);
             }
         }
         if only_if_cached {
             return self.gateway_timeout();
         }
+        let mut locked = false;
         if stale_allowed
             && let Some(window) = freshness::valid_seconds(&resp_cc, "stale-while-revalidate")
             && f.staleness_ms() <= window.saturating_mul(1000)
         {
             if kv::compare_and_swap(&lock_key(&key), None, b"1", Some(UPDATE_LOCK)) {
-                req.set_context(LOCKED, "1");
+                locked = true;
             } else {
-                return self.serve(req, &stored, f, Outcome::Updating);
+                return self.serve(req, &fields, stored, f, Outcome::Updating);
             }
+        }
+        self.forward(req, &url, &req_cc, now);
+        req.set_context(KEY, &key);
+        if locked {
+            req.set_context(LOCKED, "1");
         }
         req.set_context(FWD, if client_no_cache { "request" } else { "stale" });
         metrics::add("revalidate", 1);
-        self.add_validators(req, &stored);
+        self.add_validators(req, &fields, &stored);
         Action::Continue
     }
 
-    /// The stored response for this request's URL and `Vary`-selected header values.
-    fn stored_variant(&self, req: &mut Request, url: &str) -> Option<(String, Entry)> {
-        let names = kv::get(&index_key(url))?;
-        let names = String::from_utf8(names).ok()?;
-        let key = variant_key(url, &names, req);
-        let Some(bytes) = kv::get(&key) else {
-            req.set_context(FWD, "vary-miss");
-            return None;
+    /// The state `on-response` needs for a request that goes on to the target.
+    fn forward(&self, req: &mut Request, url: &str, req_cc: &Directives, now: u64) {
+        if req_cc.has("no-store") {
+            req.set_context(NO_STORE, "1");
+        }
+        req.set_context(URL, url);
+        req.set_context(STATE, "fetch");
+        req.set_context(SENT_AT, &now.to_string());
+        if let Some(name) = &self.policy.surrogate {
+            let _ = req.set_header("surrogate-capability", format!("{name}=\"Surrogate/1.0\""));
+        }
+    }
+
+    /// The stored response for this request's URL and `Vary`-selected header values, with the
+    /// key it is stored under, or why there is none (`Cache-Status`' `fwd`). A URL's index holds
+    /// the entry itself when the response has no `Vary` (a hit is one store read), else the
+    /// `Vary` names that select a variant stored under a key of its own.
+    fn stored_variant(&self, fields: &Fields, url: &str) -> Result<(String, Entry), &'static str> {
+        let key = index_key(url);
+        let bytes = kv::get(&key).ok_or("uri-miss")?;
+        let (key, bytes) = if Entry::is_entry(&bytes) {
+            (key, bytes)
+        } else {
+            let names = String::from_utf8(bytes).map_err(|_| "uri-miss")?;
+            let key = variant_key(url, &names, fields);
+            let bytes = kv::get(&key).ok_or("vary-miss")?;
+            (key, bytes)
         };
-        let entry = Entry::decode(&bytes).filter(|e| e.url == url)?;
-        Some((key, entry))
+        let entry = Entry::decode(&bytes)
+            .filter(|e| e.url == url)
+            .ok_or("uri-miss")?;
+        Ok((key, entry))
     }
 
     /// Whether a response stored for a request with `Authorization` may be reused (RFC 9111
@@ -392,24 +425,28 @@ impl Cache {
 
     /// Puts the stored validators on the request (keeping the client's own conditionals aside, to
     /// answer them from the refreshed entry).
-    fn add_validators(&self, req: &mut Request, stored: &Entry) {
-        let inm = req.header_all("if-none-match");
+    fn add_validators(&self, req: &mut Request, fields: &Fields, stored: &Entry) {
+        let inm: Vec<_> = fields
+            .all("if-none-match")
+            .map(String::from_utf8_lossy)
+            .collect();
         if !inm.is_empty() {
-            let joined = inm
-                .iter()
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .collect::<Vec<_>>()
-                .join(", ");
-            req.set_context(CLIENT_INM, &joined);
+            req.set_context(CLIENT_INM, &inm.join(", "));
         }
-        if let Some(ims) = req.header("if-modified-since") {
-            req.set_context(CLIENT_IMS, &ims);
+        if let Some(ims) = fields.first("if-modified-since") {
+            req.set_context(CLIENT_IMS, &String::from_utf8_lossy(ims));
         }
-        req.remove_header("if-none-match");
-        req.remove_header("if-modified-since");
-        req.remove_header("if-match");
-        req.remove_header("if-unmodified-since");
-        req.remove_header("if-range");
+        for name in [
+            "if-none-match",
+            "if-modified-since",
+            "if-match",
+            "if-unmodified-since",
+            "if-range",
+        ] {
+            if fields.first(name).is_some() {
+                req.remove_header(name);
+            }
+        }
         if let Some(etag) = stored.header("etag") {
             let _ = req.set_header("if-none-match", etag);
         }
@@ -419,21 +456,27 @@ impl Cache {
     }
 
     /// Answers from a stored response: `304` to a client that has it, a byte range, or the whole.
-    fn serve(&self, req: &mut Request, stored: &Entry, f: Freshness, outcome: Outcome) -> Action {
-        req.set_context(STATE, "served");
+    fn serve(
+        &self,
+        req: &Request,
+        fields: &Fields,
+        stored: Entry,
+        f: Freshness,
+        outcome: Outcome,
+    ) -> Action {
         metrics::add(metric_name(outcome), 1);
-        let inm = req.header_all("if-none-match");
-        let ims = req.header_bytes("if-modified-since");
-        let mut response = if conditional::not_modified(&inm, ims.as_deref(), stored) {
-            let mut r = LocalResponse::new(304);
-            for (name, value) in &stored.headers {
-                if conditional::NOT_MODIFIED_FIELDS.contains(&name.as_str()) {
-                    r = r.header(name, value);
-                }
+        let inm = fields.all_owned("if-none-match");
+        let ims = fields.first("if-modified-since");
+        let mut response = if conditional::not_modified(&inm, ims, &stored) {
+            let mut headers = stored.headers;
+            headers.retain(|(name, _)| conditional::NOT_MODIFIED_FIELDS.contains(&name.as_str()));
+            LocalResponse {
+                status: 304,
+                headers,
+                body: Vec::new(),
             }
-            r
         } else {
-            self.full_or_range(req, stored)
+            self.full_or_range(req, fields, stored)
         };
         response = response.header("age", (f.age_ms / 1000).to_string());
         if self.status_headers {
@@ -444,40 +487,41 @@ impl Cache {
         Action::Respond(response)
     }
 
-    /// The stored response, or the byte range the client asked for.
-    fn full_or_range(&self, req: &Request, stored: &Entry) -> LocalResponse {
-        let stored_fields = |status: u16| {
-            let mut r = LocalResponse::new(status);
-            for (name, value) in &stored.headers {
-                if name != "content-length" {
-                    r = r.header(name, value);
-                }
-            }
-            r
-        };
+    /// The stored response, or the byte range the client asked for. The entry's fields and body
+    /// move into the response: a hit copies neither again.
+    fn full_or_range(&self, req: &Request, fields: &Fields, stored: Entry) -> LocalResponse {
         let len = stored.body.len() as u64;
-        let range = match (req.header_bytes("range"), req.method()) {
+        let range = match (fields.first("range"), req.method()) {
             (Some(range), "GET") if stored.status == 200 => {
-                let allowed = req
-                    .header_bytes("if-range")
-                    .is_none_or(|v| conditional::if_range_holds(&v, stored));
+                let allowed = fields
+                    .first("if-range")
+                    .is_none_or(|v| conditional::if_range_holds(v, &stored));
                 if allowed {
-                    conditional::byte_range(&range, len)
+                    conditional::byte_range(range, len)
                 } else {
                     None
                 }
             }
             _ => None,
         };
+        let mut headers = stored.headers;
+        headers.retain(|(name, _)| name != "content-length");
         match range {
-            Some(Ok((first, last))) => stored_fields(206)
-                .header("content-range", format!("bytes {first}-{last}/{len}"))
-                .body(stored.body[first as usize..=last as usize].to_vec()),
+            Some(Ok((first, last))) => LocalResponse {
+                status: 206,
+                headers,
+                body: stored.body[first as usize..=last as usize].to_vec(),
+            }
+            .header("content-range", format!("bytes {first}-{last}/{len}")),
             Some(Err(())) => LocalResponse::new(416)
                 .header("content-range", format!("bytes */{len}"))
                 .header("content-type", "text/plain; charset=utf-8")
                 .body("416 Range Not Satisfiable\n"),
-            None => stored_fields(stored.status).body(stored.body.clone()),
+            None => LocalResponse {
+                status: stored.status,
+                headers,
+                body: stored.body,
+            },
         }
     }
 
@@ -684,11 +728,15 @@ impl Cache {
         };
         let entry = Entry { body, ..candidate };
         let ttl = self.store_ttl(&entry, now);
-        let key = variant_key(&entry.url, &names, req);
+        let index = index_key(&entry.url);
+        if names.is_empty() {
+            return kv::set(&index, &entry.encode(), Some(ttl));
+        }
+        let key = variant_key(&entry.url, &names, &Fields::of(req));
         if !kv::set(&key, &entry.encode(), Some(ttl)) {
             return false;
         }
-        kv::set(&index_key(&entry.url), names.as_bytes(), Some(ttl));
+        kv::set(&index, names.as_bytes(), Some(ttl));
         true
     }
 
@@ -919,19 +967,18 @@ fn vary_names(entry: &Entry) -> Option<String> {
 /// The key of the variant of `url` that `req`'s values of the `Vary` fields select. Values are
 /// normalised: the field's lines combined, list members trimmed; an absent field differs from
 /// an empty one.
-fn variant_key(url: &str, names: &str, req: &Request) -> String {
+fn variant_key(url: &str, names: &str, fields: &Fields) -> String {
     let mut key = format!("ent:{url}");
     for name in names.split('\n').filter(|n| !n.is_empty()) {
         key.push('\n');
         key.push_str(name);
-        let values = req.header_all(name);
-        if values.is_empty() {
+        let mut values = fields.all(name).peekable();
+        if values.peek().is_none() {
             key.push('\u{1}');
             continue;
         }
         key.push('=');
         let mut members: Vec<String> = values
-            .iter()
             .flat_map(|line| {
                 String::from_utf8_lossy(line)
                     .split(',')

@@ -23,7 +23,7 @@
 
 use std::time::Duration;
 
-use gatehouse_sdk::{Action, Filter, LocalResponse, Request, Response, units};
+use gatehouse_sdk::{Action, Filter, Hook, LocalResponse, Request, Response, units};
 use serde::Deserialize;
 
 /// The plugin's `config` table.
@@ -87,6 +87,7 @@ const ALLOWED: &str = "cors.origin";
 
 impl Filter for Cors {
     type Config = Config;
+    const HOOKS: &'static [Hook] = &[Hook::OnRequest, Hook::OnResponse];
 
     fn new(config: Config) -> Result<Self, String> {
         if config.allow_origins.is_empty() {

@@ -25,7 +25,7 @@
 
 use std::collections::BTreeMap;
 
-use gatehouse_sdk::{Action, Filter, Request, Response};
+use gatehouse_sdk::{Action, Filter, Hook, Request, Response};
 use serde::Deserialize;
 
 /// The plugin's `config` table.
@@ -49,6 +49,12 @@ pub struct Edits {
     add: BTreeMap<String, String>,
     #[serde(default)]
     remove: Vec<String>,
+}
+
+impl Edits {
+    fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
 }
 
 /// `security = true`, or a table of the preset's fields.
@@ -133,6 +139,19 @@ fn check(edits: &Edits, which: &str) -> Result<(), String> {
 
 impl Filter for Headers {
     type Config = Config;
+    const HOOKS: &'static [Hook] = &[Hook::OnRequest, Hook::OnResponse];
+
+    /// Each side is called only if the config edits it.
+    fn hooks(&self) -> &'static [Hook] {
+        let request = !self.request.is_empty();
+        let response = !self.response.is_empty() || !self.preset.is_empty() || self.hsts.is_some();
+        match (request, response) {
+            (true, true) => Self::HOOKS,
+            (true, false) => &[Hook::OnRequest],
+            (false, true) => &[Hook::OnResponse],
+            (false, false) => &[],
+        }
+    }
 
     fn new(config: Config) -> Result<Self, String> {
         check(&config.request, "request")?;
@@ -187,15 +206,22 @@ impl Filter for Headers {
     }
 
     fn on_response(&self, req: &mut Request, resp: &mut Response) {
+        // One call for the names present instead of one per preset field.
+        let present: Vec<String> = if self.preset.is_empty() && self.hsts.is_none() {
+            Vec::new()
+        } else {
+            resp.headers().into_iter().map(|(name, _)| name).collect()
+        };
+        let absent = |name: &str| !present.iter().any(|p| p == name);
         let mut missing: Vec<(&str, &str)> = self
             .preset
             .iter()
-            .filter(|(name, _)| resp.header_bytes(name).is_none())
+            .filter(|(name, _)| absent(name))
             .map(|(n, v)| (n.as_str(), v.as_str()))
             .collect();
         if let Some(hsts) = &self.hsts
+            && absent("strict-transport-security")
             && req.is_tls()
-            && resp.header_bytes("strict-transport-security").is_none()
         {
             missing.push(("strict-transport-security", hsts));
         }
@@ -226,6 +252,24 @@ mod tests {
         let f: Headers = testing::init(config).expect("config");
         testing::on_request(&f, req);
         testing::on_response(&f, req, resp);
+    }
+
+    #[test]
+    fn a_side_with_nothing_to_do_is_not_visited() {
+        let f: Headers = testing::init(r#"{"security": true}"#).expect("config");
+        let mut req = TestRequest::get("/");
+        let mut resp = TestResponse::new(200, "ok");
+        testing::on_request(&f, &mut req);
+        assert!(testing::on_response(&f, &mut req, &mut resp));
+        assert_eq!(
+            resp.header("x-content-type-options").as_deref(),
+            Some("nosniff")
+        );
+        assert_eq!(f.hooks(), &[Hook::OnResponse]);
+        let f: Headers =
+            testing::init(r#"{"request": {"set": {"x-env": "prod"}}}"#).expect("config");
+        assert_eq!(f.hooks(), &[Hook::OnRequest]);
+        assert!(!testing::on_response(&f, &mut req, &mut resp));
     }
 
     #[test]

@@ -53,6 +53,9 @@ pub struct HostState {
     pub local: Option<wit::LocalResponse>,
     /// Where [`scoped`] builds keys.
     scratch: String,
+    /// Handles of the plugin's own counters this instance has counted into, so a `metric-add`
+    /// is a map lookup, not a lookup by labels in the registry (at most `MAX_PLUGIN_METRICS`).
+    counters: std::collections::HashMap<String, prometheus_client::metrics::counter::Counter>,
     /// Memory limits enforced by wasmtime.
     pub limits: StoreLimits,
     /// The plugin this store belongs to.
@@ -70,6 +73,7 @@ impl HostState {
             in_hook: false,
             local: None,
             scratch: String::new(),
+            counters: std::collections::HashMap::new(),
             limits,
             wasi: super::engine::wasi_ctx(&info.output),
             info,

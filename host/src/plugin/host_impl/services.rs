@@ -97,13 +97,23 @@ impl host::Host for HostState {
     }
 
     fn metric_add(&mut self, name: String, delta: u64) -> Result<()> {
-        if !self
+        if let Some(counter) = self.counters.get(&name) {
+            counter.inc_by(delta);
+            return Ok(());
+        }
+        match self
             .info
             .metrics
-            .plugin_add(&self.info.name, &name, delta, MAX_PLUGIN_METRICS)
+            .plugin_counter(&self.info.name, &name, MAX_PLUGIN_METRICS)
         {
-            tracing::warn!(plugin = %self.info.name, metric = %name,
-                "plugin metric not counted: a plugin may define at most {MAX_PLUGIN_METRICS}");
+            Some(counter) => {
+                counter.inc_by(delta);
+                self.counters.insert(name, counter);
+            }
+            None => {
+                tracing::warn!(plugin = %self.info.name, metric = %name,
+                    "plugin metric not counted: a plugin may define at most {MAX_PLUGIN_METRICS}");
+            }
         }
         Ok(())
     }
