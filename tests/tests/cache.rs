@@ -19,17 +19,23 @@ def app(environ, start_response):
         start_response("200 OK", [("Cache-Control", "max-age=60"), ("X-Count", str(n)),
                                   ("Content-Length", str(len(body)))])
         return [body]
-    start_response("200 OK", [("Cache-Control", "max-age=60"), ("X-Count", str(n)),
-                              ("Content-Type", "text/plain")])
+    headers = [("Cache-Control", "max-age=60"), ("X-Count", str(n)), ("Content-Type", "text/plain")]
+    if path.startswith("/news/") or path == "/front":
+        headers.append(("Surrogate-Key", "news " + path.strip("/").replace("/", "-")))
+    start_response("200 OK", headers)
     return [("%s %d" % (path, n)).encode()]
 "#;
 
 fn serve() -> (tempfile::TempDir, Gatehouse) {
+    serve_with("")
+}
+
+fn serve_with(cache_config: &str) -> (tempfile::TempDir, Gatehouse) {
     let dir = tempfile::tempdir().expect("tmp");
     std::fs::write(dir.path().join("counted.py"), APP).expect("app");
     let config = format!(
         "[server]\nlisten = [\"127.0.0.1:0\"]\n[targets.app]\nwsgi = \"counted:app\"\nchdir = \"{}\"\nworkers = 1\nthreads = 8\n\
-         [[plugins]]\nuse = \"cache\"\n",
+         [[plugins]]\nuse = \"cache\"\n{cache_config}",
         dir.path().display()
     );
     let gh = Gatehouse::start(dir.path(), &config);
@@ -117,4 +123,59 @@ fn concurrent_misses_of_one_url_reach_the_app_once() {
         1,
         "{answers:?}"
     );
+}
+
+fn purge(gh: &Gatehouse, path: &str, keys: Option<&str>) -> (u16, String) {
+    let mut r = client().request(
+        reqwest::Method::from_bytes(b"PURGE").expect("method"),
+        gh.url(path),
+    );
+    if let Some(keys) = keys {
+        r = r.header("surrogate-key", keys);
+    }
+    let r = r.send().expect("purge");
+    (r.status().as_u16(), r.text().expect("body"))
+}
+
+#[test]
+fn purges_by_url_prefix_and_tag_from_allowed_addresses() {
+    let (_dir, gh) = serve_with("[plugins.config]\npurge_from = [\"127.0.0.1/32\"]\n");
+    let paths = ["/a/1", "/a/2", "/ab", "/b", "/news/1", "/news/2", "/front"];
+    for path in paths {
+        assert_eq!(get(&gh, path).0, "MISS", "{path}");
+        assert_eq!(get(&gh, path).0, "HIT", "{path}");
+    }
+
+    // One URL.
+    assert_eq!(purge(&gh, "/b", None).0, 200);
+    assert_eq!(purge(&gh, "/b", None).0, 404, "already gone");
+    assert_eq!(get(&gh, "/b").0, "MISS");
+
+    // A prefix: the URLs below it, not a sibling that merely shares its letters.
+    let (status, text) = purge(&gh, "/a/*", None);
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(get(&gh, "/a/1").0, "MISS");
+    assert_eq!(get(&gh, "/a/2").0, "MISS");
+    assert_eq!(get(&gh, "/ab").0, "HIT");
+    assert_eq!(get(&gh, "/a/1").0, "HIT", "stored again after the purge");
+
+    // A tag named by the responses' Surrogate-Key.
+    let (status, text) = purge(&gh, "/", Some("news-1"));
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(get(&gh, "/news/1").0, "MISS");
+    assert_eq!(get(&gh, "/news/2").0, "HIT");
+    assert_eq!(purge(&gh, "/", Some("news")).0, 200);
+    for path in ["/news/1", "/news/2", "/front"] {
+        assert_eq!(get(&gh, path).0, "MISS", "{path}");
+    }
+    assert_eq!(get(&gh, "/ab").0, "HIT", "untagged entries stay");
+}
+
+#[test]
+fn purges_are_refused_from_other_addresses() {
+    let (_dir, gh) = serve_with("[plugins.config]\npurge_from = [\"192.0.2.0/24\"]\n");
+    assert_eq!(get(&gh, "/a/1").0, "MISS");
+    assert_eq!(purge(&gh, "/a/*", None).0, 403);
+    assert_eq!(purge(&gh, "/", Some("news")).0, 403);
+    assert_eq!(get(&gh, "/a/1").0, "HIT");
 }

@@ -9,7 +9,8 @@
 //! keep_stale = "10m"           # how long past its freshness an entry is kept for revalidation
 //! store_set_cookie = false     # store responses carrying Set-Cookie (off: nginx's default)
 //! store_authorized = false     # store responses to requests with Authorization regardless
-//! purge_from = ["127.0.0.1/32", "::1/128"]   # clients allowed to send PURGE
+//! purge_from = ["127.0.0.1/32", "::1/128"]   # clients allowed to send PURGE (a URL, a
+//!                                             # prefix: /path/*, or tags: Surrogate-Key)
 //! stale_if_unreachable = true  # a stale copy answers when the target cannot be reached (502/504)
 //! collapse = true              # concurrent misses of a URL wait for the first one's response
 //! collapse_timeout = "5s"      # ... for at most this long (10s at most), then go on themselves
@@ -29,6 +30,7 @@ mod directives;
 mod entry;
 mod fields;
 mod freshness;
+mod purges;
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -42,6 +44,7 @@ use directives::Directives;
 use entry::Entry;
 use fields::Fields;
 use freshness::{Freshness, Policy};
+use purges::{Purges, Rule};
 
 /// The plugin's `config` table.
 #[derive(Debug, Default, Deserialize)]
@@ -414,6 +417,13 @@ impl Cache {
         let entry = Entry::decode(&bytes)
             .filter(|e| e.url == url)
             .ok_or("uri-miss")?;
+        // Purges by prefix or tag are only possible with `purge_from`; without it a lookup does
+        // not read their list.
+        if !self.purge_from.is_empty()
+            && kv::get(purges::KEY).is_some_and(|list| Purges::decode(&list).cover(&entry))
+        {
+            return Err("uri-miss");
+        }
         Ok((key, entry))
     }
 
@@ -872,7 +882,9 @@ impl Cache {
         format!("{scheme}://{host}{kept}")
     }
 
-    /// `PURGE` from an allowed client: the URL is dropped from the cache.
+    /// `PURGE` from an allowed client: the URL is dropped from the cache; with a path ending in
+    /// `*`, every URL of the host below that prefix; with `Surrogate-Key`, every response that
+    /// named one of its keys.
     fn purge(&self, req: &mut Request) -> Action {
         let allowed = req
             .client_addr()
@@ -883,19 +895,75 @@ impl Cache {
                 .body("403 Forbidden: purging is not allowed from this address\n")
                 .into();
         }
-        let url = self.url(req);
-        let found = kv::delete(&index_key(&url));
-        metrics::add("purged", u64::from(found));
-        let (status, text) = if found {
-            (200, "purged\n")
-        } else {
-            (404, "not in the cache\n")
+        let tags: Vec<String> = req
+            .header_all("surrogate-key")
+            .iter()
+            .flat_map(|v| {
+                String::from_utf8_lossy(v)
+                    .split_ascii_whitespace()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let prefix = req
+            .path()
+            .strip_suffix('*')
+            .map(|p| format!("{}{p}", req.host_name().unwrap_or("")));
+        let rules: Vec<Rule> = match prefix {
+            Some(prefix) => vec![Rule::Prefix(prefix)],
+            None => tags.into_iter().map(Rule::Tag).collect(),
         };
-        LocalResponse::new(status)
+        if rules.is_empty() {
+            let url = self.url(req);
+            let found = kv::delete(&index_key(&url));
+            metrics::add("purged", u64::from(found));
+            let (status, text) = if found {
+                (200, "purged\n")
+            } else {
+                (404, "not in the cache\n")
+            };
+            return LocalResponse::new(status)
+                .header("content-type", "text/plain; charset=utf-8")
+                .body(text)
+                .into();
+        }
+        let text = rules
+            .iter()
+            .map(|r| match r {
+                Rule::Prefix(p) => format!("purged every URL below {p}\n"),
+                Rule::Tag(t) => format!("purged every response tagged {t}\n"),
+                Rule::All => "purged everything\n".to_string(),
+            })
+            .collect::<String>();
+        if !add_purges(rules) {
+            return LocalResponse::new(503)
+                .header("content-type", "text/plain; charset=utf-8")
+                .body("503 Service Unavailable: the purge list kept changing; try again\n")
+                .into();
+        }
+        metrics::add("purged", 1);
+        LocalResponse::new(200)
             .header("content-type", "text/plain; charset=utf-8")
             .body(text)
             .into()
     }
+}
+
+/// Adds purges to the list in the store (a read-modify-write that retries if another request
+/// changed it meanwhile); false if it kept changing.
+fn add_purges(rules: Vec<Rule>) -> bool {
+    let now = clock::now_ms();
+    for _ in 0..8 {
+        let current = kv::get(purges::KEY);
+        let mut list = current.as_deref().map(Purges::decode).unwrap_or_default();
+        for rule in rules.iter().cloned() {
+            list.add(rule, now);
+        }
+        if kv::compare_and_swap(purges::KEY, current.as_deref(), &list.encode(), None) {
+            return true;
+        }
+    }
+    false
 }
 
 fn metric_name(outcome: Outcome) -> &'static str {
