@@ -32,7 +32,8 @@ fn with_filter<F: Filter, R>(f: impl FnOnce(&F) -> R) -> R {
 /// What the filter tells the host at `init`.
 pub(crate) fn capabilities<F: Filter>(filter: &F) -> wit::Capabilities {
     let mut caps = wit::Capabilities::empty();
-    for hook in filter.hooks() {
+    let hooks = filter.hooks();
+    for hook in hooks {
         caps = caps
             | (match hook {
                 Hook::OnRequest => wit::Capabilities::ON_REQUEST,
@@ -40,10 +41,16 @@ pub(crate) fn capabilities<F: Filter>(filter: &F) -> wit::Capabilities {
                 Hook::OnLog => wit::Capabilities::ON_LOG,
             });
     }
+    // What a hook needs is asked for only if the hook is called: no body is read or buffered
+    // for a hook the filter's config left out.
+    let requests = hooks.contains(&Hook::OnRequest);
     for (wanted, flag) in [
-        (F::REQUEST_HEAD, wit::Capabilities::REQUEST_HEAD),
-        (F::REQUEST_BODY, wit::Capabilities::REQUEST_BODY),
-        (F::RESPONSE_BODY, wit::Capabilities::RESPONSE_BODY),
+        (F::REQUEST_HEAD && requests, wit::Capabilities::REQUEST_HEAD),
+        (F::REQUEST_BODY && requests, wit::Capabilities::REQUEST_BODY),
+        (
+            F::RESPONSE_BODY && hooks.contains(&Hook::OnResponse),
+            wit::Capabilities::RESPONSE_BODY,
+        ),
     ] {
         if wanted {
             caps = caps | flag;
@@ -130,5 +137,57 @@ pub(crate) fn route(request: &Request, target: &str, strip_prefix: Option<&str>)
     wit::Route {
         target,
         strip_prefix,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads request bodies and buffers response bodies, unless its config leaves a hook out.
+    struct Reader {
+        hooks: &'static [Hook],
+    }
+
+    impl Filter for Reader {
+        type Config = ();
+        const REQUEST_BODY: bool = true;
+        const RESPONSE_BODY: bool = true;
+        const REQUEST_HEAD: bool = true;
+
+        fn new(_: ()) -> Result<Self, String> {
+            Ok(Reader { hooks: &[] })
+        }
+
+        fn hooks(&self) -> &'static [Hook] {
+            self.hooks
+        }
+    }
+
+    #[test]
+    fn a_hook_left_out_asks_for_nothing_it_would_need() {
+        use wit::Capabilities as C;
+        let all = capabilities(&Reader {
+            hooks: &[Hook::OnRequest, Hook::OnResponse],
+        });
+        assert_eq!(
+            all,
+            C::ON_REQUEST | C::ON_RESPONSE | C::REQUEST_HEAD | C::REQUEST_BODY | C::RESPONSE_BODY
+        );
+        let response_only = capabilities(&Reader {
+            hooks: &[Hook::OnResponse],
+        });
+        assert_eq!(
+            response_only,
+            C::ON_RESPONSE | C::RESPONSE_BODY,
+            "no request body read, no head passed"
+        );
+        let request_only = capabilities(&Reader {
+            hooks: &[Hook::OnRequest],
+        });
+        assert_eq!(
+            request_only,
+            C::ON_REQUEST | C::REQUEST_HEAD | C::REQUEST_BODY
+        );
     }
 }

@@ -31,6 +31,12 @@ impl Fields {
             .map(|(_, v)| v.as_slice())
     }
 
+    /// Sets a field, replacing its values (what a request will carry when forwarded).
+    pub fn set(&mut self, name: &str, value: Vec<u8>) {
+        self.0.retain(|(n, _)| n != name);
+        self.0.push((name.to_string(), value));
+    }
+
     /// Every value of a field, owned.
     pub fn all_owned(&self, name: &str) -> Vec<Vec<u8>> {
         self.all(name).map(<[u8]>::to_vec).collect()

@@ -91,6 +91,9 @@ pub struct Cache {
 /// How long one request may hold the right to revalidate an entry while others are served stale.
 const UPDATE_LOCK: Duration = Duration::from_secs(30);
 
+/// The field a forwarded request announces the cache's surrogate abilities in.
+const SURROGATE_CAPABILITY: &str = "surrogate-capability";
+
 /// Per-request context keys.
 const STATE: &str = "cache.state";
 const URL: &str = "cache.url";
@@ -281,7 +284,10 @@ impl Cache {
     fn lookup(&self, req: &mut Request) -> Action {
         let now = clock::now_ms();
         let url = self.url(req);
-        let fields = Fields::of(req);
+        let mut fields = Fields::of(req);
+        if let Some(value) = self.surrogate_capability() {
+            fields.set(SURROGATE_CAPABILITY, value.into_bytes());
+        }
         let req_cc = Directives::parse(fields.all("cache-control"));
         let pragma_no_cache = req_cc.is_empty()
             && fields.all("pragma").any(|v| {
@@ -305,10 +311,14 @@ impl Cache {
                     && kv::get(&pass_key(&url)).is_none()
                 {
                     // One miss goes to the target; the others wait for it, then find its
-                    // response (a waiter leaves no state behind: it may come back a hit).
+                    // response.
                     if kv::compare_and_swap(&fill_key(&url), None, b"1", Some(timeout)) {
                         filling = true;
                     } else {
+                        // Ready to go on as a miss: the host ignores a wait past its limit of
+                        // waits per request (other plugins may have used them).
+                        self.forward(req, &url, &req_cc, now);
+                        req.set_context(FWD, fwd);
                         req.set_context(WAITED, "1");
                         metrics::add("collapsed", 1);
                         req.wait_for(&fill_key(&url), timeout);
@@ -394,9 +404,16 @@ impl Cache {
         req.set_context(URL, url);
         req.set_context(STATE, "fetch");
         req.set_context(SENT_AT, &now.to_string());
-        if let Some(name) = &self.policy.surrogate {
-            let _ = req.set_header("surrogate-capability", format!("{name}=\"Surrogate/1.0\""));
+        if let Some(value) = self.surrogate_capability() {
+            let _ = req.set_header(SURROGATE_CAPABILITY, value);
         }
+    }
+
+    /// The `Surrogate-Capability` a forwarded request carries. A lookup counts it among the
+    /// request's fields, as the stored response's `Vary` may name it.
+    fn surrogate_capability(&self) -> Option<String> {
+        let name = self.policy.surrogate.as_ref()?;
+        Some(format!("{name}=\"Surrogate/1.0\""))
     }
 
     /// The stored response for this request's URL and `Vary`-selected header values, with the
@@ -417,14 +434,17 @@ impl Cache {
         let entry = Entry::decode(&bytes)
             .filter(|e| e.url == url)
             .ok_or("uri-miss")?;
-        // Purges by prefix or tag are only possible with `purge_from`; without it a lookup does
-        // not read their list.
-        if !self.purge_from.is_empty()
-            && kv::get(purges::KEY).is_some_and(|list| Purges::decode(&list).cover(&entry))
-        {
+        if self.purged(&entry) {
             return Err("uri-miss");
         }
         Ok((key, entry))
+    }
+
+    /// Whether a purge by prefix or tag covers the entry. Such purges are only possible with
+    /// `purge_from`; without it their list is not read.
+    fn purged(&self, entry: &Entry) -> bool {
+        !self.purge_from.is_empty()
+            && kv::get(purges::KEY).is_some_and(|list| Purges::decode(&list).cover(entry))
     }
 
     /// Whether a response stored for a request with `Authorization` may be reused (RFC 9111
@@ -468,13 +488,18 @@ impl Cache {
     /// Answers from a stored response: `304` to a client that has it, a byte range, or the whole.
     fn serve(
         &self,
-        req: &Request,
+        req: &mut Request,
         fields: &Fields,
         stored: Entry,
         f: Freshness,
         outcome: Outcome,
     ) -> Action {
         metrics::add(metric_name(outcome), 1);
+        if req.context(WAITED).is_some() {
+            // Back from waiting for another request's miss, with a miss's state set before the
+            // wait: this response is not one to store.
+            req.set_context(STATE, "served");
+        }
         let inm = fields.all_owned("if-none-match");
         let ims = fields.first("if-modified-since");
         let mut response = if conditional::not_modified(&inm, ims, &stored) {
@@ -565,7 +590,10 @@ impl Cache {
                 self.refresh(req, resp, key, stored.clone(), now);
                 return;
             }
-            if status >= 500 && self.stale_on_error(req, stored, status, now) {
+            if status >= 500
+                && self.stale_on_error(req, stored, status, now)
+                && !self.purged(stored)
+            {
                 let f = freshness::freshness(stored, &self.policy, now);
                 self.replace_response(req, resp, stored, f, Outcome::StaleOnError);
                 return;
@@ -908,11 +936,13 @@ impl Cache {
         let prefix = req
             .path()
             .strip_suffix('*')
+            .filter(|p| p.starts_with('/'))
             .map(|p| format!("{}{p}", req.host_name().unwrap_or("")));
-        let rules: Vec<Rule> = match prefix {
-            Some(prefix) => vec![Rule::Prefix(prefix)],
-            None => tags.into_iter().map(Rule::Tag).collect(),
-        };
+        let rules: Vec<Rule> = prefix
+            .map(Rule::Prefix)
+            .into_iter()
+            .chain(tags.into_iter().map(Rule::Tag))
+            .collect();
         if rules.is_empty() {
             let url = self.url(req);
             let found = kv::delete(&index_key(&url));

@@ -3,16 +3,21 @@
 //!
 //! Hand-written because the store cannot list its keys: the entries under a prefix or with a tag
 //! cannot be found to be deleted, so the purge is remembered instead and checked on use (Varnish's
-//! bans work the same way). The list is bounded: past [`MAX_RECORDS`] it is replaced by one record
-//! that purges everything fetched before it, which is more than was asked, never less.
+//! bans work the same way). The list is bounded: past [`MAX_RECORDS`] its records are folded into
+//! one that purges everything fetched before the newest of them, which is more than was asked,
+//! never less.
 
 use crate::entry::Entry;
 
 /// The store key of the list.
 pub const KEY: &str = "purges";
 
-/// Records kept; one more collapses the list into a purge of everything.
+/// Records kept; one more folds them into a purge of everything fetched before the newest.
 pub const MAX_RECORDS: usize = 100;
+
+/// How far the clocks of instances sharing a store may disagree: a purge also covers entries
+/// fetched this long after it (fetched again: more than asked, never less).
+pub const CLOCK_SKEW_MS: u64 = 1000;
 
 /// What a record purges.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,14 +77,15 @@ impl Purges {
         out.into_bytes()
     }
 
-    /// Adds a purge made at `at_ms`.
+    /// Adds a purge made at `at_ms`. A full list is folded into one purge of everything fetched
+    /// before its newest record, which covers what each of them did.
     pub fn add(&mut self, rule: Rule, at_ms: u64) {
         if self.0.len() >= MAX_RECORDS {
+            let newest = self.0.iter().map(|r| r.at_ms).max().unwrap_or(at_ms);
             self.0 = vec![Record {
-                at_ms,
+                at_ms: newest,
                 rule: Rule::All,
             }];
-            return;
         }
         self.0.push(Record { at_ms, rule });
     }
@@ -93,7 +99,7 @@ impl Purges {
             .map_or(entry.url.as_str(), |(_, rest)| rest);
         self.0
             .iter()
-            .filter(|r| r.at_ms >= entry.request_time)
+            .filter(|r| r.at_ms.saturating_add(CLOCK_SKEW_MS) >= entry.request_time)
             .any(|r| match &r.rule {
                 Rule::All => true,
                 Rule::Prefix(prefix) => url.starts_with(prefix.as_str()),
@@ -126,37 +132,58 @@ mod tests {
 
     #[test]
     fn prefixes_and_tags_purge_what_was_fetched_before_them() {
+        let (t1, t2) = (10_000, 20_000);
+        let after = |t: u64| t + CLOCK_SKEW_MS + 1;
         let mut p = Purges::default();
-        p.add(Rule::Prefix("example.com/a/".into()), 100);
-        p.add(Rule::Tag("news".into()), 200);
+        p.add(Rule::Prefix("example.com/a/".into()), t1);
+        p.add(Rule::Tag("news".into()), t2);
         let p = Purges::decode(&p.encode());
-        assert!(p.cover(&entry("https://example.com/a/1", 50, None)));
+        assert!(p.cover(&entry("https://example.com/a/1", t1 - 50, None)));
         assert!(
-            p.cover(&entry("http://example.com/a/", 100, None)),
+            p.cover(&entry("http://example.com/a/", t1, None)),
             "same ms"
         );
         assert!(
-            !p.cover(&entry("http://example.com/a/1", 150, None)),
+            p.cover(&entry("http://example.com/a/1", t1 + CLOCK_SKEW_MS, None)),
+            "within the clock skew allowed"
+        );
+        assert!(
+            !p.cover(&entry("http://example.com/a/1", after(t1), None)),
             "fetched after"
         );
-        assert!(!p.cover(&entry("http://example.com/b", 50, None)));
-        assert!(!p.cover(&entry("http://other.com/a/1", 50, None)));
-        assert!(p.cover(&entry("http://example.com/b", 150, Some("sport news"))));
-        assert!(!p.cover(&entry("http://example.com/b", 150, Some("newsletter"))));
-        assert!(!p.cover(&entry("http://example.com/b", 250, Some("news"))));
+        assert!(!p.cover(&entry("http://example.com/b", t1 - 50, None)));
+        assert!(!p.cover(&entry("http://other.com/a/1", t1 - 50, None)));
+        assert!(p.cover(&entry(
+            "http://example.com/b",
+            after(t1),
+            Some("sport news")
+        )));
+        assert!(!p.cover(&entry(
+            "http://example.com/b",
+            after(t1),
+            Some("newsletter")
+        )));
+        assert!(!p.cover(&entry("http://example.com/b", after(t2), Some("news"))));
     }
 
     #[test]
-    fn a_full_list_becomes_one_purge_of_everything() {
+    fn a_full_list_folds_into_one_purge_of_everything_before_its_newest() {
         let mut p = Purges::default();
         for i in 0..MAX_RECORDS as u64 {
-            p.add(Rule::Tag(format!("t{i}")), i);
+            p.add(Rule::Tag(format!("t{i}")), 10_000 + i);
         }
         assert_eq!(p.0.len(), MAX_RECORDS);
-        p.add(Rule::Tag("one-more".into()), 1000);
-        assert_eq!(p.0.len(), 1);
-        assert!(p.cover(&entry("http://x/anything", 999, None)));
-        assert!(!p.cover(&entry("http://x/anything", 1001, None)));
+        let newest = 10_000 + MAX_RECORDS as u64 - 1;
+        p.add(Rule::Tag("one-more".into()), 50_000);
+        assert_eq!(
+            p.0.len(),
+            2,
+            "everything before the newest, and the new one"
+        );
+        assert!(p.cover(&entry("http://x/anything", newest, None)));
+        let later = newest + CLOCK_SKEW_MS + 1;
+        assert!(!p.cover(&entry("http://x/anything", later, None)));
+        assert!(p.cover(&entry("http://x/tagged", later, Some("one-more"))));
         assert_eq!(Purges::decode(b"junk\n12 z y\n"), Purges::default());
     }
 }

@@ -216,6 +216,28 @@ fn vary_selects_a_variant_per_request_field_value() {
 }
 
 #[test]
+fn a_response_that_varies_on_the_surrogate_capability_is_reused() {
+    // The cache announces itself to the target (Surrogate-Capability); a target that varies on
+    // it stored a variant for that value, which later lookups must select.
+    let c = cache("{}");
+    let origin = response(
+        200,
+        &[
+            ("cache-control", "max-age=60"),
+            ("vary", "Surrogate-Capability"),
+        ],
+        "esi",
+    );
+    let mut first = get("/esi");
+    let (_, cached) = exchange(&c, &mut first, |req| {
+        assert!(req.header("surrogate-capability").is_some());
+        origin.clone()
+    });
+    assert!(!cached);
+    assert!(fetch(&c, "/esi", &origin).1, "the second is a hit");
+}
+
+#[test]
 fn unsafe_methods_invalidate_the_url_and_its_locations() {
     let c = cache("{}");
     let origin = response(200, &[("cache-control", "max-age=60")], "x");
@@ -388,9 +410,32 @@ fn concurrent_misses_collapse_into_one_fetch() {
     testing::on_response(&c, &mut first, &mut resp);
     assert_eq!(testing::notified(), vec![key]);
     match testing::on_request(&c, &mut second) {
-        Action::Respond(r) => assert_eq!(r.body, b"once"),
+        Action::Respond(r) => {
+            assert_eq!(r.body, b"once");
+            // Its own on-response (the responder's runs too) leaves the hit a hit.
+            let mut answer = TestResponse::new(r.status, r.body);
+            answer.headers = r.headers;
+            testing::on_response(&c, &mut second, &mut answer);
+            assert_eq!(answer.header("x-cache").as_deref(), Some("HIT"));
+        }
         other => panic!("{other:?}"),
     }
+
+    // A wait the host ignores (past its limit of waits per request): the request goes on as an
+    // ordinary miss, and its response is stored.
+    let mut first = get("/w");
+    testing::on_request(&c, &mut first);
+    let mut ignored = get("/w");
+    testing::on_request(&c, &mut ignored);
+    assert!(ignored.waiting.is_some());
+    let mut resp = response(200, &[("cache-control", "max-age=60")], "w");
+    testing::on_response(&c, &mut ignored, &mut resp);
+    assert_eq!(resp.header("x-cache").as_deref(), Some("MISS"));
+    assert!(
+        resp.header("cache-status")
+            .unwrap_or_default()
+            .contains("stored")
+    );
 
     // A response that cannot be stored: the waiters go on themselves, and for a while the URL's
     // misses do not wait at all (nothing would come of it).
