@@ -35,6 +35,12 @@ impl LocalResponse {
         self
     }
 
+    /// Sets a plain-text body, with `content-type: text/plain; charset=utf-8` added here.
+    pub fn text(self, body: impl Into<Vec<u8>>) -> LocalResponse {
+        self.header("content-type", "text/plain; charset=utf-8")
+            .body(body)
+    }
+
     /// A redirect (`301`, `302`, `307` or `308`) to `location`.
     pub fn redirect(status: u16, location: &str) -> LocalResponse {
         LocalResponse::new(status).header("location", location)

@@ -550,9 +550,7 @@ impl Auth {
     }
 
     fn challenge(&self, refusal: Refusal) -> Action {
-        let mut r = LocalResponse::new(401)
-            .header("content-type", "text/plain; charset=utf-8")
-            .body("401 Unauthorized\n");
+        let mut r = LocalResponse::new(401).text("401 Unauthorized\n");
         let realm = self.realm.replace(['"', '\\'], "");
         if !self.users.is_empty() {
             r = r.header(

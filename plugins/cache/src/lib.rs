@@ -304,7 +304,11 @@ impl Cache {
                 if only_if_cached {
                     return self.gateway_timeout();
                 }
-                let mut filling = false;
+                // A miss's state, also for a request about to wait: the host ignores a wait past
+                // its limit of waits per request (other plugins may have used them), and the
+                // request then goes on as a miss.
+                self.forward(req, &url, &req_cc, now);
+                req.set_context(FWD, fwd);
                 if let Some(timeout) = self.collapse_timeout
                     && req.method() == "GET"
                     && req.context(WAITED).is_none()
@@ -313,22 +317,13 @@ impl Cache {
                     // One miss goes to the target; the others wait for it, then find its
                     // response.
                     if kv::compare_and_swap(&fill_key(&url), None, b"1", Some(timeout)) {
-                        filling = true;
+                        req.set_context(FILLING, "1");
                     } else {
-                        // Ready to go on as a miss: the host ignores a wait past its limit of
-                        // waits per request (other plugins may have used them).
-                        self.forward(req, &url, &req_cc, now);
-                        req.set_context(FWD, fwd);
                         req.set_context(WAITED, "1");
                         metrics::add("collapsed", 1);
                         req.wait_for(&fill_key(&url), timeout);
                         return Action::Continue;
                     }
-                }
-                self.forward(req, &url, &req_cc, now);
-                req.set_context(FWD, fwd);
-                if filling {
-                    req.set_context(FILLING, "1");
                 }
                 metrics::add("miss", 1);
                 return Action::Continue;
@@ -550,8 +545,7 @@ impl Cache {
             .header("content-range", format!("bytes {first}-{last}/{len}")),
             Some(Err(())) => LocalResponse::new(416)
                 .header("content-range", format!("bytes */{len}"))
-                .header("content-type", "text/plain; charset=utf-8")
-                .body("416 Range Not Satisfiable\n"),
+                .text("416 Range Not Satisfiable\n"),
             None => LocalResponse {
                 status: stored.status,
                 headers,
@@ -562,8 +556,7 @@ impl Cache {
 
     fn gateway_timeout(&self) -> Action {
         let mut r = LocalResponse::new(504)
-            .header("content-type", "text/plain; charset=utf-8")
-            .body("504 Gateway Timeout: not in the cache (only-if-cached)\n");
+            .text("504 Gateway Timeout: not in the cache (only-if-cached)\n");
         if self.status_headers {
             r = r.header("cache-status", "gatehouse; fwd=miss; detail=only-if-cached");
         }
@@ -919,8 +912,7 @@ impl Cache {
             .is_some_and(|ip| self.purge_from.iter().any(|net| net.contains(&ip)));
         if !allowed {
             return LocalResponse::new(403)
-                .header("content-type", "text/plain; charset=utf-8")
-                .body("403 Forbidden: purging is not allowed from this address\n")
+                .text("403 Forbidden: purging is not allowed from this address\n")
                 .into();
         }
         let tags: Vec<String> = req
@@ -952,10 +944,7 @@ impl Cache {
             } else {
                 (404, "not in the cache\n")
             };
-            return LocalResponse::new(status)
-                .header("content-type", "text/plain; charset=utf-8")
-                .body(text)
-                .into();
+            return LocalResponse::new(status).text(text).into();
         }
         let text = rules
             .iter()
@@ -967,15 +956,11 @@ impl Cache {
             .collect::<String>();
         if !add_purges(rules) {
             return LocalResponse::new(503)
-                .header("content-type", "text/plain; charset=utf-8")
-                .body("503 Service Unavailable: the purge list kept changing; try again\n")
+                .text("503 Service Unavailable: the purge list kept changing; try again\n")
                 .into();
         }
         metrics::add("purged", 1);
-        LocalResponse::new(200)
-            .header("content-type", "text/plain; charset=utf-8")
-            .body(text)
-            .into()
+        LocalResponse::new(200).text(text).into()
     }
 }
 

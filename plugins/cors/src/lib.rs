@@ -209,8 +209,7 @@ impl Cors {
                     "vary",
                     "Origin, Access-Control-Request-Method, Access-Control-Request-Headers",
                 )
-                .header("content-type", "text/plain; charset=utf-8")
-                .body("403 Forbidden: CORS preflight refused\n")
+                .text("403 Forbidden: CORS preflight refused\n")
                 .into();
         }
         let mut r = LocalResponse::new(204)

@@ -87,8 +87,7 @@ impl Filter for IpFilter {
         }
         metrics::add("refused", 1);
         LocalResponse::new(self.status)
-            .header("content-type", "text/plain; charset=utf-8")
-            .body(format!("{} Forbidden\n", self.status))
+            .text(format!("{} Forbidden\n", self.status))
             .into()
     }
 }

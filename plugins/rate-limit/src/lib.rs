@@ -169,9 +169,8 @@ impl Filter for RateLimit {
             Verdict::Limited { retry_after_s } => {
                 metrics::add("limited", 1);
                 let mut r = LocalResponse::new(self.status)
-                    .header("content-type", "text/plain; charset=utf-8")
-                    .header("retry-after", retry_after_s.to_string())
-                    .body(format!("{} Too Many Requests\n", self.status));
+                    .text(format!("{} Too Many Requests\n", self.status))
+                    .header("retry-after", retry_after_s.to_string());
                 if self.headers {
                     r = r
                         .header("ratelimit-policy", self.policy())

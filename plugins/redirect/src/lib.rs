@@ -120,8 +120,7 @@ impl Filter for Redirect {
             (false, true) => 307,
         };
         LocalResponse::redirect(status, &location)
-            .header("content-type", "text/plain; charset=utf-8")
-            .body(format!("{status} -> {location}\n"))
+            .text(format!("{status} -> {location}\n"))
             .into()
     }
 }

@@ -264,8 +264,7 @@ impl Filter for Router {
                     };
                     let location = to.replace("{path}", &full).replace("{host}", host);
                     LocalResponse::redirect(*status, &location)
-                        .header("content-type", "text/plain; charset=utf-8")
-                        .body(format!("{status} redirect to {location}\n"))
+                        .text(format!("{status} redirect to {location}\n"))
                         .into()
                 }
             },
@@ -274,8 +273,7 @@ impl Filter for Router {
                 allowed.dedup();
                 LocalResponse::new(405)
                     .header("allow", allowed.join(", "))
-                    .header("content-type", "text/plain; charset=utf-8")
-                    .body(format!("405 Method Not Allowed: {method} {path}\n"))
+                    .text(format!("405 Method Not Allowed: {method} {path}\n"))
                     .into()
             }
             None => not_found(host, path),
@@ -285,8 +283,7 @@ impl Filter for Router {
 
 fn not_found(host: &str, path: &str) -> Action {
     LocalResponse::new(404)
-        .header("content-type", "text/plain; charset=utf-8")
-        .body(format!("404 Not Found: no route for {host}{path}\n"))
+        .text(format!("404 Not Found: no route for {host}{path}\n"))
         .into()
 }
 

@@ -61,10 +61,7 @@ impl Filter for BotBlock {
 
 fn refuse(why: &str) -> Action {
     metrics::add(why, 1);
-    LocalResponse::new(403)
-        .header("content-type", "text/plain; charset=utf-8")
-        .body("403 Forbidden\n")
-        .into()
+    LocalResponse::new(403).text("403 Forbidden\n").into()
 }
 
 gatehouse_sdk::export_filter!(BotBlock);
