@@ -5,7 +5,7 @@
 //! into the typed values all of these use.
 
 mod access_log;
-mod background;
+pub mod background;
 mod body;
 mod builtin;
 mod cli;

@@ -2,8 +2,11 @@
 //! each request, the server's connection task reads the idle time.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use futures_util::task::AtomicWaker;
 
 use tokio::time::Instant;
 
@@ -18,6 +21,10 @@ pub struct Activity {
     waiting_bodies: AtomicUsize,
     /// When a response body was last polled, in ms since `opened`.
     last_poll_ms: AtomicU64,
+    /// The server asked the connection to close (to make room, or at shutdown). A flag and a
+    /// waker rather than a `Notify`: a parked connection waits on it without holding a future.
+    close: AtomicBool,
+    close_waker: AtomicWaker,
 }
 
 /// Marks one request in flight until dropped.
@@ -40,6 +47,8 @@ impl Default for Activity {
             last_done_ms: AtomicU64::new(0),
             waiting_bodies: AtomicUsize::new(0),
             last_poll_ms: AtomicU64::new(0),
+            close: AtomicBool::new(false),
+            close_waker: AtomicWaker::new(),
         }
     }
 }
@@ -68,6 +77,27 @@ impl Activity {
 }
 
 impl Activity {
+    /// Asks the connection to close once what is in flight is done.
+    pub fn request_close(&self) {
+        self.close.store(true, Ordering::Release);
+        self.close_waker.wake();
+    }
+
+    /// Ready once the connection has been asked to close.
+    pub fn poll_close(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.close_waker.register(cx.waker());
+        if self.close.load(Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Resolves once the connection has been asked to close.
+    pub async fn close_requested(&self) {
+        std::future::poll_fn(|cx| self.poll_close(cx)).await;
+    }
+
     fn elapsed_ms(&self) -> u64 {
         u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX)
     }

@@ -63,6 +63,15 @@ impl Verdicts {
         self.0.upgraded.load(Ordering::Acquire)
     }
 
+    /// The connection parks: an empty queue gives its buffer back.
+    pub fn park(&self) {
+        if let Ok(mut q) = self.0.queue.lock()
+            && q.pending.is_empty()
+        {
+            q.pending = std::collections::VecDeque::new();
+        }
+    }
+
     /// The guard could not follow the framing: every later request is refused.
     pub fn lose_track(&self) {
         if let Ok(mut q) = self.0.queue.lock() {

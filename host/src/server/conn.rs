@@ -2,24 +2,32 @@
 //! graceful close, protocol switches (tunnels), and parking.
 //!
 //! Parking: an HTTP/1.1 connection idle for [`PARK_AFTER`] hands its bytes back from hyper
-//! (hyper's connection, its read and write buffers, are dropped) and waits on the socket with
-//! nothing but the socket; the next request starts a new hyper connection on it. So ten thousand
-//! idle keep-alive connections cost the kernel's socket state and a few hundred bytes each here,
-//! as in nginx, rather than hyper's buffers (tens of KiB each).
+//! (hyper's connection, its read and write buffers, are dropped) and its task drops every future
+//! it was running: a [`Connection`] is either a boxed stretch of serving or [`Parked`], which
+//! holds the socket, the connection's shared state and one keep-alive timer, and waits through
+//! the socket's own registration and the connection's close signal (no future stored for
+//! either). The next request starts a new stretch of serving on the same socket. So ten thousand
+//! idle keep-alive connections cost the kernel's socket state and about 2 KiB each here (a third
+//! of it tokio's task cell and the socket's registration, both cache-line aligned), rather than
+//! hyper's buffers (tens of KiB each).
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::service::service_fn;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Limits;
 use crate::peer::Peer;
-use crate::pipeline::{self, Activity, ConnCtx, PlainListener};
+use crate::pipeline::{self, Activity, ConnCtx, LoggedBody, PlainListener};
 use crate::server::SharedGateway;
 use crate::server::idle::{Connections, Registration};
 use crate::server::io::{Park, Prefixed, sniff};
@@ -75,13 +83,196 @@ struct Timers {
 struct Conn {
     ctx: Arc<ConnCtx>,
     activity: Arc<Activity>,
-    registration: Registration,
+    /// Held for its drop: the connection leaves the registry when it closes.
+    _registration: Registration,
     shutdown: CancellationToken,
     timers: Timers,
 }
 
+/// An HTTP/1.1 connection's byte stream: bytes hyper read ahead, in front of the wire guard (which
+/// has seen them already), in front of bytes the protocol sniff read.
+type Stream<IO> = Prefixed<WireGuard<Prefixed<IO>>>;
+
+/// The request pipeline as hyper's service. Each request's future is boxed: hyper then keeps a
+/// pointer, not the whole pipeline's state, per connection (and can hand the connection back
+/// between requests, which needs an `Unpin` future).
+#[derive(Clone)]
+struct Service {
+    gateway: SharedGateway,
+    ctx: Arc<ConnCtx>,
+}
+
+type Handled = Result<hyper::Response<LoggedBody>, Infallible>;
+
+impl hyper::service::Service<hyper::Request<Incoming>> for Service {
+    type Response = hyper::Response<LoggedBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Handled> + Send>>;
+
+    fn call(&self, req: hyper::Request<Incoming>) -> Self::Future {
+        Box::pin(pipeline::handle(
+            self.gateway.load_full(),
+            Arc::clone(&self.ctx),
+            req,
+        ))
+    }
+}
+
+/// How a stretch of serving ended.
+// Held inline on purpose: `Step` is returned once per stretch, and boxing `Held` would add an
+// allocation to every parked connection.
+#[allow(clippy::large_enum_variant)]
+pub enum Step<IO> {
+    /// The connection is over.
+    Done,
+    /// It idled (HTTP/1.1): park it.
+    Park(Held<IO>),
+}
+
+/// What an HTTP/1.1 connection keeps between requests.
+pub struct Held<IO> {
+    stream: Stream<IO>,
+    conn: Conn,
+    service: Service,
+    builders: Arc<Builders>,
+}
+
+/// A connection's task: the slot it holds (a connection permit, a gauge) for as long as it
+/// lives, and either a stretch of serving, boxed so that it is gone while the connection is
+/// parked, or the parked state.
+pub struct Connection<IO, Slot> {
+    state: State<IO>,
+    _slot: Slot,
+}
+
+// The parked state inline is the point: it is all a parked connection's task holds.
+#[allow(clippy::large_enum_variant)]
+enum State<IO> {
+    Serving(Pin<Box<dyn Future<Output = Step<IO>> + Send>>),
+    Parked(Parked<IO>),
+    Closed,
+}
+
+impl<IO, Slot> Connection<IO, Slot> {
+    /// A connection whose first stretch of serving (handshakes included) is `first`.
+    pub fn new(first: impl Future<Output = Step<IO>> + Send + 'static, slot: Slot) -> Self {
+        Connection {
+            state: State::Serving(Box::pin(first)),
+            _slot: slot,
+        }
+    }
+}
+
+impl<IO, Slot> Future for Connection<IO, Slot>
+where
+    IO: AsyncRead + AsyncWrite + Park + Unpin + Send + 'static,
+    Slot: Unpin,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.state {
+                State::Serving(serving) => match ready!(serving.as_mut().poll(cx)) {
+                    Step::Done => this.state = State::Closed,
+                    Step::Park(held) => this.state = State::Parked(Parked::new(held)),
+                },
+                State::Parked(parked) => {
+                    let woken = ready!(parked.poll_wake(cx));
+                    let state = std::mem::replace(&mut this.state, State::Closed);
+                    if let (Wake::Request, State::Parked(parked)) = (woken, state) {
+                        this.state = State::Serving(Box::pin(parked.held.serve()));
+                    }
+                }
+                State::Closed => return Poll::Ready(()),
+            }
+        }
+    }
+}
+
+/// A parked connection: what it keeps, and its keep-alive timer.
+struct Parked<IO> {
+    held: Held<IO>,
+    keepalive: Pin<Box<Sleep>>,
+}
+
+/// Why a parked connection woke.
+enum Wake {
+    /// The client sent something (or closed: the next read says).
+    Request,
+    /// Idle past keep-alive, asked to close, or the socket failed.
+    Close,
+}
+
+impl<IO: Park> Parked<IO> {
+    fn new(held: Held<IO>) -> Self {
+        let now = Instant::now();
+        let idle = held.conn.activity.idle_for(now).unwrap_or(Duration::ZERO);
+        let left = held.conn.timers.keepalive.saturating_sub(idle);
+        Parked {
+            held,
+            keepalive: Box::pin(tokio::time::sleep_until(now + left)),
+        }
+    }
+
+    fn poll_wake(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
+        let conn = &self.held.conn;
+        // At shutdown every registered connection is asked to close; the token covers one that
+        // registered after that.
+        if conn.activity.poll_close(cx).is_ready() || conn.shutdown.is_cancelled() {
+            return Poll::Ready(Wake::Close);
+        }
+        if self.keepalive.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Wake::Close);
+        }
+        match ready!(self.held.stream.poll_readable(cx)) {
+            Ok(()) => Poll::Ready(Wake::Request),
+            Err(_) => Poll::Ready(Wake::Close),
+        }
+    }
+}
+
+impl<IO> Held<IO>
+where
+    IO: AsyncRead + AsyncWrite + Park + Unpin + Send + 'static,
+{
+    /// Serves requests until the connection ends or idles long enough to park.
+    async fn serve(self) -> Step<IO> {
+        let Held {
+            mut stream,
+            conn,
+            service,
+            builders,
+        } = self;
+        loop {
+            stream = match conn
+                .serve_until_idle(stream, &builders.http1, service.clone())
+                .await
+            {
+                Cycle::Done => return Step::Done,
+                Cycle::Tunnel(stream, tunnel) => {
+                    tunnel.run(stream).await;
+                    return Step::Done;
+                }
+                Cycle::Idle(stream) => stream,
+            };
+            // Bytes hyper read ahead are the next request: serve it without parking.
+            if !stream.has_prefix() {
+                stream.inner_mut().park();
+                return Step::Park(Held {
+                    stream,
+                    conn,
+                    service,
+                    builders,
+                });
+            }
+        }
+    }
+}
+
 /// Serves one accepted connection (after its PROXY header and TLS handshake, if any) until it
-/// closes, idles out, or shutdown closes it.
+/// closes, idles out, shutdown closes it, or (HTTP/1.1) it idles long enough to park.
 #[allow(clippy::too_many_arguments)]
 pub async fn serve<I>(
     io: I,
@@ -92,7 +283,8 @@ pub async fn serve<I>(
     builders: Arc<Builders>,
     connections: Arc<Connections>,
     shutdown: CancellationToken,
-) where
+) -> Step<I>
+where
     I: AsyncRead + AsyncWrite + Park + Unpin + Send + 'static,
 {
     let (max_head, timers) = {
@@ -117,10 +309,10 @@ pub async fn serve<I>(
         None => tokio::select! {
             sniffed = tokio::time::timeout(timers.head, sniff(&mut io)) => match sniffed {
                 Ok(Ok(sniffed)) => sniffed,
-                _ => return,
+                _ => return Step::Done,
             },
-            () = registration.close.notified() => return,
-            () = shutdown.cancelled() => return,
+            () = activity.close_requested() => return Step::Done,
+            () = shutdown.cancelled() => return Step::Done,
         },
     };
     let (guard, verdicts) = WireGuard::new(
@@ -136,21 +328,14 @@ pub async fn serve<I>(
         plain,
         tunnel: std::sync::Mutex::new(None),
     });
-    let service_ctx = Arc::clone(&ctx);
-    // Each request's future is boxed: hyper then keeps a pointer, not the whole pipeline's state,
-    // per connection (and can hand the connection back between requests, which needs an `Unpin`
-    // future).
-    let service = service_fn(move |req| {
-        Box::pin(pipeline::handle(
-            gateway.load_full(),
-            Arc::clone(&service_ctx),
-            req,
-        ))
-    });
+    let service = Service {
+        gateway,
+        ctx: Arc::clone(&ctx),
+    };
     let conn = Conn {
         ctx,
         activity,
-        registration,
+        _registration: registration,
         shutdown,
         timers,
     };
@@ -158,13 +343,19 @@ pub async fn serve<I>(
         let hyper = builders
             .http2
             .serve_connection(TokioIo::new(guard), service);
-        // Boxed: an HTTP/1.1 connection's task does not carry HTTP/2's state.
-        Box::pin(conn.run_http2(hyper)).await;
-    } else {
-        // Bytes hyper read ahead go back in front of the guard, which has seen them already.
-        conn.run_http1(Prefixed::new(Bytes::new(), guard), &builders.http1, service)
-            .await;
+        // Boxed: an HTTP/1.1 connection's first stretch does not carry HTTP/2's state.
+        let serving = Box::pin(conn.run_http2(hyper));
+        serving.await;
+        return Step::Done;
     }
+    Held {
+        stream: Prefixed::new(Bytes::new(), guard),
+        conn,
+        service,
+        builders,
+    }
+    .serve()
+    .await
 }
 
 /// Why the timers woke a connection.
@@ -243,7 +434,7 @@ impl Conn {
                     draining = true;
                     hyper.as_mut().graceful();
                 }
-                () = self.registration.close.notified(), if !draining => {
+                () = self.activity.close_requested(), if !draining => {
                     draining = true;
                     hyper.as_mut().graceful();
                 }
@@ -262,65 +453,16 @@ impl Conn {
         }
     }
 
-    async fn run_http1<IO, S>(
-        self,
-        stream: Prefixed<WireGuard<Prefixed<IO>>>,
-        builder: &hyper::server::conn::http1::Builder,
-        service: S,
-    ) where
-        IO: AsyncRead + AsyncWrite + Park + Unpin + Send + 'static,
-        S: hyper::service::HttpService<hyper::body::Incoming> + Clone + Unpin + Send + 'static,
-        S::Future: Unpin + Send + 'static,
-        S::ResBody: 'static,
-        <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        let mut stream = stream;
-        loop {
-            // Boxed, and gone once the connection idles: a parked connection's task holds the
-            // stream and this loop, nothing of hyper's.
-            let cycle = Box::pin(self.serve_until_idle(stream, builder, service.clone())).await;
-            stream = match cycle {
-                Cycle::Done => return,
-                Cycle::Tunnel(stream, tunnel) => {
-                    tunnel.run(stream).await;
-                    return;
-                }
-                Cycle::Idle(stream) => stream,
-            };
-            if !stream.has_prefix() {
-                // Parked: wait for the next request, or the end.
-                stream.inner_mut().park();
-                let idle = self
-                    .activity
-                    .idle_for(Instant::now())
-                    .unwrap_or(Duration::ZERO);
-                let left = self.timers.keepalive.saturating_sub(idle);
-                tokio::select! {
-                    ready = stream.readable() => if ready.is_err() { return },
-                    () = tokio::time::sleep(left) => return,
-                    () = self.shutdown.cancelled() => return,
-                    () = self.registration.close.notified() => return,
-                }
-            }
-        }
-    }
-
     /// Serves requests on `stream` until the connection closes, turns into a tunnel, or has been
     /// idle for [`PARK_AFTER`] (then hyper hands the stream back, with any bytes it read ahead).
-    async fn serve_until_idle<IO, S>(
+    async fn serve_until_idle<IO>(
         &self,
-        stream: Prefixed<WireGuard<Prefixed<IO>>>,
+        stream: Stream<IO>,
         builder: &hyper::server::conn::http1::Builder,
-        service: S,
-    ) -> Cycle<Prefixed<WireGuard<Prefixed<IO>>>>
+        service: Service,
+    ) -> Cycle<Stream<IO>>
     where
         IO: AsyncRead + AsyncWrite + Park + Unpin + Send + 'static,
-        S: hyper::service::HttpService<hyper::body::Incoming> + Unpin + Send + 'static,
-        S::Future: Unpin + Send + 'static,
-        S::ResBody: 'static,
-        <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let mut hyper = builder.serve_connection(TokioIo::new(stream), service);
         let timer = tokio::time::sleep(PARK_AFTER.min(self.timers.keepalive));
@@ -334,7 +476,7 @@ impl Conn {
                     draining = true;
                     std::pin::Pin::new(&mut hyper).graceful_shutdown();
                 }
-                () = self.registration.close.notified(), if !draining => {
+                () = self.activity.close_requested(), if !draining => {
                     draining = true;
                     std::pin::Pin::new(&mut hyper).graceful_shutdown();
                 }

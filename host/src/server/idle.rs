@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::pipeline::Activity;
@@ -24,7 +23,6 @@ pub struct Connections {
 #[derive(Debug)]
 struct Open {
     activity: Arc<Activity>,
-    close: Arc<Notify>,
     /// Already asked to close: not chosen again while it finishes.
     closing: bool,
 }
@@ -34,27 +32,22 @@ struct Open {
 pub struct Registration {
     id: u64,
     connections: Arc<Connections>,
-    /// Notified when the connection should close to make room.
-    pub close: Arc<Notify>,
 }
 
 impl Connections {
     /// Registers a connection whose requests `activity` tracks.
     pub fn register(self: &Arc<Self>, activity: Arc<Activity>) -> Registration {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let close = Arc::new(Notify::new());
         self.lock().insert(
             id,
             Open {
                 activity,
-                close: Arc::clone(&close),
                 closing: false,
             },
         );
         Registration {
             id,
             connections: Arc::clone(self),
-            close,
         }
     }
 
@@ -71,11 +64,19 @@ impl Connections {
         match oldest {
             Some((_, c)) => {
                 c.closing = true;
-                // `notify_one` keeps the wake-up if the connection is not waiting at this instant.
-                c.close.notify_one();
+                c.activity.request_close();
                 true
             }
             None => false,
+        }
+    }
+
+    /// Asks every connection to close (at shutdown): busy ones once their requests are done,
+    /// idle and parked ones now.
+    pub fn close_all(&self) {
+        for c in self.lock().values_mut() {
+            c.closing = true;
+            c.activity.request_close();
         }
     }
 
@@ -101,16 +102,18 @@ mod tests {
         let a = connections.register(Arc::clone(&old));
         tokio::time::advance(std::time::Duration::from_secs(5)).await;
         let young = Arc::new(Activity::default());
-        let b = connections.register(Arc::clone(&young));
+        let _b = connections.register(Arc::clone(&young));
         let busy = Arc::new(Activity::default());
         let _c = connections.register(Arc::clone(&busy));
         let _running = busy.begin();
         tokio::time::advance(std::time::Duration::from_secs(1)).await;
 
         assert!(connections.close_oldest_idle());
-        a.close.notified().await;
+        old.close_requested().await;
+        let not_yet = tokio::time::timeout(std::time::Duration::ZERO, young.close_requested());
+        assert!(not_yet.await.is_err(), "only the oldest was asked");
         assert!(connections.close_oldest_idle());
-        b.close.notified().await;
+        young.close_requested().await;
         assert!(!connections.close_oldest_idle(), "only a busy one is left");
         drop(a);
         assert_eq!(connections.lock().len(), 2);

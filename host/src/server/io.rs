@@ -11,27 +11,28 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// A stream that can wait, holding nothing, until its peer sends more (or closes).
 pub trait Park {
-    /// Resolves when a read would find data (or the end of the stream).
-    fn readable(&mut self) -> impl std::future::Future<Output = io::Result<()>> + Send;
+    /// Ready when a read would find data (or the end of the stream); the waker is kept by the
+    /// socket's own registration, so a parked connection stores no future for it.
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 }
 
 impl Park for tokio::net::TcpStream {
-    async fn readable(&mut self) -> io::Result<()> {
-        tokio::net::TcpStream::readable(self).await
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_read_ready(cx)
     }
 }
 
 impl Park for tokio::net::UnixStream {
-    async fn readable(&mut self) -> io::Result<()> {
-        tokio::net::UnixStream::readable(self).await
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_read_ready(cx)
     }
 }
 
 impl<IO> Park for tokio_rustls::server::TlsStream<IO>
 where
-    IO: Park + AsyncRead + AsyncWrite + Unpin + Send,
+    IO: Park + AsyncRead + AsyncWrite + Unpin,
 {
-    async fn readable(&mut self) -> io::Result<()> {
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let (io, session) = self.get_mut();
         // rustls may hold decrypted bytes already: then there is something to read now.
         let buffered = session
@@ -39,9 +40,9 @@ where
             .map(|state| state.plaintext_bytes_to_read() > 0)
             .unwrap_or(true);
         if buffered {
-            return Ok(());
+            return Poll::Ready(Ok(()));
         }
-        io.readable().await
+        io.poll_readable(cx)
     }
 }
 
@@ -131,12 +132,12 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefixed<IO> {
     }
 }
 
-impl<IO: Park + Send> Park for Prefixed<IO> {
-    async fn readable(&mut self) -> io::Result<()> {
+impl<IO: Park> Park for Prefixed<IO> {
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if !self.prefix.is_empty() {
-            return Ok(());
+            return Poll::Ready(Ok(()));
         }
-        self.io.readable().await
+        self.io.poll_readable(cx)
     }
 }
 

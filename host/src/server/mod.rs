@@ -282,6 +282,9 @@ impl Server {
         let admin_slots = Arc::new(Semaphore::new(ADMIN_CONNECTIONS));
         let connections = Arc::new(Connections::default());
         let builder = Arc::new(conn::builder(limits));
+        if let Err(error) = crate::background::start_memory_trim() {
+            tracing::warn!(%error, "freed memory will not be handed back while idle");
+        }
         let socket_files: Vec<_> = self
             .listeners
             .iter()
@@ -416,6 +419,8 @@ impl EventLoop {
                 tracker.spawn(accept.run(socket.into_listener()?));
             }
             self.shutdown.cancelled().await;
+            // Idle and parked connections close now, busy ones after their requests.
+            self.connections.close_all();
             crate::wsgi::begin_shutdown();
             tracker.close();
             if self.index == 0 {
@@ -537,82 +542,113 @@ impl AcceptLoop {
         let connections = Arc::clone(&self.connections);
         let shutdown = self.shutdown.clone();
         let metrics = Arc::clone(&gateway.load().metrics);
-        let task = async move {
-            let _open = OpenConnection::new(metrics.connections());
-            let mut io = io;
-            let mut peer = Peer::new(client, local, role.tls.is_some());
-            if let Some(trusted) = &role.listen.proxy_protocol {
-                // On a Unix socket its permissions decide who may connect.
-                let believed = client.is_none_or(|c| trusted.contains(c.ip()));
-                if believed {
-                    let timeout = gateway.load().limits.tls_handshake_timeout;
-                    let header = Box::pin(proxy_protocol::read_header(&mut io));
-                    match tokio::time::timeout(timeout, header).await {
-                        Ok(Ok(Some(proxied))) => {
-                            peer = Peer::new(Some(proxied.client), Some(proxied.local), peer.tls);
-                        }
-                        Ok(Ok(None)) => {}
-                        Ok(Err(error)) => {
-                            tracing::debug!(?client, %error, "connection closed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(?client, "no PROXY header in time: connection closed");
-                            return;
-                        }
-                    }
-                }
-            }
-            match &role.tls {
-                // Boxed, as the serving below: the task holds only the step it is at.
-                Some(acceptor) => match Box::pin(acceptor.accept(io)).await {
-                    Ok((stream, established)) => {
-                        metrics.tls_handshake("ok");
-                        peer.client_subject = established.client_subject;
-                        let negotiated = match established.alpn {
-                            Some(crate::tls::Alpn::Http2) => Some(conn::Negotiated::Http2),
-                            Some(crate::tls::Alpn::Http1) => Some(conn::Negotiated::Http1),
-                            None => None,
-                        };
-                        Box::pin(conn::serve(
-                            stream,
-                            peer,
-                            None,
-                            negotiated,
-                            gateway,
-                            builder,
-                            connections,
-                            shutdown,
-                        ))
-                        .await;
-                    }
-                    Err(HandshakeError::AcmeValidation) => metrics.tls_handshake("acme"),
-                    Err(error) => {
-                        metrics.tls_handshake(match error {
-                            HandshakeError::Timeout => "timeout",
-                            _ => "failed",
-                        });
-                        tracing::debug!(?client, %error, "TLS handshake");
-                    }
-                },
-                None => {
-                    let plain = role.plain.clone();
-                    Box::pin(conn::serve(
-                        io,
+        let slot = (permit, OpenConnection::new(metrics.connections()));
+        let mut io = io;
+        if role.tls.is_none() {
+            let first = async move {
+                let Some(peer) = proxied(&role, &gateway, &mut io, client, local).await else {
+                    return conn::Step::Done;
+                };
+                let plain = role.plain.clone();
+                conn::serve(
+                    io,
+                    peer,
+                    plain,
+                    None,
+                    gateway,
+                    builder,
+                    connections,
+                    shutdown,
+                )
+                .await
+            };
+            self.tracker.spawn(conn::Connection::new(first, slot));
+            return;
+        }
+        let first = async move {
+            let Some(mut peer) = proxied(&role, &gateway, &mut io, client, local).await else {
+                return conn::Step::Done;
+            };
+            let Some(acceptor) = &role.tls else {
+                return conn::Step::Done;
+            };
+            // Boxed: the handshake's state is gone once it is done.
+            let accepting = Box::pin(acceptor.accept(io));
+            match accepting.await {
+                Ok((stream, established)) => {
+                    metrics.tls_handshake("ok");
+                    peer.client_subject = established.client_subject;
+                    let negotiated = match established.alpn {
+                        Some(crate::tls::Alpn::Http2) => Some(conn::Negotiated::Http2),
+                        Some(crate::tls::Alpn::Http1) => Some(conn::Negotiated::Http1),
+                        None => None,
+                    };
+                    conn::serve(
+                        stream,
                         peer,
-                        plain,
                         None,
+                        negotiated,
                         gateway,
                         builder,
                         connections,
                         shutdown,
-                    ))
-                    .await;
+                    )
+                    .await
+                }
+                Err(error) => {
+                    metrics.tls_handshake(match error {
+                        HandshakeError::AcmeValidation => "acme",
+                        HandshakeError::Timeout => "timeout",
+                        _ => "failed",
+                    });
+                    if !matches!(error, HandshakeError::AcmeValidation) {
+                        tracing::debug!(?client, %error, "TLS handshake");
+                    }
+                    conn::Step::Done
                 }
             }
-            drop(permit);
         };
-        self.tracker.spawn(task);
+        self.tracker.spawn(conn::Connection::new(first, slot));
+    }
+}
+
+/// The connection's peer: the client a PROXY header names, where the listener takes one from
+/// this peer, or the socket's own peer. `None`: no valid header in time (the connection closes).
+async fn proxied<I>(
+    role: &Role,
+    gateway: &SharedGateway,
+    io: &mut I,
+    client: Option<std::net::SocketAddr>,
+    local: Option<std::net::SocketAddr>,
+) -> Option<Peer>
+where
+    I: tokio::io::AsyncRead + Unpin,
+{
+    let peer = Peer::new(client, local, role.tls.is_some());
+    let Some(trusted) = &role.listen.proxy_protocol else {
+        return Some(peer);
+    };
+    // On a Unix socket its permissions decide who may connect.
+    if !client.is_none_or(|c| trusted.contains(c.ip())) {
+        return Some(peer);
+    }
+    let timeout = gateway.load().limits.tls_handshake_timeout;
+    let header = Box::pin(proxy_protocol::read_header(io));
+    match tokio::time::timeout(timeout, header).await {
+        Ok(Ok(Some(proxied))) => Some(Peer::new(
+            Some(proxied.client),
+            Some(proxied.local),
+            peer.tls,
+        )),
+        Ok(Ok(None)) => Some(peer),
+        Ok(Err(error)) => {
+            tracing::debug!(?client, %error, "connection closed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(?client, "no PROXY header in time: connection closed");
+            None
+        }
     }
 }
 

@@ -115,6 +115,7 @@ impl<T> WireGuard<T> {
         if self.head.is_empty() {
             self.head = Vec::new();
         }
+        self.verdicts.park();
     }
 
     fn arm_head_timer(&mut self) {
@@ -412,9 +413,9 @@ fn step_chunked(chunk: &mut Chunk, bytes: &[u8]) -> Result<(usize, bool), &'stat
     Ok((i, false))
 }
 
-impl<T: crate::server::io::Park + Send> crate::server::io::Park for WireGuard<T> {
-    async fn readable(&mut self) -> io::Result<()> {
-        self.inner.readable().await
+impl<T: crate::server::io::Park> crate::server::io::Park for WireGuard<T> {
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.inner.poll_readable(cx)
     }
 }
 
