@@ -1,6 +1,6 @@
 //! One small runtime for work that belongs to no request and no event loop: upstream health
-//! checks, the allocator's trim. Started on first use; its one thread runs until the process
-//! exits.
+//! checks. Started on first use; its one thread runs until the process exits. And the binary's
+//! allocator trim, which the event loops run.
 
 use std::future::Future;
 use std::sync::OnceLock;
@@ -8,28 +8,18 @@ use std::time::Duration;
 
 static TRIM: OnceLock<fn()> = OnceLock::new();
 
-/// How often the front hands freed memory back to the system.
-const TRIM_EVERY: Duration = Duration::from_secs(1);
+/// How often an event loop that started no request meanwhile hands freed memory back.
+pub const TRIM_EVERY: Duration = Duration::from_secs(1);
 
-/// The binary's allocator hook that hands freed memory back to the system (the binary picks the
-/// allocator; this library does not know it).
+/// The binary's allocator hook that hands memory freed on the calling thread back to the system
+/// (the binary picks the allocator; this library does not know it).
 pub fn set_memory_trim(trim: fn()) {
     let _ = TRIM.set(trim);
 }
 
-/// Runs the allocator's trim every [`TRIM_EVERY`] in the front, if the binary set one.
-pub fn start_memory_trim() -> Result<(), String> {
-    let Some(trim) = TRIM.get().copied() else {
-        return Ok(());
-    };
-    spawn(async move {
-        let mut ticks = tokio::time::interval(TRIM_EVERY);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
-            trim();
-        }
-    })
+/// The allocator's trim, if the binary set one.
+pub fn memory_trim() -> Option<fn()> {
+    TRIM.get().copied()
 }
 
 static RUNTIME: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();

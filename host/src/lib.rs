@@ -5,7 +5,7 @@
 //! into the typed values all of these use.
 
 mod access_log;
-pub mod background;
+mod background;
 mod body;
 mod builtin;
 mod cli;
@@ -30,6 +30,7 @@ mod tls;
 mod upstream;
 mod wsgi;
 
+pub use background::set_memory_trim;
 pub use cli::main;
 
 /// What the fuzz targets in `fuzz/` drive: every parser of bytes a client, an app or a user

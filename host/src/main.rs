@@ -8,16 +8,17 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    gatehouse::background::set_memory_trim(trim);
+    gatehouse::set_memory_trim(trim);
     gatehouse::main()
 }
 
-/// Hands memory freed after a burst (ten thousand connections served at once, then parked) back
-/// to the system: mimalloc returns free pages only when a later allocation or a collection
-/// comes by, which an idle server never makes.
+/// Hands memory the calling thread freed after a burst (thousands of connections served at once,
+/// then parked) back to the system: mimalloc returns free pages only when a later allocation or a
+/// collection comes by, which an idle event loop never makes. An event loop calls it once a
+/// second while it starts no request.
 #[allow(unsafe_code)] // an FFI call: the allocator's C API
 fn trim() {
     // SAFETY: `mi_collect` takes no pointers and has no preconditions; it only returns pages
-    // mimalloc already considers free (the `false`: no forced purge of the calling thread).
+    // mimalloc already considers free (the `false`: purges only those past mimalloc's delay).
     unsafe { libmimalloc_sys::mi_collect(false) }
 }

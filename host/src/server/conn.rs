@@ -104,12 +104,23 @@ struct Service {
 
 type Handled = Result<hyper::Response<LoggedBody>, Infallible>;
 
+thread_local! {
+    /// Requests this event loop has started: its allocator trim runs only while it has none.
+    static STARTED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Requests started on this event loop's thread so far.
+pub fn requests_started() -> u64 {
+    STARTED.with(std::cell::Cell::get)
+}
+
 impl hyper::service::Service<hyper::Request<Incoming>> for Service {
     type Response = hyper::Response<LoggedBody>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Handled> + Send>>;
 
     fn call(&self, req: hyper::Request<Incoming>) -> Self::Future {
+        STARTED.with(|started| started.set(started.get().wrapping_add(1)));
         Box::pin(pipeline::handle(
             self.gateway.load_full(),
             Arc::clone(&self.ctx),
@@ -212,7 +223,8 @@ impl<IO: Park> Parked<IO> {
         let left = held.conn.timers.keepalive.saturating_sub(idle);
         Parked {
             held,
-            keepalive: Box::pin(tokio::time::sleep_until(now + left)),
+            // `sleep` saturates where `now + left` would overflow (a keep-alive of "forever").
+            keepalive: Box::pin(tokio::time::sleep(left)),
         }
     }
 

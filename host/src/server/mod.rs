@@ -282,9 +282,6 @@ impl Server {
         let admin_slots = Arc::new(Semaphore::new(ADMIN_CONNECTIONS));
         let connections = Arc::new(Connections::default());
         let builder = Arc::new(conn::builder(limits));
-        if let Err(error) = crate::background::start_memory_trim() {
-            tracing::warn!(%error, "freed memory will not be handed back while idle");
-        }
         let socket_files: Vec<_> = self
             .listeners
             .iter()
@@ -404,6 +401,25 @@ impl EventLoop {
             .max_blocking_threads(blocking)
             .build()?;
         runtime.block_on(async move {
+            // The allocator keeps pages a burst freed until a later allocation comes by, which an
+            // idle loop never makes: a loop that started no request for a second hands its own
+            // back (a busy loop's allocations do it, and a trim there would only give back pages
+            // about to be used again). Not tracked: shutdown does not wait for it.
+            if let Some(trim) = crate::background::memory_trim() {
+                tokio::spawn(async move {
+                    let mut ticks = tokio::time::interval(crate::background::TRIM_EVERY);
+                    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    let mut seen = conn::requests_started();
+                    loop {
+                        ticks.tick().await;
+                        let started = conn::requests_started();
+                        if started == seen {
+                            trim();
+                        }
+                        seen = started;
+                    }
+                });
+            }
             let tracker = TaskTracker::new();
             for (socket, role) in self.sockets {
                 let accept = AcceptLoop {
