@@ -23,7 +23,6 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::CancellationToken;
 
 use crate::config::Limits;
 use crate::peer::Peer;
@@ -85,7 +84,6 @@ struct Conn {
     activity: Arc<Activity>,
     /// Held for its drop: the connection leaves the registry when it closes.
     _registration: Registration,
-    shutdown: CancellationToken,
     timers: Timers,
 }
 
@@ -230,9 +228,8 @@ impl<IO: Park> Parked<IO> {
 
     fn poll_wake(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
         let conn = &self.held.conn;
-        // At shutdown every registered connection is asked to close; the token covers one that
-        // registered after that.
-        if conn.activity.poll_close(cx).is_ready() || conn.shutdown.is_cancelled() {
+        // Asked to make room, or shutdown (which asks every connection, see `Connections`).
+        if conn.activity.poll_close(cx).is_ready() {
             return Poll::Ready(Wake::Close);
         }
         if self.keepalive.as_mut().poll(cx).is_ready() {
@@ -294,7 +291,6 @@ pub async fn serve<I>(
     gateway: SharedGateway,
     builders: Arc<Builders>,
     connections: Arc<Connections>,
-    shutdown: CancellationToken,
 ) -> Step<I>
 where
     I: AsyncRead + AsyncWrite + Park + Unpin + Send + 'static,
@@ -324,7 +320,6 @@ where
                 _ => return Step::Done,
             },
             () = activity.close_requested() => return Step::Done,
-            () = shutdown.cancelled() => return Step::Done,
         },
     };
     let (guard, verdicts) = WireGuard::new(
@@ -348,7 +343,6 @@ where
         ctx,
         activity,
         _registration: registration,
-        shutdown,
         timers,
     };
     if http2 {
@@ -442,10 +436,7 @@ impl Conn {
                     }
                     return;
                 }
-                () = self.shutdown.cancelled(), if !draining => {
-                    draining = true;
-                    hyper.as_mut().graceful();
-                }
+                // To make room, or shutdown (which asks every connection).
                 () = self.activity.close_requested(), if !draining => {
                     draining = true;
                     hyper.as_mut().graceful();
@@ -484,10 +475,7 @@ impl Conn {
         let outcome = loop {
             tokio::select! {
                 result = std::future::poll_fn(|cx| hyper.poll_without_shutdown(cx)) => break result,
-                () = self.shutdown.cancelled(), if !draining => {
-                    draining = true;
-                    std::pin::Pin::new(&mut hyper).graceful_shutdown();
-                }
+                // To make room, or shutdown (which asks every connection).
                 () = self.activity.close_requested(), if !draining => {
                     draining = true;
                     std::pin::Pin::new(&mut hyper).graceful_shutdown();

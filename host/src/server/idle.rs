@@ -6,7 +6,7 @@
 //! connection, none per request. Only an acceptor that finds no free slot scans the map.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::time::Instant;
@@ -18,6 +18,10 @@ use crate::pipeline::Activity;
 pub struct Connections {
     next: AtomicU64,
     open: Mutex<HashMap<u64, Open>>,
+    /// Shutting down: every connection, open or opening, is asked to close. Read and written
+    /// under `open`'s lock, so a connection registers either before (and is asked by
+    /// [`Connections::close_all`]) or after (and is asked by [`Connections::register`]).
+    closing_all: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -38,13 +42,13 @@ impl Connections {
     /// Registers a connection whose requests `activity` tracks.
     pub fn register(self: &Arc<Self>, activity: Arc<Activity>) -> Registration {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        self.lock().insert(
-            id,
-            Open {
-                activity,
-                closing: false,
-            },
-        );
+        let mut open = self.lock();
+        let closing = self.closing_all.load(Ordering::Relaxed);
+        if closing {
+            activity.request_close();
+        }
+        open.insert(id, Open { activity, closing });
+        drop(open);
         Registration {
             id,
             connections: Arc::clone(self),
@@ -71,10 +75,12 @@ impl Connections {
         }
     }
 
-    /// Asks every connection to close (at shutdown): busy ones once their requests are done,
-    /// idle and parked ones now.
+    /// Asks every connection, and every one that registers from now on, to close (at
+    /// shutdown): busy ones once their requests are done, idle and parked ones now.
     pub fn close_all(&self) {
-        for c in self.lock().values_mut() {
+        let mut open = self.lock();
+        self.closing_all.store(true, Ordering::Relaxed);
+        for c in open.values_mut() {
             c.closing = true;
             c.activity.request_close();
         }
@@ -117,5 +123,18 @@ mod tests {
         assert!(!connections.close_oldest_idle(), "only a busy one is left");
         drop(a);
         assert_eq!(connections.lock().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn at_shutdown_open_connections_and_later_ones_are_asked_to_close() {
+        let connections = Arc::new(Connections::default());
+        let open = Arc::new(Activity::default());
+        let _a = connections.register(Arc::clone(&open));
+        connections.close_all();
+        open.close_requested().await;
+        let late = Arc::new(Activity::default());
+        let _b = connections.register(Arc::clone(&late));
+        late.close_requested().await;
+        assert!(!connections.close_oldest_idle(), "both are closing already");
     }
 }

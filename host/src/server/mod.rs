@@ -556,7 +556,6 @@ impl AcceptLoop {
         let gateway = Arc::clone(&self.gateway);
         let builder = Arc::clone(&self.builder);
         let connections = Arc::clone(&self.connections);
-        let shutdown = self.shutdown.clone();
         let metrics = Arc::clone(&gateway.load().metrics);
         let slot = (permit, OpenConnection::new(metrics.connections()));
         let mut io = io;
@@ -566,17 +565,7 @@ impl AcceptLoop {
                     return conn::Step::Done;
                 };
                 let plain = role.plain.clone();
-                conn::serve(
-                    io,
-                    peer,
-                    plain,
-                    None,
-                    gateway,
-                    builder,
-                    connections,
-                    shutdown,
-                )
-                .await
+                conn::serve(io, peer, plain, None, gateway, builder, connections).await
             };
             self.tracker.spawn(conn::Connection::new(first, slot));
             return;
@@ -607,19 +596,19 @@ impl AcceptLoop {
                         gateway,
                         builder,
                         connections,
-                        shutdown,
                     )
                     .await
                 }
+                Err(HandshakeError::AcmeValidation) => {
+                    metrics.tls_handshake("acme");
+                    conn::Step::Done
+                }
                 Err(error) => {
                     metrics.tls_handshake(match error {
-                        HandshakeError::AcmeValidation => "acme",
                         HandshakeError::Timeout => "timeout",
                         _ => "failed",
                     });
-                    if !matches!(error, HandshakeError::AcmeValidation) {
-                        tracing::debug!(?client, %error, "TLS handshake");
-                    }
+                    tracing::debug!(?client, %error, "TLS handshake");
                     conn::Step::Done
                 }
             }
