@@ -416,18 +416,19 @@ impl ResponseCounters {
 mod tests {
     use super::*;
 
+    /// Adds `by` to a plugin's counter, which must have room (`why`).
+    fn add(m: &Metrics, plugin: &str, name: &str, max_series: usize, by: u64, why: &str) {
+        m.plugin_counter(plugin, name, max_series)
+            .expect(why)
+            .inc_by(by);
+    }
+
     #[test]
     fn series_are_labelled_and_never_collide() {
         let m = Metrics::new();
-        m.plugin_counter("a_b", "c", 10)
-            .expect("room for it")
-            .inc_by(2);
-        m.plugin_counter("a", "b_c", 10)
-            .expect("room for it")
-            .inc_by(5);
-        m.plugin_counter("a_b", "c", 10)
-            .expect("room for it")
-            .inc_by(1);
+        add(&m, "a_b", "c", 10, 2, "room for it");
+        add(&m, "a", "b_c", 10, 5, "room for it");
+        add(&m, "a_b", "c", 10, 1, "room for it");
         m.plugin_failure("a", "on-request");
         let responses = m.responses_for(&["site"]);
         let ms = std::time::Duration::from_millis(1);
@@ -451,16 +452,10 @@ mod tests {
     fn a_plugin_cannot_make_unbounded_series() {
         let m = Metrics::new();
         for i in 0..3 {
-            m.plugin_counter("p", &format!("n{i}"), 3)
-                .expect("room for it")
-                .inc_by(1);
+            add(&m, "p", &format!("n{i}"), 3, 1, "room for it");
         }
         assert!(m.plugin_counter("p", "one-more", 3).is_none());
-        m.plugin_counter("p", "n0", 3)
-            .expect("existing ones still count")
-            .inc_by(1);
-        m.plugin_counter("q", "n0", 3)
-            .expect("other plugins are not affected")
-            .inc_by(1);
+        add(&m, "p", "n0", 3, 1, "existing ones still count");
+        add(&m, "q", "n0", 3, 1, "other plugins are not affected");
     }
 }
