@@ -8,14 +8,13 @@ use gatehouse_tests::{Gatehouse, raise_open_files, resident, site, static_config
 
 const IDLE: usize = 10_000;
 
-/// Front memory per idle keep-alive connection. Holding hyper's connection state (its read and
-/// write buffers) costs over 30 KiB per connection. A parked connection holds a small task (no
-/// future of its own: its socket's registration and its close signal keep the waker), the
-/// socket's registration, its shared state and a keep-alive timer: about 2 KiB with the debug
-/// binary. A task that kept its futures while parked cost 7 KiB, and the pages freed by the
-/// connections served at once before they parked, kept by the allocator without the loops'
-/// trim, 4 KiB more.
-const LIMIT: u64 = 3 << 10;
+/// Front memory per idle keep-alive connection: the bound, and nginx's order of magnitude
+/// (about 0.5 KiB). Holding hyper's connection state (its read and write buffers) costs over 30
+/// KiB per connection; a parked connection's own task and socket registration cost about 2 KiB
+/// with the debug binary (and 4 KiB more without the loops' trim of the pages a burst freed). In
+/// the event loop's parking lot a connection is one slab entry beside its shared state: about 0.9
+/// KiB.
+const LIMIT: u64 = 1 << 10;
 
 /// Sends one keep-alive request for `/a.txt` (body `AAAA`) and reads its response.
 fn exchange(stream: &mut TcpStream) -> Result<(), String> {

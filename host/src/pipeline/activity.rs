@@ -93,6 +93,17 @@ impl Activity {
         }
     }
 
+    /// Who a request to close wakes from now on (the event loop's parking lot): it replaces the
+    /// waker of the task the connection leaves, which must not keep that task's memory alive.
+    pub fn set_close_waker(&self, waker: &std::task::Waker) {
+        self.close_waker.register(waker);
+    }
+
+    /// Whether the connection has been asked to close (for a holder that cannot wait on it).
+    pub fn asked_to_close(&self) -> bool {
+        self.close.load(Ordering::Acquire)
+    }
+
     /// Resolves once the connection has been asked to close.
     pub async fn close_requested(&self) {
         std::future::poll_fn(|cx| self.poll_close(cx)).await;

@@ -2,14 +2,14 @@
 //! graceful close, protocol switches (tunnels), and parking.
 //!
 //! Parking: an HTTP/1.1 connection idle for [`PARK_AFTER`] hands its bytes back from hyper
-//! (hyper's connection, its read and write buffers, are dropped) and its task drops every future
-//! it was running: a [`Connection`] is either a boxed stretch of serving or [`Parked`], which
-//! holds the socket, the connection's shared state and one keep-alive timer, and waits through
-//! the socket's own registration and the connection's close signal (no future stored for
-//! either). The next request starts a new stretch of serving on the same socket. So ten thousand
-//! idle keep-alive connections cost the kernel's socket state and about 2 KiB each here (a third
-//! of it tokio's task cell and the socket's registration, both cache-line aligned), rather than
-//! hyper's buffers (tens of KiB each).
+//! (hyper's connection, its read and write buffers, are dropped) and drops every future it was
+//! running. A plain TCP connection then leaves its task and tokio's reactor for the event loop's
+//! parking lot ([`lot`]): one slab entry of about 300 bytes ([`Held`] and its [`Slot`]) beside
+//! its shared state, so ten thousand idle keep-alive connections cost the kernel's socket state
+//! and under 1 KiB each here, rather than hyper's buffers (tens of KiB each). Elsewhere (TLS,
+//! Unix sockets) the task stays, as [`Parked`]: the same state, one keep-alive timer, and a wait
+//! through the socket's own registration and the connection's close signal (no future stored
+//! for either). Either way the next request starts a new stretch of serving on the same socket.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -30,6 +30,7 @@ use crate::pipeline::{self, Activity, ConnCtx, LoggedBody, PlainListener};
 use crate::server::SharedGateway;
 use crate::server::idle::{Connections, Registration};
 use crate::server::io::{Park, Prefixed, sniff};
+use crate::server::lot;
 use crate::server::wire::WireGuard;
 
 /// How long an HTTP/1.1 connection is idle before its hyper state is dropped.
@@ -75,13 +76,11 @@ pub enum Negotiated {
 struct Timers {
     keepalive: Duration,
     send: Duration,
-    head: Duration,
 }
 
 /// What a connection's task holds besides the byte stream.
 struct Conn {
     ctx: Arc<ConnCtx>,
-    activity: Arc<Activity>,
     /// Held for its drop: the connection leaves the registry when it closes.
     _registration: Registration,
     timers: Timers,
@@ -142,16 +141,47 @@ pub enum Step<IO> {
 pub struct Held<IO> {
     stream: Stream<IO>,
     conn: Conn,
-    service: Service,
+    gateway: SharedGateway,
     builders: Arc<Builders>,
 }
 
-/// A connection's task: the slot it holds (a connection permit, a gauge) for as long as it
-/// lives, and either a stretch of serving, boxed so that it is gone while the connection is
-/// parked, or the parked state.
-pub struct Connection<IO, Slot> {
+/// What a connection holds for as long as it is open, in a task or in the lot: its place under
+/// `max_connections` and in the open-connections gauge.
+pub struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _open: OpenConnection,
+}
+
+impl Slot {
+    /// A connection's slot: its permit, and it counts in `gauge` until dropped.
+    pub fn new(
+        permit: tokio::sync::OwnedSemaphorePermit,
+        gauge: &prometheus_client::metrics::gauge::Gauge,
+    ) -> Slot {
+        gauge.inc();
+        Slot {
+            _permit: permit,
+            _open: OpenConnection(gauge.clone()),
+        }
+    }
+}
+
+/// Counts a connection in `gatehouse_connections_active` while it is open.
+struct OpenConnection(prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// A connection's task: its slot, and either a stretch of serving, boxed so that it is gone
+/// while the connection is parked, or the parked state (where the event loop's lot cannot take
+/// the connection: TLS, Unix sockets).
+pub struct Connection<IO> {
     state: State<IO>,
-    _slot: Slot,
+    /// `None` once the connection moved to the lot (the task then ends).
+    slot: Option<Slot>,
 }
 
 // The parked state inline is the point: it is all a parked connection's task holds.
@@ -162,20 +192,19 @@ enum State<IO> {
     Closed,
 }
 
-impl<IO, Slot> Connection<IO, Slot> {
+impl<IO> Connection<IO> {
     /// A connection whose first stretch of serving (handshakes included) is `first`.
     pub fn new(first: impl Future<Output = Step<IO>> + Send + 'static, slot: Slot) -> Self {
         Connection {
             state: State::Serving(Box::pin(first)),
-            _slot: slot,
+            slot: Some(slot),
         }
     }
 }
 
-impl<IO, Slot> Future for Connection<IO, Slot>
+impl<IO> Future for Connection<IO>
 where
-    IO: AsyncRead + AsyncWrite + Park + Unpin + Send + 'static,
-    Slot: Unpin,
+    IO: AsyncRead + AsyncWrite + Park + Lodge + Unpin + Send + 'static,
 {
     type Output = ();
 
@@ -185,7 +214,16 @@ where
             match &mut this.state {
                 State::Serving(serving) => match ready!(serving.as_mut().poll(cx)) {
                     Step::Done => this.state = State::Closed,
-                    Step::Park(held) => this.state = State::Parked(Parked::new(held)),
+                    Step::Park(held) => match this.slot.take() {
+                        Some(slot) => match IO::lodge(held, slot) {
+                            Lodged::Lot => this.state = State::Closed,
+                            Lodged::Here(held, slot) => {
+                                this.slot = Some(slot);
+                                this.state = State::Parked(Parked::new(held));
+                            }
+                        },
+                        None => this.state = State::Closed,
+                    },
                 },
                 State::Parked(parked) => {
                     let woken = ready!(parked.poll_wake(cx));
@@ -216,8 +254,11 @@ enum Wake {
 
 impl<IO: Park> Parked<IO> {
     fn new(held: Held<IO>) -> Self {
-        let now = Instant::now();
-        let idle = held.conn.activity.idle_for(now).unwrap_or(Duration::ZERO);
+        let idle = held
+            .conn
+            .activity()
+            .idle_for(Instant::now())
+            .unwrap_or(Duration::ZERO);
         let left = held.conn.timers.keepalive.saturating_sub(idle);
         Parked {
             held,
@@ -229,7 +270,7 @@ impl<IO: Park> Parked<IO> {
     fn poll_wake(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
         let conn = &self.held.conn;
         // Asked to make room, or shutdown (which asks every connection, see `Connections`).
-        if conn.activity.poll_close(cx).is_ready() {
+        if conn.activity().poll_close(cx).is_ready() {
             return Poll::Ready(Wake::Close);
         }
         if self.keepalive.as_mut().poll(cx).is_ready() {
@@ -242,6 +283,123 @@ impl<IO: Park> Parked<IO> {
     }
 }
 
+/// Where a connection idle between requests waits.
+// Returned once per park, never stored: boxing `Here` would cost an allocation per park.
+#[allow(clippy::large_enum_variant)]
+pub enum Lodged<IO> {
+    /// In the event loop's lot (its task ends).
+    Lot,
+    /// In its own task.
+    Here(Held<IO>, Slot),
+}
+
+/// Streams whose idle connections the event loop's lot can hold: plain TCP. TLS keeps its
+/// session in user memory anyway, and Unix sockets are for a proxy in front, with few
+/// connections; both park in their own task.
+pub trait Lodge: Sized {
+    /// Moves an idle connection to the lot, where it can.
+    fn lodge(held: Held<Self>, slot: Slot) -> Lodged<Self> {
+        Lodged::Here(held, slot)
+    }
+}
+
+impl Lodge for tokio::net::UnixStream {}
+
+impl<IO> Lodge for tokio_rustls::server::TlsStream<IO> {}
+
+impl Lodge for tokio::net::TcpStream {
+    fn lodge(held: Held<Self>, slot: Slot) -> Lodged<Self> {
+        // A head begun or a write pending keeps its timer, which the lot would not run.
+        if held.stream.get_ref().timing() {
+            return Lodged::Here(held, slot);
+        }
+        // The socket leaves tokio's reactor (its registration is freed); the lot watches it.
+        let held = match held.try_map(tokio::net::TcpStream::into_std) {
+            Ok(held) => held,
+            // It could not be deregistered: it is closed (an idle connection may be).
+            Err(_) => return Lodged::Lot,
+        };
+        let parked = InLot { held, slot };
+        match lot::Lot::park(&LOT, parked) {
+            Ok(()) => Lodged::Lot,
+            Err(InLot { held, slot, .. }) => match held.try_map(tokio::net::TcpStream::from_std) {
+                Ok(held) => Lodged::Here(held, slot),
+                Err(_) => Lodged::Lot,
+            },
+        }
+    }
+}
+
+/// A plain TCP connection in the lot.
+struct InLot {
+    held: Held<std::net::TcpStream>,
+    slot: Slot,
+}
+
+thread_local! {
+    /// The calling event loop's lot (see [`lot`]).
+    static LOT: std::cell::RefCell<Option<lot::Lot<InLot>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Serves the calling event loop's parking lot until `shutdown`.
+pub async fn run_lot(
+    tracker: tokio_util::task::TaskTracker,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    lot::run(&LOT, tracker, shutdown).await;
+}
+
+impl lot::Entry for InLot {
+    type Task = Connection<tokio::net::TcpStream>;
+
+    fn fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.held.stream.get_ref().get_ref().get_ref().as_raw_fd()
+    }
+
+    fn expired(&self, now: Instant) -> bool {
+        let conn = &self.held.conn;
+        let idle = conn.activity().idle_for(now).unwrap_or(Duration::ZERO);
+        idle >= conn.timers.keepalive || conn.activity().asked_to_close()
+    }
+
+    fn watch_close(&self, waker: &std::task::Waker) {
+        self.held.conn.activity().set_close_waker(waker);
+    }
+
+    fn wake(self) -> Option<Self::Task> {
+        // Past its keep-alive or asked to close before the sweep came by: not served again.
+        if self.expired(Instant::now()) {
+            return None;
+        }
+        // Back in tokio's reactor for as long as it is served.
+        let held = self.held.try_map(tokio::net::TcpStream::from_std).ok()?;
+        Some(Connection {
+            state: State::Serving(Box::pin(held.serve())),
+            slot: Some(self.slot),
+        })
+    }
+}
+
+impl<IO> Held<IO> {
+    /// The same connection over `f(socket)`.
+    fn try_map<U>(self, f: impl FnOnce(IO) -> std::io::Result<U>) -> std::io::Result<Held<U>> {
+        let Held {
+            stream,
+            conn,
+            gateway,
+            builders,
+        } = self;
+        let stream = stream.try_map(|guard| guard.try_map(|sniffed| sniffed.try_map(f)))?;
+        Ok(Held {
+            stream,
+            conn,
+            gateway,
+            builders,
+        })
+    }
+}
+
 impl<IO> Held<IO>
 where
     IO: AsyncRead + AsyncWrite + Park + Unpin + Send + 'static,
@@ -251,9 +409,13 @@ where
         let Held {
             mut stream,
             conn,
-            service,
+            gateway,
             builders,
         } = self;
+        let service = Service {
+            gateway,
+            ctx: Arc::clone(&conn.ctx),
+        };
         loop {
             stream = match conn
                 .serve_until_idle(stream, &builders.http1, service.clone())
@@ -272,7 +434,7 @@ where
                 return Step::Park(Held {
                     stream,
                     conn,
-                    service,
+                    gateway: service.gateway,
                     builders,
                 });
             }
@@ -295,15 +457,15 @@ pub async fn serve<I>(
 where
     I: AsyncRead + AsyncWrite + Park + Unpin + Send + 'static,
 {
-    let (max_head, timers) = {
+    let (max_head, head_timeout, timers) = {
         let gateway = gateway.load();
         let l = &gateway.limits;
         (
             l.max_header_size,
+            l.header_read_timeout,
             Timers {
                 keepalive: l.keepalive_timeout,
                 send: l.send_timeout,
-                head: l.header_read_timeout,
             },
         )
     };
@@ -315,7 +477,7 @@ where
     let (sniffed, http2) = match negotiated {
         Some(n) => (Bytes::new(), n == Negotiated::Http2),
         None => tokio::select! {
-            sniffed = tokio::time::timeout(timers.head, sniff(&mut io)) => match sniffed {
+            sniffed = tokio::time::timeout(head_timeout, sniff(&mut io)) => match sniffed {
                 Ok(Ok(sniffed)) => sniffed,
                 _ => return Step::Done,
             },
@@ -325,27 +487,26 @@ where
     let (guard, verdicts) = WireGuard::new(
         Prefixed::new(sniffed, io),
         max_head,
-        Some(timers.head),
+        Some(head_timeout),
         Some(timers.send),
     );
     let ctx = Arc::new(ConnCtx {
         peer,
         verdicts,
-        activity: Arc::clone(&activity),
+        activity,
         plain,
         tunnel: std::sync::Mutex::new(None),
     });
-    let service = Service {
-        gateway,
-        ctx: Arc::clone(&ctx),
-    };
     let conn = Conn {
         ctx,
-        activity,
         _registration: registration,
         timers,
     };
     if http2 {
+        let service = Service {
+            gateway,
+            ctx: Arc::clone(&conn.ctx),
+        };
         let hyper = builders
             .http2
             .serve_connection(TokioIo::new(guard), service);
@@ -357,7 +518,7 @@ where
     Held {
         stream: Prefixed::new(Bytes::new(), guard),
         conn,
-        service,
+        gateway,
         builders,
     }
     .serve()
@@ -377,6 +538,10 @@ enum Tick {
 }
 
 impl Conn {
+    fn activity(&self) -> &Activity {
+        &self.ctx.activity
+    }
+
     /// The keep-alive, send-stall and park checks; reschedules `timer`.
     fn tick(&self, timer: std::pin::Pin<&mut tokio::time::Sleep>, parking: bool) -> Tick {
         let now = Instant::now();
@@ -385,16 +550,18 @@ impl Conn {
         } = self.timers;
         // A response the client takes nothing of for send_timeout (an HTTP/2 stream whose window
         // stays shut, say) ends the connection: nothing holds its file or buffers.
-        if let Some(stalled) = self.activity.send_stalled_for() {
+        if let Some(stalled) = self.activity().send_stalled_for() {
             if stalled >= send {
                 return Tick::Stalled;
             }
             timer.reset(now + (send - stalled));
             return Tick::Wait;
         }
-        match self.activity.idle_for(now) {
+        match self.activity().idle_for(now) {
             Some(idle) if idle >= keepalive => Tick::Drain,
-            Some(idle) if parking && idle >= PARK_AFTER && self.activity.has_served() => Tick::Park,
+            Some(idle) if parking && idle >= PARK_AFTER && self.activity().has_served() => {
+                Tick::Park
+            }
             Some(idle) => {
                 let next = if parking {
                     PARK_AFTER
@@ -437,7 +604,7 @@ impl Conn {
                     return;
                 }
                 // To make room, or shutdown (which asks every connection).
-                () = self.activity.close_requested(), if !draining => {
+                () = self.activity().close_requested(), if !draining => {
                     draining = true;
                     hyper.as_mut().graceful();
                 }
@@ -476,7 +643,7 @@ impl Conn {
             tokio::select! {
                 result = std::future::poll_fn(|cx| hyper.poll_without_shutdown(cx)) => break result,
                 // To make room, or shutdown (which asks every connection).
-                () = self.activity.close_requested(), if !draining => {
+                () = self.activity().close_requested(), if !draining => {
                     draining = true;
                     std::pin::Pin::new(&mut hyper).graceful_shutdown();
                 }
@@ -544,5 +711,16 @@ where
 {
     fn graceful(self: std::pin::Pin<&mut Self>) {
         self.graceful_shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A connection in the lot is one slab entry; what it keeps is what ten thousand idle
+    /// connections cost beyond their shared state (see the module's doc).
+    #[test]
+    fn a_parked_connection_stays_small() {
+        let entry = std::mem::size_of::<super::InLot>();
+        assert!(entry <= 320, "a parked connection's entry is {entry} bytes");
     }
 }

@@ -81,8 +81,21 @@ impl<IO> Prefixed<IO> {
     }
 
     /// The stream under the prefix.
+    pub fn get_ref(&self) -> &IO {
+        &self.io
+    }
+
+    /// The stream under the prefix.
     pub fn inner_mut(&mut self) -> &mut IO {
         &mut self.io
+    }
+
+    /// The same prefix in front of `f(io)` (the socket leaving or joining the reactor).
+    pub fn try_map<U>(self, f: impl FnOnce(IO) -> io::Result<U>) -> io::Result<Prefixed<U>> {
+        Ok(Prefixed {
+            prefix: self.prefix,
+            io: f(self.io)?,
+        })
     }
 }
 
@@ -96,6 +109,10 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
+            if self.prefix.is_empty() {
+                // An empty view still holds its buffer, for as long as the connection lives.
+                self.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.io).poll_read(cx, buf)

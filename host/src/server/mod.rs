@@ -5,6 +5,7 @@ pub mod conn;
 mod idle;
 mod io;
 pub mod listener;
+mod lot;
 mod proxy_protocol;
 pub mod wire;
 
@@ -421,6 +422,7 @@ impl EventLoop {
                 });
             }
             let tracker = TaskTracker::new();
+            tracker.spawn(conn::run_lot(tracker.clone(), self.shutdown.clone()));
             for (socket, role) in self.sockets {
                 let accept = AcceptLoop {
                     role,
@@ -550,14 +552,20 @@ impl AcceptLoop {
         local: Option<std::net::SocketAddr>,
         permit: tokio::sync::OwnedSemaphorePermit,
     ) where
-        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + io::Park + Unpin + Send + 'static,
+        I: tokio::io::AsyncRead
+            + tokio::io::AsyncWrite
+            + io::Park
+            + conn::Lodge
+            + Unpin
+            + Send
+            + 'static,
     {
         let role = Arc::clone(&self.role);
         let gateway = Arc::clone(&self.gateway);
         let builder = Arc::clone(&self.builder);
         let connections = Arc::clone(&self.connections);
         let metrics = Arc::clone(&gateway.load().metrics);
-        let slot = (permit, OpenConnection::new(metrics.connections()));
+        let slot = conn::Slot::new(permit, metrics.connections());
         let mut io = io;
         if role.tls.is_none() {
             let first = async move {
@@ -654,22 +662,6 @@ where
             tracing::debug!(?client, "no PROXY header in time: connection closed");
             None
         }
-    }
-}
-
-/// Counts a connection in `gatehouse_connections_active` while it is open.
-struct OpenConnection(prometheus_client::metrics::gauge::Gauge);
-
-impl OpenConnection {
-    fn new(gauge: &prometheus_client::metrics::gauge::Gauge) -> OpenConnection {
-        gauge.inc();
-        OpenConnection(gauge.clone())
-    }
-}
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.0.dec();
     }
 }
 

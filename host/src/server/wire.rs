@@ -103,6 +103,33 @@ impl<T> WireGuard<T> {
         (guard, verdicts)
     }
 
+    /// Whether a head or send timer runs (it would hold a waker of the task polling it).
+    pub fn timing(&self) -> bool {
+        self.head_deadline.is_some() || self.send_deadline.is_some()
+    }
+
+    /// The stream it watches.
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
+    /// The same guard over `f(inner)` (the socket leaving or joining the reactor).
+    pub fn try_map<U>(self, f: impl FnOnce(T) -> io::Result<U>) -> io::Result<WireGuard<U>> {
+        Ok(WireGuard {
+            inner: f(self.inner)?,
+            state: self.state,
+            head: self.head,
+            max_head: self.max_head,
+            verdicts: self.verdicts,
+            head_timeout: self.head_timeout,
+            head_deadline: self.head_deadline,
+            head_armed: self.head_armed,
+            send_timeout: self.send_timeout,
+            send_deadline: self.send_deadline,
+            send_waiting: self.send_waiting,
+        })
+    }
+
     /// The connection parks between requests: the timers and the head buffer go (a head in
     /// progress keeps its timer: parking never lengthens a slow client's time).
     pub fn park(&mut self) {
