@@ -254,12 +254,7 @@ enum Wake {
 
 impl<IO: Park> Parked<IO> {
     fn new(held: Held<IO>) -> Self {
-        let idle = held
-            .conn
-            .activity()
-            .idle_for(Instant::now())
-            .unwrap_or(Duration::ZERO);
-        let left = held.conn.timers.keepalive.saturating_sub(idle);
+        let left = held.conn.keepalive_left(Instant::now());
         Parked {
             held,
             // `sleep` saturates where `now + left` would overflow (a keep-alive of "forever").
@@ -359,8 +354,7 @@ impl lot::Entry for InLot {
 
     fn expired(&self, now: Instant) -> bool {
         let conn = &self.held.conn;
-        let idle = conn.activity().idle_for(now).unwrap_or(Duration::ZERO);
-        idle >= conn.timers.keepalive || conn.activity().asked_to_close()
+        conn.keepalive_left(now).is_zero() || conn.activity().asked_to_close()
     }
 
     fn watch_close(&self, waker: &std::task::Waker) {
@@ -540,6 +534,12 @@ enum Tick {
 impl Conn {
     fn activity(&self) -> &Activity {
         &self.ctx.activity
+    }
+
+    /// What is left of the keep-alive of a connection idle (nothing in flight) at `now`.
+    fn keepalive_left(&self, now: Instant) -> Duration {
+        let idle = self.activity().idle_for(now).unwrap_or(Duration::ZERO);
+        self.timers.keepalive.saturating_sub(idle)
     }
 
     /// The keep-alive, send-stall and park checks; reschedules `timer`.
