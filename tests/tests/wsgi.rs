@@ -633,6 +633,119 @@ fn a_burst_deeper_than_the_threads_waits_in_the_front_and_timeout_counts_only_th
     );
 }
 
+/// Sends every path as a stream of one HTTP/2 connection at once (so the front dispatches them
+/// within microseconds of each other) and returns each one's status and time, in order.
+fn at_once_over_h2(addr: std::net::SocketAddr, paths: &[&str]) -> Vec<(StatusCode, Duration)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let paths: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
+    runtime.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (client, connection) = h2::client::handshake(tcp).await.expect("h2");
+        tokio::spawn(connection);
+        let started = Instant::now();
+        let mut pending = Vec::new();
+        for path in &paths {
+            let mut ready = client.clone().ready().await.expect("ready");
+            let request = http::Request::get(format!("http://{addr}{path}"))
+                .body(())
+                .expect("request");
+            let (response, _) = ready.send_request(request, true).expect("send");
+            pending.push(tokio::spawn(async move {
+                let response = response.await.expect("response");
+                let status = response.status().as_u16();
+                let mut body = response.into_body();
+                while let Some(chunk) = body.data().await {
+                    if chunk.is_err() {
+                        break;
+                    }
+                }
+                (
+                    StatusCode::from_u16(status).expect("status"),
+                    started.elapsed(),
+                )
+            }));
+        }
+        let mut out = Vec::new();
+        for p in pending {
+            out.push(p.await.expect("task"));
+        }
+        out
+    })
+}
+
+#[test]
+fn a_request_sent_ahead_to_a_busy_worker_gets_its_whole_timeout_from_when_it_begins() {
+    // One thread, two more requests sent ahead: three 0.6 s requests at once take 1.8 s, but
+    // each runs 0.6 s of its 1 s timeout, counted from when the thread takes it.
+    let s = serve(
+        "stdlib_app:app",
+        "workers = 1\nthreads = 1\nprefetch = 2\ntimeout = \"1s\"\n[admin]\nlisten = \"127.0.0.1:0\"",
+    );
+    let results = at_once_over_h2(s.gh.addr(), &["/sleep?0.6", "/sleep?0.6", "/sleep?0.6"]);
+    for (status, _) in &results {
+        assert_eq!(*status, StatusCode::OK, "{results:?}");
+    }
+    let metrics = client()
+        .get(format!("http://{}/metrics", s.gh.addrs[1]))
+        .send()
+        .and_then(|r| r.text())
+        .expect("metrics");
+    assert!(
+        !metrics.contains("gatehouse_wsgi_worker_restarts_total{"),
+        "no worker was replaced: {metrics}"
+    );
+}
+
+#[test]
+fn a_request_sent_ahead_that_never_began_gets_503_when_its_worker_is_killed() {
+    // The first to begin hangs past timeout: 504, and its worker is killed. The other, sent
+    // ahead behind it, never reached the app: 503, as if it had waited in the front.
+    let s = serve(
+        "stdlib_app:app",
+        "workers = 1\nthreads = 1\nprefetch = 1\ntimeout = \"1s\"",
+    );
+    let mut statuses: Vec<StatusCode> = at_once_over_h2(s.gh.addr(), &["/sleep?5", "/sleep?5"])
+        .into_iter()
+        .map(|(status, _)| status)
+        .collect();
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [StatusCode::SERVICE_UNAVAILABLE, StatusCode::GATEWAY_TIMEOUT]
+    );
+    wait_for("a replacement worker", || {
+        client()
+            .get(s.gh.url("/environ"))
+            .send()
+            .is_ok_and(|r| r.status() == StatusCode::OK)
+    });
+}
+
+#[test]
+fn requests_are_not_sent_ahead_to_a_worker_stuck_in_a_long_request() {
+    // Two single-thread workers; one runs a 3 s request. Quick requests that come later go to
+    // the other worker (sent ahead to it while it is busy), none behind the long one.
+    let s = serve(
+        "stdlib_app:app",
+        "workers = 2\nthreads = 1\nprefetch = 4\ntimeout = \"20s\"",
+    );
+    let url = s.gh.url("/sleep?3");
+    let long = std::thread::spawn(move || client().get(url).send().map(|r| r.status()));
+    std::thread::sleep(Duration::from_millis(300));
+    let quick = at_once_over_h2(s.gh.addr(), &["/sleep?0.05"; 6]);
+    for (status, took) in &quick {
+        assert_eq!(*status, StatusCode::OK);
+        assert!(
+            *took < Duration::from_millis(2000),
+            "a quick request waited behind the long one: {quick:?}"
+        );
+    }
+    assert_eq!(long.join().expect("thread").expect("get"), StatusCode::OK);
+}
+
 #[test]
 fn a_request_waiting_past_queue_timeout_gets_503() {
     let s = serve(
@@ -719,8 +832,8 @@ fn a_request_past_the_timeout_gets_504_and_its_worker_is_replaced() {
     assert_ne!(before, after, "the hung worker was killed and replaced");
 }
 
-/// With one thread, responses finished while more requests of the same read wait to run are written
-/// together; a request after them that runs long must not hold them back.
+/// A worker with one thread writes each response when it is finished: a request after it that runs
+/// long must not hold it back.
 #[test]
 fn a_long_request_does_not_hold_back_responses_finished_before_it() {
     let dir = tempfile::tempdir().expect("tmp");

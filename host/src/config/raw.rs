@@ -93,6 +93,7 @@ pub(super) struct RawTarget {
     pub(super) metrics: Option<Spanned<bool>>,
     pub(super) workers: Option<Spanned<u32>>,
     pub(super) threads: Option<Spanned<u32>>,
+    pub(super) prefetch: Option<Spanned<u32>>,
     pub(super) timeout: Option<Seconds>,
     pub(super) queue_timeout: Option<Seconds>,
     pub(super) response_buffer: Option<Bytes>,

@@ -166,6 +166,18 @@ impl RawTarget {
         };
         let workers = count(&self.workers, "workers", 1);
         let threads = count(&self.threads, "threads", 1);
+        let prefetch = match &self.prefetch {
+            Some(n) if *n.get_ref() > 64 => {
+                errors.push(doc.error(
+                    n.span(),
+                    &format!("{key}.prefetch"),
+                    "must be between 0 and 64",
+                ));
+                0
+            }
+            Some(n) => *n.get_ref() as usize,
+            None => 0,
+        };
         if errors.len() > before {
             return None;
         }
@@ -175,6 +187,7 @@ impl RawTarget {
             mount,
             workers,
             threads,
+            prefetch,
             timeout: self.timeout.map_or(Duration::from_secs(30), |t| t.0),
             queue_timeout: self.queue_timeout.map_or(Duration::from_secs(30), |t| t.0),
             response_buffer: self.response_buffer.map_or(1 << 20, |b| b.0),
@@ -290,6 +303,7 @@ impl RawTarget {
         [
             ("workers", self.workers.is_some()),
             ("threads", self.threads.is_some()),
+            ("prefetch", self.prefetch.is_some()),
             ("timeout", self.timeout.is_some()),
             ("queue_timeout", self.queue_timeout.is_some()),
             ("response_buffer", self.response_buffer.is_some()),

@@ -100,6 +100,7 @@ impl WsgiTarget {
             workers: config.workers,
             timeout: config.timeout,
             queue_timeout: config.queue_timeout,
+            prefetch: config.prefetch,
             backlog: config.backlog,
             spec,
             env: config

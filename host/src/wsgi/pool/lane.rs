@@ -3,6 +3,7 @@
 
 use super::super::frame::{self, Kind};
 use super::super::{inbox, transport};
+use super::ahead::{Ahead, Due};
 use super::buffer::{Placed, ResponseBuffer};
 use crate::error::HttpError;
 use bytes::{Bytes, BytesMut};
@@ -59,14 +60,17 @@ pub(super) struct Held {
     pub(super) _permit: super::Admitted,
     pub(super) worker: Arc<Worker>,
     /// When `timeout` runs out for it; the supervisor enforces it for requests whose client left.
-    pub(super) deadline: tokio::time::Instant,
+    pub(super) due: Due,
     /// Told when the request is done: its thread is free for the next one waiting.
     pub(super) freed: Arc<tokio::sync::Notify>,
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.worker.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let worker = &self.worker;
+        worker
+            .ahead
+            .release(&worker.in_flight, worker.alive.load(Ordering::Acquire));
         self.freed.notify_one();
     }
 }
@@ -191,7 +195,10 @@ pub(super) struct Worker {
     pub(super) spare: Mutex<Vec<std::os::unix::net::UnixStream>>,
     /// Each event loop's lane to this worker.
     pub(super) lanes: ThreadLocal<Arc<Lane>>,
+    /// Requests it has (running, or sent ahead: see [`Ahead`]).
     pub(super) in_flight: AtomicUsize,
+    /// Its requests sent ahead, and when it last began one.
+    pub(super) ahead: Ahead,
     /// Taking requests; cleared (by its lanes too) the moment it is known to be gone.
     pub(super) alive: Arc<AtomicBool>,
     pub(super) kill: CancellationToken,
@@ -245,7 +252,10 @@ impl Worker {
             let Ok(open) = open else { return false };
             lane.held.lock().is_ok_and(|held| {
                 held.iter().any(|(id, h)| {
-                    !open.contains(id) && now > h.deadline + std::time::Duration::from_secs(1)
+                    !open.contains(id)
+                        && h.due
+                            .deadline()
+                            .is_some_and(|d| now > d + std::time::Duration::from_secs(1))
                 })
             })
         })

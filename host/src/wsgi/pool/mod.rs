@@ -21,6 +21,7 @@ use crate::body::Body;
 use crate::error::HttpError;
 use crate::metrics::WsgiMetrics;
 
+mod ahead;
 mod buffer;
 mod lane;
 mod stream;
@@ -46,6 +47,8 @@ pub struct PoolConfig {
     pub queue_timeout: Duration,
     /// Requests waiting beyond those the threads are running; more get 503 at once.
     pub backlog: usize,
+    /// Requests a worker may hold beyond its threads (see [`ahead`]).
+    pub prefetch: usize,
     /// What each worker is told (its id is filled in per spawn).
     pub spec: WorkerSpec,
     /// Extra environment for the workers.
@@ -237,8 +240,6 @@ impl Pool {
                     HttpError::ServiceUnavailable
                 })?,
         };
-        // The app's time starts now: a thread is free to run it.
-        let deadline = tokio::time::Instant::now() + self.shared.config.timeout;
         let lane = worker.lane()?;
         let served = worker.served.fetch_add(1, Ordering::AcqRel) + 1;
         if worker.max_requests > 0 && served == worker.max_requests {
@@ -253,13 +254,18 @@ impl Pool {
             )
         });
         let (id, mut events) = lane.open_stream(buffer.clone());
-        worker.in_flight.fetch_add(1, Ordering::AcqRel);
+        // The app's time starts when a thread takes the request: now, or after the worker's
+        // earlier requests if it was sent ahead.
+        let timeout = config.timeout;
+        let due = worker
+            .ahead
+            .admit(&worker.in_flight, config.spec.threads.max(1), timeout);
         lane.hold(
             id,
             Held {
                 _permit: permit,
                 worker: Arc::clone(&worker),
-                deadline,
+                due: due.clone(),
                 freed: Arc::clone(&self.shared.freed),
             },
         );
@@ -270,19 +276,34 @@ impl Pool {
             lane,
             id,
             events: None,
-            deadline,
+            deadline: tokio::time::Instant::now() + timeout,
             timer: None,
             done: false,
-            timeout: self.shared.config.timeout,
+            timeout,
             buffer,
             from_file: false,
             _pool: Arc::clone(&self.guard),
         };
         // The timer lives in this future (no allocation); a streamed body gets its own below.
-        let Ok(first) = tokio::time::timeout_at(deadline, events.recv()).await else {
-            stream.timed_out();
-            return Err(HttpError::GatewayTimeout);
+        let first = loop {
+            // Sent ahead and not begun: the request before it has its own timeout; look again.
+            let deadline = due
+                .deadline()
+                .unwrap_or_else(|| tokio::time::Instant::now() + timeout);
+            if let Ok(first) = tokio::time::timeout_at(deadline, events.recv()).await {
+                break first;
+            }
+            if due
+                .deadline()
+                .is_some_and(|d| d <= tokio::time::Instant::now())
+            {
+                stream.timed_out();
+                return Err(HttpError::GatewayTimeout);
+            }
         };
+        if let Some(deadline) = due.deadline() {
+            stream.deadline = deadline;
+        }
         match first {
             Some(Event::Complete(status, headers, body)) => {
                 stream.done = true;
@@ -308,7 +329,12 @@ impl Pool {
             }
             Some(Event::Gone) | None => {
                 stream.done = true;
-                Err(HttpError::BadGateway)
+                // One sent ahead that never began did not reach the app: as if it had waited
+                // in the front for a thread that never came.
+                Err(match due.deadline() {
+                    None => HttpError::ServiceUnavailable,
+                    Some(_) => HttpError::BadGateway,
+                })
             }
         }
     }
@@ -358,11 +384,13 @@ impl Pool {
             .count()
     }
 
-    /// The live worker with the fewest requests in flight among those with a thread free, if
-    /// any. Ties go round-robin, so an idle pool spreads requests over all its workers.
+    /// The live worker with the fewest requests in flight among those with a thread free, or
+    /// else with room for one sent ahead (`prefetch`) and busy with fresh work (see [`ahead`]),
+    /// if any. Ties go round-robin, so an idle pool spreads requests over all its workers.
     fn try_pick(&self) -> Option<Arc<Worker>> {
         let slots = &self.shared.slots;
         let threads = self.shared.config.spec.threads.max(1);
+        let room = threads + self.shared.config.prefetch;
         let start = self.shared.cursor.fetch_add(1, Ordering::Relaxed);
         (0..slots.len())
             .filter_map(|i| {
@@ -373,7 +401,7 @@ impl Pool {
             })
             .filter(|w| w.alive.load(Ordering::Acquire))
             .map(|w| (w.in_flight.load(Ordering::Acquire), w))
-            .filter(|(busy, _)| *busy < threads)
+            .filter(|(busy, w)| *busy < threads || (*busy < room && w.ahead.fresh()))
             .min_by_key(|(busy, _)| *busy)
             .map(|(_, w)| w)
     }

@@ -1,5 +1,6 @@
 //! The supervisor: spawns, connects, watches, restarts and recycles the workers.
 
+use super::ahead::Ahead;
 use super::lane::Worker;
 use super::{PoolError, Shared};
 
@@ -273,6 +274,7 @@ impl Supervisor {
             spare: Mutex::new(spare),
             lanes: ThreadLocal::new(),
             in_flight: AtomicUsize::new(0),
+            ahead: Ahead::default(),
             alive: Arc::new(AtomicBool::new(true)),
             kill: CancellationToken::new(),
             served: AtomicU64::new(0),

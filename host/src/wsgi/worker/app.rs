@@ -124,10 +124,10 @@ impl Response {
         result.map_err(|e| PyOSError::new_err(format!("front connection lost: {e}")))
     }
 
-    /// Sends the response's last frames, which may wait for the rest of the batch when more
-    /// requests are waiting to run.
-    fn finish(&mut self, more_waiting: bool) -> PyResult<()> {
-        let result = self.conn.send_last(&self.out, more_waiting);
+    /// Sends the response's last frames at once: a response the app finished is never lost with
+    /// a worker that a later request crashes.
+    fn finish(&mut self) -> PyResult<()> {
+        let result = self.conn.send(&self.out);
         self.out.clear();
         result.map_err(|e| PyOSError::new_err(format!("front connection lost: {e}")))
     }
@@ -455,7 +455,6 @@ pub(super) fn handle(
     request: WireRequest,
     conn: &Arc<Conn>,
     stream: &Arc<Stream>,
-    more_waiting: bool,
 ) {
     let state = Arc::new(Mutex::new(Response {
         id,
@@ -475,7 +474,7 @@ pub(super) fn handle(
     let outcome = result.and_then(|()| {
         response.send_headers()?;
         frame::write_frame(&mut response.out, Kind::End, id, b"");
-        response.finish(more_waiting)
+        response.finish()
     });
     if let Err(e) = outcome {
         let cancelled = stream.cancelled.load(Ordering::Acquire);
@@ -488,7 +487,7 @@ pub(super) fn handle(
         // Whatever was pending is dropped: the front answers 500 (or cuts a started response).
         response.out.clear();
         frame::write_frame(&mut response.out, Kind::Error, id, e.to_string().as_bytes());
-        let _ = response.finish(more_waiting);
+        let _ = response.finish();
     }
 }
 

@@ -9,7 +9,6 @@
 //! frames and writes them in one call.
 
 mod app;
-mod deferred;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -23,7 +22,6 @@ use rustc_hash::FxHashMap;
 
 use super::WorkerSpec;
 use super::frame::{self, Kind, WireRequest};
-use deferred::{Deferred, Watchdog};
 
 /// Exit status telling the supervisor the app could not be loaded (retrying will not help).
 pub const EXIT_APP_LOAD_FAILED: u8 = 3;
@@ -50,11 +48,6 @@ struct Conn {
     /// With one thread, that thread also reads the sockets (no hand-off between threads per
     /// request); shared by all lanes.
     inline: Option<Arc<Mutex<Inline>>>,
-    /// With one thread, whole responses finished while more requests of the same read wait to run
-    /// (see [`deferred`]).
-    deferred: Mutex<Deferred>,
-    /// Writes deferred responses that waited too long (with one thread).
-    watchdog: Option<Arc<Watchdog>>,
 }
 
 /// A request read off a lane: the lane's index, the stream id and the request.
@@ -195,46 +188,11 @@ impl FrameReader {
 }
 
 impl Conn {
-    /// Writes now, after any deferred responses (frames keep their order).
     fn send(&self, bytes: &[u8]) -> std::io::Result<()> {
-        let mut deferred = self
-            .deferred
+        self.writer
             .lock()
-            .map_err(|_| std::io::Error::other("lock poisoned"))?;
-        let mut w = self
-            .writer
-            .lock()
-            .map_err(|_| std::io::Error::other("writer lock poisoned"))?;
-        if deferred.bytes.is_empty() {
-            return w.write_all(bytes);
-        }
-        deferred.bytes.extend_from_slice(bytes);
-        let result = w.write_all(&deferred.bytes);
-        deferred.clear();
-        result
-    }
-
-    /// Sends the last frames of a response: deferred while more requests wait to run on this
-    /// thread (see [`Conn::flush_deferred`]), written at once otherwise.
-    fn send_last(&self, bytes: &[u8], more_waiting: bool) -> std::io::Result<()> {
-        let Some(watchdog) = self.watchdog.as_ref().filter(|_| more_waiting) else {
-            return self.send(bytes);
-        };
-        let full = self
-            .deferred
-            .lock()
-            .map_err(|_| std::io::Error::other("lock poisoned"))?
-            .push(bytes);
-        if full {
-            return self.flush_deferred();
-        }
-        watchdog.deferred();
-        Ok(())
-    }
-
-    /// Writes the deferred responses, if any.
-    fn flush_deferred(&self) -> std::io::Result<()> {
-        self.send(&[])
+            .map_err(|_| std::io::Error::other("writer lock poisoned"))?
+            .write_all(bytes)
     }
 
     fn open(&self, id: u32) -> Arc<Stream> {
@@ -360,7 +318,6 @@ pub fn main(spec: WorkerSpec) -> ExitCode {
     } else {
         (None, readers)
     };
-    let watchdog = inline.as_ref().map(|_| Arc::new(Watchdog::default()));
     let conns: Vec<Arc<Conn>> = writers
         .into_iter()
         .enumerate()
@@ -370,8 +327,6 @@ pub fn main(spec: WorkerSpec) -> ExitCode {
                 writer: Mutex::new(writer),
                 streams: Mutex::new(FxHashMap::default()),
                 inline: inline.clone(),
-                deferred: Mutex::default(),
-                watchdog: watchdog.clone(),
             })
         })
         .collect();
@@ -386,12 +341,6 @@ pub fn main(spec: WorkerSpec) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(watchdog) = &watchdog {
-        if let Err(e) = watchdog.start(conns.clone()) {
-            eprintln!("gatehouse worker: cannot start a thread: {e}");
-            return ExitCode::FAILURE;
-        }
-    }
     match inline {
         Some(inline) => serve_inline(&conns, &inline, &app),
         None => serve_threaded(readers, &conns, app, threads),
@@ -445,15 +394,8 @@ fn serve_inline(conns: &[Arc<Conn>], inline: &Mutex<Inline>, app: &app::App) {
             let Some(stream) = conn.start(id) else {
                 continue;
             };
-            let more_waiting = inline.lock().is_ok_and(|s| !s.pending.is_empty());
-            app::handle(py, app, id, request, conn, &stream, more_waiting);
+            app::handle(py, app, id, request, conn, &stream);
             conn.close(id);
-            if !more_waiting {
-                // Nothing else to run: the batch's responses go out before this thread waits.
-                for conn in conns {
-                    let _ = conn.flush_deferred();
-                }
-            }
         }
     });
 }
@@ -481,7 +423,7 @@ fn serve_threaded(readers: Vec<FrameReader>, conns: &[Arc<Conn>], app: app::App,
                         let Some(stream) = conn.start(id) else {
                             continue;
                         };
-                        app::handle(py, &app, id, request, conn, &stream, false);
+                        app::handle(py, &app, id, request, conn, &stream);
                         conn.close(id);
                     }
                 });
