@@ -38,7 +38,6 @@ level = "warn"
 wsgi = "$app"
 chdir = "$APPS"
 workers = 2
-prefetch = 4
 CONF
   "$GATEHOUSE" -c "$work/gatehouse.toml" & pids+=($!)
   (cd "$APPS" && exec python3 -m gunicorn -k gthread -w 2 --threads 4 -b "127.0.0.1:$GU" --log-level warning "$app") & pids+=($!)

@@ -176,7 +176,7 @@ impl RawTarget {
                 0
             }
             Some(n) => *n.get_ref() as usize,
-            None => 0,
+            None => 4,
         };
         if errors.len() > before {
             return None;

@@ -184,7 +184,7 @@ pub struct WsgiConfig {
     /// Threads per worker (requests one worker runs at once).
     pub threads: usize,
     /// Requests a worker may hold beyond its threads, sent ahead while all its threads are busy
-    /// (so it goes from one to the next without waiting on the front); 0 (the default): none.
+    /// (so it goes from one to the next without waiting on the front); 0: none.
     pub prefetch: usize,
     /// Longest a request may run in the app (to its response head, then between two pieces of
     /// the body); past it the client gets 504 and the worker is replaced.

@@ -31,6 +31,11 @@ pub enum Kind {
     End = 7,
     /// Worker -> front: the request failed (before or after `Start`); payload is a message.
     Error = 8,
+    /// Front -> worker: a request sent ahead to a busy worker (`prefetch`), as `Request`; the
+    /// worker says `Begin` when a thread takes it.
+    RequestAhead = 9,
+    /// Worker -> front: a thread took this request sent ahead (the app is about to see it).
+    Begin = 10,
 }
 
 impl Kind {
@@ -44,6 +49,8 @@ impl Kind {
             6 => Kind::Body,
             7 => Kind::End,
             8 => Kind::Error,
+            9 => Kind::RequestAhead,
+            10 => Kind::Begin,
             _ => return None,
         })
     }

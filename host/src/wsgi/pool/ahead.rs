@@ -6,15 +6,12 @@
 //! worker's caches go cold). Only a worker that began a request within [`FRESH`] is sent more:
 //! one stuck in a long request does not collect others behind it.
 //!
-//! A request's `timeout` is the app's time, so one sent ahead starts its clock when it begins: the
-//! front counts that as the moment an earlier request's last frame arrives, the oldest request sent
-//! ahead going first: a moment after the worker really began it, never before. A request sent
-//! ahead that never began when its worker dies gets 503 (see `Pool::dispatch`). Off by default:
-//! docs/wsgi.md says what it costs.
+//! A request sent ahead says so (`RequestAhead`), and the worker answers `Begin` when a thread
+//! takes it, before the app sees it. So its `timeout` (the app's time) starts then, and one that
+//! never began when its worker died can run on another worker (see `Pool::dispatch`).
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, OnceLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -34,9 +31,9 @@ fn now_nanos() -> u64 {
 /// When a request's `timeout` runs out.
 #[derive(Debug, Clone)]
 pub(super) enum Due {
-    /// A thread took it at once.
+    /// A thread was free for it.
     At(Instant),
-    /// Sent ahead: it waits behind the worker's earlier requests.
+    /// Sent ahead: it waits behind the worker's earlier requests until the worker says `Begin`.
     Queued(Arc<Begun>),
 }
 
@@ -48,6 +45,18 @@ impl Due {
             Due::Queued(begun) => begun.deadline.get().copied(),
         }
     }
+
+    /// Whether it was sent ahead (and so says when it begins).
+    pub(super) fn sent_ahead(&self) -> bool {
+        matches!(self, Due::Queued(_))
+    }
+
+    /// The worker said a thread took it.
+    pub(super) fn begin(&self) {
+        if let Due::Queued(begun) = self {
+            let _ = begun.deadline.set(Instant::now() + begun.timeout);
+        }
+    }
 }
 
 /// Set once, when a request sent ahead begins.
@@ -57,54 +66,30 @@ pub(super) struct Begun {
     deadline: OnceLock<Instant>,
 }
 
-/// One worker's requests sent ahead, oldest first.
+/// When one worker last began a request.
 #[derive(Debug, Default)]
 pub(super) struct Ahead {
-    /// Exactly the requests beyond the worker's threads: changed only with `in_flight`, under
-    /// this lock.
-    queue: Mutex<VecDeque<Arc<Begun>>>,
-    /// When the worker last began a request (nanoseconds from [`EPOCH`]; 0: never).
+    /// Nanoseconds from [`EPOCH`]; 0: never.
     last_begun: AtomicU64,
 }
 
 impl Ahead {
     /// Counts a request onto the worker (`in_flight`): it begins now if a thread is free, else
-    /// it queues behind the others.
+    /// it is sent ahead.
     pub(super) fn admit(&self, in_flight: &AtomicUsize, threads: usize, timeout: Duration) -> Due {
-        let Ok(mut queue) = self.queue.lock() else {
-            in_flight.fetch_add(1, Ordering::AcqRel);
-            return Due::At(Instant::now() + timeout);
-        };
         if in_flight.fetch_add(1, Ordering::AcqRel) < threads {
-            drop(queue);
-            self.last_begun.store(now_nanos(), Ordering::Release);
+            self.began();
             return Due::At(Instant::now() + timeout);
         }
-        let begun = Arc::new(Begun {
+        Due::Queued(Arc::new(Begun {
             timeout,
             deadline: OnceLock::new(),
-        });
-        queue.push_back(Arc::clone(&begun));
-        Due::Queued(begun)
+        }))
     }
 
-    /// A request on the worker ended: its thread takes the oldest request sent ahead, if any (not
-    /// on a worker that is gone: those never begin).
-    pub(super) fn release(&self, in_flight: &AtomicUsize, alive: bool) {
-        let next = match self.queue.lock() {
-            Ok(mut queue) => {
-                in_flight.fetch_sub(1, Ordering::AcqRel);
-                queue.pop_front()
-            }
-            Err(_) => {
-                in_flight.fetch_sub(1, Ordering::AcqRel);
-                None
-            }
-        };
-        if let Some(next) = next.filter(|_| alive) {
-            let _ = next.deadline.set(Instant::now() + next.timeout);
-            self.last_begun.store(now_nanos(), Ordering::Release);
-        }
+    /// The worker began a request.
+    pub(super) fn began(&self) {
+        self.last_begun.store(now_nanos(), Ordering::Release);
     }
 
     /// Whether the worker began a request within [`FRESH`].
@@ -119,39 +104,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn requests_beyond_the_threads_begin_in_order_as_earlier_ones_end() {
+    fn a_request_beyond_the_threads_has_no_deadline_until_it_begins() {
         let ahead = Ahead::default();
         let in_flight = AtomicUsize::new(0);
         let timeout = Duration::from_secs(5);
-        assert!(matches!(ahead.admit(&in_flight, 1, timeout), Due::At(_)));
+        let first = ahead.admit(&in_flight, 1, timeout);
+        assert!(!first.sent_ahead() && first.deadline().is_some());
         assert!(ahead.fresh());
         let second = ahead.admit(&in_flight, 1, timeout);
-        let third = ahead.admit(&in_flight, 1, timeout);
-        assert_eq!(in_flight.load(Ordering::Acquire), 3);
-        assert!(second.deadline().is_none() && third.deadline().is_none());
-        ahead.release(&in_flight, true);
-        let began = second.deadline().expect("the second began");
-        assert!(began > Instant::now() + timeout - Duration::from_secs(1));
-        assert!(third.deadline().is_none(), "the third still waits");
-        ahead.release(&in_flight, true);
-        assert!(third.deadline().is_some());
-        ahead.release(&in_flight, true);
-        assert_eq!(in_flight.load(Ordering::Acquire), 0);
-        // A thread is free again: the next begins at once.
-        assert!(matches!(ahead.admit(&in_flight, 1, timeout), Due::At(_)));
-    }
-
-    #[test]
-    fn requests_queued_on_a_worker_that_is_gone_never_begin() {
-        let ahead = Ahead::default();
-        let in_flight = AtomicUsize::new(0);
-        let timeout = Duration::from_secs(5);
-        let _running = ahead.admit(&in_flight, 1, timeout);
-        let queued = ahead.admit(&in_flight, 1, timeout);
-        ahead.release(&in_flight, false);
-        assert!(queued.deadline().is_none());
-        ahead.release(&in_flight, false);
-        assert_eq!(in_flight.load(Ordering::Acquire), 0);
+        assert!(second.sent_ahead() && second.deadline().is_none());
+        assert_eq!(in_flight.load(Ordering::Acquire), 2);
+        second.begin();
+        let deadline = second.deadline().expect("began");
+        assert!(deadline > Instant::now() + timeout - Duration::from_secs(1));
+        second.begin();
+        assert_eq!(second.deadline(), Some(deadline), "set once");
     }
 
     #[test]
@@ -163,7 +130,7 @@ mod tests {
             Ordering::Release,
         );
         assert!(!ahead.fresh());
-        ahead.last_begun.store(now_nanos(), Ordering::Release);
+        ahead.began();
         assert!(ahead.fresh());
     }
 }

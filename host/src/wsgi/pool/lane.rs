@@ -26,8 +26,11 @@ pub(super) enum Event {
     Error(String),
     /// The app's response head cannot be used (too large, malformed): a 502.
     Unusable(String),
-    /// The worker died or was killed.
-    Gone,
+    /// The worker died or was killed. `read_all`: everything it wrote on this lane was read
+    /// first, so a request sent ahead that has not begun never reached the app.
+    Gone {
+        read_all: bool,
+    },
     /// More of the body went to the response's file (see [`super::buffer`]).
     Spilled,
 }
@@ -52,6 +55,8 @@ pub(super) struct Lane {
     /// what the worker really has to do.
     pub(super) held: Mutex<FxHashMap<u32, Held>>,
     pub(super) next_stream: AtomicU32,
+    /// Its reader has read to the end (the worker closed it or broke it).
+    reader_done: AtomicBool,
 }
 
 /// A request's place in the pool: its queue permit and its count on the worker.
@@ -67,10 +72,7 @@ pub(super) struct Held {
 
 impl Drop for Held {
     fn drop(&mut self) {
-        let worker = &self.worker;
-        worker
-            .ahead
-            .release(&worker.in_flight, worker.alive.load(Ordering::Acquire));
+        self.worker.in_flight.fetch_sub(1, Ordering::AcqRel);
         self.freed.notify_one();
     }
 }
@@ -91,11 +93,13 @@ impl Lane {
             streams: Mutex::new(FxHashMap::default()),
             held: Mutex::new(FxHashMap::default()),
             next_stream: AtomicU32::new(1),
+            reader_done: AtomicBool::new(false),
         });
         let reading = Arc::clone(&lane);
         tokio::spawn(async move {
             let mut buf = BytesMut::with_capacity(64 * 1024);
-            if let Err(e) = read_frames(&mut receiver, &mut buf, &reading).await {
+            let result = read_frames(&mut receiver, &mut buf, &reading).await;
+            if let Err(e) = &result {
                 tracing::error!(error = %e, "a worker connection failed: replacing the worker");
                 broken.cancel();
             }
@@ -103,7 +107,8 @@ impl Lane {
             // then whatever waits on this lane fails. In that order: a slot freed here must not
             // go to a request that would be sent to the dead worker.
             alive.store(false, Ordering::Release);
-            reading.fail_all();
+            reading.fail_all(result.is_ok());
+            reading.reader_done.store(true, Ordering::Release);
         });
         Ok(lane)
     }
@@ -130,6 +135,16 @@ impl Lane {
     pub(super) fn hold(&self, id: u32, held: Held) {
         if let Ok(mut map) = self.held.lock() {
             map.insert(id, held);
+        }
+    }
+
+    /// A thread of the worker took a request sent ahead.
+    fn begin(&self, id: u32) {
+        if let Ok(held) = self.held.lock() {
+            if let Some(held) = held.get(&id) {
+                held.due.begin();
+                held.worker.ahead.began();
+            }
         }
     }
 
@@ -168,8 +183,9 @@ impl Lane {
         }
     }
 
-    /// Tells every request on this lane that the worker is gone, and frees their slots.
-    pub(super) fn fail_all(&self) {
+    /// Tells every request on this lane that the worker is gone (`read_all`: after reading all it
+    /// wrote), and frees their slots.
+    pub(super) fn fail_all(&self, read_all: bool) {
         let held: Vec<_> = self
             .held
             .lock()
@@ -182,7 +198,7 @@ impl Lane {
             .map(|mut s| s.drain().collect())
             .unwrap_or_default();
         for (_, sink) in streams {
-            sink.tx.send(Event::Gone);
+            sink.tx.send(Event::Gone { read_all });
         }
     }
 }
@@ -281,7 +297,21 @@ impl Worker {
     pub(super) fn fail_all(&self) {
         self.alive.store(false, Ordering::Release);
         for lane in self.lanes.iter() {
-            lane.fail_all();
+            lane.fail_all(false);
+        }
+    }
+
+    /// Waits (at most `within`) until the reader of every lane in use has read to the end: then
+    /// each request on it has heard what the worker said about it, `Begin` included.
+    pub(super) async fn lanes_read(&self, within: std::time::Duration) {
+        let until = tokio::time::Instant::now() + within;
+        while self
+            .lanes
+            .iter()
+            .any(|lane| !lane.reader_done.load(Ordering::Acquire))
+            && tokio::time::Instant::now() < until
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
     }
 }
@@ -293,8 +323,13 @@ pub(super) async fn read_frames(
     lane: &Lane,
 ) -> std::io::Result<()> {
     loop {
-        if receiver.recv(buf).await? == 0 {
-            return Ok(());
+        match receiver.recv(buf).await {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            // A worker that dies with frames of ours unread resets the socket; Linux reports
+            // that only once everything it wrote has been read, so this is its end too.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(()),
+            Err(e) => return Err(e),
         }
         // Responses whose start, body and end all came in this read go over as one event.
         let mut whole: Vec<(u32, u16, HeaderMap, Vec<Bytes>)> = Vec::new();
@@ -328,6 +363,7 @@ pub(super) async fn read_frames(
                     f.stream,
                     Event::Error(String::from_utf8_lossy(&f.payload).into_owned()),
                 ),
+                (Kind::Begin, _) => lane.begin(f.stream),
                 (other, _) => tracing::warn!(?other, "unexpected frame from a lane"),
             }
         }

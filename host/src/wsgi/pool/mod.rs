@@ -86,6 +86,17 @@ pub enum PoolError {
     Start(String),
 }
 
+/// How many workers a request sent ahead may be given, each of which died before beginning it.
+const TRIES_NEVER_BEGUN: usize = 3;
+
+/// How one worker's try at a request ended.
+enum Attempt {
+    /// The app answered (or failed in a way the client hears about).
+    Answered(Response<Body>),
+    /// Sent ahead, and its worker died before beginning it: the request, to send again.
+    NeverBegun(Vec<u8>),
+}
+
 /// Counts a request waiting in the front's queue until dropped.
 struct Waiting<'a> {
     count: &'a AtomicUsize,
@@ -221,15 +232,28 @@ impl Pool {
     /// Sends a request frame (built with [`frame::HEADER_LEN`] bytes of room for its header) to a
     /// worker and returns the response head with a streaming body.
     pub async fn dispatch(&self, mut request: Vec<u8>) -> Result<Response<Body>, HttpError> {
+        // A request sent ahead whose worker died before it began never reached the app: it goes
+        // to another worker. Each try costs a dead worker, so a few are plenty.
+        for _ in 0..TRIES_NEVER_BEGUN {
+            match self.attempt(request).await? {
+                Attempt::Answered(response) => return Ok(response),
+                Attempt::NeverBegun(again) => request = again,
+            }
+        }
+        Err(HttpError::ServiceUnavailable)
+    }
+
+    /// One worker's try at a request.
+    async fn attempt(&self, mut request: Vec<u8>) -> Result<Attempt, HttpError> {
         let permit = Admitted::new(
             Arc::clone(&self.shared.queue)
                 .try_acquire_owned()
                 .map_err(|_| HttpError::ServiceUnavailable)?,
             &self.shared.config.metrics.in_flight,
         );
-        // A request goes to a worker only when one of its threads is free; until then it waits
-        // here, in arrival order, at most `queue_timeout` (503). Almost always a thread is free and
-        // nobody waits: no timer then.
+        // A request goes to a worker only when one of its threads is free (or as one sent ahead:
+        // see `ahead`); until then it waits here, in arrival order, at most `queue_timeout`
+        // (503). Almost always a thread is free and nobody waits: no timer then.
         let first_in_line = self.shared.waiting.load(Ordering::Acquire) == 0;
         let worker = match self.try_pick().filter(|_| first_in_line) {
             Some(worker) => worker,
@@ -254,8 +278,8 @@ impl Pool {
             )
         });
         let (id, mut events) = lane.open_stream(buffer.clone());
-        // The app's time starts when a thread takes the request: now, or after the worker's
-        // earlier requests if it was sent ahead.
+        // The app's time starts when a thread takes the request: now, or when the worker says
+        // it began one sent ahead.
         let timeout = config.timeout;
         let due = worker
             .ahead
@@ -269,7 +293,12 @@ impl Pool {
                 freed: Arc::clone(&self.shared.freed),
             },
         );
-        frame::seal(&mut request, Kind::Request, id);
+        let again = due.sent_ahead().then(|| request.clone());
+        let kind = match due.sent_ahead() {
+            true => Kind::RequestAhead,
+            false => Kind::Request,
+        };
+        frame::seal(&mut request, kind, id);
         lane.frames.send(request);
         let mut stream = ResponseStream {
             worker,
@@ -304,39 +333,34 @@ impl Pool {
         if let Some(deadline) = due.deadline() {
             stream.deadline = deadline;
         }
-        match first {
+        stream.done = true;
+        let response = match first {
             Some(Event::Complete(status, headers, body)) => {
-                stream.done = true;
                 build_response(status, headers, Body::full(body))
             }
             Some(Event::Start(status, headers)) => {
+                stream.done = false;
                 stream.events = Some(events);
                 build_response(status, headers, Body::Stream(Box::new(stream)))
             }
-            Some(Event::Error(_)) => {
-                stream.done = true;
-                Err(HttpError::Internal)
-            }
+            Some(Event::Error(_)) => Err(HttpError::Internal),
             Some(Event::Unusable(why)) => {
-                stream.done = true;
                 tracing::error!(pool = %self.shared.config.name, "the app's response head is unusable: {why}");
                 Err(HttpError::BadGateway)
             }
             Some(Event::End | Event::Body(_) | Event::Spilled) => {
-                stream.done = true;
                 tracing::error!(pool = %self.shared.config.name, "worker sent a body before its headers");
                 Err(HttpError::BadGateway)
             }
-            Some(Event::Gone) | None => {
-                stream.done = true;
-                // One sent ahead that never began did not reach the app: as if it had waited
-                // in the front for a thread that never came.
-                Err(match due.deadline() {
-                    None => HttpError::ServiceUnavailable,
-                    Some(_) => HttpError::BadGateway,
-                })
-            }
-        }
+            Some(Event::Gone { read_all }) if due.deadline().is_none() => match again {
+                // Everything the worker wrote was read, and no `Begin` for this one.
+                Some(again) if read_all => return Ok(Attempt::NeverBegun(again)),
+                // It may have begun (unknown): as if it had waited in the front in vain.
+                _ => Err(HttpError::ServiceUnavailable),
+            },
+            Some(Event::Gone { .. }) | None => Err(HttpError::BadGateway),
+        };
+        response.map(Attempt::Answered)
     }
 
     /// A worker with a thread free, waiting in the front's queue (in arrival order: tokio's

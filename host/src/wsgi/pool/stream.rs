@@ -143,7 +143,7 @@ impl ResponseStream {
                     Event::Start(..)
                     | Event::Complete(..)
                     | Event::Unusable(_)
-                    | Event::Gone
+                    | Event::Gone { .. }
                     | Event::Spilled,
                 )
                 | None,

@@ -350,8 +350,9 @@ impl Running {
                 }
             }
         };
-        worker.fail_all();
+        worker.alive.store(false, Ordering::Release);
         if reason == "stopped" {
+            worker.fail_all();
             // A stop asks first (SIGTERM, as Gunicorn does), so the app's exit handlers run.
             let pid = self.child.id().and_then(|p| i32::try_from(p).ok());
             if let Some(pid) = pid.and_then(rustix::process::Pid::from_raw) {
@@ -361,6 +362,11 @@ impl Running {
         }
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
+        // The process is gone: each lane's reader reads what it wrote to the end and fails the
+        // requests left, knowing which requests sent ahead it began (those it did not may run
+        // elsewhere). This is for a lane that something else holds open (a process the app forked).
+        worker.lanes_read(Duration::from_millis(500)).await;
+        worker.fail_all();
         if reason.starts_with("retired") {
             tracing::info!(pid = worker.pid, %reason, "old worker stopped");
         } else if !shutdown.is_cancelled() && !stopping() {

@@ -35,6 +35,8 @@ struct Stream {
     window: Mutex<i64>,
     more: Condvar,
     cancelled: AtomicBool,
+    /// Sent ahead while every thread was busy: the front is told when a thread takes it.
+    ahead: bool,
 }
 
 /// One lane (socket) to the front and the requests in flight on it.
@@ -156,10 +158,10 @@ impl FrameReader {
                 }
             };
             match frame.kind {
-                Kind::Request => match frame::decode_request(frame.payload) {
+                Kind::Request | Kind::RequestAhead => match frame::decode_request(frame.payload) {
                     // Opened on arrival, so a cancel that comes while it waits for a thread is seen.
                     Ok(req) => {
-                        conn.open(frame.stream);
+                        conn.open(frame.stream, frame.kind == Kind::RequestAhead);
                         requests.push((conn.lane, frame.stream, req));
                     }
                     Err(e) => eprintln!("gatehouse worker: bad request frame: {e}"),
@@ -195,9 +197,10 @@ impl Conn {
             .write_all(bytes)
     }
 
-    fn open(&self, id: u32) -> Arc<Stream> {
+    fn open(&self, id: u32, ahead: bool) -> Arc<Stream> {
         let stream = Arc::new(Stream {
             window: Mutex::new(WINDOW),
+            ahead,
             ..Stream::default()
         });
         if let Ok(mut streams) = self.streams.lock() {
@@ -207,10 +210,17 @@ impl Conn {
     }
 
     /// The stream a request opened on arrival; `None` if its client left before a thread took it
-    /// (the front is told, and the app never sees it).
+    /// (the front is told, and the app never sees it). For a request sent ahead, the front learns
+    /// that it begins before the app sees it: one this worker never began may run elsewhere.
     fn start(&self, id: u32) -> Option<Arc<Stream>> {
-        let stream = self.stream(id).unwrap_or_else(|| self.open(id));
+        let stream = self.stream(id).unwrap_or_else(|| self.open(id, false));
         if !stream.cancelled.load(Ordering::Acquire) {
+            if stream.ahead {
+                let mut frame = Vec::with_capacity(frame::HEADER_LEN);
+                frame::write_frame(&mut frame, Kind::Begin, id, b"");
+                // If the front cannot hear it, it cannot hear the response either.
+                self.send(&frame).ok()?;
+            }
             return Some(stream);
         }
         self.close(id);
