@@ -10,7 +10,8 @@
 //! not keep its old task alive either: no waker of that task may stay behind (see
 //! `Activity::forget_waker`).
 //!
-//! Keep-alive expiry is found by a sweep every [`SWEEP`], so it takes up to that much longer. A
+//! Keep-alive expiry is found by a sweep every [`SWEEP`] while the lot holds anything (an empty
+//! lot arms no timer), so it takes up to that much longer. A
 //! request to close (to make room at `max_connections`) wakes the lot, which sweeps at once; at
 //! shutdown every parked connection closes at once.
 
@@ -105,6 +106,7 @@ impl<E: Entry> Lot<E> {
             let Some(lot) = lot.as_mut() else {
                 return Err(entry);
             };
+            let first = lot.entries.is_empty();
             let vacant = lot.entries.vacant_entry();
             let token = Token(vacant.key());
             let fd = entry.fd();
@@ -114,8 +116,9 @@ impl<E: Entry> Lot<E> {
             {
                 Ok(()) => {
                     entry.watch_close(&lot.asked);
-                    // Asked before it got here: the lot's next turn closes it.
-                    if entry.expired(Instant::now()) {
+                    // Asked before it got here: the lot's next turn closes it. The first entry
+                    // of an empty lot also turns its sweep back on.
+                    if first || entry.expired(Instant::now()) {
                         lot.asked.wake_by_ref();
                     }
                     vacant.insert(entry);
@@ -186,7 +189,18 @@ pub async fn run<E: Entry>(lot: Place<E>, tracker: TaskTracker, shutdown: Cancel
     let mut events = mio::Events::with_capacity(EVENTS);
     let mut sweep = tokio::time::interval(SWEEP);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sweeping = false;
     'serve: loop {
+        // An empty lot has nothing to expire: no timer wakes its loop.
+        let occupied = lot.with(|lot| {
+            lot.borrow()
+                .as_ref()
+                .is_some_and(|lot| !lot.entries.is_empty())
+        });
+        if occupied && !sweeping {
+            sweep.reset();
+        }
+        sweeping = occupied;
         tokio::select! {
             ready = poll.readable_mut() => {
                 let Ok(mut ready) = ready else { break };
@@ -211,7 +225,7 @@ pub async fn run<E: Entry>(lot: Place<E>, tracker: TaskTracker, shutdown: Cancel
                     }
                 }
             }
-            _ = sweep.tick() => drop(expired(lot)),
+            _ = sweep.tick(), if sweeping => drop(expired(lot)),
             () = std::future::poll_fn(|cx| asked.poll_asked(cx)) => drop(expired(lot)),
             () = shutdown.cancelled() => break,
         }
@@ -246,6 +260,8 @@ mod tests {
         woken: Arc<AtomicBool>,
         dropped: Arc<AtomicBool>,
         close: Arc<std::sync::Mutex<Option<Waker>>>,
+        /// Its keep-alive ends then.
+        until: Option<Instant>,
     }
 
     impl Drop for Test {
@@ -261,8 +277,8 @@ mod tests {
             self.socket.as_raw_fd()
         }
 
-        fn expired(&self, _now: Instant) -> bool {
-            self.asked.load(Ordering::Acquire)
+        fn expired(&self, now: Instant) -> bool {
+            self.asked.load(Ordering::Acquire) || self.until.is_some_and(|until| now >= until)
         }
 
         fn watch_close(&self, waker: &Waker) {
@@ -306,6 +322,7 @@ mod tests {
             woken,
             dropped,
             close,
+            until: None,
         };
         (test, probe)
     }
@@ -358,6 +375,28 @@ mod tests {
         running.await.expect("the lot ends at shutdown");
         let (late, _probe) = entry();
         assert!(Lot::park(&LOT, late).is_err(), "no lot after shutdown");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sweep_closes_an_expired_connection_parked_after_the_lot_stood_empty() {
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(run(&LOT, TaskTracker::new(), shutdown.clone()));
+        turns().await;
+        // Empty for a while: its sweep is off.
+        tokio::time::sleep(SWEEP * 8).await;
+        let (mut parked, probe) = entry();
+        parked.until = Some(Instant::now() + SWEEP / 2);
+        assert!(Lot::park(&LOT, parked).is_ok());
+        turns().await;
+        assert!(!probe.dropped.load(Ordering::Acquire), "not expired yet");
+        tokio::time::sleep(SWEEP * 2).await;
+        turns().await;
+        assert!(
+            probe.dropped.load(Ordering::Acquire),
+            "the first entry turned the sweep back on"
+        );
+        shutdown.cancel();
+        running.await.expect("ends");
     }
 
     #[tokio::test(start_paused = true)]
