@@ -734,6 +734,38 @@ fn a_request_sent_ahead_behind_one_that_hangs_runs_once_the_hung_one_is_killed()
 }
 
 #[test]
+fn a_request_sent_ahead_that_hangs_gets_504_timeout_after_it_begins() {
+    let s = serve(
+        "stdlib_app:app",
+        "workers = 1\nthreads = 1\nprefetch = 1\ntimeout = \"1s\"",
+    );
+    // Streams are dispatched in order: the second is sent ahead and begins after 0.3 s.
+    let results = at_once_over_h2(s.gh.addr(), &["/sleep?0.3", "/sleep?5"]);
+    assert_eq!(results[0].0, StatusCode::OK, "{results:?}");
+    assert_eq!(results[1].0, StatusCode::GATEWAY_TIMEOUT, "{results:?}");
+    assert!(results[1].1 < Duration::from_secs(3), "{results:?}");
+}
+
+#[test]
+fn a_request_sent_ahead_that_does_not_begin_within_queue_timeout_gets_503() {
+    // The second request waits in the worker behind a 3 s one: past queue_timeout (1 s) it is
+    // cancelled, and the worker, reaching it, drops it unrun.
+    let s = serve(
+        "stdlib_app:app",
+        "workers = 1\nthreads = 1\nprefetch = 1\nqueue_timeout = \"1s\"\ntimeout = \"20s\"",
+    );
+    let results = at_once_over_h2(s.gh.addr(), &["/sleep?3", "/sleep?3"]);
+    let mut statuses: Vec<StatusCode> = results.iter().map(|(status, _)| *status).collect();
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [StatusCode::OK, StatusCode::SERVICE_UNAVAILABLE],
+        "{results:?}"
+    );
+    assert_serving(&s.gh);
+}
+
+#[test]
 fn requests_are_not_sent_ahead_to_a_worker_stuck_in_a_long_request() {
     // Two single-thread workers; one runs a 3 s request. Quick requests that come later go to
     // the other worker (sent ahead to it while it is busy), none behind the long one.

@@ -33,6 +33,8 @@ pub(super) enum Event {
     },
     /// More of the body went to the response's file (see [`super::buffer`]).
     Spilled,
+    /// A thread of the worker took the request sent ahead: its `timeout` runs from now.
+    Begun,
 }
 
 /// Where a lane delivers one request's events.
@@ -41,6 +43,9 @@ pub(super) struct Sink {
     tx: inbox::Sender<Event>,
     /// The front's buffer for the response's body (credit on receipt), if it has one.
     buffer: Option<Arc<ResponseBuffer>>,
+    /// When its `timeout` runs out; marked here (under the same lock as the stream's `Gone`) when
+    /// the worker begins a request sent ahead, so `Gone` never passes a `Begin` read before it.
+    due: Due,
 }
 
 /// One event loop's connection to one worker: frames out, and the requests waiting for frames back.
@@ -122,11 +127,12 @@ impl Lane {
     pub(super) fn open_stream(
         &self,
         buffer: Option<Arc<ResponseBuffer>>,
+        due: Due,
     ) -> (u32, inbox::Receiver<Event>) {
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed).max(1);
         let (tx, rx) = inbox::inbox();
         if let Ok(mut streams) = self.streams.lock() {
-            streams.insert(id, Sink { tx, buffer });
+            streams.insert(id, Sink { tx, buffer, due });
         }
         (id, rx)
     }
@@ -140,17 +146,21 @@ impl Lane {
 
     /// A thread of the worker took a request sent ahead.
     fn begin(&self, id: u32) {
-        if let Ok(held) = self.held.lock() {
-            if let Some(held) = held.get(&id) {
-                held.due.begin();
-                held.worker.ahead.began();
-            }
+        if let Some(sink) = self.streams.lock().ok().as_ref().and_then(|s| s.get(&id)) {
+            sink.due.begin();
+            sink.tx.send(Event::Begun);
+        }
+        if let Some(held) = self.held.lock().ok().as_ref().and_then(|h| h.get(&id)) {
+            held.worker.ahead.began();
         }
     }
 
     /// The worker finished a request (its last frame arrived): its slot is free.
     fn release(&self, id: u32) {
         let held = self.held.lock().ok().and_then(|mut map| map.remove(&id));
+        if let Some(held) = &held {
+            held.worker.finished.fetch_add(1, Ordering::AcqRel);
+        }
         drop(held);
     }
 
@@ -218,8 +228,10 @@ pub(super) struct Worker {
     /// Taking requests; cleared (by its lanes too) the moment it is known to be gone.
     pub(super) alive: Arc<AtomicBool>,
     pub(super) kill: CancellationToken,
-    /// Requests handed to this worker so far.
+    /// Requests handed to this worker so far (sent ahead or not, retried elsewhere or not).
     pub(super) served: AtomicU64,
+    /// Requests it finished (its last frame for them arrived).
+    pub(super) finished: AtomicU64,
     /// Recycle after this many requests (0: never).
     pub(super) max_requests: u64,
     /// Fired when `max_requests` is reached: the supervisor starts a replacement, then drains this one.

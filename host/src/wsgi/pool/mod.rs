@@ -234,8 +234,8 @@ impl Pool {
     pub async fn dispatch(&self, mut request: Vec<u8>) -> Result<Response<Body>, HttpError> {
         // A request sent ahead whose worker died before it began never reached the app: it goes
         // to another worker. Each try costs a dead worker, so a few are plenty.
-        for _ in 0..TRIES_NEVER_BEGUN {
-            match self.attempt(request).await? {
+        for retry in [false, true, true].into_iter().take(TRIES_NEVER_BEGUN) {
+            match self.attempt(request, retry).await? {
                 Attempt::Answered(response) => return Ok(response),
                 Attempt::NeverBegun(again) => request = again,
             }
@@ -243,12 +243,20 @@ impl Pool {
         Err(HttpError::ServiceUnavailable)
     }
 
-    /// One worker's try at a request.
-    async fn attempt(&self, mut request: Vec<u8>) -> Result<Attempt, HttpError> {
+    /// One worker's try at a request (`retry`: after one whose worker died before beginning it).
+    async fn attempt(&self, mut request: Vec<u8>, retry: bool) -> Result<Attempt, HttpError> {
+        let queue = Arc::clone(&self.shared.queue);
+        let permit = if retry {
+            // It was admitted once: it waits for its place again rather than failing.
+            tokio::time::timeout(self.shared.config.queue_timeout, queue.acquire_owned())
+                .await
+                .ok()
+                .and_then(Result::ok)
+        } else {
+            queue.try_acquire_owned().ok()
+        };
         let permit = Admitted::new(
-            Arc::clone(&self.shared.queue)
-                .try_acquire_owned()
-                .map_err(|_| HttpError::ServiceUnavailable)?,
+            permit.ok_or(HttpError::ServiceUnavailable)?,
             &self.shared.config.metrics.in_flight,
         );
         // A request goes to a worker only when one of its threads is free (or as one sent ahead:
@@ -277,13 +285,13 @@ impl Pool {
                 &config.budget,
             )
         });
-        let (id, mut events) = lane.open_stream(buffer.clone());
         // The app's time starts when a thread takes the request: now, or when the worker says
         // it began one sent ahead.
         let timeout = config.timeout;
         let due = worker
             .ahead
             .admit(&worker.in_flight, config.spec.threads.max(1), timeout);
+        let (id, mut events) = lane.open_stream(buffer.clone(), due.clone());
         lane.hold(
             id,
             Held {
@@ -314,20 +322,40 @@ impl Pool {
             _pool: Arc::clone(&self.guard),
         };
         // The timer lives in this future (no allocation); a streamed body gets its own below.
+        // A request sent ahead waits at most `queue_timeout` for its worker to begin it (its
+        // time in the worker's socket is queue time); then it is cancelled, and the worker
+        // either says it never began it or that it just did.
+        let sent = tokio::time::Instant::now();
+        let mut cancelled: Option<tokio::time::Instant> = None;
         let first = loop {
-            // Sent ahead and not begun: the request before it has its own timeout; look again.
-            let deadline = due
-                .deadline()
-                .unwrap_or_else(|| tokio::time::Instant::now() + timeout);
-            if let Ok(first) = tokio::time::timeout_at(deadline, events.recv()).await {
-                break first;
+            let deadline = match (due.deadline(), cancelled) {
+                (Some(deadline), _) => deadline,
+                (None, None) => sent + config.queue_timeout,
+                (None, Some(at)) => at + timeout,
+            };
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                // Its clock starts now: wait again, with its deadline.
+                Ok(Some(Event::Begun)) => continue,
+                Ok(first) => break first,
+                Err(_) => {}
             }
-            if due
-                .deadline()
-                .is_some_and(|d| d <= tokio::time::Instant::now())
-            {
-                stream.timed_out();
-                return Err(HttpError::GatewayTimeout);
+            let now = tokio::time::Instant::now();
+            match (due.deadline(), cancelled) {
+                (Some(deadline), _) if deadline <= now => {
+                    stream.timed_out();
+                    return Err(HttpError::GatewayTimeout);
+                }
+                (Some(_), _) => {}
+                (None, None) => {
+                    tracing::warn!(pool = %config.name, queue_timeout = ?config.queue_timeout, "a request sent ahead did not begin within queue_timeout: cancelled");
+                    stream.lane.send(Kind::Cancel, id, b"");
+                    cancelled = Some(now);
+                }
+                (None, Some(_)) => {
+                    // No word from the worker about it: whether it ran is unknown.
+                    stream.done = true;
+                    return Err(HttpError::BadGateway);
+                }
             }
         };
         if let Some(deadline) = due.deadline() {
@@ -343,21 +371,30 @@ impl Pool {
                 stream.events = Some(events);
                 build_response(status, headers, Body::Stream(Box::new(stream)))
             }
+            // The worker's answer to our cancel: it never began it.
+            Some(Event::Error(_)) if cancelled.is_some() && due.deadline().is_none() => {
+                Err(HttpError::ServiceUnavailable)
+            }
             Some(Event::Error(_)) => Err(HttpError::Internal),
             Some(Event::Unusable(why)) => {
                 tracing::error!(pool = %self.shared.config.name, "the app's response head is unusable: {why}");
                 Err(HttpError::BadGateway)
             }
-            Some(Event::End | Event::Body(_) | Event::Spilled) => {
+            Some(Event::End | Event::Body(_) | Event::Spilled | Event::Begun) => {
                 tracing::error!(pool = %self.shared.config.name, "worker sent a body before its headers");
                 Err(HttpError::BadGateway)
             }
-            Some(Event::Gone { read_all }) if due.deadline().is_none() => match again {
-                // Everything the worker wrote was read, and no `Begin` for this one.
-                Some(again) if read_all => return Ok(Attempt::NeverBegun(again)),
-                // It may have begun (unknown): as if it had waited in the front in vain.
-                _ => Err(HttpError::ServiceUnavailable),
-            },
+            // Everything the worker wrote was read, and no `Begin` for this one: it never
+            // reached the app.
+            Some(Event::Gone { read_all: true }) if due.deadline().is_none() => {
+                match (again, cancelled) {
+                    (Some(again), None) => return Ok(Attempt::NeverBegun(again)),
+                    // It already waited `queue_timeout`.
+                    (Some(_), Some(_)) => Err(HttpError::ServiceUnavailable),
+                    (None, _) => Err(HttpError::BadGateway),
+                }
+            }
+            // Otherwise whether it ran is unknown, as for any request in flight.
             Some(Event::Gone { .. }) | None => Err(HttpError::BadGateway),
         };
         response.map(Attempt::Answered)

@@ -91,6 +91,9 @@ impl crate::body::ChunkStream for ResponseStream {
                 self.from_file = true;
                 continue;
             }
+            if let Poll::Ready(Some(Event::Begun)) = event {
+                continue;
+            }
             return self.on_event(event, cx);
         }
     }
@@ -144,7 +147,8 @@ impl ResponseStream {
                     | Event::Complete(..)
                     | Event::Unusable(_)
                     | Event::Gone { .. }
-                    | Event::Spilled,
+                    | Event::Spilled
+                    | Event::Begun,
                 )
                 | None,
             ) => {

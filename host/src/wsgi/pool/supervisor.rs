@@ -164,10 +164,10 @@ impl Supervisor {
                     return;
                 }
                 // Backoff is for crash loops (an app that dies on import or on its first
-                // request); a worker that served requests before dying is replaced at once, as
+                // request); a worker that finished requests before dying is replaced at once, as
                 // Gunicorn does, so a request that kills workers costs only itself.
                 if started.elapsed() > Duration::from_secs(10)
-                    || worker.served.load(Ordering::Acquire) >= 2
+                    || worker.finished.load(Ordering::Acquire) >= 1
                 {
                     backoff = Duration::from_millis(100);
                 }
@@ -278,6 +278,7 @@ impl Supervisor {
             alive: Arc::new(AtomicBool::new(true)),
             kill: CancellationToken::new(),
             served: AtomicU64::new(0),
+            finished: AtomicU64::new(0),
             max_requests: match config.max_requests {
                 0 => 0,
                 n => n + jitter(config.max_requests_jitter),

@@ -35,8 +35,6 @@ struct Stream {
     window: Mutex<i64>,
     more: Condvar,
     cancelled: AtomicBool,
-    /// Sent ahead while every thread was busy: the front is told when a thread takes it.
-    ahead: bool,
 }
 
 /// One lane (socket) to the front and the requests in flight on it.
@@ -52,8 +50,9 @@ struct Conn {
     inline: Option<Arc<Mutex<Inline>>>,
 }
 
-/// A request read off a lane: the lane's index, the stream id and the request.
-type Job = (usize, u32, WireRequest);
+/// A request read off a lane: the lane's index, the stream id, the request, and whether it was
+/// sent ahead (the front is told when it begins).
+type Job = (usize, u32, WireRequest, bool);
 
 /// The reading side when the handler thread reads for itself: every lane's reader, and the
 /// requests read (while waiting for flow-control credit, say) but not yet run.
@@ -161,10 +160,22 @@ impl FrameReader {
                 Kind::Request | Kind::RequestAhead => match frame::decode_request(frame.payload) {
                     // Opened on arrival, so a cancel that comes while it waits for a thread is seen.
                     Ok(req) => {
-                        conn.open(frame.stream, frame.kind == Kind::RequestAhead);
-                        requests.push((conn.lane, frame.stream, req));
+                        conn.open(frame.stream);
+                        let ahead = frame.kind == Kind::RequestAhead;
+                        requests.push((conn.lane, frame.stream, req, ahead));
                     }
-                    Err(e) => eprintln!("gatehouse worker: bad request frame: {e}"),
+                    Err(e) => {
+                        eprintln!("gatehouse worker: bad request frame: {e}");
+                        // The front hears of it (an error), rather than waiting for its timeout.
+                        let mut out = Vec::with_capacity(frame::HEADER_LEN + 32);
+                        frame::write_frame(
+                            &mut out,
+                            Kind::Error,
+                            frame.stream,
+                            b"bad request frame",
+                        );
+                        let _ = conn.send(&out);
+                    }
                 },
                 Kind::Credit => {
                     if let (Some(stream), Ok(bytes)) = (
@@ -197,10 +208,9 @@ impl Conn {
             .write_all(bytes)
     }
 
-    fn open(&self, id: u32, ahead: bool) -> Arc<Stream> {
+    fn open(&self, id: u32) -> Arc<Stream> {
         let stream = Arc::new(Stream {
             window: Mutex::new(WINDOW),
-            ahead,
             ..Stream::default()
         });
         if let Ok(mut streams) = self.streams.lock() {
@@ -212,10 +222,10 @@ impl Conn {
     /// The stream a request opened on arrival; `None` if its client left before a thread took it
     /// (the front is told, and the app never sees it). For a request sent ahead, the front learns
     /// that it begins before the app sees it: one this worker never began may run elsewhere.
-    fn start(&self, id: u32) -> Option<Arc<Stream>> {
-        let stream = self.stream(id).unwrap_or_else(|| self.open(id, false));
+    fn start(&self, id: u32, ahead: bool) -> Option<Arc<Stream>> {
+        let stream = self.stream(id).unwrap_or_else(|| self.open(id));
         if !stream.cancelled.load(Ordering::Acquire) {
-            if stream.ahead {
+            if ahead {
                 let mut frame = Vec::with_capacity(frame::HEADER_LEN);
                 frame::write_frame(&mut frame, Kind::Begin, id, b"");
                 // If the front cannot hear it, it cannot hear the response either.
@@ -391,7 +401,7 @@ fn serve_inline(conns: &[Arc<Conn>], inline: &Mutex<Inline>, app: &app::App) {
                     }
                 }
             };
-            let Some((lane, id, request)) = next else {
+            let Some((lane, id, request, ahead)) = next else {
                 continue;
             };
             if read_at.elapsed() > std::time::Duration::from_millis(2) {
@@ -401,7 +411,7 @@ fn serve_inline(conns: &[Arc<Conn>], inline: &Mutex<Inline>, app: &app::App) {
                 read_at = std::time::Instant::now();
             }
             let conn = &conns[lane];
-            let Some(stream) = conn.start(id) else {
+            let Some(stream) = conn.start(id, ahead) else {
                 continue;
             };
             app::handle(py, app, id, request, conn, &stream);
@@ -426,11 +436,11 @@ fn serve_threaded(readers: Vec<FrameReader>, conns: &[Arc<Conn>], app: app::App,
                 Python::attach(|py| {
                     loop {
                         let job = py.detach(|| jobs.lock().ok().and_then(|rx| rx.recv().ok()));
-                        let Some((lane, id, request)) = job else {
+                        let Some((lane, id, request, ahead)) = job else {
                             break;
                         };
                         let conn = &conns[lane];
-                        let Some(stream) = conn.start(id) else {
+                        let Some(stream) = conn.start(id, ahead) else {
                             continue;
                         };
                         app::handle(py, &app, id, request, conn, &stream);
