@@ -36,6 +36,9 @@ pub enum Kind {
     RequestAhead = 9,
     /// Worker -> front: a thread took this request sent ahead (the app is about to see it).
     Begin = 10,
+    /// Front -> worker: drop this request sent ahead if no thread has taken it yet (it waited
+    /// too long); once begun, it goes on. Either way the worker answers (`Error` or `Begin`).
+    Withdraw = 11,
 }
 
 impl Kind {
@@ -51,6 +54,7 @@ impl Kind {
             8 => Kind::Error,
             9 => Kind::RequestAhead,
             10 => Kind::Begin,
+            11 => Kind::Withdraw,
             _ => return None,
         })
     }

@@ -150,13 +150,17 @@ impl Lane {
             sink.due.begin();
             sink.tx.send(Event::Begun);
         }
+        // Also through its place in the pool: after its client left (no stream), the supervisor
+        // still holds it to its `timeout` (`Worker::overdue`). The same value, set once.
         if let Some(held) = self.held.lock().ok().as_ref().and_then(|h| h.get(&id)) {
+            held.due.begin();
             held.worker.ahead.began();
         }
     }
 
-    /// The worker finished a request (its last frame arrived): its slot is free.
-    fn release(&self, id: u32) {
+    /// The worker finished a request (its last frame arrived), or it was never sent: its slot is
+    /// free.
+    pub(super) fn release(&self, id: u32) {
         let held = self.held.lock().ok().and_then(|mut map| map.remove(&id));
         if let Some(held) = &held {
             held.worker.finished.fetch_add(1, Ordering::AcqRel);

@@ -301,6 +301,13 @@ impl Pool {
                 freed: Arc::clone(&self.shared.freed),
             },
         );
+        if !worker.alive.load(Ordering::Acquire) {
+            // It died since it was picked, perhaps after its lanes failed what they held: this
+            // stream would hear nothing. Nothing was sent.
+            lane.close_stream(id);
+            lane.release(id);
+            return Ok(Attempt::NeverBegun(request));
+        }
         let again = due.sent_ahead().then(|| request.clone());
         let kind = match due.sent_ahead() {
             true => Kind::RequestAhead,
@@ -348,7 +355,7 @@ impl Pool {
                 (Some(_), _) => {}
                 (None, None) => {
                     tracing::warn!(pool = %config.name, queue_timeout = ?config.queue_timeout, "a request sent ahead did not begin within queue_timeout: cancelled");
-                    stream.lane.send(Kind::Cancel, id, b"");
+                    stream.lane.send(Kind::Withdraw, id, b"");
                     cancelled = Some(now);
                 }
                 (None, Some(_)) => {

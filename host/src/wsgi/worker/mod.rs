@@ -13,7 +13,7 @@ mod app;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, mpsc};
 
 use bytes::BytesMut;
@@ -35,7 +35,14 @@ struct Stream {
     window: Mutex<i64>,
     more: Condvar,
     cancelled: AtomicBool,
+    /// [`WAITING`], then [`STARTED`] when a thread takes it or [`WITHDRAWN`] if the front took it
+    /// back first (one compare-and-swap decides).
+    state: AtomicU8,
 }
+
+const WAITING: u8 = 0;
+const STARTED: u8 = 1;
+const WITHDRAWN: u8 = 2;
 
 /// One lane (socket) to the front and the requests in flight on it.
 #[derive(Debug)]
@@ -194,6 +201,16 @@ impl FrameReader {
                         stream.more.notify_all();
                     }
                 }
+                Kind::Withdraw => {
+                    if let Some(stream) = conn.stream(frame.stream) {
+                        let _ = stream.state.compare_exchange(
+                            WAITING,
+                            WITHDRAWN,
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        );
+                    }
+                }
                 other => eprintln!("gatehouse worker: unexpected frame {other:?} from the front"),
             }
         }
@@ -224,7 +241,11 @@ impl Conn {
     /// that it begins before the app sees it: one this worker never began may run elsewhere.
     fn start(&self, id: u32, ahead: bool) -> Option<Arc<Stream>> {
         let stream = self.stream(id).unwrap_or_else(|| self.open(id));
-        if !stream.cancelled.load(Ordering::Acquire) {
+        let started = stream
+            .state
+            .compare_exchange(WAITING, STARTED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if started && !stream.cancelled.load(Ordering::Acquire) {
             if ahead {
                 let mut frame = Vec::with_capacity(frame::HEADER_LEN);
                 frame::write_frame(&mut frame, Kind::Begin, id, b"");
