@@ -633,26 +633,53 @@ fn a_burst_deeper_than_the_threads_waits_in_the_front_and_timeout_counts_only_th
     );
 }
 
+/// A GET of `path` on its own thread: its status once joined.
+fn get_in_background(
+    gh: &Gatehouse,
+    path: &str,
+) -> std::thread::JoinHandle<reqwest::Result<StatusCode>> {
+    let url = gh.url(path);
+    std::thread::spawn(move || client().get(url).send().map(|r| r.status()))
+}
+
+fn h2_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// An HTTP/2 connection to `addr`, driven by a task of the calling runtime.
+async fn h2_client(addr: std::net::SocketAddr) -> h2::client::SendRequest<bytes::Bytes> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (client, connection) = h2::client::handshake(tcp).await.expect("h2");
+    tokio::spawn(connection);
+    client
+}
+
+/// Starts a GET of `path` as a new stream of `client`.
+async fn h2_get(
+    client: &h2::client::SendRequest<bytes::Bytes>,
+    addr: std::net::SocketAddr,
+    path: &str,
+) -> h2::client::ResponseFuture {
+    let mut ready = client.clone().ready().await.expect("ready");
+    let request = http::Request::get(format!("http://{addr}{path}"))
+        .body(())
+        .expect("request");
+    ready.send_request(request, true).expect("send").0
+}
+
 /// Sends every path as a stream of one HTTP/2 connection at once (so the front dispatches them
 /// within microseconds of each other) and returns each one's status and time, in order.
 fn at_once_over_h2(addr: std::net::SocketAddr, paths: &[&str]) -> Vec<(StatusCode, Duration)> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
     let paths: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
-    runtime.block_on(async move {
-        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let (client, connection) = h2::client::handshake(tcp).await.expect("h2");
-        tokio::spawn(connection);
+    h2_runtime().block_on(async move {
+        let client = h2_client(addr).await;
         let started = Instant::now();
         let mut pending = Vec::new();
         for path in &paths {
-            let mut ready = client.clone().ready().await.expect("ready");
-            let request = http::Request::get(format!("http://{addr}{path}"))
-                .body(())
-                .expect("request");
-            let (response, _) = ready.send_request(request, true).expect("send");
+            let response = h2_get(&client, addr, path).await;
             pending.push(tokio::spawn(async move {
                 let response = response.await.expect("response");
                 let status = response.status().as_u16();
@@ -766,6 +793,31 @@ fn a_request_sent_ahead_that_does_not_begin_within_queue_timeout_gets_503() {
 }
 
 #[test]
+fn a_withdrawn_request_is_answered_at_once_by_a_worker_with_threads() {
+    // Two threads busy for 3 s, a third request sent ahead: withdrawn after queue_timeout (1 s),
+    // its 503 comes then, not when a thread frees.
+    let s = serve(
+        "stdlib_app:app",
+        "workers = 1\nthreads = 2\nprefetch = 1\nqueue_timeout = \"1s\"\ntimeout = \"20s\"",
+    );
+    let results = at_once_over_h2(s.gh.addr(), &["/sleep?3", "/sleep?3", "/sleep?3"]);
+    let refused: Vec<_> = results
+        .iter()
+        .filter(|(status, _)| *status == StatusCode::SERVICE_UNAVAILABLE)
+        .collect();
+    assert_eq!(refused.len(), 1, "{results:?}");
+    assert!(refused[0].1 < Duration::from_millis(2500), "{results:?}");
+    assert_eq!(
+        results
+            .iter()
+            .filter(|(status, _)| *status == StatusCode::OK)
+            .count(),
+        2,
+        "{results:?}"
+    );
+}
+
+#[test]
 fn requests_are_not_sent_ahead_to_a_worker_stuck_in_a_long_request() {
     // Two single-thread workers; one runs a 3 s request. Quick requests that come later go to
     // the other worker (sent ahead to it while it is busy), none behind the long one.
@@ -773,8 +825,7 @@ fn requests_are_not_sent_ahead_to_a_worker_stuck_in_a_long_request() {
         "stdlib_app:app",
         "workers = 2\nthreads = 1\nprefetch = 4\ntimeout = \"20s\"",
     );
-    let url = s.gh.url("/sleep?3");
-    let long = std::thread::spawn(move || client().get(url).send().map(|r| r.status()));
+    let long = get_in_background(&s.gh, "/sleep?3");
     std::thread::sleep(Duration::from_millis(300));
     let quick = at_once_over_h2(s.gh.addr(), &["/sleep?0.05"; 6]);
     for (status, took) in &quick {
@@ -1687,28 +1738,18 @@ fn an_http2_stream_reset_while_queued_never_runs() {
         "stdlib_app:app",
         "workers = 1\nthreads = 1\nbacklog = 1\ntimeout = \"20s\"",
     );
-    let url = s.gh.url("/sleep?1.5");
-    let busy = std::thread::spawn(move || client().get(url).send().map(|r| r.status()));
+    let busy = get_in_background(&s.gh, "/sleep?1.5");
     std::thread::sleep(Duration::from_millis(300));
     let addr = s.gh.addr();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = h2_runtime();
     // The connection stays open: only the stream is reset (RST_STREAM), not the connection.
-    let (_client, _connection) = runtime.block_on(async move {
-        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let (client, connection) = h2::client::handshake(tcp).await.expect("h2");
-        let connection = tokio::spawn(connection);
-        let mut ready = client.clone().ready().await.expect("ready");
-        let request = http::Request::get(format!("http://{addr}/close?abandoned-h2"))
-            .body(())
-            .expect("request");
-        let (response, _) = ready.send_request(request, true).expect("send");
+    let _client = runtime.block_on(async move {
+        let client = h2_client(addr).await;
+        let response = h2_get(&client, addr, "/close?abandoned-h2").await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         drop(response);
         tokio::time::sleep(Duration::from_millis(200)).await;
-        (client, connection)
+        client
     });
     assert_eq!(busy.join().expect("thread").expect("get"), StatusCode::OK);
     std::thread::sleep(Duration::from_millis(500));

@@ -158,14 +158,17 @@ impl Lane {
         }
     }
 
-    /// The worker finished a request (its last frame arrived), or it was never sent: its slot is
-    /// free.
-    pub(super) fn release(&self, id: u32) {
-        let held = self.held.lock().ok().and_then(|mut map| map.remove(&id));
+    /// The worker finished a request (its last frame arrived): its slot is free.
+    fn release(&self, id: u32) {
+        let held = self.forget(id);
         if let Some(held) = &held {
             held.worker.finished.fetch_add(1, Ordering::AcqRel);
         }
-        drop(held);
+    }
+
+    /// Gives up a request's slot (dropped with the returned value), finished or never sent.
+    pub(super) fn forget(&self, id: u32) -> Option<Held> {
+        self.held.lock().ok().and_then(|mut map| map.remove(&id))
     }
 
     /// Forgets a stream; `false` if it was already gone (failed with its worker).

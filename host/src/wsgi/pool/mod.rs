@@ -305,7 +305,7 @@ impl Pool {
             // It died since it was picked, perhaps after its lanes failed what they held: this
             // stream would hear nothing. Nothing was sent.
             lane.close_stream(id);
-            lane.release(id);
+            drop(lane.forget(id));
             return Ok(Attempt::NeverBegun(request));
         }
         let again = due.sent_ahead().then(|| request.clone());
@@ -330,12 +330,12 @@ impl Pool {
         };
         // The timer lives in this future (no allocation); a streamed body gets its own below.
         // A request sent ahead waits at most `queue_timeout` for its worker to begin it (its
-        // time in the worker's socket is queue time); then it is cancelled, and the worker
+        // time in the worker's socket is queue time); then it is withdrawn, and the worker
         // either says it never began it or that it just did.
         let sent = tokio::time::Instant::now();
-        let mut cancelled: Option<tokio::time::Instant> = None;
+        let mut withdrawn: Option<tokio::time::Instant> = None;
         let first = loop {
-            let deadline = match (due.deadline(), cancelled) {
+            let deadline = match (due.deadline(), withdrawn) {
                 (Some(deadline), _) => deadline,
                 (None, None) => sent + config.queue_timeout,
                 (None, Some(at)) => at + timeout,
@@ -347,16 +347,16 @@ impl Pool {
                 Err(_) => {}
             }
             let now = tokio::time::Instant::now();
-            match (due.deadline(), cancelled) {
+            match (due.deadline(), withdrawn) {
                 (Some(deadline), _) if deadline <= now => {
                     stream.timed_out();
                     return Err(HttpError::GatewayTimeout);
                 }
                 (Some(_), _) => {}
                 (None, None) => {
-                    tracing::warn!(pool = %config.name, queue_timeout = ?config.queue_timeout, "a request sent ahead did not begin within queue_timeout: cancelled");
+                    tracing::warn!(pool = %config.name, queue_timeout = ?config.queue_timeout, "a request sent ahead did not begin within queue_timeout: withdrawn");
                     stream.lane.send(Kind::Withdraw, id, b"");
-                    cancelled = Some(now);
+                    withdrawn = Some(now);
                 }
                 (None, Some(_)) => {
                     // No word from the worker about it: whether it ran is unknown.
@@ -378,8 +378,8 @@ impl Pool {
                 stream.events = Some(events);
                 build_response(status, headers, Body::Stream(Box::new(stream)))
             }
-            // The worker's answer to our cancel: it never began it.
-            Some(Event::Error(_)) if cancelled.is_some() && due.deadline().is_none() => {
+            // The worker's answer to our withdrawal: it never began it.
+            Some(Event::Error(_)) if withdrawn.is_some() && due.deadline().is_none() => {
                 Err(HttpError::ServiceUnavailable)
             }
             Some(Event::Error(_)) => Err(HttpError::Internal),
@@ -394,7 +394,7 @@ impl Pool {
             // Everything the worker wrote was read, and no `Begin` for this one: it never
             // reached the app.
             Some(Event::Gone { read_all: true }) if due.deadline().is_none() => {
-                match (again, cancelled) {
+                match (again, withdrawn) {
                     (Some(again), None) => return Ok(Attempt::NeverBegun(again)),
                     // It already waited `queue_timeout`.
                     (Some(_), Some(_)) => Err(HttpError::ServiceUnavailable),

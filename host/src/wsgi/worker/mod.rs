@@ -202,13 +202,28 @@ impl FrameReader {
                     }
                 }
                 Kind::Withdraw => {
-                    if let Some(stream) = conn.stream(frame.stream) {
-                        let _ = stream.state.compare_exchange(
-                            WAITING,
-                            WITHDRAWN,
-                            Ordering::AcqRel,
-                            Ordering::Acquire,
+                    let withdrawn = conn.stream(frame.stream).is_some_and(|stream| {
+                        stream
+                            .state
+                            .compare_exchange(
+                                WAITING,
+                                WITHDRAWN,
+                                Ordering::AcqRel,
+                                Ordering::Acquire,
+                            )
+                            .is_ok()
+                    });
+                    // Said at once (its place in the front's queue is freed now), not when a
+                    // thread reaches it; that thread then skips it in silence.
+                    if withdrawn {
+                        let mut out = Vec::with_capacity(frame::HEADER_LEN + 32);
+                        frame::write_frame(
+                            &mut out,
+                            Kind::Error,
+                            frame.stream,
+                            b"withdrawn before it started",
                         );
+                        let _ = conn.send(&out);
                     }
                 }
                 other => eprintln!("gatehouse worker: unexpected frame {other:?} from the front"),
@@ -255,6 +270,10 @@ impl Conn {
             return Some(stream);
         }
         self.close(id);
+        if !started {
+            // Withdrawn: the front was told when it was.
+            return None;
+        }
         let mut frame = Vec::with_capacity(frame::HEADER_LEN + 32);
         frame::write_frame(&mut frame, Kind::Error, id, b"cancelled before it started");
         let _ = self.send(&frame);
