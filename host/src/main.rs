@@ -18,6 +18,30 @@ fn main() -> ExitCode {
     gatehouse::main()
 }
 
+/// `mi_option_arena_eager_commit` in mimalloc's (v2) `mi_option_e`; libmimalloc-sys names no
+/// constant for it.
+const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+
+/// mimalloc commits its arena as a whole by default where the system overcommits; committed on
+/// demand instead, the pages it purges are handed back, which lowers the front's resident memory
+/// under load (bench/results/profile.md). The option must be set before the arena exists, that is
+/// before the first allocation, which Rust's runtime makes before `main`: so it is set from the
+/// executable's initialisers, which run before the runtime.
+#[allow(unsafe_code)] // a link section, and an FFI call: the allocator's C API
+mod commit_on_demand {
+    extern "C" fn set() {
+        // SAFETY: `mi_option_set` takes an option number and a value, no pointers; it needs no
+        // initialisation of mimalloc (options are plain values read later).
+        unsafe { libmimalloc_sys::mi_option_set(super::MI_OPTION_ARENA_EAGER_COMMIT, 0) }
+    }
+
+    // SAFETY: `.init_array` holds pointers to functions the loader calls before the program's
+    // runtime starts; `set` takes no arguments, touches no Rust state and cannot unwind.
+    #[used]
+    #[unsafe(link_section = ".init_array")]
+    static SET: extern "C" fn() = set;
+}
+
 /// Hands memory the calling thread freed after a burst (thousands of connections served at once,
 /// then parked) back to the system: mimalloc returns free pages only when a later allocation or a
 /// collection comes by, which an idle event loop never makes. An event loop calls it once a
