@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// A busy worker is sent a request ahead only if it began one this recently.
-pub(super) const FRESH: Duration = Duration::from_millis(10);
+const FRESH: Duration = Duration::from_millis(10);
 
 /// The clock `Ahead::last_begun` counts from.
 static EPOCH: LazyLock<std::time::Instant> = LazyLock::new(std::time::Instant::now);

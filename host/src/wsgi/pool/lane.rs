@@ -230,7 +230,7 @@ pub(super) struct Worker {
     pub(super) lanes: ThreadLocal<Arc<Lane>>,
     /// Requests it has (running, or sent ahead: see [`Ahead`]).
     pub(super) in_flight: AtomicUsize,
-    /// Its requests sent ahead, and when it last began one.
+    /// When it last began a request (whether it may be sent more ahead).
     pub(super) ahead: Ahead,
     /// Taking requests; cleared (by its lanes too) the moment it is known to be gone.
     pub(super) alive: Arc<AtomicBool>,

@@ -234,8 +234,8 @@ impl Pool {
     pub async fn dispatch(&self, mut request: Vec<u8>) -> Result<Response<Body>, HttpError> {
         // A request sent ahead whose worker died before it began never reached the app: it goes
         // to another worker. Each try costs a dead worker, so a few are plenty.
-        for retry in [false, true, true].into_iter().take(TRIES_NEVER_BEGUN) {
-            match self.attempt(request, retry).await? {
+        for tried in 0..TRIES_NEVER_BEGUN {
+            match self.attempt(request, tried > 0).await? {
                 Attempt::Answered(response) => return Ok(response),
                 Attempt::NeverBegun(again) => request = again,
             }

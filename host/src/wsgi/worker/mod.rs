@@ -174,14 +174,7 @@ impl FrameReader {
                     Err(e) => {
                         eprintln!("gatehouse worker: bad request frame: {e}");
                         // The front hears of it (an error), rather than waiting for its timeout.
-                        let mut out = Vec::with_capacity(frame::HEADER_LEN + 32);
-                        frame::write_frame(
-                            &mut out,
-                            Kind::Error,
-                            frame.stream,
-                            b"bad request frame",
-                        );
-                        let _ = conn.send(&out);
+                        let _ = conn.send_frame(Kind::Error, frame.stream, b"bad request frame");
                     }
                 },
                 Kind::Credit => {
@@ -216,14 +209,11 @@ impl FrameReader {
                     // Said at once (its place in the front's queue is freed now), not when a
                     // thread reaches it; that thread then skips it in silence.
                     if withdrawn {
-                        let mut out = Vec::with_capacity(frame::HEADER_LEN + 32);
-                        frame::write_frame(
-                            &mut out,
+                        let _ = conn.send_frame(
                             Kind::Error,
                             frame.stream,
                             b"withdrawn before it started",
                         );
-                        let _ = conn.send(&out);
                     }
                 }
                 other => eprintln!("gatehouse worker: unexpected frame {other:?} from the front"),
@@ -238,6 +228,13 @@ impl Conn {
             .lock()
             .map_err(|_| std::io::Error::other("writer lock poisoned"))?
             .write_all(bytes)
+    }
+
+    /// Sends one frame on its own (a response goes out whole through [`Conn::send`]).
+    fn send_frame(&self, kind: Kind, stream: u32, payload: &[u8]) -> std::io::Result<()> {
+        let mut frame = Vec::with_capacity(frame::HEADER_LEN + payload.len());
+        frame::write_frame(&mut frame, kind, stream, payload);
+        self.send(&frame)
     }
 
     fn open(&self, id: u32) -> Arc<Stream> {
@@ -262,10 +259,8 @@ impl Conn {
             .is_ok();
         if started && !stream.cancelled.load(Ordering::Acquire) {
             if ahead {
-                let mut frame = Vec::with_capacity(frame::HEADER_LEN);
-                frame::write_frame(&mut frame, Kind::Begin, id, b"");
                 // If the front cannot hear it, it cannot hear the response either.
-                self.send(&frame).ok()?;
+                self.send_frame(Kind::Begin, id, b"").ok()?;
             }
             return Some(stream);
         }
@@ -274,9 +269,7 @@ impl Conn {
             // Withdrawn: the front was told when it was.
             return None;
         }
-        let mut frame = Vec::with_capacity(frame::HEADER_LEN + 32);
-        frame::write_frame(&mut frame, Kind::Error, id, b"cancelled before it started");
-        let _ = self.send(&frame);
+        let _ = self.send_frame(Kind::Error, id, b"cancelled before it started");
         None
     }
 
