@@ -68,6 +68,10 @@ pub const MAX_WAIT: Duration = Duration::from_secs(10);
 /// How many times one request may wait (`request.wait-for`); later calls are ignored.
 pub const MAX_WAITS: u8 = 3;
 
+/// Store reads one hook call remembers the versions of, for an answer it offers
+/// (`request.offer-answer`): an answer made from more keys is refused.
+pub const MAX_ANSWER_READS: usize = 16;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -47,6 +47,34 @@ impl LocalResponse {
     }
 }
 
+/// A response the host may give in the filter's place for later GET and HEAD requests of the same
+/// URL, without calling it: see [`Request::offer_answer`](crate::Request::offer_answer). A cache's
+/// hit, made once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// Status, fields and body as every answer sends them; the host adds `age`,
+    /// `content-length` and (with [`Answer::cache_status`]) `cache-status`.
+    pub response: LocalResponse,
+    /// When the response arrived, in milliseconds since the Unix epoch.
+    pub response_time_ms: u64,
+    /// Its age then, in milliseconds (RFC 9111 section 4.2.3's corrected initial age); an
+    /// answer's `age` is this plus the time since `response_time_ms`.
+    pub initial_age_ms: u64,
+    /// Its freshness lifetime in milliseconds: the host answers only while the age is below it.
+    pub lifetime_ms: u64,
+    /// Lower-case names of request fields whose presence sends a request to the filter instead.
+    pub consult_if_present: Vec<String>,
+    /// Lower-case names of request fields that select this answer (the response's `Vary`): the
+    /// host gives it only to requests with byte-for-byte the same values of them.
+    pub vary: Vec<String>,
+    /// Keys of the store, read during this call, the answer was made from: a change to any ends it.
+    pub depends_on: Vec<String>,
+    /// A `Cache-Status` value to send, to which the host appends `; ttl=` and the seconds left.
+    pub cache_status: Option<String>,
+    /// A metric of the filter ([`crate::metrics::add`]) that counts each answer.
+    pub metric: Option<String>,
+}
+
 /// What [`Filter::on_request`](crate::Filter::on_request) decides.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {

@@ -207,6 +207,17 @@ impl Request {
         let ms = timeout.as_millis().min(u128::from(u32::MAX)) as u32;
         backend::wait_for(key, ms);
     }
+
+    /// Leaves `answer` with the host for later GET and HEAD requests with this request's scheme,
+    /// host, path and query (as this filter sees them): the host gives it without calling the
+    /// filter, while it is fresh, no field of [`Answer::consult_if_present`] is on the request,
+    /// the request has not waited, and every key of [`Answer::depends_on`] holds the value this
+    /// call read. None of the filter's hooks run for a request answered so. In
+    /// [`Filter::on_request`](crate::Filter::on_request) only; false if the host refused it (a
+    /// key not read in this call, a store shared with other servers, too large).
+    pub fn offer_answer(&mut self, answer: &crate::Answer) -> bool {
+        backend::offer_answer(answer)
+    }
 }
 
 /// The response on its way back to the client, in [`Filter::on_response`](crate::Filter::on_response) (a [`LocalResponse`](crate::LocalResponse) is

@@ -51,7 +51,7 @@ pub mod services;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 
-pub use answer::{Action, LocalResponse};
+pub use answer::{Action, Answer, LocalResponse};
 pub use error::Error;
 /// Durations (`"30s"`) and sizes (`"10MiB"`) for a filter's config, read as the server reads its
 /// own: `#[derive(Deserialize)] struct Config { window: units::Seconds }`.

@@ -53,6 +53,8 @@ pub struct TestRequest {
     /// The wait the filter asked for in its last `on_request` ([`Request::wait_for`]): key and
     /// timeout in milliseconds.
     pub waiting: Option<(String, u32)>,
+    /// The answer the filter offered in its last `on_request` ([`Request::offer_answer`]).
+    pub offered: Option<crate::Answer>,
 }
 
 impl TestRequest {
@@ -73,6 +75,7 @@ impl TestRequest {
             client_cert_subject: None,
             context: HashMap::new(),
             waiting: None,
+            offered: None,
         }
     }
 
@@ -186,6 +189,7 @@ fn run(
 pub fn on_request<F: Filter>(filter: &F, req: &mut TestRequest) -> Action {
     let mut action = Action::Continue;
     req.waiting = None;
+    req.offered = None;
     if filter.hooks().contains(&Hook::OnRequest) {
         run(req, None, F::REQUEST_BODY, || {
             action = filter.on_request(&mut Request::new(None, None));

@@ -19,7 +19,9 @@ def app(environ, start_response):
         start_response("200 OK", [("Cache-Control", "max-age=60"), ("X-Count", str(n)),
                                   ("Content-Length", str(len(body)))])
         return [body]
-    headers = [("Cache-Control", "max-age=60"), ("X-Count", str(n)), ("Content-Type", "text/plain")]
+    max_age = 1 if path == "/short" else 60
+    headers = [("Cache-Control", "max-age=%d" % max_age), ("X-Count", str(n)),
+               ("Content-Type", "text/plain")]
     if path.startswith("/news/") or path == "/front":
         headers.append(("Surrogate-Key", "news " + path.strip("/").replace("/", "-")))
     start_response("200 OK", headers)
@@ -34,7 +36,7 @@ fn serve_with(cache_config: &str) -> (tempfile::TempDir, Gatehouse) {
     let dir = tempfile::tempdir().expect("tmp");
     std::fs::write(dir.path().join("counted.py"), APP).expect("app");
     let config = format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\n[targets.app]\nwsgi = \"counted:app\"\nchdir = \"{}\"\nworkers = 1\nthreads = 8\n\
+        "[server]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n[targets.app]\nwsgi = \"counted:app\"\nchdir = \"{}\"\nworkers = 1\nthreads = 8\n\
          [[plugins]]\nuse = \"cache\"\n{cache_config}",
         dir.path().display()
     );
@@ -90,6 +92,132 @@ fn hits_are_answered_on_the_head_without_python_and_unsafe_methods_invalidate() 
     assert_eq!(r.status(), 200, "{:?}", r.text());
     assert_eq!(get(&gh, "/a"), ("MISS".into(), "3".into(), 4));
     assert_eq!(get(&gh, "/a").0, "HIT");
+}
+
+/// The value of the sample line `series` of the admin listener's `/metrics`.
+fn metric(gh: &Gatehouse, series: &str) -> f64 {
+    let text = client()
+        .get(format!("http://{}/metrics", gh.addrs[1]))
+        .send()
+        .expect("metrics")
+        .text()
+        .expect("text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{series} in\n{text}"))
+}
+
+fn age(r: &reqwest::blocking::Response) -> u64 {
+    r.headers()
+        .get("age")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .expect("an age")
+}
+
+#[test]
+fn plain_hits_are_answered_by_the_host_without_the_plugin_while_fresh_and_unchanged() {
+    let (_dir, gh) = serve();
+    let calls = || {
+        metric(
+            &gh,
+            "gatehouse_plugin_calls_total{plugin=\"cache\",hook=\"on-request\"}",
+        )
+    };
+    let hits = || metric(&gh, "gatehouse_plugin_total{plugin=\"cache\",name=\"hit\"}");
+    assert_eq!(get(&gh, "/a").0, "MISS");
+    assert_eq!(get(&gh, "/a").0, "HIT");
+    assert_eq!(
+        (calls(), hits()),
+        (2.0, 1.0),
+        "the first hit is the plugin's"
+    );
+    for _ in 0..5 {
+        assert_eq!(get(&gh, "/a"), ("HIT".into(), "1".into(), 4));
+    }
+    let head = client().head(gh.url("/a")).send().expect("head");
+    assert_eq!(head.status(), 200);
+    assert_eq!(head.headers()["content-length"], "4");
+    assert_eq!(
+        (calls(), hits()),
+        (2.0, 7.0),
+        "the host answered, and counted them"
+    );
+
+    // The host's answer ages as the plugin's would, and says how long it stays fresh.
+    std::thread::sleep(Duration::from_millis(1100));
+    let r = client().get(gh.url("/a")).send().expect("get");
+    assert!(age(&r) >= 1, "{:?}", r.headers());
+    let status = r.headers()["cache-status"]
+        .to_str()
+        .expect("text")
+        .to_string();
+    assert!(status.starts_with("gatehouse; hit; ttl=5"), "{status}");
+    assert_eq!(calls(), 2.0);
+
+    // A request with a field the plugin must judge goes to it: here, to revalidate.
+    let r = client()
+        .get(gh.url("/a"))
+        .header("cache-control", "no-cache")
+        .send()
+        .expect("get");
+    assert_eq!(r.headers()["x-count"], "2", "the app was asked again");
+    assert_eq!(calls(), 3.0);
+
+    // A stale entry is the plugin's again: its answer ends with its freshness.
+    assert_eq!(get(&gh, "/short").0, "MISS");
+    assert_eq!(get(&gh, "/short").0, "HIT");
+    assert_eq!(get(&gh, "/short").0, "HIT");
+    let before = calls();
+    std::thread::sleep(Duration::from_millis(1200));
+    let (x_cache, count, _) = get(&gh, "/short");
+    assert_ne!(x_cache, "HIT");
+    assert_eq!(count, "4", "fetched again");
+    assert_eq!(calls(), before + 1.0);
+}
+
+#[test]
+fn the_host_gives_each_client_the_variant_its_fields_select() {
+    // Static files vary by Accept-Encoding (a precompressed sibling for clients that take gzip).
+    let dir = gatehouse_tests::site(&[("a.txt", b"plain text"), ("a.txt.gz", b"gzipped!")]);
+    let config = "[server]\nlisten = [\"127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+                  [targets.site]\nstatic = \"site\"\n[[plugins]]\nuse = \"cache\"\n\
+                  [[plugins]]\nuse = \"headers\"\n[plugins.config.response]\n\
+                  set = { \"Cache-Control\" = \"max-age=60\" }\n";
+    let gh = Gatehouse::start(dir.path(), config);
+    // No decoding in the client: the bytes show which variant came.
+    let c = reqwest::blocking::Client::builder()
+        .no_gzip()
+        .build()
+        .expect("client");
+    let fetch = |encoding: Option<&str>| {
+        let mut r = c.get(gh.url("/a.txt"));
+        if let Some(encoding) = encoding {
+            r = r.header("accept-encoding", encoding);
+        }
+        let r = r.send().expect("get");
+        let x_cache = r.headers()["x-cache"].to_str().expect("text").to_string();
+        (x_cache, r.text().expect("body"))
+    };
+    // Each variant: a miss, then the plugin's hit, which leaves the answer with the host.
+    for _ in 0..2 {
+        fetch(Some("gzip"));
+        fetch(None);
+        fetch(Some("br"));
+    }
+    let calls = metric(
+        &gh,
+        "gatehouse_plugin_calls_total{plugin=\"cache\",hook=\"on-request\"}",
+    );
+    for _ in 0..4 {
+        assert_eq!(fetch(Some("gzip")), ("HIT".into(), "gzipped!".into()));
+        assert_eq!(fetch(None), ("HIT".into(), "plain text".into()));
+        assert_eq!(fetch(Some("br")), ("HIT".into(), "plain text".into()));
+    }
+    let after = metric(
+        &gh,
+        "gatehouse_plugin_calls_total{plugin=\"cache\",hook=\"on-request\"}",
+    );
+    assert_eq!(after, calls, "the host answered every one");
 }
 
 #[test]

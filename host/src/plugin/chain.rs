@@ -150,10 +150,21 @@ impl Chain {
                 return Ok(Decision::ReadBody);
             }
             progress.next += 1;
-            progress.ran.set(i);
             if !plugin.caps.contains(wit::Capabilities::ON_REQUEST) {
+                progress.ran.set(i);
                 continue;
             }
+            // An answer the plugin left with the host: none of its hooks run for this request.
+            if progress.waits == 0
+                && let Some(response) =
+                    plugin
+                        .info
+                        .answers
+                        .answer(ex, &self.store, crate::store::now_ms())
+            {
+                return Ok(Decision::Respond(response));
+            }
+            progress.ran.set(i);
             let head = plugin
                 .caps
                 .contains(wit::Capabilities::REQUEST_HEAD)
@@ -276,6 +287,17 @@ pub struct LogEntry {
 /// A plugin's local response as an HTTP response; a bad status, header or oversized body is the
 /// plugin's error.
 pub(super) fn local_response(local: wit::LocalResponse) -> Result<Response<Body>, String> {
+    let (status, headers, body) = local_parts(local)?;
+    let mut response = Response::new(Body::full(body));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    Ok(response)
+}
+
+/// A plugin's local response as status, fields (with `content-length`) and body.
+pub(super) fn local_parts(
+    local: wit::LocalResponse,
+) -> Result<(StatusCode, http::HeaderMap, Bytes), String> {
     let status = StatusCode::from_u16(local.status)
         .map_err(|_| format!("invalid status {}", local.status))?;
     if local.body.len() > sandbox::MAX_PLUGIN_BODY {
@@ -292,9 +314,7 @@ pub(super) fn local_response(local: wit::LocalResponse) -> Result<Response<Body>
             sandbox::MAX_PLUGIN_HEADERS
         ));
     }
-    let mut response = Response::new(Body::Empty);
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
+    let mut headers = http::HeaderMap::with_capacity(local.headers.len() + 1);
     for h in local.headers {
         let name = http::HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| format!("invalid header name {:?} in a local response", h.name))?;
@@ -306,6 +326,5 @@ pub(super) fn local_response(local: wit::LocalResponse) -> Result<Response<Body>
         headers.append(name, value);
     }
     headers.insert(CONTENT_LENGTH, HeaderValue::from(local.body.len()));
-    *response.body_mut() = Body::full(Bytes::from(local.body));
-    Ok(response)
+    Ok((status, headers, Bytes::from(local.body)))
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use thread_local::ThreadLocal;
 use wasmtime::{Store, StoreLimitsBuilder};
 
+use super::answers::Answers;
 use super::exchange::Exchange;
 use super::host_impl::{HostState, PluginInfo};
 use super::{bindings, cache, runtime, wasi, wit};
@@ -101,6 +102,7 @@ impl Plugin {
                 metrics: Arc::clone(metrics),
                 body_limit,
                 output: wasi::OutputBudget::new(&config.name),
+                answers: Answers::new(store.kv_budget()),
             }),
             pre,
             config: config.clone(),
@@ -174,13 +176,14 @@ impl Plugin {
         let started = std::time::Instant::now();
         let metrics = &self.calls;
         metrics.calls[which as usize].inc();
-        let result = self.call_timed(ex, hook);
+        let result = self.call_timed(which, ex, hook);
         metrics.seconds[which as usize].inc_by(started.elapsed().as_secs_f64());
         result
     }
 
     fn call_timed<R>(
         &self,
+        which: Hook,
         ex: &mut Box<Exchange>,
         hook: impl FnOnce(&bindings::Plugin, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, Failure> {
@@ -188,6 +191,8 @@ impl Plugin {
         let state = instance.store.data_mut();
         std::mem::swap(&mut state.exchange, ex);
         state.in_hook = true;
+        state.in_on_request = matches!(which, Hook::Request);
+        state.reads.clear();
         instance.store.set_epoch_deadline(self.ticks);
         let result = hook(&instance.bindings, &mut instance.store);
         let state = instance.store.data_mut();

@@ -7,6 +7,7 @@
 //! that traps, panics, times out or runs out of memory is dropped and replaced; the request gets
 //! 500 (or the plugin is skipped with `on_error = "continue"`).
 
+mod answers;
 mod bindings;
 pub mod cache;
 mod chain;

@@ -12,6 +12,9 @@ use super::{current_window, lock, now_ms};
 /// Bookkeeping bytes charged per entry on top of its key and value.
 const ENTRY_OVERHEAD: usize = 64;
 
+/// The version of an absent key.
+pub const ABSENT: u64 = 0;
+
 /// Bookkeeping bytes charged per counter on top of its name.
 const COUNTER_OVERHEAD: usize = 64;
 
@@ -31,6 +34,7 @@ impl MemoryStore {
                 entries: LruCache::unbounded(),
                 bytes: 0,
                 budget: kv_budget,
+                last_version: ABSENT,
             }),
             counters: Mutex::new(Counters {
                 by_window: HashMap::new(),
@@ -42,9 +46,22 @@ impl MemoryStore {
         }
     }
 
-    /// The value of `key`, unless absent or expired.
-    pub fn kv_get(&self, key: &str) -> Option<Vec<u8>> {
-        lock(&self.kv).get(key, Instant::now())
+    /// The value of `key`, unless absent or expired, and the version of what was read (see
+    /// [`MemoryStore::kv_version`]).
+    pub fn kv_get(&self, key: &str) -> (Option<Vec<u8>>, u64) {
+        let mut kv = lock(&self.kv);
+        match kv.get(key, Instant::now()) {
+            Some(e) => (Some(e.value.clone()), e.version),
+            None => (None, ABSENT),
+        }
+    }
+
+    /// The version of `key`'s value: a number no other value of any key has had, or [`ABSENT`].
+    /// Reading it counts as a use of the entry (least recently used entries go first).
+    pub fn kv_version(&self, key: &str) -> u64 {
+        lock(&self.kv)
+            .get(key, Instant::now())
+            .map_or(ABSENT, |e| e.version)
     }
 
     /// Sets `key`; false if the value alone exceeds the budget.
@@ -146,6 +163,8 @@ impl MemoryStore {
 struct Entry {
     value: Vec<u8>,
     expires: Option<Instant>,
+    /// Which write made it (see `MemoryStore::kv_version`).
+    version: u64,
 }
 
 /// An LRU map with a byte budget and per-entry expiry.
@@ -154,6 +173,8 @@ struct Kv {
     entries: LruCache<String, Entry>,
     bytes: usize,
     budget: usize,
+    /// The version of the last write.
+    last_version: u64,
 }
 
 impl Kv {
@@ -161,14 +182,13 @@ impl Kv {
         key.len() + value.len() + ENTRY_OVERHEAD
     }
 
-    fn get(&mut self, key: &str, now: Instant) -> Option<Vec<u8>> {
-        match self.entries.get(key) {
-            Some(e) if e.expires.is_none_or(|t| t > now) => Some(e.value.clone()),
-            Some(_) => {
-                self.remove(key);
-                None
-            }
-            None => None,
+    fn get(&mut self, key: &str, now: Instant) -> Option<&Entry> {
+        let live = self.entries.peek(key)?.expires.is_none_or(|t| t > now);
+        if live {
+            self.entries.get(key)
+        } else {
+            self.remove(key);
+            None
         }
     }
 
@@ -198,11 +218,13 @@ impl Kv {
             }
         }
         self.bytes += cost;
+        self.last_version += 1;
         self.entries.put(
             key,
             Entry {
                 value,
                 expires: ttl.map(|t| now + t),
+                version: self.last_version,
             },
         );
         true
@@ -260,22 +282,45 @@ mod tests {
     fn kv_ttl_cas_and_budget() {
         let s = MemoryStore::new(3 * (ENTRY_OVERHEAD + 2), 1 << 20);
         assert!(s.kv_set("a".into(), b"1".to_vec(), None));
-        assert_eq!(s.kv_get("a"), Some(b"1".to_vec()));
+        assert_eq!(s.kv_get("a").0, Some(b"1".to_vec()));
         assert!(!s.kv_compare_and_swap("a".into(), Some(b"2"), b"3".to_vec(), None));
         assert!(s.kv_compare_and_swap("a".into(), Some(b"1"), b"3".to_vec(), None));
         assert!(s.kv_compare_and_swap("n".into(), None, b"x".to_vec(), None));
         assert!(!s.kv_compare_and_swap("n".into(), None, b"y".to_vec(), None));
         assert!(s.kv_set("b".into(), b"2".to_vec(), None));
         // Touch a so b is the least recently used, then overflow the budget.
-        assert!(s.kv_get("a").is_some());
+        assert!(s.kv_get("a").0.is_some());
         assert!(s.kv_set("c".into(), b"3".to_vec(), None));
-        assert_eq!(s.kv_get("n"), None, "least recently used entry evicted");
-        assert!(s.kv_get("a").is_some() && s.kv_get("c").is_some());
+        assert_eq!(s.kv_get("n").0, None, "least recently used entry evicted");
+        assert!(s.kv_get("a").0.is_some() && s.kv_get("c").0.is_some());
         assert!(!s.kv_set("big".into(), vec![0; 1000], None));
         assert!(s.kv_set("t".into(), b"1".to_vec(), Some(Duration::from_millis(0))));
-        assert_eq!(s.kv_get("t"), None, "expired");
+        assert_eq!(s.kv_get("t").0, None, "expired");
         assert!(s.kv_delete("a"));
         assert!(!s.kv_delete("a"));
+    }
+
+    #[test]
+    fn every_write_makes_a_new_version_and_expiry_or_deletion_absence() {
+        let s = MemoryStore::new(1 << 20, 1 << 20);
+        assert_eq!(s.kv_version("k"), ABSENT);
+        assert!(s.kv_set("k".into(), b"1".to_vec(), None));
+        let (value, first) = s.kv_get("k");
+        assert_eq!(
+            (value.as_deref(), s.kv_version("k")),
+            (Some(&b"1"[..]), first)
+        );
+        assert_ne!(first, ABSENT);
+        // The same bytes written again are another version: a reader cannot tell the two apart.
+        assert!(s.kv_set("k".into(), b"1".to_vec(), None));
+        let second = s.kv_version("k");
+        assert!(second != first && second != ABSENT);
+        assert!(s.kv_compare_and_swap("k".into(), Some(b"1"), b"2".to_vec(), None));
+        assert!(![first, second, ABSENT].contains(&s.kv_version("k")));
+        assert!(s.kv_delete("k"));
+        assert_eq!(s.kv_get("k"), (None, ABSENT));
+        assert!(s.kv_set("t".into(), b"1".to_vec(), Some(Duration::from_millis(0))));
+        assert_eq!(s.kv_version("t"), ABSENT, "expired");
     }
 
     #[test]

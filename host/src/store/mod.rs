@@ -30,6 +30,8 @@ pub struct SharedStore {
     pub waits: Waits,
     /// The settings it was made with (a reload that changes them needs a restart).
     config: Option<StoreConfig>,
+    /// Bytes the key-value part may hold.
+    kv_budget: usize,
 }
 
 #[derive(Debug)]
@@ -46,6 +48,7 @@ impl SharedStore {
             backend: Backend::Memory(MemoryStore::new(kv_budget, counter_budget)),
             waits: Waits::default(),
             config: None,
+            kv_budget,
         }
     }
 
@@ -77,12 +80,31 @@ impl SharedStore {
         matches!(self.backend, Backend::Redis(_))
     }
 
-    /// The value of `key`, unless absent or expired.
-    pub fn kv_get(&self, key: &str) -> Result<Option<Vec<u8>>, Unavailable> {
+    /// The value of `key`, unless absent or expired, with the version of what was read when
+    /// this process sees every write (the memory backend; see [`SharedStore::kv_version`]).
+    pub fn kv_get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u64>), Unavailable> {
         match &self.backend {
-            Backend::Memory(m) => Ok(m.kv_get(key)),
-            Backend::Redis(r) => r.kv_get(key),
+            Backend::Memory(m) => {
+                let (value, version) = m.kv_get(key);
+                Ok((value, Some(version)))
+            }
+            Backend::Redis(r) => Ok((r.kv_get(key)?, None)),
         }
+    }
+
+    /// A number that changes with every write to `key` (and its expiry or deletion), when this
+    /// process sees every write: the memory backend. A Redis store is shared with other servers,
+    /// whose writes this one does not see, so it has none.
+    pub fn kv_version(&self, key: &str) -> Option<u64> {
+        match &self.backend {
+            Backend::Memory(m) => Some(m.kv_version(key)),
+            Backend::Redis(_) => None,
+        }
+    }
+
+    /// Bytes the key-value store may hold (memory backend).
+    pub fn kv_budget(&self) -> usize {
+        self.kv_budget
     }
 
     /// Sets `key`; false if the value alone exceeds the budget.

@@ -36,7 +36,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use gatehouse_sdk::{
-    Action, Filter, Hook, LocalResponse, Request, Response, clock, kv, metrics, units, waits,
+    Action, Answer, Filter, Hook, LocalResponse, Request, Response, clock, kv, metrics, units,
+    waits,
 };
 use serde::Deserialize;
 
@@ -126,6 +127,20 @@ const NOT_STORED: &[&str] = &[
     "age",
     "cache-status",
     "x-cache",
+];
+
+/// Request fields that need the plugin's judgement (and so the host's answers leave to it):
+/// the client's own cache directives, credentials, conditionals and ranges.
+const CONSULT: &[&str] = &[
+    "cache-control",
+    "pragma",
+    "authorization",
+    "if-none-match",
+    "if-modified-since",
+    "if-match",
+    "if-unmodified-since",
+    "range",
+    "if-range",
 ];
 
 /// Fields a `304` does not update (they describe the stored body, RFC 9111 section 3.2).
@@ -351,6 +366,11 @@ impl Cache {
             acceptable = false;
         }
         if acceptable {
+            if req.context(WAITED).is_none()
+                && CONSULT.iter().all(|name| fields.first(name).is_none())
+            {
+                return self.serve_and_offer(req, &url, key, stored, f);
+            }
             return self.serve(req, &fields, stored, f, Outcome::Hit);
         }
         let stale_allowed = !f.is_fresh()
@@ -513,6 +533,66 @@ impl Cache {
             response = response
                 .header("cache-status", cache_status(outcome, None, Some(f)))
                 .header("x-cache", outcome.x_cache());
+        }
+        Action::Respond(response)
+    }
+
+    /// A plain hit (nothing for the plugin to judge on the request): answered as
+    /// [`Cache::serve`] would, and the same answer left with the host for the requests after it
+    /// (with the same values of the fields the response's `Vary` names), which then never enter
+    /// the plugin while the entry stays fresh and unchanged.
+    fn serve_and_offer(
+        &self,
+        req: &mut Request,
+        url: &str,
+        key: String,
+        stored: Entry,
+        f: Freshness,
+    ) -> Action {
+        metrics::add(metric_name(Outcome::Hit), 1);
+        let vary: Vec<String> = vary_names(&stored)
+            .unwrap_or_default()
+            .split('\n')
+            .filter(|name| !name.is_empty())
+            .map(str::to_string)
+            .collect();
+        let initial_age_ms = freshness::age_ms(&stored, stored.response_time);
+        let response_time_ms = stored.response_time;
+        let mut headers = stored.headers;
+        headers.retain(|(name, _)| name != "content-length");
+        let mut response = LocalResponse {
+            status: stored.status,
+            headers,
+            body: stored.body,
+        };
+        if self.status_headers {
+            response = response.header("x-cache", Outcome::Hit.x_cache());
+        }
+        // The URL's index (the entry itself, or the `Vary` names that led to it) and the variant.
+        let mut depends_on = vec![index_key(url)];
+        if key != depends_on[0] {
+            depends_on.push(key);
+        }
+        if !self.purge_from.is_empty() {
+            depends_on.push(purges::KEY.to_string());
+        }
+        let answer = Answer {
+            response,
+            response_time_ms,
+            initial_age_ms,
+            lifetime_ms: f.lifetime_ms,
+            consult_if_present: CONSULT.iter().map(|name| name.to_string()).collect(),
+            vary,
+            depends_on,
+            cache_status: self
+                .status_headers
+                .then(|| cache_status(Outcome::Hit, None, None)),
+            metric: Some(metric_name(Outcome::Hit).to_string()),
+        };
+        req.offer_answer(&answer);
+        let mut response = answer.response.header("age", (f.age_ms / 1000).to_string());
+        if self.status_headers {
+            response = response.header("cache-status", cache_status(Outcome::Hit, None, Some(f)));
         }
         Action::Respond(response)
     }

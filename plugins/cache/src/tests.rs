@@ -452,3 +452,94 @@ fn concurrent_misses_collapse_into_one_fetch() {
     testing::on_request(&c, &mut third);
     assert_eq!(third.waiting, None, "hit-for-miss: no waiting");
 }
+
+#[test]
+fn a_plain_hit_leaves_the_same_answer_with_the_host_and_a_request_to_judge_does_not() {
+    let c = cache("{}");
+    let origin = response(
+        200,
+        &[
+            ("cache-control", "max-age=60"),
+            ("age", "3"),
+            ("content-type", "text/plain"),
+        ],
+        "hello",
+    );
+    let mut miss = get("/a");
+    fetch_with(&c, &mut miss, &origin);
+    assert_eq!(miss.offered, None, "a miss has nothing to offer");
+    testing::advance(Duration::from_secs(5));
+
+    let mut hit = get("/a");
+    let (served, cached) = fetch_with(&c, &mut hit, &origin);
+    assert!(cached);
+    let answer = hit.offered.expect("a plain hit offers its answer");
+    // What the host will send is what the plugin sent, but for the fields it computes per answer.
+    let without = |headers: &[(String, Vec<u8>)]| {
+        let mut kept: Vec<_> = headers
+            .iter()
+            .filter(|(n, _)| !["age", "cache-status", "content-length"].contains(&n.as_str()))
+            .cloned()
+            .collect();
+        kept.sort();
+        kept
+    };
+    assert_eq!(without(&answer.response.headers), without(&served.headers));
+    assert_eq!(
+        (answer.response.status, &answer.response.body[..]),
+        (200, &b"hello"[..])
+    );
+    assert_eq!(answer.lifetime_ms, 60_000);
+    // The age the host computes at any moment is the plugin's: 3 s on arrival, 5 s since.
+    let now = gatehouse_sdk::clock::now_ms();
+    assert_eq!(
+        (answer.initial_age_ms + (now - answer.response_time_ms)) / 1000,
+        8
+    );
+    assert_eq!(served.header("age").as_deref(), Some("8"));
+    assert_eq!(answer.cache_status.as_deref(), Some("gatehouse; hit"));
+    assert!(answer.depends_on.iter().any(|k| k.starts_with("idx:")));
+    for name in ["cache-control", "authorization", "if-none-match", "range"] {
+        assert!(
+            answer.consult_if_present.iter().any(|n| n == name),
+            "{name}"
+        );
+    }
+
+    // A request with a field the plugin judges is served, but leaves no answer.
+    let mut conditional = get("/a").with_header("if-none-match", "\"x\"");
+    let (_, cached) = fetch_with(&c, &mut conditional, &origin);
+    assert!(cached);
+    assert_eq!(conditional.offered, None);
+}
+
+#[test]
+fn a_variant_is_left_with_the_host_with_the_fields_that_select_it() {
+    let c = cache("{}");
+    let origin = response(
+        200,
+        &[
+            ("cache-control", "max-age=60"),
+            ("vary", "Accept-Encoding, X-Lang"),
+        ],
+        "hello",
+    );
+    fetch_with(
+        &c,
+        &mut get("/v").with_header("accept-encoding", "gzip"),
+        &origin,
+    );
+    let mut hit = get("/v").with_header("accept-encoding", "gzip");
+    let (_, cached) = fetch_with(&c, &mut hit, &origin);
+    assert!(cached);
+    let answer = hit.offered.expect("offered");
+    assert_eq!(answer.vary, ["accept-encoding", "x-lang"]);
+    // Made from the URL's index of Vary names and the variant itself: both must stay.
+    assert_eq!(answer.depends_on.len(), 2, "{:?}", answer.depends_on);
+    assert!(answer.depends_on[0].starts_with("idx:"));
+    assert!(answer.depends_on[1].starts_with("ent:"));
+}
+
+fn fetch_with(cache: &Cache, req: &mut TestRequest, origin: &TestResponse) -> (TestResponse, bool) {
+    exchange(cache, req, |_| origin.clone())
+}

@@ -92,6 +92,33 @@ pub(crate) fn wait_for(key: &str, timeout_ms: u32) {
     request::wait_for(key, timeout_ms);
 }
 
+pub(crate) fn offer_answer(a: &crate::Answer) -> bool {
+    let headers: Vec<wit::HeaderFieldParam<'_>> = a
+        .response
+        .headers
+        .iter()
+        .map(|(name, value)| wit::HeaderFieldParam { name, value })
+        .collect();
+    let consult: Vec<&str> = a.consult_if_present.iter().map(String::as_str).collect();
+    let depends: Vec<&str> = a.depends_on.iter().map(String::as_str).collect();
+    let vary: Vec<&str> = a.vary.iter().map(String::as_str).collect();
+    request::offer_answer(wit::Answer {
+        response: wit::LocalResponse {
+            status: a.response.status,
+            headers: &headers,
+            body: &a.response.body,
+        },
+        response_time: a.response_time_ms,
+        initial_age: a.initial_age_ms,
+        lifetime: a.lifetime_ms,
+        consult_if_present: &consult,
+        vary: &vary,
+        depends_on: &depends,
+        cache_status: a.cache_status.as_deref(),
+        metric: a.metric.as_deref(),
+    })
+}
+
 pub(crate) fn context_set(key: &str, value: &str) {
     request::context_set(key, value);
 }

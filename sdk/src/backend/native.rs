@@ -212,6 +212,11 @@ pub(crate) fn wait_for(key: &str, timeout_ms: u32) {
     with(|ex| ex.req.waiting = Some((key.to_string(), timeout_ms)));
 }
 
+pub(crate) fn offer_answer(answer: &crate::Answer) -> bool {
+    with(|ex| ex.req.offered = Some(answer.clone()));
+    true
+}
+
 pub(crate) fn context_set(key: &str, value: &str) {
     with(|ex| {
         ex.req.context.insert(key.to_string(), value.to_string());

@@ -40,6 +40,8 @@ pub struct PluginInfo {
     pub body_limit: u64,
     /// What its stdout and stderr may write to the log.
     pub output: Arc<super::wasi::OutputBudget>,
+    /// The answers it has left with the host (`request.offer-answer`).
+    pub answers: super::answers::Answers,
 }
 
 /// A plugin store's data.
@@ -49,6 +51,10 @@ pub struct HostState {
     pub exchange: Box<Exchange>,
     /// Whether a hook call is running: handles used outside one are an error.
     pub in_hook: bool,
+    /// Whether that call is `on-request` (the only one that may offer an answer).
+    pub in_on_request: bool,
+    /// The store reads of the running call, with the versions read.
+    pub reads: Reads,
     /// The response `on-request` answers with, set by `request.respond`.
     pub local: Option<wit::LocalResponse>,
     /// Where [`scoped`] builds keys.
@@ -71,6 +77,8 @@ impl HostState {
         HostState {
             exchange: Box::new(Exchange::placeholder()),
             in_hook: false,
+            in_on_request: false,
+            reads: Reads::default(),
             local: None,
             scratch: String::new(),
             counters: std::collections::HashMap::new(),
@@ -109,6 +117,51 @@ impl WasiView for HostState {
             ctx: &mut self.wasi,
             table: &mut self.table,
         }
+    }
+}
+
+/// The store keys a hook call has read and the versions it read (see
+/// [`SharedStore::kv_version`]), for an answer it offers. The strings stay from call to call: once
+/// warm, remembering a read allocates nothing.
+#[derive(Debug, Default)]
+pub struct Reads {
+    entries: Vec<(String, u64)>,
+    len: usize,
+}
+
+impl Reads {
+    /// Forgets the reads of the last call.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Remembers that `key` was read at `version` (the last read of a key counts); past
+    /// `MAX_ANSWER_READS` keys, further ones are not remembered.
+    fn record(&mut self, key: &str, version: u64) {
+        if let Some(entry) = self.entries[..self.len].iter_mut().find(|(k, _)| k == key) {
+            entry.1 = version;
+            return;
+        }
+        if self.len == crate::sandbox::MAX_ANSWER_READS {
+            return;
+        }
+        match self.entries.get_mut(self.len) {
+            Some(entry) => {
+                entry.0.clear();
+                entry.0.push_str(key);
+                entry.1 = version;
+            }
+            None => self.entries.push((key.to_string(), version)),
+        }
+        self.len += 1;
+    }
+
+    /// The version of `key` this call read.
+    fn version(&self, key: &str) -> Option<u64> {
+        self.entries[..self.len]
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| *v)
     }
 }
 

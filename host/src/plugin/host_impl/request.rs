@@ -5,7 +5,9 @@ use wasmtime::Result;
 
 use super::HostState;
 use super::wit::{self, ErrorCode};
+use crate::plugin::answers;
 use crate::plugin::bindings::gatehouse::plugin::request;
+use crate::plugin::chain::local_parts;
 use crate::plugin::exchange::{Exchange, HeadSource};
 use crate::request_target::{normalise_path, replace_path_and_query};
 
@@ -158,6 +160,70 @@ impl request::Host for HostState {
         let waiter = self.info.store.waits.register(key, timeout);
         self.ex()?.wait = Some(waiter);
         Ok(())
+    }
+
+    fn offer_answer(&mut self, answer: wit::Answer) -> Result<bool> {
+        self.ex()?;
+        if !self.in_on_request {
+            return Ok(false);
+        }
+        let Some(key) = answers::key(&self.exchange) else {
+            return Ok(false);
+        };
+        let mut depends = Vec::with_capacity(answer.depends_on.len());
+        for name in &answer.depends_on {
+            let key = super::scoped(&mut self.scratch, &self.info.namespace, name);
+            // A key not read in this call (or from a store shared with other servers, which has
+            // no versions) cannot vouch for the answer.
+            match self.reads.version(key) {
+                Some(version) => depends.push((key.to_string(), version)),
+                None => return Ok(false),
+            }
+        }
+        let names = |list: &[String]| -> Option<Vec<http::HeaderName>> {
+            list.iter()
+                .map(|name| http::HeaderName::from_bytes(name.as_bytes()).ok())
+                .collect()
+        };
+        let consult = names(&answer.consult_if_present);
+        // The values that select the answer are this request's, as it is now.
+        let vary = names(&answer.vary).map(|names| {
+            names
+                .into_iter()
+                .map(|name| {
+                    let values = self.exchange.request.headers.get_all(&name);
+                    let values = values.iter().cloned().collect();
+                    (name, values)
+                })
+                .collect::<Vec<_>>()
+        });
+        let cache_status_fits = answer
+            .cache_status
+            .as_ref()
+            .is_none_or(|s| http::HeaderValue::try_from(format!("{s}; ttl=0")).is_ok());
+        let (Some(consult), Some(vary), true, Ok((status, headers, body))) = (
+            consult,
+            vary,
+            cache_status_fits,
+            local_parts(answer.response),
+        ) else {
+            return Ok(false);
+        };
+        let metric = answer.metric.and_then(|name| self.metric(name));
+        let answer = answers::Answer {
+            status,
+            headers,
+            body,
+            response_time: answer.response_time,
+            initial_age: answer.initial_age,
+            lifetime: answer.lifetime,
+            consult,
+            vary,
+            depends,
+            cache_status: answer.cache_status,
+            metric,
+        };
+        Ok(self.info.answers.offer(key, answer).is_ok())
     }
 
     fn respond(&mut self, response: wit::LocalResponse) -> Result<()> {

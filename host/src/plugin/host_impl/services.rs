@@ -40,7 +40,11 @@ impl host::Host for HostState {
 
     fn kv_get(&mut self, key: String) -> Result<Option<Vec<u8>>> {
         let key = scoped(&mut self.scratch, &self.info.namespace, &key);
-        answer(self.info.store.kv_get(key), self.info.store_errors, None)
+        let read = self.info.store.kv_get(key);
+        if let Ok((_, Some(version))) = &read {
+            self.reads.record(key, *version);
+        }
+        answer(read.map(|(value, _)| value), self.info.store_errors, None)
     }
 
     fn kv_set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<bool> {
@@ -97,23 +101,8 @@ impl host::Host for HostState {
     }
 
     fn metric_add(&mut self, name: String, delta: u64) -> Result<()> {
-        if let Some(counter) = self.counters.get(&name) {
+        if let Some(counter) = self.metric(name) {
             counter.inc_by(delta);
-            return Ok(());
-        }
-        match self
-            .info
-            .metrics
-            .plugin_counter(&self.info.name, &name, MAX_PLUGIN_METRICS)
-        {
-            Some(counter) => {
-                counter.inc_by(delta);
-                self.counters.insert(name, counter);
-            }
-            None => {
-                tracing::warn!(plugin = %self.info.name, metric = %name,
-                    "plugin metric not counted: a plugin may define at most {MAX_PLUGIN_METRICS}");
-            }
         }
         Ok(())
     }
@@ -134,6 +123,34 @@ impl host::Host for HostState {
         let key = scoped(&mut self.scratch, &self.info.namespace, &key);
         self.info.store.waits.notify(key);
         Ok(())
+    }
+}
+
+impl HostState {
+    /// The handle of the plugin's metric `name`; `None` past `MAX_PLUGIN_METRICS` names (said
+    /// in the log).
+    pub(super) fn metric(
+        &mut self,
+        name: String,
+    ) -> Option<prometheus_client::metrics::counter::Counter> {
+        if let Some(counter) = self.counters.get(&name) {
+            return Some(counter.clone());
+        }
+        match self
+            .info
+            .metrics
+            .plugin_counter(&self.info.name, &name, MAX_PLUGIN_METRICS)
+        {
+            Some(counter) => {
+                self.counters.insert(name, counter.clone());
+                Some(counter)
+            }
+            None => {
+                tracing::warn!(plugin = %self.info.name, metric = %name,
+                    "plugin metric not counted: a plugin may define at most {MAX_PLUGIN_METRICS}");
+                None
+            }
+        }
     }
 }
 
