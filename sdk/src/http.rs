@@ -213,8 +213,9 @@ impl Request {
     /// filter, while it is fresh, no field of [`Answer::consult_if_present`] is on the request,
     /// the request has not waited, and every key of [`Answer::depends_on`] holds the value this
     /// call read. None of the filter's hooks run for a request answered so. In
-    /// [`Filter::on_request`](crate::Filter::on_request) only; false if the host refused it (a
-    /// key not read in this call, a store shared with other servers, too large).
+    /// [`Filter::on_request`](crate::Filter::on_request) only, kept once it returns
+    /// [`Action::Respond`](crate::Action); false if the host refused it (a key not read in this
+    /// call, a store shared with other servers, too large).
     pub fn offer_answer(&mut self, answer: &crate::Answer) -> bool {
         backend::offer_answer(answer)
     }

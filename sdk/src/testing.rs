@@ -53,7 +53,8 @@ pub struct TestRequest {
     /// The wait the filter asked for in its last `on_request` ([`Request::wait_for`]): key and
     /// timeout in milliseconds.
     pub waiting: Option<(String, u32)>,
-    /// The answer the filter offered in its last `on_request` ([`Request::offer_answer`]).
+    /// The answer the filter offered in its last `on_request` ([`Request::offer_answer`]); the
+    /// harness accepts every offer, where the host may refuse one (see the method).
     pub offered: Option<crate::Answer>,
 }
 

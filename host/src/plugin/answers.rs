@@ -3,9 +3,9 @@
 //! makes, costs far more than a static file; here a hit is a map lookup, a version check of the
 //! store keys it was made from, and a copy of prebuilt headers.
 //!
-//! The plugin stays the judge: it offers an answer only where it would answer the same itself
-//! (fresh, no `Vary`), names the request fields that need its judgement, and the store keys its
-//! answer was read from. The host answers while the store holds those very writes (so a purge,
+//! The plugin stays the judge: it offers an answer only where it would answer the same itself,
+//! names the request fields that need its judgement and those that select the answer (`Vary`),
+//! and the store keys its answer was read from. The host answers while the store holds those very writes (so a purge,
 //! an invalidation or a new entry ends the answer at once) and the response is fresh by the
 //! plugin's own numbers.
 
@@ -28,6 +28,12 @@ const ANSWER_OVERHEAD: usize = 256;
 
 /// Answers one URL keeps that differ by the request fields their `Vary` names.
 pub const MAX_VARIANTS: usize = 8;
+
+/// Field names an answer may list to consult the plugin on, and to vary by (each).
+pub const MAX_NAMES: usize = 32;
+
+/// Bytes charged per field name an answer holds, on top of its length.
+const NAME_OVERHEAD: usize = 48;
 
 /// One answer, ready to send.
 #[derive(Debug)]
@@ -59,13 +65,28 @@ impl Answer {
             .iter()
             .map(|(n, v)| n.as_str().len() + v.len() + 32)
             .sum();
-        let depends: usize = self.depends.iter().map(|(k, _)| k.len() + 8).sum();
+        let depends: usize = self.depends.iter().map(|(k, _)| k.len() + 32).sum();
+        let consult: usize = self
+            .consult
+            .iter()
+            .map(|n| n.as_str().len() + NAME_OVERHEAD)
+            .sum();
         let vary: usize = self
             .vary
             .iter()
-            .flat_map(|(_, values)| values.iter().map(|v| v.len() + 32))
+            .map(|(n, values)| {
+                n.as_str().len()
+                    + NAME_OVERHEAD
+                    + values.iter().map(|v| v.len() + 32).sum::<usize>()
+            })
             .sum();
-        key.len() + fields + depends + vary + self.body.len() + ANSWER_OVERHEAD
+        let status = self.cache_status.as_ref().map_or(0, String::len);
+        key.len() + fields + depends + consult + vary + status + self.body.len() + ANSWER_OVERHEAD
+    }
+
+    /// Whether it could be kept at all within `budget` bytes.
+    pub fn fits(&self, key: &str, budget: usize) -> bool {
+        self.cost(key) <= budget
     }
 
     /// Whether the request's values of the `Vary` fields are the offering request's.
@@ -142,6 +163,11 @@ impl Answers {
             len: AtomicUsize::new(0),
             budget,
         }
+    }
+
+    /// The bytes all answers may take.
+    pub fn budget(&self) -> usize {
+        self.budget
     }
 
     /// Keeps `answer` for requests with this key (see [`key`]), replacing any before it.

@@ -170,14 +170,16 @@ impl Chain {
                 .contains(wit::Capabilities::REQUEST_HEAD)
                 .then(|| ex.head());
             let action = plugin.call(Hook::Request, ex, |b, store| {
-                // Only a response given during this very call counts (not one from another hook).
+                // Only a response (or answer) given during this very call counts.
                 store.data_mut().local = None;
+                store.data_mut().offered = None;
                 let action = b.call_on_request(
                     &mut *store,
                     head.as_ref().map(host_impl::lent_head),
                     client,
                 )?;
-                Ok((action, store.data_mut().local.take()))
+                let data = store.data_mut();
+                Ok((action, (data.local.take(), data.offered.take())))
             });
             // A wait counts only with `continue`, and only so many times per request.
             let wait = ex.wait.take();
@@ -197,10 +199,17 @@ impl Chain {
                         None
                     })
                     .map_err(Failure::plugin),
-                Ok((wit::Action::Respond, local)) => local
+                Ok((wit::Action::Respond, (local, offered))) => local
                     .ok_or_else(|| "answered `respond` without calling `request.respond`".into())
                     .and_then(local_response)
-                    .map(Some)
+                    .map(|response| {
+                        if let Some((key, answer)) = offered {
+                            // Within the budget (checked when offered); one that no longer
+                            // fits beside its URL's other answers is simply not kept.
+                            let _ = plugin.info.answers.offer(key, answer);
+                        }
+                        Some(response)
+                    })
                     .map_err(Failure::plugin),
                 Err(failure) => Err(failure),
             };

@@ -55,6 +55,9 @@ pub struct HostState {
     pub in_on_request: bool,
     /// The store reads of the running call, with the versions read.
     pub reads: Reads,
+    /// The answer the running `on-request` offered (`request.offer-answer`), kept by the chain
+    /// if the call answers `respond`.
+    pub offered: Option<(String, super::answers::Answer)>,
     /// The response `on-request` answers with, set by `request.respond`.
     pub local: Option<wit::LocalResponse>,
     /// Where [`scoped`] builds keys.
@@ -79,6 +82,7 @@ impl HostState {
             in_hook: false,
             in_on_request: false,
             reads: Reads::default(),
+            offered: None,
             local: None,
             scratch: String::new(),
             counters: std::collections::HashMap::new(),
@@ -120,6 +124,9 @@ impl WasiView for HostState {
     }
 }
 
+/// The "version" of a key a call read twice with a write between: no answer can rest on it.
+pub(super) const CHANGED_WHILE_READ: u64 = u64::MAX;
+
 /// The store keys a hook call has read and the versions it read (see
 /// [`SharedStore::kv_version`]), for an answer it offers. The strings stay from call to call: once
 /// warm, remembering a read allocates nothing.
@@ -135,11 +142,13 @@ impl Reads {
         self.len = 0;
     }
 
-    /// Remembers that `key` was read at `version` (the last read of a key counts); past
-    /// `MAX_ANSWER_READS` keys, further ones are not remembered.
+    /// Remembers that `key` was read at `version`; a key read again at another version is
+    /// [`CHANGED_WHILE_READ`]. Past `MAX_ANSWER_READS` keys, further ones are not remembered.
     fn record(&mut self, key: &str, version: u64) {
         if let Some(entry) = self.entries[..self.len].iter_mut().find(|(k, _)| k == key) {
-            entry.1 = version;
+            if entry.1 != version {
+                entry.1 = CHANGED_WHILE_READ;
+            }
             return;
         }
         if self.len == crate::sandbox::MAX_ANSWER_READS {
@@ -190,6 +199,26 @@ mod tests {
         }
         let (parts, ()) = builder.body(()).expect("a request").into_parts();
         Exchange::new(parts, None, None, false)
+    }
+
+    #[test]
+    fn a_key_read_twice_across_a_write_vouches_for_nothing() {
+        let mut reads = super::Reads::default();
+        reads.record("a", 1);
+        reads.record("a", 1);
+        assert_eq!(reads.version("a"), Some(1));
+        reads.record("b", 7);
+        reads.record("a", 2);
+        assert_eq!(reads.version("a"), Some(super::CHANGED_WHILE_READ));
+        assert_eq!(reads.version("b"), Some(7));
+        reads.clear();
+        assert_eq!(reads.version("a"), None, "a new call read nothing yet");
+        for i in 0..crate::sandbox::MAX_ANSWER_READS + 4 {
+            reads.record(&format!("k{i}"), 3);
+        }
+        assert_eq!(reads.version("k0"), Some(3), "the strings of the last call reused");
+        let past = format!("k{}", crate::sandbox::MAX_ANSWER_READS);
+        assert_eq!(reads.version(&past), None, "bounded");
     }
 
     #[test]

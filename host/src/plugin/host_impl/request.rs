@@ -167,17 +167,33 @@ impl request::Host for HostState {
         if !self.in_on_request {
             return Ok(false);
         }
+        // A store shared with other servers changes unseen: nothing read from it can vouch for
+        // an answer.
+        if self.info.store.is_remote() {
+            return Ok(false);
+        }
         let Some(key) = answers::key(&self.exchange) else {
             return Ok(false);
         };
-        let mut depends = Vec::with_capacity(answer.depends_on.len());
+        let too_many = |list: &[String]| list.len() > answers::MAX_NAMES;
+        if too_many(&answer.consult_if_present)
+            || too_many(&answer.vary)
+            || answer.depends_on.len() > crate::sandbox::MAX_ANSWER_READS
+        {
+            return Ok(false);
+        }
+        let mut depends: Vec<(String, u64)> = Vec::with_capacity(answer.depends_on.len());
         for name in &answer.depends_on {
             let key = super::scoped(&mut self.scratch, &self.info.namespace, name);
-            // A key not read in this call (or from a store shared with other servers, which has
-            // no versions) cannot vouch for the answer.
+            // A key not read in this call, or read twice with a write between, cannot vouch
+            // for the answer.
             match self.reads.version(key) {
-                Some(version) => depends.push((key.to_string(), version)),
-                None => return Ok(false),
+                Some(version) if version != super::CHANGED_WHILE_READ => {
+                    if !depends.iter().any(|(k, _)| k == key) {
+                        depends.push((key.to_string(), version));
+                    }
+                }
+                _ => return Ok(false),
             }
         }
         let names = |list: &[String]| -> Option<Vec<http::HeaderName>> {
@@ -223,7 +239,12 @@ impl request::Host for HostState {
             cache_status: answer.cache_status,
             metric,
         };
-        Ok(self.info.answers.offer(key, answer).is_ok())
+        if !answer.fits(&key, self.info.answers.budget()) {
+            return Ok(false);
+        }
+        // Kept once the call answers `respond` (a call that traps or goes on offers nothing).
+        self.offered = Some((key, answer));
+        Ok(true)
     }
 
     fn respond(&mut self, response: wit::LocalResponse) -> Result<()> {
