@@ -208,6 +208,14 @@ impl Request {
         backend::wait_for(key, ms);
     }
 
+    /// Sets header fields on the response this request will get, whatever makes it (the target,
+    /// a later filter, the host), each replacing its values, before any `on_response` runs: a
+    /// filter that only adds response fields needs no `on_response` (and so no second call into
+    /// it per request).
+    pub fn set_response_headers(&mut self, headers: &[(&str, &[u8])]) -> Result<(), Error> {
+        backend::set_response_headers(headers)
+    }
+
     /// Leaves `answer` with the host for later GET and HEAD requests with this request's scheme,
     /// host, path and query (as this filter sees them): the host gives it without calling the
     /// filter, while it is fresh, no field of [`Answer::consult_if_present`] is on the request,

@@ -57,7 +57,7 @@ pub use error::Error;
 /// own: `#[derive(Deserialize)] struct Config { window: units::Seconds }`.
 pub use gatehouse_units as units;
 pub use http::{Request, Response};
-pub use services::{clock, counter, kv, log, metrics, waits};
+pub use services::{clock, counter, kv, log, metrics, rate, waits};
 
 /// A hook a filter has; see [`Filter::HOOKS`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -47,6 +47,44 @@ pub mod kv {
     }
 }
 
+/// Rate limits by the generic cell rate algorithm (GCRA), kept in the store: exact across every
+/// thread of the server (and, with a Redis store, every instance), one host call per request.
+pub mod rate {
+    use super::backend;
+    use std::time::Duration;
+
+    /// What [`take`] decided.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Rate {
+        /// Counted. `ahead`: how far the key's theoretical arrival time now runs ahead of the
+        /// clock (`interval` per request taken, draining with time).
+        Allowed {
+            /// How far ahead.
+            ahead: Duration,
+        },
+        /// Refused and not counted: a request would pass after `retry_in`.
+        Limited {
+            /// How long until one would.
+            retry_in: Duration,
+        },
+    }
+
+    /// Takes one request from `key`'s allowance: one per `interval` at the steady rate, with
+    /// `tolerance` more at once (the burst, as time: `burst * interval`). The key's value in the
+    /// store is its theoretical arrival time (8 bytes).
+    pub fn take(key: &str, interval: Duration, tolerance: Duration) -> Rate {
+        let ns = |d: Duration| d.as_nanos().min(u128::from(u64::MAX)) as u64;
+        match backend::rate_take(key, ns(interval), ns(tolerance)) {
+            backend::RateVerdict::Allowed(n) => Rate::Allowed {
+                ahead: Duration::from_nanos(n),
+            },
+            backend::RateVerdict::Limited(n) => Rate::Limited {
+                retry_in: Duration::from_nanos(n),
+            },
+        }
+    }
+}
+
 /// Atomic counters, exact across every thread of the server; optionally in fixed time windows
 /// (a rate limit: the count starts from zero in each new window).
 pub mod counter {

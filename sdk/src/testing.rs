@@ -53,6 +53,10 @@ pub struct TestRequest {
     /// The wait the filter asked for in its last `on_request` ([`Request::wait_for`]): key and
     /// timeout in milliseconds.
     pub waiting: Option<(String, u32)>,
+    /// Fields the filter set for the response in `on_request`
+    /// ([`Request::set_response_headers`]): [`on_response`] sets them on the response first, as
+    /// the host does.
+    pub response_headers: Vec<(String, Vec<u8>)>,
     /// The answer the filter offered in its last `on_request` ([`Request::offer_answer`]); the
     /// harness accepts every offer, where the host may refuse one (see the method).
     pub offered: Option<crate::Answer>,
@@ -77,6 +81,7 @@ impl TestRequest {
             context: HashMap::new(),
             waiting: None,
             offered: None,
+            response_headers: Vec::new(),
         }
     }
 
@@ -191,6 +196,7 @@ pub fn on_request<F: Filter>(filter: &F, req: &mut TestRequest) -> Action {
     let mut action = Action::Continue;
     req.waiting = None;
     req.offered = None;
+    req.response_headers.clear();
     if filter.hooks().contains(&Hook::OnRequest) {
         run(req, None, F::REQUEST_BODY, || {
             action = filter.on_request(&mut Request::new(None, None));
@@ -199,8 +205,13 @@ pub fn on_request<F: Filter>(filter: &F, req: &mut TestRequest) -> Action {
     action
 }
 
-/// Runs [`Filter::on_response`]; false (and not called) if [`Filter::hooks`] leaves it out.
+/// Sets the fields the filter left for the response in `on_request`, then runs
+/// [`Filter::on_response`]; false (and not called) if [`Filter::hooks`] leaves it out.
 pub fn on_response<F: Filter>(filter: &F, req: &mut TestRequest, resp: &mut TestResponse) -> bool {
+    for (name, value) in req.response_headers.drain(..) {
+        resp.headers.retain(|(n, _)| *n != name);
+        resp.headers.push((name, value));
+    }
     if !filter.hooks().contains(&Hook::OnResponse) {
         return false;
     }
@@ -361,6 +372,37 @@ pub mod backend {
             slot.1 = slot.1.saturating_add(delta);
             slot.1
         })
+    }
+
+    /// The host's `rate-verdict`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum RateVerdict {
+        /// Counted: nanoseconds the theoretical arrival time is ahead.
+        Allowed(u64),
+        /// Refused: nanoseconds until a request would pass.
+        Limited(u64),
+    }
+
+    /// See [`crate::rate::take`]: the host's algorithm over this thread's store and clock.
+    pub fn rate_take(key: &str, interval_ns: u64, tolerance_ns: u64) -> RateVerdict {
+        // The host's clock counts nanoseconds: a rate above one a millisecond works as there.
+        let offset = STATE.with(|s| s.borrow().clock_offset_ms);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            + offset.saturating_mul(1_000_000);
+        let tat = kv_get(key)
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map_or(now, u64::from_le_bytes);
+        let new_tat = tat.max(now).saturating_add(interval_ns);
+        let ahead = new_tat - now;
+        let room = interval_ns.saturating_add(tolerance_ns);
+        if ahead > room {
+            return RateVerdict::Limited(ahead - room);
+        }
+        let ttl_ms = ahead.div_ceil(1_000_000);
+        kv_set(key, &new_tat.to_le_bytes(), Some(ttl_ms));
+        RateVerdict::Allowed(ahead)
     }
 
     /// See [`crate::counter::get`].

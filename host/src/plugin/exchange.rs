@@ -41,6 +41,9 @@ pub struct Exchange {
     pub response_too_large: bool,
     /// A wait the running `on-request` asked for (`request.wait-for`).
     pub wait: Option<crate::store::Waiter>,
+    /// Fields plugins set on the response before there was one (`request.set-response-headers`),
+    /// set on it before any `on-response` runs.
+    pub response_fields: http::HeaderMap,
 }
 
 impl Exchange {
@@ -63,6 +66,7 @@ impl Exchange {
             response: None,
             response_too_large: false,
             wait: None,
+            response_fields: http::HeaderMap::new(),
         }
     }
 
@@ -77,6 +81,20 @@ impl Exchange {
             method: self.request.method.clone(),
             uri: self.request.uri.clone(),
             host: self.request.headers.get(HOST).cloned(),
+        }
+    }
+
+    /// Sets on `response` the fields plugins left for it.
+    pub fn set_response_fields(&mut self, response: &mut Response<Body>) {
+        if self.response_fields.is_empty() {
+            return;
+        }
+        let headers = response.headers_mut();
+        // Each name holds one value: `request.set-response-headers` replaces.
+        for (name, value) in std::mem::take(&mut self.response_fields) {
+            if let Some(name) = name {
+                headers.insert(name, value);
+            }
         }
     }
 

@@ -69,6 +69,24 @@ impl MemoryStore {
         lock(&self.kv).set(key, value, ttl, Instant::now())
     }
 
+    /// GCRA on `key` at `now` (see [`super::gcra`]), under the lock: exact across event loops.
+    pub fn rate_take(&self, key: &str, now: u64, interval: u64, tolerance: u64) -> super::Rate {
+        let instant = Instant::now();
+        let mut kv = lock(&self.kv);
+        let stored = kv.get(key, instant).and_then(|e| super::tat_of(&e.value));
+        let (rate, new_tat) = super::gcra(stored, now, interval, tolerance);
+        if let Some(new_tat) = new_tat {
+            let ttl = Duration::from_nanos(new_tat - now);
+            kv.set(
+                key.to_string(),
+                new_tat.to_le_bytes().to_vec(),
+                Some(ttl),
+                instant,
+            );
+        }
+        rate
+    }
+
     /// Deletes `key`; true if it was there (and not expired).
     pub fn kv_delete(&self, key: &str) -> bool {
         let mut kv = lock(&self.kv);
@@ -321,6 +339,24 @@ mod tests {
         assert_eq!(s.kv_get("k"), (None, ABSENT));
         assert!(s.kv_set("t".into(), b"1".to_vec(), Some(Duration::from_millis(0))));
         assert_eq!(s.kv_version("t"), ABSENT, "expired");
+    }
+
+    #[test]
+    fn gcra_lets_the_burst_through_then_the_steady_rate() {
+        use super::super::Rate;
+        let s = MemoryStore::new(1 << 20, 1 << 20);
+        let (second, t0) = (1_000_000_000, 1_000_000_000_000);
+        // 2 a second (one every 0.5 s) with a burst of 2 more: three at once, then one per 0.5 s.
+        let take = |at: u64| s.rate_take("k", t0 + at, second / 2, second);
+        assert_eq!(take(0), Rate::Allowed(second / 2));
+        assert_eq!(take(0), Rate::Allowed(second));
+        assert_eq!(take(0), Rate::Allowed(3 * second / 2));
+        assert_eq!(take(0), Rate::Limited(second / 2));
+        assert_eq!(take(second / 4), Rate::Limited(second / 4), "not counted");
+        assert_eq!(take(second / 2), Rate::Allowed(3 * second / 2));
+        assert_eq!(take(second / 2), Rate::Limited(second / 2));
+        // Idle long enough, and the key is gone with its time to live.
+        assert_eq!(take(100 * second), Rate::Allowed(second / 2));
     }
 
     #[test]

@@ -102,6 +102,36 @@ impl SharedStore {
         }
     }
 
+    /// GCRA on `key` ([`gcra`]), atomic across event loops and, with Redis, instances (a
+    /// compare-and-swap there, retried; a key changed by others every time lets the request
+    /// through rather than spin).
+    pub fn rate_take(&self, key: &str, interval: u64, tolerance: u64) -> Result<Rate, Unavailable> {
+        match &self.backend {
+            Backend::Memory(m) => Ok(m.rate_take(key, now_ns(), interval, tolerance)),
+            Backend::Redis(r) => {
+                for _ in 0..16 {
+                    let stored = r.kv_get(key)?;
+                    let tat = stored.as_deref().and_then(tat_of);
+                    let now = now_ns();
+                    let (rate, new_tat) = gcra(tat, now, interval, tolerance);
+                    let Some(new_tat) = new_tat else {
+                        return Ok(rate);
+                    };
+                    let ttl = Duration::from_nanos(new_tat - now);
+                    if r.kv_compare_and_swap(
+                        key,
+                        stored.as_deref(),
+                        &new_tat.to_le_bytes(),
+                        Some(ttl),
+                    )? {
+                        return Ok(rate);
+                    }
+                }
+                Ok(Rate::Allowed(0))
+            }
+        }
+    }
+
     /// Bytes the key-value store may hold (memory backend).
     pub fn kv_budget(&self) -> usize {
         self.kv_budget
@@ -162,6 +192,43 @@ impl SharedStore {
             Backend::Redis(r) => r.counter_get(name, window),
         }
     }
+}
+
+/// What the generic cell rate algorithm decided for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rate {
+    /// Counted: the theoretical arrival time is now this many nanoseconds ahead.
+    Allowed(u64),
+    /// Refused, not counted: a request would pass in this many nanoseconds.
+    Limited(u64),
+}
+
+/// GCRA (the generic cell rate algorithm): with the key's theoretical arrival time `stored` (ns
+/// since the epoch, absent for a new key), a request at `now` passes if that time moved on by
+/// `interval` is at most `interval + tolerance` ahead of now; then the new time to store. By hand:
+/// `governor` keeps its state in its own memory, where this one lives in the shared store (and
+/// with it, in Redis).
+pub fn gcra(stored: Option<u64>, now: u64, interval: u64, tolerance: u64) -> (Rate, Option<u64>) {
+    let new_tat = stored.unwrap_or(now).max(now).saturating_add(interval);
+    let ahead = new_tat - now;
+    let room = interval.saturating_add(tolerance);
+    if ahead > room {
+        (Rate::Limited(ahead - room), None)
+    } else {
+        (Rate::Allowed(ahead), Some(new_tat))
+    }
+}
+
+/// A stored theoretical arrival time: eight little-endian bytes.
+fn tat_of(bytes: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(bytes).ok().map(u64::from_le_bytes)
+}
+
+/// Nanoseconds since the Unix epoch.
+pub fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// Locks a mutex; a panic while holding it cannot leave these maps half-updated in a way that

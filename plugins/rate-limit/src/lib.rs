@@ -14,22 +14,23 @@
 //! headers = true         # RateLimit-Policy and RateLimit on every response
 //! ```
 //!
-//! One GCRA state per key: the theoretical arrival time of the next request, updated with
-//! compare-and-swap in the host's store, so the limit is exact across every event loop of the
-//! process (and across instances once the store is shared). A request over the limit gets 429
+//! One GCRA state per key: the theoretical arrival time of the next request, kept in the host's
+//! store and moved by the host's `rate-take` in one call (atomically under the store's lock, or by
+//! compare-and-swap in Redis), so the limit is exact across every event loop of the process (and
+//! across instances once the store is shared). The `RateLimit` fields are set for the response
+//! from `on-request`: the plugin is called once per request. A request over the limit gets 429
 //! with `Retry-After` before any body is read. Each key's state expires when its bucket is full
 //! again, and the store's byte budget (least recently used first) bounds the key space whatever
 //! clients send.
 //!
 //! Why GCRA rather than a crate: `governor` keeps its state in process memory; the point here is
-//! that the state lives in the host's store, shared by every loop, so the few lines of the
-//! algorithm are written against it.
+//! that the state lives in the host's store, shared by every loop and instance, so the few lines
+//! of the algorithm are written against it (in the host: `store::gcra`).
 
 use std::time::Duration;
 
-use gatehouse_sdk::{
-    Action, Filter, Hook, LocalResponse, Request, Response, clock, kv, metrics, units,
-};
+use gatehouse_sdk::rate::{self, Rate};
+use gatehouse_sdk::{Action, Filter, Hook, LocalResponse, Request, metrics, units};
 use serde::Deserialize;
 
 /// The plugin's `config` table.
@@ -73,15 +74,6 @@ pub struct RateLimit {
     status: u16,
 }
 
-/// The `RateLimit` state for the response: "remaining reset", in one context value (one host
-/// call each way instead of two).
-const STATE: &str = "rate-limit.state";
-
-/// Tries of the compare-and-swap before the request is let through (counted as `contended`).
-const CAS_TRIES: usize = 16;
-/// The shared clock's resolution (`clock::now_ms`), less a nanosecond.
-const CLOCK_STEP_NS: u64 = 999_999;
-
 fn part(text: &str) -> Result<Part, String> {
     Ok(match text {
         "ip" => Part::Ip,
@@ -110,16 +102,8 @@ fn part(text: &str) -> Result<Part, String> {
 
 impl Filter for RateLimit {
     type Config = Config;
-    const HOOKS: &'static [Hook] = &[Hook::OnRequest, Hook::OnResponse];
-
-    /// Without the `RateLimit` headers there is nothing to do on the response.
-    fn hooks(&self) -> &'static [Hook] {
-        if self.headers {
-            Self::HOOKS
-        } else {
-            &[Hook::OnRequest]
-        }
-    }
+    // The `RateLimit` fields are set for the response in `on-request`: no call on the response.
+    const HOOKS: &'static [Hook] = &[Hook::OnRequest];
 
     fn new(config: Config) -> Result<Self, String> {
         if config.rate == 0 {
@@ -162,7 +146,10 @@ impl Filter for RateLimit {
         match self.take(&key) {
             Verdict::Allowed { remaining, reset_s } => {
                 if self.headers {
-                    req.set_context(STATE, &format!("{remaining} {reset_s}"));
+                    let _ = req.set_response_headers(&[
+                        ("ratelimit-policy", self.policy().as_bytes()),
+                        ("ratelimit", self.state(remaining, reset_s).as_bytes()),
+                    ]);
                 }
                 Action::Continue
             }
@@ -179,22 +166,6 @@ impl Filter for RateLimit {
                 r.into()
             }
         }
-    }
-
-    fn on_response(&self, req: &mut Request, resp: &mut Response) {
-        if !self.headers {
-            return;
-        }
-        let Some(state) = req.context(STATE) else {
-            return;
-        };
-        let mut numbers = state.split(' ').map(|n| n.parse().unwrap_or(0));
-        let remaining = numbers.next().unwrap_or(0);
-        let reset = numbers.next().unwrap_or(0);
-        let _ = resp.set_headers(&[
-            ("ratelimit-policy", self.policy()),
-            ("ratelimit", self.state(remaining, reset)),
-        ]);
     }
 }
 
@@ -233,44 +204,22 @@ impl RateLimit {
         key
     }
 
-    /// GCRA: allowed if the theoretical arrival time is no further ahead of now than the burst
-    /// allows; then it moves one interval on.
+    /// GCRA in the store, one host call: allowed if the theoretical arrival time is no further
+    /// ahead of now than the burst allows; then it moves one interval on.
     fn take(&self, key: &str) -> Verdict {
-        for _ in 0..CAS_TRIES {
-            let stored = kv::get(key);
-            // Read after the state: a time read before it could be older than the time another
-            // event loop (or instance) wrote it at, and refuse a request for that skew alone.
-            let now = clock::now_ms().saturating_mul(1_000_000);
-            let tat = stored
-                .as_deref()
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map_or(now, u64::from_le_bytes)
-                .max(now);
-            let new_tat = tat + self.interval_ns;
-            // The shared clock ticks in milliseconds, so requests within one tick all read the same
-            // time: up to a tick's worth of the rate passes in it, not one request a tick.
-            let allow_at =
-                new_tat.saturating_sub(self.tolerance_ns + self.interval_ns + CLOCK_STEP_NS);
-            if now < allow_at {
-                return Verdict::Limited {
-                    retry_after_s: (allow_at - now).div_ceil(1_000_000_000).max(1),
-                };
-            }
-            let ttl = Duration::from_nanos(new_tat - now);
-            if kv::compare_and_swap(key, stored.as_deref(), &new_tat.to_le_bytes(), Some(ttl)) {
-                let ahead = new_tat - now;
+        let interval = Duration::from_nanos(self.interval_ns);
+        match rate::take(key, interval, Duration::from_nanos(self.tolerance_ns)) {
+            Rate::Allowed { ahead } => {
+                let ahead = u64::try_from(ahead.as_nanos()).unwrap_or(u64::MAX);
                 let room = (self.tolerance_ns + self.interval_ns).saturating_sub(ahead);
-                return Verdict::Allowed {
+                Verdict::Allowed {
                     remaining: room / self.interval_ns,
                     reset_s: ahead.div_ceil(1_000_000_000),
-                };
+                }
             }
-        }
-        // Another loop changed the state every time: let this one through rather than spin.
-        metrics::add("contended", 1);
-        Verdict::Allowed {
-            remaining: 0,
-            reset_s: 1,
+            Rate::Limited { retry_in } => Verdict::Limited {
+                retry_after_s: retry_in.as_nanos().div_ceil(1_000_000_000).max(1) as u64,
+            },
         }
     }
 

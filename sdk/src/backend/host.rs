@@ -92,6 +92,14 @@ pub(crate) fn wait_for(key: &str, timeout_ms: u32) {
     request::wait_for(key, timeout_ms);
 }
 
+pub(crate) fn set_response_headers(headers: &[(&str, &[u8])]) -> Result<(), Error> {
+    let headers: Vec<wit::HeaderFieldParam<'_>> = headers
+        .iter()
+        .map(|(name, value)| wit::HeaderFieldParam { name, value })
+        .collect();
+    request::set_response_headers(&headers).map_err(Error::from)
+}
+
 pub(crate) fn offer_answer(a: &crate::Answer) -> bool {
     let headers: Vec<wit::HeaderFieldParam<'_>> = a
         .response

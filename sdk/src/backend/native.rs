@@ -212,6 +212,21 @@ pub(crate) fn wait_for(key: &str, timeout_ms: u32) {
     with(|ex| ex.req.waiting = Some((key.to_string(), timeout_ms)));
 }
 
+pub(crate) fn set_response_headers(headers: &[(&str, &[u8])]) -> Result<(), Error> {
+    with(|ex| {
+        let target = match &mut ex.resp {
+            Some(resp) => &mut resp.headers,
+            None => &mut ex.req.response_headers,
+        };
+        for (name, value) in headers {
+            let name = name.to_ascii_lowercase();
+            target.retain(|(n, _)| *n != name);
+            target.push((name, value.to_vec()));
+        }
+    });
+    Ok(())
+}
+
 pub(crate) fn offer_answer(answer: &crate::Answer) -> bool {
     with(|ex| ex.req.offered = Some(answer.clone()));
     true

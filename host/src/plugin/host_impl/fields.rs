@@ -21,6 +21,28 @@ impl HostState {
         })
     }
 
+    /// Sets `fields` on the response, or before there is one, on the fields that wait for it
+    /// (`request.set-response-headers`); bounded as any fields a plugin sets.
+    pub(super) fn set_response_fields(
+        &mut self,
+        fields: Vec<Header>,
+    ) -> Result<Result<(), ErrorCode>> {
+        let bytes = fields.iter().map(|h| h.name.len() + h.value.len()).sum();
+        let ex = self.ex()?;
+        let total = ex.plugin_header_bytes.saturating_add(bytes);
+        if total > MAX_PLUGIN_HEADER_BYTES {
+            return Ok(Err(ErrorCode::TooManyHeaders));
+        }
+        ex.plugin_header_bytes = total;
+        let headers = match ex.response.as_mut() {
+            Some(r) => r.headers_mut(),
+            None => &mut ex.response_fields,
+        };
+        Ok(fields
+            .into_iter()
+            .try_for_each(|h| set(headers, &h.name, h.value, false)))
+    }
+
     /// The same for a call that answers an error code: no response yet is `no-response`, and
     /// `bytes` more header data than plugins may set on one exchange is `too-many-headers`.
     fn headers_for_change(

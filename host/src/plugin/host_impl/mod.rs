@@ -216,7 +216,11 @@ mod tests {
         for i in 0..crate::sandbox::MAX_ANSWER_READS + 4 {
             reads.record(&format!("k{i}"), 3);
         }
-        assert_eq!(reads.version("k0"), Some(3), "the strings of the last call reused");
+        assert_eq!(
+            reads.version("k0"),
+            Some(3),
+            "the strings of the last call reused"
+        );
         let past = format!("k{}", crate::sandbox::MAX_ANSWER_READS);
         assert_eq!(reads.version(&past), None, "bounded");
     }

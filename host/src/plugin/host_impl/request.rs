@@ -247,6 +247,13 @@ impl request::Host for HostState {
         Ok(true)
     }
 
+    fn set_response_headers(
+        &mut self,
+        headers: Vec<wit::HeaderField>,
+    ) -> Result<Result<(), ErrorCode>> {
+        self.set_response_fields(headers)
+    }
+
     fn respond(&mut self, response: wit::LocalResponse) -> Result<()> {
         // Like every request call, an error outside a hook.
         self.ex()?;

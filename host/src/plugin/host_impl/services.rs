@@ -100,6 +100,23 @@ impl host::Host for HostState {
         )
     }
 
+    fn rate_take(
+        &mut self,
+        key: String,
+        interval_ns: u64,
+        tolerance_ns: u64,
+    ) -> Result<host::RateVerdict> {
+        let key = scoped(&mut self.scratch, &self.info.namespace, &key);
+        let rate = self.info.store.rate_take(key, interval_ns, tolerance_ns);
+        // With `store_errors = "open"`, an unreachable store lets every request through.
+        Ok(
+            match answer(rate, self.info.store_errors, store::Rate::Allowed(0))? {
+                store::Rate::Allowed(ahead) => host::RateVerdict::Allowed(ahead),
+                store::Rate::Limited(wait) => host::RateVerdict::Limited(wait),
+            },
+        )
+    }
+
     fn metric_add(&mut self, name: String, delta: u64) -> Result<()> {
         if let Some(counter) = self.metric(name) {
             counter.inc_by(delta);
