@@ -342,6 +342,49 @@ fn misbehaving_plugins_get_500_and_the_next_request_succeeds() {
 }
 
 #[test]
+fn answers_left_with_the_host_hold_only_while_what_they_were_read_from_does() {
+    let plugins = format!("[[plugins]]\nuse = \"{ADVERSARIAL}\"\n");
+    let (_dir, gh) = start(&plugins);
+    let c = client();
+    let get = |path: &str| {
+        let r = c.get(gh.url(path)).send().expect("request");
+        (r.status().as_u16(), r.text().expect("body"))
+    };
+    // A key never read, 40 names, a bad field, 20 keys: refused. A good one is kept.
+    let plugin = (
+        200,
+        "refused=[false, false, false, false] kept=true\n".to_string(),
+    );
+    assert_eq!(get("/offer"), plugin);
+    assert_eq!(get("/offer"), (200, "from the host\n".into()), "not called");
+    assert_eq!(get("/offer"), (200, "from the host\n".into()));
+    // A write of the key the answer was read from ends it.
+    assert_eq!(get("/offer-bump"), (200, "bumped\n".into()));
+    assert_eq!(get("/offer"), plugin);
+    assert_eq!(get("/offer"), (200, "from the host\n".into()));
+    // An offer from a call that goes on to the target is not kept.
+    for _ in 0..2 {
+        assert_eq!(get("/offer-continue").0, 404, "the site's answer");
+    }
+
+    // Fields for the response are bounded as any a plugin sets (more than an HTTP client parses
+    // by default: read raw).
+    let raw = gh.raw(
+        b"GET /many-response-headers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(10),
+    );
+    let text = String::from_utf8_lossy(&raw.bytes);
+    assert!(
+        text.starts_with("HTTP/1.1 404"),
+        "{}",
+        &text[..text.len().min(200)]
+    );
+    let set = text.lines().filter(|l| l.starts_with("x-r")).count();
+    assert_eq!(set, 1000, "stopped at the bound");
+    assert_eq!(get("/").0, 200, "still serving");
+}
+
+#[test]
 fn the_sandbox_grants_no_files_environment_or_network() {
     let plugins = format!("[[plugins]]\nuse = \"{ADVERSARIAL}\"\n");
     let (_dir, gh) = start(&plugins);

@@ -173,12 +173,14 @@ impl Chain {
                 // Only a response (or answer) given during this very call counts.
                 store.data_mut().local = None;
                 store.data_mut().offered = None;
+                store.data_mut().staged.clear();
                 let action = b.call_on_request(
                     &mut *store,
                     head.as_ref().map(host_impl::lent_head),
                     client,
                 )?;
                 let data = store.data_mut();
+                data.exchange.stage_response_fields(&mut data.staged);
                 Ok((action, (data.local.take(), data.offered.take())))
             });
             // A wait counts only with `continue`, and only so many times per request.

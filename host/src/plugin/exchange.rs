@@ -84,6 +84,20 @@ impl Exchange {
         }
     }
 
+    /// Keeps the fields a plugin's call set for the response (each replacing its values), within
+    /// the bound on fields a plugin may set.
+    pub fn stage_response_fields(&mut self, fields: &mut http::HeaderMap) {
+        for (name, value) in fields.drain() {
+            let Some(name) = name else { continue };
+            if !self.response_fields.contains_key(&name)
+                && self.response_fields.len() >= crate::sandbox::MAX_PLUGIN_HEADERS
+            {
+                continue;
+            }
+            self.response_fields.insert(name, value);
+        }
+    }
+
     /// Sets on `response` the fields plugins left for it.
     pub fn set_response_fields(&mut self, response: &mut Response<Body>) {
         if self.response_fields.is_empty() {

@@ -69,10 +69,20 @@ impl MemoryStore {
         lock(&self.kv).set(key, value, ttl, Instant::now())
     }
 
-    /// GCRA on `key` at `now` (see [`super::gcra`]), under the lock: exact across event loops.
-    pub fn rate_take(&self, key: &str, now: u64, interval: u64, tolerance: u64) -> super::Rate {
-        let instant = Instant::now();
+    /// GCRA on `key` at the time `now` reads (see [`super::gcra`]), under the lock: exact across
+    /// event loops.
+    pub fn rate_take(
+        &self,
+        key: &str,
+        now: impl FnOnce() -> u64,
+        interval: u64,
+        tolerance: u64,
+    ) -> super::Rate {
         let mut kv = lock(&self.kv);
+        // Read under the lock: a time read before it could be older than the one another event
+        // loop stored with, and refuse a request for that skew alone.
+        let now = now();
+        let instant = Instant::now();
         let stored = kv.get(key, instant).and_then(|e| super::tat_of(&e.value));
         let (rate, new_tat) = super::gcra(stored, now, interval, tolerance);
         if let Some(new_tat) = new_tat {
@@ -347,7 +357,7 @@ mod tests {
         let s = MemoryStore::new(1 << 20, 1 << 20);
         let (second, t0) = (1_000_000_000, 1_000_000_000_000);
         // 2 a second (one every 0.5 s) with a burst of 2 more: three at once, then one per 0.5 s.
-        let take = |at: u64| s.rate_take("k", t0 + at, second / 2, second);
+        let take = |at: u64| s.rate_take("k", || t0 + at, second / 2, second);
         assert_eq!(take(0), Rate::Allowed(second / 2));
         assert_eq!(take(0), Rate::Allowed(second));
         assert_eq!(take(0), Rate::Allowed(3 * second / 2));

@@ -107,7 +107,7 @@ impl SharedStore {
     /// through rather than spin).
     pub fn rate_take(&self, key: &str, interval: u64, tolerance: u64) -> Result<Rate, Unavailable> {
         match &self.backend {
-            Backend::Memory(m) => Ok(m.rate_take(key, now_ns(), interval, tolerance)),
+            Backend::Memory(m) => Ok(m.rate_take(key, now_ns, interval, tolerance)),
             Backend::Redis(r) => {
                 for _ in 0..16 {
                     let stored = r.kv_get(key)?;

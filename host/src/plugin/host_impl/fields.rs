@@ -28,15 +28,18 @@ impl HostState {
         fields: Vec<Header>,
     ) -> Result<Result<(), ErrorCode>> {
         let bytes = fields.iter().map(|h| h.name.len() + h.value.len()).sum();
-        let ex = self.ex()?;
+        self.ex()?;
+        let ex = &mut self.exchange;
         let total = ex.plugin_header_bytes.saturating_add(bytes);
         if total > MAX_PLUGIN_HEADER_BYTES {
             return Ok(Err(ErrorCode::TooManyHeaders));
         }
         ex.plugin_header_bytes = total;
+        // Before there is a response, they wait in the store until the call succeeds: a call that
+        // fails leaves none.
         let headers = match ex.response.as_mut() {
             Some(r) => r.headers_mut(),
-            None => &mut ex.response_fields,
+            None => &mut self.staged,
         };
         Ok(fields
             .into_iter()

@@ -55,6 +55,9 @@ pub struct HostState {
     pub in_on_request: bool,
     /// The store reads of the running call, with the versions read.
     pub reads: Reads,
+    /// Fields the running `on-request` set for the response (`request.set-response-headers`),
+    /// moved to the exchange if the call succeeds.
+    pub staged: http::HeaderMap,
     /// The answer the running `on-request` offered (`request.offer-answer`), kept by the chain
     /// if the call answers `respond`.
     pub offered: Option<(String, super::answers::Answer)>,
@@ -83,6 +86,7 @@ impl HostState {
             in_on_request: false,
             reads: Reads::default(),
             offered: None,
+            staged: http::HeaderMap::new(),
             local: None,
             scratch: String::new(),
             counters: std::collections::HashMap::new(),
