@@ -65,9 +65,8 @@ pub struct RateLimit {
     interval_ns: u64,
     /// How far ahead of now the theoretical arrival time may run (the burst).
     tolerance_ns: u64,
-    rate: u64,
-    per_s: u64,
-    burst: u64,
+    /// `RateLimit-Policy`.
+    policy: String,
     key: Vec<Part>,
     name: String,
     headers: bool,
@@ -128,14 +127,18 @@ impl Filter for RateLimit {
         if !(400..=599).contains(&status) {
             return Err(format!("status must be 4xx or 5xx, not {status}"));
         }
+        let name = config.name.unwrap_or_else(|| "default".into());
+        let per_s = per.as_secs().max(1);
+        let mut policy = format!("\"{name}\";q={};w={per_s}", config.rate);
+        if config.burst > 0 {
+            policy.push_str(&format!(";burst={}", config.burst));
+        }
         Ok(RateLimit {
             interval_ns,
             tolerance_ns: interval_ns.saturating_mul(config.burst),
-            rate: config.rate,
-            per_s: per.as_secs().max(1),
-            burst: config.burst,
+            policy,
             key,
-            name: config.name.unwrap_or_else(|| "default".into()),
+            name,
             headers: config.headers.unwrap_or(true),
             status,
         })
@@ -223,13 +226,10 @@ impl RateLimit {
         }
     }
 
-    /// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers): quota and window.
-    fn policy(&self) -> String {
-        let mut p = format!("\"{}\";q={};w={}", self.name, self.rate, self.per_s);
-        if self.burst > 0 {
-            p.push_str(&format!(";burst={}", self.burst));
-        }
-        p
+    /// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers): quota and window; the same
+    /// for every response, so made once.
+    fn policy(&self) -> &str {
+        &self.policy
     }
 
     /// `RateLimit`: what is left and when the key is whole again.
