@@ -202,6 +202,13 @@ pub fn on_request<F: Filter>(filter: &F, req: &mut TestRequest) -> Action {
             action = filter.on_request(&mut Request::new(None, None));
         });
     }
+    // The host sets the fields left for the response on a local response too.
+    if let Action::Respond(local) = &mut action {
+        for (name, value) in req.response_headers.drain(..) {
+            local.headers.retain(|(n, _)| *n != name);
+            local.headers.push((name, value));
+        }
+    }
     action
 }
 
@@ -394,9 +401,11 @@ pub mod backend {
         let tat = kv_get(key)
             .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
             .map_or(now, u64::from_le_bytes);
-        let new_tat = tat.max(now).saturating_add(interval_ns);
-        let ahead = new_tat - now;
         let room = interval_ns.saturating_add(tolerance_ns);
+        let new_tat = tat
+            .clamp(now, now.saturating_add(room))
+            .saturating_add(interval_ns);
+        let ahead = new_tat - now;
         if ahead > room {
             return RateVerdict::Limited(ahead - room);
         }

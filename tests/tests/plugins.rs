@@ -381,6 +381,13 @@ fn answers_left_with_the_host_hold_only_while_what_they_were_read_from_does() {
     );
     let set = text.lines().filter(|l| l.starts_with("x-r")).count();
     assert_eq!(set, 1000, "stopped at the bound");
+    // Framing fields are the server's: refused. Fields set for the response reach a local one.
+    let r = c
+        .get(gh.url("/framing-response-header"))
+        .send()
+        .expect("request");
+    assert_eq!(r.headers()["x-fine"], "1");
+    assert_eq!(r.text().expect("body"), "framing=false fine=true\n");
     assert_eq!(get("/").0, 200, "still serving");
 }
 

@@ -86,11 +86,10 @@ where
 
     /// Runs the phases from the plugins' on-request to their on-response.
     pub async fn run(mut self) -> Outcome {
-        let mut response = match self.answer().await {
+        let response = match self.answer().await {
             Ok(response) => response,
             Err(e) => error_response(&e, self.version),
         };
-        self.exchange.set_response_fields(&mut response);
         // Without plugins there is no on-response to run (and no future to move the response into).
         let response = if self.progress.ran == Ran::default() {
             response

@@ -180,8 +180,8 @@ impl Chain {
                     client,
                 )?;
                 let data = store.data_mut();
-                data.exchange.stage_response_fields(&mut data.staged);
-                Ok((action, (data.local.take(), data.offered.take())))
+                let staged = std::mem::take(&mut data.staged);
+                Ok((action, (data.local.take(), data.offered.take(), staged)))
             });
             // A wait counts only with `continue`, and only so many times per request.
             let wait = ex.wait.take();
@@ -192,16 +192,22 @@ impl Chain {
                 progress.next = i;
                 return Ok(Decision::Wait(waiter));
             }
+            // Fields for the response count only from a call that succeeded.
+            let mut staged = None;
             let answer = match action {
-                Ok((wit::Action::Continue, _)) => Ok(None),
-                Ok((wit::Action::Route(route), _)) => plugin
+                Ok((wit::Action::Continue, (_, _, fields))) => {
+                    staged = Some(fields);
+                    Ok(None)
+                }
+                Ok((wit::Action::Route(route), (_, _, fields))) => plugin
                     .route(route, ex)
                     .map(|r| {
                         progress.route = Some(r);
+                        staged = Some(fields);
                         None
                     })
                     .map_err(Failure::plugin),
-                Ok((wit::Action::Respond, (local, offered))) => local
+                Ok((wit::Action::Respond, (local, offered, fields))) => local
                     .ok_or_else(|| "answered `respond` without calling `request.respond`".into())
                     .and_then(local_response)
                     .map(|response| {
@@ -210,11 +216,15 @@ impl Chain {
                             // fits beside its URL's other answers is simply not kept.
                             let _ = plugin.info.answers.offer(key, answer);
                         }
+                        staged = Some(fields);
                         Some(response)
                     })
                     .map_err(Failure::plugin),
                 Err(failure) => Err(failure),
             };
+            if let Some(mut fields) = staged {
+                ex.stage_response_fields(i, &mut fields);
+            }
             match answer {
                 Ok(None) => {}
                 Ok(Some(response)) => return Ok(Decision::Respond(response)),
@@ -242,6 +252,7 @@ impl Chain {
             if !ran.has(i) {
                 continue;
             }
+            ex.set_response_fields(i);
             let outcome = plugin.hook(Hook::Response, ex, |b, store| {
                 b.call_on_response(&mut *store)
             });

@@ -42,8 +42,10 @@ pub struct Exchange {
     /// A wait the running `on-request` asked for (`request.wait-for`).
     pub wait: Option<crate::store::Waiter>,
     /// Fields plugins set on the response before there was one (`request.set-response-headers`),
-    /// set on it before any `on-response` runs.
-    pub response_fields: http::HeaderMap,
+    /// with the position in the chain of the plugin that set each: set on the response where that
+    /// plugin's `on-response` would run, so a plugin earlier in the chain (a cache) does not see
+    /// (or store) what a later one set for this client.
+    pub response_fields: Vec<(usize, http::HeaderName, HeaderValue)>,
 }
 
 impl Exchange {
@@ -66,7 +68,7 @@ impl Exchange {
             response: None,
             response_too_large: false,
             wait: None,
-            response_fields: http::HeaderMap::new(),
+            response_fields: Vec::new(),
         }
     }
 
@@ -84,30 +86,30 @@ impl Exchange {
         }
     }
 
-    /// Keeps the fields a plugin's call set for the response (each replacing its values), within
-    /// the bound on fields a plugin may set.
-    pub fn stage_response_fields(&mut self, fields: &mut http::HeaderMap) {
+    /// Keeps the fields the call of the plugin at `position` set for the response, within the
+    /// bound on fields plugins may set (past it they are dropped).
+    pub fn stage_response_fields(&mut self, position: usize, fields: &mut http::HeaderMap) {
         for (name, value) in fields.drain() {
             let Some(name) = name else { continue };
-            if !self.response_fields.contains_key(&name)
-                && self.response_fields.len() >= crate::sandbox::MAX_PLUGIN_HEADERS
-            {
-                continue;
+            if self.response_fields.len() >= crate::sandbox::MAX_PLUGIN_HEADERS {
+                break;
             }
-            self.response_fields.insert(name, value);
+            self.response_fields.push((position, name, value));
         }
     }
 
-    /// Sets on `response` the fields plugins left for it.
-    pub fn set_response_fields(&mut self, response: &mut Response<Body>) {
+    /// Sets on the response the fields the plugin at `position` left for it.
+    pub fn set_response_fields(&mut self, position: usize) {
         if self.response_fields.is_empty() {
             return;
         }
+        let Some(response) = self.response.as_mut() else {
+            return;
+        };
         let headers = response.headers_mut();
-        // Each name holds one value: `request.set-response-headers` replaces.
-        for (name, value) in std::mem::take(&mut self.response_fields) {
-            if let Some(name) = name {
-                headers.insert(name, value);
+        for (at, name, value) in &self.response_fields {
+            if *at == position {
+                headers.insert(name.clone(), value.clone());
             }
         }
     }

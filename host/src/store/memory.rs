@@ -355,7 +355,7 @@ mod tests {
     fn gcra_lets_the_burst_through_then_the_steady_rate() {
         use super::super::Rate;
         let s = MemoryStore::new(1 << 20, 1 << 20);
-        let (second, t0) = (1_000_000_000, 1_000_000_000_000);
+        let (second, t0) = (1_000_000_000, 10_000_000_000_000);
         // 2 a second (one every 0.5 s) with a burst of 2 more: three at once, then one per 0.5 s.
         let take = |at: u64| s.rate_take("k", || t0 + at, second / 2, second);
         assert_eq!(take(0), Rate::Allowed(second / 2));
@@ -367,6 +367,14 @@ mod tests {
         assert_eq!(take(second / 2), Rate::Limited(second / 2));
         // Idle long enough, and the key is gone with its time to live.
         assert_eq!(take(100 * second), Rate::Allowed(second / 2));
+        // A clock gone back an hour: refused for one interval, not for the hour.
+        let back = s.rate_take(
+            "k",
+            || t0 + 100 * second - 3600 * second,
+            second / 2,
+            second,
+        );
+        assert_eq!(back, Rate::Limited(second / 2));
     }
 
     #[test]

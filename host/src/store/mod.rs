@@ -127,7 +127,8 @@ impl SharedStore {
                         return Ok(rate);
                     }
                 }
-                Ok(Rate::Allowed(0))
+                // As if the bucket held one request's room: the headers then say nothing odd.
+                Ok(Rate::Allowed(interval))
             }
         }
     }
@@ -209,9 +210,12 @@ pub enum Rate {
 /// `governor` keeps its state in its own memory, where this one lives in the shared store (and
 /// with it, in Redis).
 pub fn gcra(stored: Option<u64>, now: u64, interval: u64, tolerance: u64) -> (Rate, Option<u64>) {
-    let new_tat = stored.unwrap_or(now).max(now).saturating_add(interval);
-    let ahead = new_tat - now;
     let room = interval.saturating_add(tolerance);
+    // A stored time further ahead than any take leaves it is from a clock that has since gone
+    // back: count from the furthest a take can leave, not from the jump.
+    let tat = stored.unwrap_or(now).clamp(now, now.saturating_add(room));
+    let new_tat = tat.saturating_add(interval);
+    let ahead = new_tat - now;
     if ahead > room {
         (Rate::Limited(ahead - room), None)
     } else {

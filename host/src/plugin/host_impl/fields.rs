@@ -27,6 +27,23 @@ impl HostState {
         &mut self,
         fields: Vec<Header>,
     ) -> Result<Result<(), ErrorCode>> {
+        // Framing and hop-by-hop fields are the server's to set for the connection.
+        const SERVERS: &[&str] = &[
+            "content-length",
+            "transfer-encoding",
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "upgrade",
+        ];
+        if fields
+            .iter()
+            .any(|h| SERVERS.iter().any(|s| h.name.eq_ignore_ascii_case(s)))
+        {
+            return Ok(Err(ErrorCode::InvalidHeaderName));
+        }
         let bytes = fields.iter().map(|h| h.name.len() + h.value.len()).sum();
         self.ex()?;
         let ex = &mut self.exchange;

@@ -108,9 +108,14 @@ impl host::Host for HostState {
     ) -> Result<host::RateVerdict> {
         let key = scoped(&mut self.scratch, &self.info.namespace, &key);
         let rate = self.info.store.rate_take(key, interval_ns, tolerance_ns);
-        // With `store_errors = "open"`, an unreachable store lets every request through.
+        // With `store_errors = "open"`, an unreachable store lets every request through (as one
+        // that takes the first request of a full bucket: the `RateLimit` fields stay plausible).
         Ok(
-            match answer(rate, self.info.store_errors, store::Rate::Allowed(0))? {
+            match answer(
+                rate,
+                self.info.store_errors,
+                store::Rate::Allowed(interval_ns),
+            )? {
                 store::Rate::Allowed(ahead) => host::RateVerdict::Allowed(ahead),
                 store::Rate::Limited(wait) => host::RateVerdict::Limited(wait),
             },
