@@ -98,9 +98,18 @@ fn two_instances_share_one_rate_limit_exactly_and_each_others_cache() {
     let mut ok = 0;
     for i in 0..20 {
         let gh = if i % 2 == 0 { &a } else { &b };
-        match fresh_get(gh, "/a.txt").status() {
+        let r = fresh_get(gh, "/a.txt");
+        match r.status() {
             StatusCode::OK => ok += 1,
-            StatusCode::TOO_MANY_REQUESTS => {}
+            StatusCode::TOO_MANY_REQUESTS => {
+                // 5 a minute: one every 12 s.
+                let retry: u64 = r.headers()["retry-after"]
+                    .to_str()
+                    .expect("text")
+                    .parse()
+                    .expect("seconds");
+                assert!((1..=12).contains(&retry), "retry after {retry}");
+            }
             other => panic!("{other}"),
         }
     }

@@ -37,7 +37,7 @@ pub struct SharedStore {
 #[derive(Debug)]
 enum Backend {
     Memory(MemoryStore),
-    Redis(RedisStore),
+    Redis(Box<RedisStore>),
 }
 
 impl SharedStore {
@@ -59,7 +59,7 @@ impl SharedStore {
             usize::try_from(config.counter_budget).unwrap_or(usize::MAX),
         );
         if let StoreBackend::Redis(redis) = &config.backend {
-            store.backend = Backend::Redis(RedisStore::new(redis)?);
+            store.backend = Backend::Redis(Box::new(RedisStore::new(redis)?));
         }
         store.config = Some(config.clone());
         Ok(store)
@@ -102,34 +102,12 @@ impl SharedStore {
         }
     }
 
-    /// GCRA on `key` ([`gcra`]), atomic across event loops and, with Redis, instances (a
-    /// compare-and-swap there, retried; a key changed by others every time lets the request
-    /// through rather than spin).
+    /// GCRA on `key` ([`gcra`]), atomic across event loops and, with Redis, instances (one
+    /// script there, by Redis's clock).
     pub fn rate_take(&self, key: &str, interval: u64, tolerance: u64) -> Result<Rate, Unavailable> {
         match &self.backend {
             Backend::Memory(m) => Ok(m.rate_take(key, now_ns, interval, tolerance)),
-            Backend::Redis(r) => {
-                for _ in 0..16 {
-                    let stored = r.kv_get(key)?;
-                    let tat = stored.as_deref().and_then(tat_of);
-                    let now = now_ns();
-                    let (rate, new_tat) = gcra(tat, now, interval, tolerance);
-                    let Some(new_tat) = new_tat else {
-                        return Ok(rate);
-                    };
-                    let ttl = Duration::from_nanos(new_tat - now);
-                    if r.kv_compare_and_swap(
-                        key,
-                        stored.as_deref(),
-                        &new_tat.to_le_bytes(),
-                        Some(ttl),
-                    )? {
-                        return Ok(rate);
-                    }
-                }
-                // As if the bucket held one request's room: the headers then say nothing odd.
-                Ok(Rate::Allowed(interval))
-            }
+            Backend::Redis(r) => r.rate_take(key, interval, tolerance),
         }
     }
 

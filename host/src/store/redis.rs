@@ -41,6 +41,26 @@ if ARGV[2] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return v
 ";
 
+/// GCRA (`super::gcra`) on `KEYS[1]` in one script, by Redis's own clock (`TIME`: one clock for
+/// every instance), in microseconds: Lua's numbers are doubles, exact to 2^53, which nanoseconds
+/// since the epoch are not. `ARGV[1]` is the interval and `ARGV[2]` the tolerance, in
+/// microseconds; the key holds the theoretical arrival time as decimal microseconds. Answers
+/// {1, ahead} or {0, wait}, microseconds.
+const GCRA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local room = interval + tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '') or now
+if tat < now then tat = now end
+if tat > now + room then tat = now + room end
+local new_tat = tat + interval
+local ahead = new_tat - now
+if ahead > room then return {0, ahead - room} end
+redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.max(1, math.ceil(ahead / 1000)))
+return {1, ahead}
+";
+
 /// A pool of connections to one Redis server.
 pub struct RedisStore {
     client: redis::Client,
@@ -56,6 +76,7 @@ pub struct RedisStore {
     down: AtomicBool,
     cas: Script,
     incr: Script,
+    gcra: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -82,6 +103,7 @@ impl RedisStore {
             started: Instant::now(),
             down_until: AtomicU64::new(0),
             down: AtomicBool::new(false),
+            gcra: Script::new(GCRA),
             cas: Script::new(CAS),
             incr: Script::new(INCR),
         })
@@ -188,6 +210,33 @@ impl RedisStore {
                 .invoke::<i64>(c)
         })
         .map(|set| set == 1)
+    }
+
+    /// GCRA on `key` in one round trip (see `GCRA`). The clock counts microseconds, so the
+    /// interval is at least one and one more microsecond of tolerance stands for requests that
+    /// read the same microsecond.
+    pub fn rate_take(
+        &self,
+        key: &str,
+        interval_ns: u64,
+        tolerance_ns: u64,
+    ) -> Result<super::Rate, Unavailable> {
+        let key = self.key(key);
+        let interval = interval_ns.div_ceil(1000).max(1);
+        let tolerance = tolerance_ns.div_ceil(1000).saturating_add(1);
+        let (allowed, us): (i64, i64) = self.with(|c| {
+            self.gcra
+                .key(&key)
+                .arg(interval)
+                .arg(tolerance)
+                .invoke::<(i64, i64)>(c)
+        })?;
+        let ns = u64::try_from(us).unwrap_or(0).saturating_mul(1000);
+        Ok(if allowed == 1 {
+            super::Rate::Allowed(ns)
+        } else {
+            super::Rate::Limited(ns)
+        })
     }
 
     /// The key of a counter in its current window: windows are numbered from the epoch, so every
