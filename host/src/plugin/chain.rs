@@ -160,7 +160,7 @@ impl Chain {
                     plugin
                         .info
                         .answers
-                        .answer(ex, &self.store, crate::store::now_ms())
+                        .answer(ex, &self.store, crate::store::now_ms)
             {
                 return Ok(Decision::Respond(response));
             }
@@ -181,33 +181,32 @@ impl Chain {
                 )?;
                 let data = store.data_mut();
                 let staged = std::mem::take(&mut data.staged);
-                Ok((action, (data.local.take(), data.offered.take(), staged)))
+                Ok((action, data.local.take(), data.offered.take(), staged))
             });
+            // Fields for the response count only from a call that succeeded (below).
+            let (action, mut staged) = match action {
+                Ok((action, local, offered, staged)) => (Ok((action, local, offered)), staged),
+                Err(failure) => (Err(failure), http::HeaderMap::new()),
+            };
             // A wait counts only with `continue`, and only so many times per request.
             let wait = ex.wait.take();
-            if let (Ok((wit::Action::Continue, _)), Some(waiter)) = (&action, wait)
+            if let (Ok((wit::Action::Continue, ..)), Some(waiter)) = (&action, wait)
                 && progress.waits < sandbox::MAX_WAITS
             {
                 progress.waits += 1;
                 progress.next = i;
                 return Ok(Decision::Wait(waiter));
             }
-            // Fields for the response count only from a call that succeeded.
-            let mut staged = None;
             let answer = match action {
-                Ok((wit::Action::Continue, (_, _, fields))) => {
-                    staged = Some(fields);
-                    Ok(None)
-                }
-                Ok((wit::Action::Route(route), (_, _, fields))) => plugin
+                Ok((wit::Action::Continue, ..)) => Ok(None),
+                Ok((wit::Action::Route(route), ..)) => plugin
                     .route(route, ex)
                     .map(|r| {
                         progress.route = Some(r);
-                        staged = Some(fields);
                         None
                     })
                     .map_err(Failure::plugin),
-                Ok((wit::Action::Respond, (local, offered, fields))) => local
+                Ok((wit::Action::Respond, local, offered)) => local
                     .ok_or_else(|| "answered `respond` without calling `request.respond`".into())
                     .and_then(local_response)
                     .map(|response| {
@@ -216,14 +215,13 @@ impl Chain {
                             // fits beside its URL's other answers is simply not kept.
                             let _ = plugin.info.answers.offer(key, answer);
                         }
-                        staged = Some(fields);
                         Some(response)
                     })
                     .map_err(Failure::plugin),
                 Err(failure) => Err(failure),
             };
-            if let Some(mut fields) = staged {
-                ex.stage_response_fields(i, &mut fields);
+            if answer.is_ok() {
+                ex.stage_response_fields(i, &mut staged);
             }
             match answer {
                 Ok(None) => {}

@@ -45,22 +45,30 @@ impl HostState {
             return Ok(Err(ErrorCode::InvalidHeaderName));
         }
         let bytes = fields.iter().map(|h| h.name.len() + h.value.len()).sum();
-        self.ex()?;
-        let ex = &mut self.exchange;
-        let total = ex.plugin_header_bytes.saturating_add(bytes);
-        if total > MAX_PLUGIN_HEADER_BYTES {
-            return Ok(Err(ErrorCode::TooManyHeaders));
+        if let Err(e) = self.charge_header_bytes(bytes)? {
+            return Ok(Err(e));
         }
-        ex.plugin_header_bytes = total;
         // Before there is a response, they wait in the store until the call succeeds: a call that
         // fails leaves none.
-        let headers = match ex.response.as_mut() {
+        let headers = match self.exchange.response.as_mut() {
             Some(r) => r.headers_mut(),
             None => &mut self.staged,
         };
         Ok(fields
             .into_iter()
             .try_for_each(|h| set(headers, &h.name, h.value, false)))
+    }
+
+    /// Counts `bytes` more header data set by plugins on the exchange: past what they may set on
+    /// one, `too-many-headers` and nothing counted.
+    fn charge_header_bytes(&mut self, bytes: usize) -> Result<Result<(), ErrorCode>> {
+        let ex = self.ex()?;
+        let total = ex.plugin_header_bytes.saturating_add(bytes);
+        if total > MAX_PLUGIN_HEADER_BYTES {
+            return Ok(Err(ErrorCode::TooManyHeaders));
+        }
+        ex.plugin_header_bytes = total;
+        Ok(Ok(()))
     }
 
     /// The same for a call that answers an error code: no response yet is `no-response`, and
@@ -70,12 +78,10 @@ impl HostState {
         message: Message,
         bytes: usize,
     ) -> Result<Result<&mut HeaderMap, ErrorCode>> {
-        let ex = self.ex()?;
-        let total = ex.plugin_header_bytes.saturating_add(bytes);
-        if total > MAX_PLUGIN_HEADER_BYTES {
-            return Ok(Err(ErrorCode::TooManyHeaders));
+        if let Err(e) = self.charge_header_bytes(bytes)? {
+            return Ok(Err(e));
         }
-        ex.plugin_header_bytes = total;
+        let ex = &mut self.exchange;
         Ok(match message {
             Message::Request => Ok(&mut ex.request.headers),
             Message::Response => match ex.response.as_mut() {
