@@ -528,13 +528,27 @@ impl Cache {
         } else {
             self.full_or_range(req, fields, stored)
         };
-        response = response.header("age", (f.age_ms / 1000).to_string());
+        response = self.with_age_and_status(response, outcome, f);
         if self.status_headers {
-            response = response
-                .header("cache-status", cache_status(outcome, None, Some(f)))
-                .header("x-cache", outcome.x_cache());
+            response = response.header("x-cache", outcome.x_cache());
         }
         Action::Respond(response)
+    }
+
+    /// The fields a response from the store gets each time it is used: `Age` and (with status
+    /// headers) `Cache-Status`.
+    fn with_age_and_status(
+        &self,
+        response: LocalResponse,
+        outcome: Outcome,
+        f: Freshness,
+    ) -> LocalResponse {
+        let response = response.header("age", (f.age_ms / 1000).to_string());
+        if self.status_headers {
+            response.header("cache-status", cache_status(outcome, None, Some(f)))
+        } else {
+            response
+        }
     }
 
     /// A plain hit (nothing for the plugin to judge on the request): answered as
@@ -590,11 +604,7 @@ impl Cache {
             metric: Some(metric_name(Outcome::Hit).to_string()),
         };
         req.offer_answer(&answer);
-        let mut response = answer.response.header("age", (f.age_ms / 1000).to_string());
-        if self.status_headers {
-            response = response.header("cache-status", cache_status(Outcome::Hit, None, Some(f)));
-        }
-        Action::Respond(response)
+        Action::Respond(self.with_age_and_status(answer.response, Outcome::Hit, f))
     }
 
     /// The stored response, or the byte range the client asked for. The entry's fields and body
