@@ -751,6 +751,24 @@ fn a_request_sent_ahead_to_a_worker_that_dies_before_beginning_it_runs_on_anothe
 }
 
 #[test]
+fn a_response_finished_before_the_next_request_kills_its_worker_is_still_answered() {
+    // One thread, the second request sent ahead. The worker holds the first response's last
+    // frames (all of it: a list, sent whole at its end) to send them with the second's `Begin` in
+    // one write; they must be out before the second runs (and kills the worker). If the kill happens to run first, the other request
+    // never began and runs on the replacement: 200 either way.
+    let s = serve(
+        "stdlib_app:app",
+        "workers = 1\nthreads = 1\nprefetch = 1\ntimeout = \"20s\"",
+    );
+    for _ in 0..3 {
+        let results = at_once_over_h2(s.gh.addr(), &["/plain", "/sigkill"]);
+        assert_eq!(results[0].0, StatusCode::OK, "{results:?}");
+        assert_eq!(results[1].0, StatusCode::BAD_GATEWAY, "{results:?}");
+        assert_serving(&s.gh);
+    }
+}
+
+#[test]
 fn a_request_sent_ahead_behind_one_that_hangs_runs_once_the_hung_one_is_killed() {
     let s = serve(
         "stdlib_app:app",

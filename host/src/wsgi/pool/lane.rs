@@ -46,6 +46,8 @@ pub(super) struct Sink {
     /// When its `timeout` runs out; marked here (under the same lock as the stream's `Gone`) when
     /// the worker begins a request sent ahead, so `Gone` never passes a `Begin` read before it.
     due: Due,
+    /// Credit for pieces the buffer took and not yet sent (see [`super::stream::batch_credit`]).
+    owed: u32,
 }
 
 /// One event loop's connection to one worker: frames out, and the requests waiting for frames back.
@@ -132,7 +134,15 @@ impl Lane {
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed).max(1);
         let (tx, rx) = inbox::inbox();
         if let Ok(mut streams) = self.streams.lock() {
-            streams.insert(id, Sink { tx, buffer, due });
+            streams.insert(
+                id,
+                Sink {
+                    tx,
+                    buffer,
+                    due,
+                    owed: 0,
+                },
+            );
         }
         (id, rx)
     }
@@ -181,14 +191,14 @@ impl Lane {
     }
 
     pub(super) fn deliver(&self, id: u32, event: Event) {
-        let streams = self.streams.lock();
-        let Some(sink) = streams.as_ref().ok().and_then(|s| s.get(&id)) else {
+        let mut streams = self.streams.lock();
+        let Some(sink) = streams.as_mut().ok().and_then(|s| s.get_mut(&id)) else {
             return;
         };
         match (event, &sink.buffer) {
             (Event::Body(bytes), Some(buffer)) => {
                 let (placed, credit) = buffer.arrived(bytes);
-                if credit > 0 {
+                if let Some(credit) = super::stream::batch_credit(&mut sink.owed, credit) {
                     self.send(Kind::Credit, id, &credit.to_be_bytes());
                 }
                 sink.tx.send(match placed {

@@ -326,6 +326,8 @@ impl Pool {
             timeout,
             buffer,
             from_file: false,
+            owed: 0,
+            left: None,
             _pool: Arc::clone(&self.guard),
         };
         // The timer lives in this future (no allocation); a streamed body gets its own below.
@@ -375,6 +377,10 @@ impl Pool {
             }
             Some(Event::Start(status, headers)) => {
                 stream.done = false;
+                stream.left = headers
+                    .get(http::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok());
                 stream.events = Some(events);
                 build_response(status, headers, Body::Stream(Box::new(stream)))
             }

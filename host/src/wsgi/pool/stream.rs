@@ -45,7 +45,29 @@ pub struct ResponseStream {
     pub(super) buffer: Option<Arc<ResponseBuffer>>,
     /// Part of the body is in the buffer's file: read it out before anything after it.
     pub(super) from_file: bool,
+    /// Credit earned as the client takes the body and not yet sent (see [`batch_credit`]).
+    pub(super) owed: u32,
+    /// Body bytes still to come by the response's `Content-Length`, if it has one: once none are,
+    /// hyper stops reading the body, and that is no client leaving (no `Cancel`).
+    pub(super) left: Option<u64>,
     pub(super) _pool: Arc<PoolGuard>,
+}
+
+/// Credit goes back to a worker in pieces of at least this many bytes (a window update, as in
+/// HTTP/2), so a response smaller than that costs no frame and no system call on either side.
+/// A stream's credit is held back in two places (its lane, as pieces arrive into the buffer, and
+/// the stream, as the client takes them), together less than the worker's window minus its
+/// largest piece: a worker never waits for credit the front is holding.
+pub(super) const CREDIT_BATCH: u32 = 256 * 1024;
+
+const _: () = assert!(
+    2 * CREDIT_BATCH as i64 <= crate::wsgi::worker::WINDOW - crate::wsgi::worker::MAX_CHUNK as i64
+);
+
+/// Adds `n` to what a stream owes its worker; the credit to send now, if enough has gathered.
+pub(super) fn batch_credit(owed: &mut u32, n: u32) -> Option<u32> {
+    *owed = owed.saturating_add(n);
+    (*owed >= CREDIT_BATCH).then(|| std::mem::take(owed))
 }
 
 /// Largest piece read back from a response's file at once.
@@ -100,9 +122,9 @@ impl crate::body::ChunkStream for ResponseStream {
 }
 
 impl ResponseStream {
-    /// Sends the worker `n` more bytes of credit.
-    fn credit(&self, n: u32) {
-        if n > 0 {
+    /// Owes the worker `n` more bytes of credit, sent once enough has gathered.
+    fn credit(&mut self, n: u32) {
+        if let Some(n) = batch_credit(&mut self.owed, n) {
             self.lane.send(Kind::Credit, self.id, &n.to_be_bytes());
         }
     }
@@ -123,6 +145,9 @@ impl ResponseStream {
     ) -> Poll<Option<std::io::Result<Bytes>>> {
         match event {
             Poll::Ready(Some(Event::Body(bytes))) => {
+                if let Some(left) = &mut self.left {
+                    *left = left.saturating_sub(bytes.len() as u64);
+                }
                 let credit = match &self.buffer {
                     Some(buffer) => buffer.taken(bytes.len() as u64),
                     None => u32::try_from(bytes.len()).unwrap_or(u32::MAX),
@@ -176,11 +201,34 @@ impl ResponseStream {
 
 impl Drop for ResponseStream {
     fn drop(&mut self) {
-        if !self.done && self.worker.alive.load(Ordering::Acquire) {
+        if !self.done && self.left != Some(0) && self.worker.alive.load(Ordering::Acquire) {
             // The client went away first: let the worker stop and call close().
             self.lane.send(Kind::Cancel, self.id, b"");
         }
         // The slot stays held (see `Lane::held`) until the worker's last frame for it.
         self.lane.close_stream(self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{CREDIT_BATCH, batch_credit};
+
+    #[test]
+    fn credit_goes_back_in_batches_and_nothing_is_lost() {
+        let mut owed = 0;
+        assert_eq!(
+            batch_credit(&mut owed, 100),
+            None,
+            "a small response sends none"
+        );
+        assert_eq!(batch_credit(&mut owed, CREDIT_BATCH - 101), None);
+        assert_eq!(batch_credit(&mut owed, 1), Some(CREDIT_BATCH));
+        assert_eq!(owed, 0);
+        assert_eq!(
+            batch_credit(&mut owed, 3 * CREDIT_BATCH),
+            Some(3 * CREDIT_BATCH)
+        );
+        assert_eq!(batch_credit(&mut owed, 0), None);
     }
 }

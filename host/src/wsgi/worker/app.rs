@@ -13,7 +13,7 @@ use crate::wsgi::WorkerSpec;
 use crate::wsgi::frame::{self, Kind, WireRequest};
 
 /// Largest body frame; bigger app chunks are split.
-const MAX_CHUNK: usize = 256 * 1024;
+pub(crate) const MAX_CHUNK: usize = 256 * 1024;
 /// Pending frames are written once they pass this size (and always at the end of a response).
 const FLUSH_AT: usize = 64 * 1024;
 
@@ -119,14 +119,6 @@ impl Response {
         if self.out.is_empty() {
             return Ok(());
         }
-        let result = self.conn.send(&self.out);
-        self.out.clear();
-        result.map_err(|e| PyOSError::new_err(format!("front connection lost: {e}")))
-    }
-
-    /// Sends the response's last frames at once: a response the app finished is never lost with
-    /// a worker that a later request crashes.
-    fn finish(&mut self) -> PyResult<()> {
         let result = self.conn.send(&self.out);
         self.out.clear();
         result.map_err(|e| PyOSError::new_err(format!("front connection lost: {e}")))
@@ -447,7 +439,10 @@ impl App {
     }
 }
 
-/// Runs one request through the app and sends the outcome to the front.
+/// Runs one request through the app. Returns the response's last frames (its end, or all of it
+/// for a list), not yet sent: the caller sends them before the worker runs anything else (so a
+/// response the app finished is never lost with a worker that a later request crashes), alone or
+/// with the next request's `Begin` in one write.
 pub(super) fn handle(
     py: Python<'_>,
     app: &App,
@@ -455,7 +450,7 @@ pub(super) fn handle(
     request: WireRequest,
     conn: &Arc<Conn>,
     stream: &Arc<Stream>,
-) {
+) -> Vec<u8> {
     let state = Arc::new(Mutex::new(Response {
         id,
         conn: Arc::clone(conn),
@@ -469,26 +464,24 @@ pub(super) fn handle(
     }));
     let result = run(py, app, request, &state);
     let Ok(mut response) = state.lock() else {
-        return;
+        return Vec::new();
     };
-    let outcome = result.and_then(|()| {
-        response.send_headers()?;
-        frame::write_frame(&mut response.out, Kind::End, id, b"");
-        response.finish()
-    });
-    if let Err(e) = outcome {
-        let cancelled = stream.cancelled.load(Ordering::Acquire);
-        if !cancelled {
-            eprintln!(
-                "gatehouse worker: error in the WSGI app:\n{}",
-                format_exception(py, &e)
-            );
+    match result.and_then(|()| response.send_headers()) {
+        Ok(()) => frame::write_frame(&mut response.out, Kind::End, id, b""),
+        Err(e) => {
+            let cancelled = stream.cancelled.load(Ordering::Acquire);
+            if !cancelled {
+                eprintln!(
+                    "gatehouse worker: error in the WSGI app:\n{}",
+                    format_exception(py, &e)
+                );
+            }
+            // Whatever was pending is dropped: the front answers 500 (or cuts a started response).
+            response.out.clear();
+            frame::write_frame(&mut response.out, Kind::Error, id, e.to_string().as_bytes());
         }
-        // Whatever was pending is dropped: the front answers 500 (or cuts a started response).
-        response.out.clear();
-        frame::write_frame(&mut response.out, Kind::Error, id, e.to_string().as_bytes());
-        let _ = response.finish();
     }
+    std::mem::take(&mut response.out)
 }
 
 fn run(

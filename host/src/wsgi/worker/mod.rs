@@ -10,6 +10,8 @@
 
 mod app;
 
+pub(crate) use app::MAX_CHUNK;
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
@@ -185,7 +187,11 @@ impl FrameReader {
                         if let Ok(mut w) = stream.window.lock() {
                             *w += i64::from(u32::from_be_bytes(bytes));
                         }
-                        stream.more.notify_all();
+                        // With one thread nothing waits on the condition variable (that thread
+                        // reads the socket itself), and a notify is a system call.
+                        if conn.inline.is_none() {
+                            stream.more.notify_all();
+                        }
                     }
                 }
                 Kind::Cancel => {
@@ -251,7 +257,9 @@ impl Conn {
     /// The stream a request opened on arrival; `None` if its client left before a thread took it
     /// (the front is told, and the app never sees it). For a request sent ahead, the front learns
     /// that it begins before the app sees it: one this worker never began may run elsewhere.
-    fn start(&self, id: u32, ahead: bool) -> Option<Arc<Stream>> {
+    /// `out` holds frames of this lane still to send (the last request's end), sent first, in the
+    /// same write.
+    fn start(&self, id: u32, ahead: bool, mut out: Vec<u8>) -> Option<Arc<Stream>> {
         let stream = self.stream(id).unwrap_or_else(|| self.open(id));
         let started = stream
             .state
@@ -259,17 +267,22 @@ impl Conn {
             .is_ok();
         if started && !stream.cancelled.load(Ordering::Acquire) {
             if ahead {
+                frame::write_frame(&mut out, Kind::Begin, id, b"");
+            }
+            if !out.is_empty() {
                 // If the front cannot hear it, it cannot hear the response either.
-                self.send_frame(Kind::Begin, id, b"").ok()?;
+                self.send(&out).ok()?;
             }
             return Some(stream);
         }
         self.close(id);
-        if !started {
-            // Withdrawn: the front was told when it was.
-            return None;
+        if started {
+            frame::write_frame(&mut out, Kind::Error, id, b"cancelled before it started");
         }
-        let _ = self.send_frame(Kind::Error, id, b"cancelled before it started");
+        // Withdrawn (`!started`): the front was told when it was.
+        if !out.is_empty() {
+            let _ = self.send(&out);
+        }
         None
     }
 
@@ -419,12 +432,18 @@ fn serve_inline(conns: &[Arc<Conn>], inline: &Mutex<Inline>, app: &app::App) {
         // slow one may have been cancelled meanwhile, so the sockets are read again (without
         // blocking) before it runs. Requests of a fresh batch run without that syscall.
         let mut read_at = std::time::Instant::now();
+        // The last response's final frames (its lane, the bytes), held until the next request's
+        // `Begin` can go with them or the thread is about to wait: one write instead of two.
+        let mut tail: Option<(usize, Vec<u8>)> = None;
         loop {
             let next = {
                 let Ok(mut state) = inline.lock() else { return };
                 match state.pending.pop_front() {
                     Some(job) => Some(job),
                     None => {
+                        if let Some((lane, bytes)) = tail.take() {
+                            let _ = conns[lane].send(&bytes);
+                        }
                         let state = &mut *state;
                         if !py.detach(|| state.fill(conns)) {
                             return;
@@ -443,12 +462,21 @@ fn serve_inline(conns: &[Arc<Conn>], inline: &Mutex<Inline>, app: &app::App) {
                 }
                 read_at = std::time::Instant::now();
             }
+            let carried = match tail.take() {
+                Some((l, bytes)) if l == lane => bytes,
+                Some((l, bytes)) => {
+                    let _ = conns[l].send(&bytes);
+                    Vec::new()
+                }
+                None => Vec::new(),
+            };
             let conn = &conns[lane];
-            let Some(stream) = conn.start(id, ahead) else {
+            let Some(stream) = conn.start(id, ahead, carried) else {
                 continue;
             };
-            app::handle(py, app, id, request, conn, &stream);
+            let last = app::handle(py, app, id, request, conn, &stream);
             conn.close(id);
+            tail = Some((lane, last));
         }
     });
 }
@@ -473,11 +501,12 @@ fn serve_threaded(readers: Vec<FrameReader>, conns: &[Arc<Conn>], app: app::App,
                             break;
                         };
                         let conn = &conns[lane];
-                        let Some(stream) = conn.start(id, ahead) else {
+                        let Some(stream) = conn.start(id, ahead, Vec::new()) else {
                             continue;
                         };
-                        app::handle(py, &app, id, request, conn, &stream);
+                        let last = app::handle(py, &app, id, request, conn, &stream);
                         conn.close(id);
+                        let _ = conn.send(&last);
                     }
                 });
             });
