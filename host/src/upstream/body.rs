@@ -103,15 +103,20 @@ impl OutKind {
 }
 
 impl OutBody {
-    /// A body, and what turns true once all of it has been sent.
-    pub fn new(kind: OutKind) -> (OutBody, tokio::sync::watch::Receiver<bool>) {
-        let empty = kind.is_end_stream();
-        let (tx, rx) = tokio::sync::watch::channel(empty);
-        let body = OutBody {
-            kind,
-            sent: (!empty).then_some(tx),
-        };
-        (body, rx)
+    /// A body, and what turns true once all of it has been sent (`None` for an empty body: sent
+    /// with the head, and most requests have one).
+    pub fn new(kind: OutKind) -> (OutBody, Option<tokio::sync::watch::Receiver<bool>>) {
+        if kind.is_end_stream() {
+            return (OutBody { kind, sent: None }, None);
+        }
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        (
+            OutBody {
+                kind,
+                sent: Some(tx),
+            },
+            Some(rx),
+        )
     }
 }
 
@@ -150,7 +155,11 @@ impl http_body::Body for OutBody {
 pub struct Streamed {
     body: hyper::body::Incoming,
     idle: Duration,
-    timer: Pin<Box<tokio::time::Sleep>>,
+    /// When the next piece must come by.
+    deadline: tokio::time::Instant,
+    /// The deadline's timer, made when the body first has to wait (a small body, already read
+    /// with the head, never does).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
     _in_flight: InFlight,
 }
 
@@ -166,7 +175,8 @@ impl Streamed {
         Streamed {
             body,
             idle,
-            timer: Box::pin(tokio::time::sleep(idle)),
+            deadline: tokio::time::Instant::now() + idle,
+            timer: None,
             _in_flight: in_flight,
         }
     }
@@ -179,8 +189,10 @@ impl ChunkStream for Streamed {
             match Pin::new(&mut self.body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {
-                        let deadline = tokio::time::Instant::now() + self.idle;
-                        self.timer.as_mut().reset(deadline);
+                        self.deadline = tokio::time::Instant::now() + self.idle;
+                        if let Some(timer) = self.timer.as_mut() {
+                            timer.as_mut().reset(self.deadline);
+                        }
                         return Poll::Ready(Some(Ok(data)));
                     }
                     // Trailers are not passed on.
@@ -190,7 +202,11 @@ impl ChunkStream for Streamed {
                 }
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => {
-                    if self.timer.as_mut().poll(cx).is_ready() {
+                    let deadline = self.deadline;
+                    let timer = self
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                    if timer.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Some(Err(std::io::Error::new(
                             std::io::ErrorKind::TimedOut,
                             "the upstream server sent nothing within read_timeout",

@@ -309,16 +309,16 @@ impl UpstreamTarget {
         peer: &Peer,
         body: OutBody,
     ) -> Result<http::Request<OutBody>, HttpError> {
-        let authority = host_of(&server.endpoint);
+        let authority = &server.authority;
         let out = headers::Outgoing {
             forwarding: &self.forwarding,
             preserve_host: self.config.preserve_host,
-            server_authority: Some(&authority),
+            server_authority: Some(authority),
             via: self.config.via,
         };
         let mut headers = headers::request_headers(req, peer, &out);
         if !headers.contains_key(http::header::HOST) {
-            if let Ok(v) = http::HeaderValue::from_str(&authority) {
+            if let Ok(v) = http::HeaderValue::from_str(authority) {
                 headers.insert(http::header::HOST, v);
             }
         }
@@ -328,7 +328,7 @@ impl UpstreamTarget {
             headers
                 .get(http::header::HOST)
                 .and_then(|h| h.to_str().ok())
-                .unwrap_or(&authority)
+                .unwrap_or(authority)
                 .to_string()
         } else {
             "upstream".to_string()
@@ -349,13 +349,15 @@ impl UpstreamTarget {
         &self,
         server: usize,
         request: http::Request<OutBody>,
-        mut sent: tokio::sync::watch::Receiver<bool>,
+        sent: Option<tokio::sync::watch::Receiver<bool>>,
     ) -> Result<Response<hyper::body::Incoming>, Failure> {
         let first_byte = self.config.first_byte_timeout;
         let deadline = async move {
-            while !*sent.borrow_and_update() {
-                if sent.changed().await.is_err() {
-                    break;
+            if let Some(mut sent) = sent {
+                while !*sent.borrow_and_update() {
+                    if sent.changed().await.is_err() {
+                        break;
+                    }
                 }
             }
             tokio::time::sleep(first_byte).await;

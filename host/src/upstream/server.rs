@@ -18,6 +18,8 @@ pub struct Server {
     pub label: String,
     /// Where it is.
     pub endpoint: Endpoint,
+    /// The `Host` it is asked for when the client's is not passed on (made once).
+    pub authority: String,
     /// Its relative share.
     pub weight: u32,
     in_flight: AtomicUsize,
@@ -57,6 +59,7 @@ impl Server {
         Server {
             label: config.label.clone(),
             endpoint: config.endpoint.clone(),
+            authority: super::host_of(&config.endpoint),
             weight: config.weight,
             in_flight: AtomicUsize::new(0),
             slots: Arc::new(Semaphore::new(max_connections)),
