@@ -201,6 +201,13 @@ def many_headers_view(environ, start_response):
     return [b"headers"]
 
 
+def two_lengths_view(environ, start_response):
+    # Two Content-Length values that disagree, then 3 MB: more than the worker may send ahead of
+    # the front's credit.
+    start_response("200 OK", [("Content-Length", "0"), ("Content-Length", "3000000")])
+    return [b"x" * 3000000]
+
+
 def corrupt_view(environ, start_response):
     """Writes garbage into the worker's own connections to the front, as a buggy C extension
     holding a stray file descriptor might."""
@@ -253,6 +260,7 @@ UNVALIDATED = {
     "/long": long_view,
     "/plain": plain_view,
     "/many_headers": many_headers_view,
+    "/two_lengths": two_lengths_view,
     "/crash": crash_view,
     "/corrupt": corrupt_view,
     "/segfault": segfault_view,

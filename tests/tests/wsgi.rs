@@ -469,6 +469,31 @@ fn app_errors_are_500_with_the_traceback_in_the_log_only() {
 }
 
 #[test]
+fn a_response_with_two_content_lengths_does_not_hold_its_worker() {
+    // The app's head is refused, so its body goes nowhere: the worker must hear that, not wait
+    // for credit until `timeout` with the next request stuck behind it.
+    let s = serve(
+        "stdlib_app:app",
+        "workers = 1\nthreads = 1\ntimeout = \"30s\"",
+    );
+    let mut stream = TcpStream::connect(s.gh.addr()).expect("connect");
+    stream
+        .write_all(b"GET /two_lengths HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let ex = read_until_close(&mut stream, Duration::from_secs(5));
+    assert!(!ex.text().contains(" 200 "), "{}", ex.text());
+    let quick = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let r = quick
+        .get(s.gh.url("/environ"))
+        .send()
+        .expect("answered at once");
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[test]
 fn a_short_body_from_the_app_closes_the_connection_in_every_worker_mode() {
     for mode in ["", "threads = 4", "workers = 2\nthreads = 2"] {
         let s = serve("stdlib_app:app", mode);

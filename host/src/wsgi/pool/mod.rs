@@ -377,10 +377,13 @@ impl Pool {
             }
             Some(Event::Start(status, headers)) => {
                 stream.done = false;
-                stream.left = headers
-                    .get(http::header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse().ok());
+                // Only an unambiguous length counts: with two, hyper refuses the head, and a
+                // worker still sending by the other one must hear that its client is gone.
+                let mut lengths = headers.get_all(http::header::CONTENT_LENGTH).iter();
+                stream.left = match (lengths.next(), lengths.next()) {
+                    (Some(v), None) => v.to_str().ok().and_then(|v| v.parse().ok()),
+                    _ => None,
+                };
                 stream.events = Some(events);
                 build_response(status, headers, Body::Stream(Box::new(stream)))
             }
