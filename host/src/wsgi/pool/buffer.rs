@@ -15,6 +15,23 @@ use bytes::Bytes;
 
 use crate::request_body::{BodyBudget, Reservation};
 
+/// Credit goes back to a worker in pieces of at least this many bytes (a window update, as in
+/// HTTP/2), so a response smaller than that costs no frame and no system call on either side.
+/// A stream's credit is held back in two places (its lane, as pieces arrive into the buffer, and
+/// the stream, as the client takes them), together less than the worker's window minus its
+/// largest piece: a worker never waits for credit the front is holding.
+pub(super) const CREDIT_BATCH: u32 = 256 * 1024;
+
+const _: () = assert!(
+    2 * CREDIT_BATCH as i64 <= crate::wsgi::worker::WINDOW - crate::wsgi::worker::MAX_CHUNK as i64
+);
+
+/// Adds `n` to what a stream owes its worker; the credit to send now, if enough has gathered.
+pub(super) fn batch_credit(owed: &mut u32, n: u32) -> Option<u32> {
+    *owed = owed.saturating_add(n);
+    (*owed >= CREDIT_BATCH).then(|| std::mem::take(owed))
+}
+
 /// Where a piece from the worker went.
 #[derive(Debug)]
 pub(super) enum Placed {
@@ -229,5 +246,23 @@ mod tests {
             buffer.arrived(Bytes::from_static(b"efgh")),
             (Placed::Memory(_), 0)
         ));
+    }
+
+    #[test]
+    fn credit_goes_back_in_batches_and_nothing_is_lost() {
+        let mut owed = 0;
+        assert_eq!(
+            batch_credit(&mut owed, 100),
+            None,
+            "a small response sends none"
+        );
+        assert_eq!(batch_credit(&mut owed, CREDIT_BATCH - 101), None);
+        assert_eq!(batch_credit(&mut owed, 1), Some(CREDIT_BATCH));
+        assert_eq!(owed, 0);
+        assert_eq!(
+            batch_credit(&mut owed, 3 * CREDIT_BATCH),
+            Some(3 * CREDIT_BATCH)
+        );
+        assert_eq!(batch_credit(&mut owed, 0), None);
     }
 }

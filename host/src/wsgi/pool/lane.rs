@@ -46,7 +46,7 @@ pub(super) struct Sink {
     /// When its `timeout` runs out; marked here (under the same lock as the stream's `Gone`) when
     /// the worker begins a request sent ahead, so `Gone` never passes a `Begin` read before it.
     due: Due,
-    /// Credit for pieces the buffer took and not yet sent (see [`super::stream::batch_credit`]).
+    /// Credit for pieces the buffer took and not yet sent (see [`super::buffer::batch_credit`]).
     owed: u32,
 }
 
@@ -198,7 +198,7 @@ impl Lane {
         match (event, &sink.buffer) {
             (Event::Body(bytes), Some(buffer)) => {
                 let (placed, credit) = buffer.arrived(bytes);
-                if let Some(credit) = super::stream::batch_credit(&mut sink.owed, credit) {
+                if let Some(credit) = super::buffer::batch_credit(&mut sink.owed, credit) {
                     self.send(Kind::Credit, id, &credit.to_be_bytes());
                 }
                 sink.tx.send(match placed {

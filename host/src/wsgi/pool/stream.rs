@@ -1,7 +1,7 @@
 //! A response as it arrives from a worker: the head, then the body streamed with credit.
 
 use super::PoolGuard;
-use super::buffer::ResponseBuffer;
+use super::buffer::{ResponseBuffer, batch_credit};
 use super::lane::{Event, Lane, Worker};
 
 use super::super::frame::Kind;
@@ -51,23 +51,6 @@ pub struct ResponseStream {
     /// hyper stops reading the body, and that is no client leaving (no `Cancel`).
     pub(super) left: Option<u64>,
     pub(super) _pool: Arc<PoolGuard>,
-}
-
-/// Credit goes back to a worker in pieces of at least this many bytes (a window update, as in
-/// HTTP/2), so a response smaller than that costs no frame and no system call on either side.
-/// A stream's credit is held back in two places (its lane, as pieces arrive into the buffer, and
-/// the stream, as the client takes them), together less than the worker's window minus its
-/// largest piece: a worker never waits for credit the front is holding.
-pub(super) const CREDIT_BATCH: u32 = 256 * 1024;
-
-const _: () = assert!(
-    2 * CREDIT_BATCH as i64 <= crate::wsgi::worker::WINDOW - crate::wsgi::worker::MAX_CHUNK as i64
-);
-
-/// Adds `n` to what a stream owes its worker; the credit to send now, if enough has gathered.
-pub(super) fn batch_credit(owed: &mut u32, n: u32) -> Option<u32> {
-    *owed = owed.saturating_add(n);
-    (*owed >= CREDIT_BATCH).then(|| std::mem::take(owed))
 }
 
 /// Largest piece read back from a response's file at once.
@@ -207,28 +190,5 @@ impl Drop for ResponseStream {
         }
         // The slot stays held (see `Lane::held`) until the worker's last frame for it.
         self.lane.close_stream(self.id);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{CREDIT_BATCH, batch_credit};
-
-    #[test]
-    fn credit_goes_back_in_batches_and_nothing_is_lost() {
-        let mut owed = 0;
-        assert_eq!(
-            batch_credit(&mut owed, 100),
-            None,
-            "a small response sends none"
-        );
-        assert_eq!(batch_credit(&mut owed, CREDIT_BATCH - 101), None);
-        assert_eq!(batch_credit(&mut owed, 1), Some(CREDIT_BATCH));
-        assert_eq!(owed, 0);
-        assert_eq!(
-            batch_credit(&mut owed, 3 * CREDIT_BATCH),
-            Some(3 * CREDIT_BATCH)
-        );
-        assert_eq!(batch_credit(&mut owed, 0), None);
     }
 }
