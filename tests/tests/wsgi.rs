@@ -45,14 +45,21 @@ const WORKER_MODES: [&str; 2] = ["threads = 1", "threads = 2"];
 
 /// The pool still answers after whatever the test did to it.
 fn assert_serving(gh: &Gatehouse) {
-    assert_eq!(
-        client()
-            .get(gh.url("/environ"))
-            .send()
-            .expect("get")
-            .status(),
-        StatusCode::OK
-    );
+    assert_served(&client(), gh, "get");
+}
+
+/// A client that gives up after `limit`: for requests that must not wait behind another.
+fn client_within(limit: Duration) -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(limit)
+        .build()
+        .expect("client")
+}
+
+/// The pool answers a request through `client` (`why`: what it would mean if not).
+fn assert_served(client: &reqwest::blocking::Client, gh: &Gatehouse, why: &str) {
+    let r = client.get(gh.url("/environ")).send().expect(why);
+    assert_eq!(r.status(), StatusCode::OK, "{why}");
 }
 
 fn json(r: reqwest::blocking::Response) -> Value {
@@ -316,15 +323,11 @@ fn a_client_that_reads_nothing_does_not_hold_the_apps_thread() {
         .write_all(format!("GET /big?{size} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
         .expect("request");
     std::thread::sleep(Duration::from_millis(500));
-    let quick = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .expect("client");
-    let r = quick
-        .get(s.gh.url("/environ"))
-        .send()
-        .expect("the next request is served while the first client reads nothing");
-    assert_eq!(r.status(), StatusCode::OK);
+    assert_served(
+        &client_within(Duration::from_secs(5)),
+        &s.gh,
+        "the next request is served while the first client reads nothing",
+    );
     // The stalled client, reading at last, gets every byte in order.
     stalled
         .set_read_timeout(Some(Duration::from_secs(20)))
@@ -357,10 +360,7 @@ fn a_client_that_reads_nothing_does_not_hold_the_apps_thread() {
         .write_all(format!("GET /big?{size} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
         .expect("request");
     std::thread::sleep(Duration::from_millis(500));
-    let quick = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .expect("client");
+    let quick = client_within(Duration::from_secs(2));
     assert!(
         quick.get(s.gh.url("/environ")).send().is_err(),
         "flow control: the thread waits on the stalled client"
@@ -482,15 +482,11 @@ fn a_response_with_two_content_lengths_does_not_hold_its_worker() {
         .expect("write");
     let ex = read_until_close(&mut stream, Duration::from_secs(5));
     assert!(!ex.text().contains(" 200 "), "{}", ex.text());
-    let quick = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .expect("client");
-    let r = quick
-        .get(s.gh.url("/environ"))
-        .send()
-        .expect("answered at once");
-    assert_eq!(r.status(), StatusCode::OK);
+    assert_served(
+        &client_within(Duration::from_secs(5)),
+        &s.gh,
+        "answered at once",
+    );
 }
 
 #[test]
@@ -611,10 +607,7 @@ fn a_worker_whose_connection_carries_garbage_is_replaced_and_requests_go_on() {
     let r = client().get(s.gh.url("/corrupt")).send().expect("get");
     assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
     s.gh.wait_stderr("replacing the worker", Duration::from_secs(5));
-    let quick = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .expect("client");
+    let quick = client_within(Duration::from_secs(5));
     let mut served = None;
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(10) {
