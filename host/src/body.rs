@@ -44,6 +44,41 @@ impl Body {
     }
 }
 
+/// A deadline for a body that may have to wait (for a worker's or a server's next piece): its
+/// timer is made only when the body first waits, so a body already whole when first read costs
+/// no allocation and no timer.
+#[derive(Debug)]
+pub struct LazyDeadline {
+    at: tokio::time::Instant,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl LazyDeadline {
+    /// Runs out at `at`.
+    pub fn new(at: tokio::time::Instant) -> LazyDeadline {
+        LazyDeadline { at, timer: None }
+    }
+
+    /// Moves it to `at`.
+    pub fn set(&mut self, at: tokio::time::Instant) {
+        self.at = at;
+        if let Some(timer) = self.timer.as_mut() {
+            timer.as_mut().reset(at);
+        }
+    }
+
+    /// Whether it has run out; if not, `cx` is woken when it does.
+    pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        use std::future::Future;
+        let at = self.at;
+        self.timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)))
+            .as_mut()
+            .poll(cx)
+            .is_ready()
+    }
+}
+
 /// `len` bytes of a file starting at its current position.
 #[derive(Debug)]
 pub struct FileChunks {

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http_body::{Body as _, Frame, SizeHint};
 
 use super::server::InFlight;
-use crate::body::{ChunkStream, FileChunks};
+use crate::body::{ChunkStream, FileChunks, LazyDeadline};
 use crate::request_body::BodyStream;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -156,10 +156,7 @@ pub struct Streamed {
     body: hyper::body::Incoming,
     idle: Duration,
     /// When the next piece must come by.
-    deadline: tokio::time::Instant,
-    /// The deadline's timer, made when the body first has to wait (a small body, already read
-    /// with the head, never does).
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    deadline: LazyDeadline,
     _in_flight: InFlight,
 }
 
@@ -175,8 +172,7 @@ impl Streamed {
         Streamed {
             body,
             idle,
-            deadline: tokio::time::Instant::now() + idle,
-            timer: None,
+            deadline: LazyDeadline::new(tokio::time::Instant::now() + idle),
             _in_flight: in_flight,
         }
     }
@@ -184,15 +180,12 @@ impl Streamed {
 
 impl ChunkStream for Streamed {
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<std::io::Result<Bytes>>> {
-        use std::future::Future;
         loop {
             match Pin::new(&mut self.body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {
-                        self.deadline = tokio::time::Instant::now() + self.idle;
-                        if let Some(timer) = self.timer.as_mut() {
-                            timer.as_mut().reset(self.deadline);
-                        }
+                        let next = tokio::time::Instant::now() + self.idle;
+                        self.deadline.set(next);
                         return Poll::Ready(Some(Ok(data)));
                     }
                     // Trailers are not passed on.
@@ -202,11 +195,7 @@ impl ChunkStream for Streamed {
                 }
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => {
-                    let deadline = self.deadline;
-                    let timer = self
-                        .timer
-                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                    if timer.as_mut().poll(cx).is_ready() {
+                    if self.deadline.poll_expired(cx) {
                         return Poll::Ready(Some(Err(std::io::Error::new(
                             std::io::ErrorKind::TimedOut,
                             "the upstream server sent nothing within read_timeout",

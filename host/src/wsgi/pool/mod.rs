@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::WorkerSpec;
 use super::frame::{self, Kind};
-use crate::body::Body;
+use crate::body::{Body, LazyDeadline};
 use crate::error::HttpError;
 use crate::metrics::WsgiMetrics;
 
@@ -320,8 +320,7 @@ impl Pool {
             lane,
             id,
             events: None,
-            deadline: tokio::time::Instant::now() + timeout,
-            timer: None,
+            deadline: LazyDeadline::new(tokio::time::Instant::now() + timeout),
             done: false,
             timeout,
             buffer,
@@ -368,7 +367,7 @@ impl Pool {
             }
         };
         if let Some(deadline) = due.deadline() {
-            stream.deadline = deadline;
+            stream.deadline.set(deadline);
         }
         stream.done = true;
         let response = match first {

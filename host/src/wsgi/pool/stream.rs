@@ -6,12 +6,10 @@ use super::lane::{Event, Lane, Worker};
 
 use super::super::frame::Kind;
 use super::super::inbox;
-use crate::body::Body;
+use crate::body::{Body, LazyDeadline};
 use crate::error::HttpError;
 use bytes::Bytes;
 use http::{HeaderMap, Response, StatusCode};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
@@ -36,9 +34,7 @@ pub struct ResponseStream {
     pub(super) lane: Arc<Lane>,
     pub(super) id: u32,
     pub(super) events: Option<inbox::Receiver<Event>>,
-    pub(super) deadline: tokio::time::Instant,
-    /// The deadline's timer, made when the body first has to wait.
-    pub(super) timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    pub(super) deadline: LazyDeadline,
     pub(super) done: bool,
     pub(super) timeout: Duration,
     /// The front's buffer for this body (credit sent as pieces arrive), if it has one.
@@ -115,10 +111,8 @@ impl ResponseStream {
     /// A streamed body may run long: `timeout` bounds each wait for the app's next piece, not
     /// the whole.
     fn progress(&mut self) {
-        self.deadline = tokio::time::Instant::now() + self.timeout;
-        if let Some(timer) = self.timer.as_mut() {
-            timer.as_mut().reset(self.deadline);
-        }
+        self.deadline
+            .set(tokio::time::Instant::now() + self.timeout);
     }
 
     fn on_event(
@@ -166,11 +160,7 @@ impl ResponseStream {
                 ))))
             }
             Poll::Pending => {
-                let deadline = self.deadline;
-                let timer = self
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                if timer.as_mut().poll(cx).is_ready() {
+                if self.deadline.poll_expired(cx) {
                     self.timed_out();
                     return Poll::Ready(Some(Err(std::io::Error::other(
                         "request timed out mid-response",
