@@ -168,6 +168,31 @@ fn size_limits() {
     assert_eq!(ex_first(&ok), Some(405));
 }
 
+/// A client still sending a body the server refused (413 on its declared length) hears the
+/// refusal: closing with its bytes unread would make the kernel answer with a reset, which
+/// destroys the response before the client reads it (nginx's `lingering_close`).
+#[test]
+fn a_client_still_sending_a_refused_body_reads_the_refusal() {
+    let (_dir, gh) = serve(&limits("max_body_size = \"16KiB\""));
+    let mut s = TcpStream::connect(gh.addr()).expect("connect");
+    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n")
+        .expect("head");
+    s.write_all(&[b'z'; 64 << 10]).expect("a part of the body");
+    // The server has answered and closed its side by now; the client reads only afterwards.
+    std::thread::sleep(Duration::from_millis(300));
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut got = Vec::new();
+    let read = std::io::Read::read_to_end(&mut s, &mut got);
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("HTTP/1.1 413"),
+        "{read:?}, read {:?}",
+        text.lines().next()
+    );
+    assert!(read.is_ok(), "the connection ends cleanly: {read:?}");
+}
+
 fn ex_first(ex: &gatehouse_tests::RawExchange) -> Option<u16> {
     ex.statuses().first().copied()
 }

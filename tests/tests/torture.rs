@@ -296,7 +296,12 @@ fn faults_during_load_cost_exactly_the_requests_they_hit() {
     while gh.children().len() != workers && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(gh.children().len(), workers, "workers at the end");
+    assert_eq!(
+        gh.children().len(),
+        workers,
+        "workers at the end\n{}",
+        gh.stderr()
+    );
     let r = client().get(gh.url("/plain")).send().expect("get");
     assert_eq!(r.status(), 200);
 }

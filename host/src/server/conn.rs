@@ -36,6 +36,12 @@ use crate::server::wire::WireGuard;
 /// How long an HTTP/1.1 connection is idle before its hyper state is dropped.
 pub const PARK_AFTER: Duration = Duration::from_millis(500);
 
+/// How long a connection hyper ended on its own waits for the client's next bytes before it
+/// closes, and how long it lingers at most (see [`linger`]; nginx's `lingering_timeout` and
+/// `lingering_time`, shorter).
+const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
+const LINGER_TIME: Duration = Duration::from_secs(10);
+
 /// hyper's connection builders for a set of limits.
 #[derive(Debug)]
 pub struct Builders {
@@ -123,6 +129,30 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Service {
             Arc::clone(&self.ctx),
             req,
         ))
+    }
+}
+
+/// Closes a connection whose client may still be sending (a body the server refused without
+/// reading it) the way nginx's `lingering_close` does: the response is followed by our end of
+/// the stream, and what the client still sends is read and dropped until it closes too, for at
+/// most [`LINGER_TIME`], [`LINGER_TIMEOUT`] between reads, or until the server needs the
+/// connection's place. Closing with its bytes unread would make the kernel send a reset, which
+/// can cost the client the response it has not read yet, or fail the write it is in. A client
+/// that already closed costs one read.
+async fn linger<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, activity: &Activity) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let drain = async {
+        let mut sink = vec![0u8; 16 << 10];
+        while let Ok(Ok(1..)) = tokio::time::timeout(LINGER_TIMEOUT, stream.read(&mut sink)).await {
+        }
+    };
+    tokio::select! {
+        () = drain => {}
+        () = tokio::time::sleep(LINGER_TIME) => {}
+        () = activity.close_requested() => {}
     }
 }
 
@@ -677,7 +707,11 @@ impl Conn {
             return Cycle::Tunnel(stream, tunnel);
         }
         if draining || !parking {
-            // Done without our asking: the client closed, or asked to.
+            // Done without our asking: the client closed or asked to, or hyper answered a
+            // request without reading its whole body (413, say).
+            if !draining {
+                Box::pin(linger(stream, self.activity())).await;
+            }
             return Cycle::Done;
         }
         Cycle::Idle(stream)

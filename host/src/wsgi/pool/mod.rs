@@ -27,6 +27,7 @@ mod lane;
 mod stream;
 mod supervisor;
 
+use ahead::Room;
 use lane::{Event, Held, Worker};
 use stream::build_response;
 use supervisor::Supervisor;
@@ -240,6 +241,7 @@ impl Pool {
                 Attempt::NeverBegun(again) => request = again,
             }
         }
+        tracing::warn!(pool = %self.shared.config.name, tries = TRIES_NEVER_BEGUN, "a request's workers all died before beginning it: 503");
         Err(HttpError::ServiceUnavailable)
     }
 
@@ -262,22 +264,39 @@ impl Pool {
         // A request goes to a worker only when one of its threads is free (or as one sent ahead:
         // see `ahead`); until then it waits here, in arrival order, at most `queue_timeout`
         // (503). Almost always a thread is free and nobody waits: no timer then.
-        let first_in_line = self.shared.waiting.load(Ordering::Acquire) == 0;
-        let worker = match self.try_pick().filter(|_| first_in_line) {
-            Some(worker) => worker,
-            None => tokio::time::timeout(self.shared.config.queue_timeout, self.pick())
-                .await
-                .map_err(|_| {
-                    tracing::warn!(pool = %self.shared.config.name, queue_timeout = ?self.shared.config.queue_timeout, "no thread free within queue_timeout: 503");
-                    HttpError::ServiceUnavailable
-                })?,
+        let config = &self.shared.config;
+        let timeout = config.timeout;
+        let threads = config.spec.threads.max(1);
+        let room = match retry {
+            true => Room::Thread,
+            false => Room::ThreadOrAhead,
         };
-        let lane = worker.lane()?;
+        let until = tokio::time::Instant::now() + config.queue_timeout;
+        let (worker, lane, due) = loop {
+            let first_in_line = self.shared.waiting.load(Ordering::Acquire) == 0;
+            let worker = match self.try_pick(room).filter(|_| first_in_line) {
+                Some(worker) => worker,
+                None => tokio::time::timeout_at(until, self.pick(room))
+                    .await
+                    .map_err(|_| {
+                        tracing::warn!(pool = %config.name, queue_timeout = ?config.queue_timeout, "no thread free within queue_timeout: 503");
+                        HttpError::ServiceUnavailable
+                    })?,
+            };
+            let lane = worker.lane()?;
+            // The app's time starts when a thread takes the request: now, or when the worker
+            // says it began one sent ahead. A retry finding the thread just taken looks again.
+            if let Some(due) = worker
+                .ahead
+                .admit(&worker.in_flight, threads, timeout, room)
+            {
+                break (worker, lane, due);
+            }
+        };
         let served = worker.served.fetch_add(1, Ordering::AcqRel) + 1;
         if worker.max_requests > 0 && served == worker.max_requests {
             worker.retire.cancel();
         }
-        let config = &self.shared.config;
         let buffer = (config.response_buffer > 0 || config.response_spool > 0).then(|| {
             buffer::ResponseBuffer::new(
                 config.response_buffer,
@@ -285,12 +304,6 @@ impl Pool {
                 &config.budget,
             )
         });
-        // The app's time starts when a thread takes the request: now, or when the worker says
-        // it began one sent ahead.
-        let timeout = config.timeout;
-        let due = worker
-            .ahead
-            .admit(&worker.in_flight, config.spec.threads.max(1), timeout);
         let (id, mut events) = lane.open_stream(buffer.clone(), due.clone());
         lane.hold(
             id,
@@ -418,7 +431,7 @@ impl Pool {
     /// A worker with a thread free, waiting in the front's queue (in arrival order: tokio's
     /// `Notify` wakes its oldest waiter, and a waiter keeps its place while it waits) while
     /// every thread is busy or no worker is up.
-    async fn pick(&self) -> Arc<Worker> {
+    async fn pick(&self, room: Room) -> Arc<Worker> {
         // Behind others already in line, a newcomer does not look for a thread before it is
         // woken for one: the thread freed for the head of the line is not taken from under it
         // (that sent the oldest waiter to the back and gave the queue a long tail).
@@ -430,7 +443,7 @@ impl Pool {
         loop {
             let changed = self.shared.changed.notified();
             if !std::mem::take(&mut behind_others) {
-                if let Some(worker) = self.try_pick() {
+                if let Some(worker) = self.try_pick(room) {
                     waiting.picked = true;
                     return worker;
                 }
@@ -463,10 +476,13 @@ impl Pool {
     /// The live worker with the fewest requests in flight among those with a thread free, or
     /// else with room for one sent ahead (`prefetch`) and busy with fresh work (see [`ahead`]),
     /// if any. Ties go round-robin, so an idle pool spreads requests over all its workers.
-    fn try_pick(&self) -> Option<Arc<Worker>> {
+    fn try_pick(&self, room: Room) -> Option<Arc<Worker>> {
         let slots = &self.shared.slots;
         let threads = self.shared.config.spec.threads.max(1);
-        let room = threads + self.shared.config.prefetch;
+        let room = match room {
+            Room::ThreadOrAhead => threads + self.shared.config.prefetch,
+            Room::Thread => threads,
+        };
         let start = self.shared.cursor.fetch_add(1, Ordering::Relaxed);
         (0..slots.len())
             .filter_map(|i| {
