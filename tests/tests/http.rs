@@ -193,6 +193,28 @@ fn a_client_still_sending_a_refused_body_reads_the_refusal() {
     assert!(read.is_ok(), "the connection ends cleanly: {read:?}");
 }
 
+/// Lingering is bounded: a client that keeps sending after a refusal (here, request heads that
+/// are no longer served or even parsed) is cut off after about 10 s.
+#[test]
+fn a_client_that_keeps_sending_after_a_refusal_is_cut_off() {
+    let (_dir, gh) = serve(&limits("max_body_size = \"16KiB\""));
+    let mut s = TcpStream::connect(gh.addr()).expect("connect");
+    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n")
+        .expect("head");
+    let started = Instant::now();
+    let heads = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".repeat(64);
+    let cut = loop {
+        if s.write_all(&heads).is_err() || started.elapsed() > Duration::from_secs(30) {
+            break started.elapsed();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        cut > Duration::from_secs(8) && cut < Duration::from_secs(15),
+        "cut off after {cut:?}"
+    );
+}
+
 fn ex_first(ex: &gatehouse_tests::RawExchange) -> Option<u16> {
     ex.statuses().first().copied()
 }

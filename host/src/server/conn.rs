@@ -139,13 +139,15 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Service {
 /// connection's place. Closing with its bytes unread would make the kernel send a reset, which
 /// can cost the client the response it has not read yet, or fail the write it is in. A client
 /// that already closed costs one read.
-async fn linger<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, activity: &Activity) {
+async fn linger<IO: AsyncRead + AsyncWrite + Unpin>(mut stream: Stream<IO>, activity: &Activity) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    if stream.shutdown().await.is_err() {
-        return;
-    }
+    // What comes now is not served: no heads are followed (nor verdicts kept for them).
+    stream.inner_mut().discard();
     let drain = async {
-        let mut sink = vec![0u8; 16 << 10];
+        if stream.shutdown().await.is_err() {
+            return;
+        }
+        let mut sink = [0u8; 2048];
         while let Ok(Ok(1..)) = tokio::time::timeout(LINGER_TIMEOUT, stream.read(&mut sink)).await {
         }
     };

@@ -145,6 +145,15 @@ impl<T> WireGuard<T> {
         self.verdicts.park();
     }
 
+    /// What is read from here on is dropped unread (a closing connection draining its client):
+    /// no framing is followed, no verdict recorded, no head timer runs.
+    pub fn discard(&mut self) {
+        self.state = State::PassThrough;
+        self.head_armed = false;
+        self.head_deadline = None;
+        self.head = Vec::new();
+    }
+
     fn arm_head_timer(&mut self) {
         let Some(timeout) = self.head_timeout else {
             return;
@@ -513,7 +522,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WireGuard<T> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        // TLS writes its close_notify here: a client that reads nothing holds it like any write.
+        let poll = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.send_progress(cx, poll)
     }
 }
 

@@ -28,17 +28,6 @@ fn now_nanos() -> u64 {
         .max(1)
 }
 
-/// Where in a worker a request may go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Room {
-    /// A free thread, or a place ahead in a busy worker's socket.
-    ThreadOrAhead,
-    /// Only a free thread. A request whose worker died before beginning it is not sent ahead
-    /// again: behind another request it could die with that one's worker once more (a hang
-    /// past `timeout`, a crash), and its tries are few.
-    Thread,
-}
-
 /// When a request's `timeout` runs out.
 #[derive(Debug, Clone)]
 pub(super) enum Due {
@@ -86,30 +75,16 @@ pub(super) struct Ahead {
 
 impl Ahead {
     /// Counts a request onto the worker (`in_flight`): it begins now if a thread is free, else
-    /// it is sent ahead if `room` allows (`None` if not: nothing was counted).
-    pub(super) fn admit(
-        &self,
-        in_flight: &AtomicUsize,
-        threads: usize,
-        timeout: Duration,
-        room: Room,
-    ) -> Option<Due> {
-        let counted = match room {
-            Room::ThreadOrAhead => in_flight.fetch_add(1, Ordering::AcqRel),
-            Room::Thread => in_flight
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                    (n < threads).then_some(n + 1)
-                })
-                .ok()?,
-        };
-        if counted < threads {
+    /// it is sent ahead.
+    pub(super) fn admit(&self, in_flight: &AtomicUsize, threads: usize, timeout: Duration) -> Due {
+        if in_flight.fetch_add(1, Ordering::AcqRel) < threads {
             self.began();
-            return Some(Due::At(Instant::now() + timeout));
+            return Due::At(Instant::now() + timeout);
         }
-        Some(Due::Queued(Arc::new(Begun {
+        Due::Queued(Arc::new(Begun {
             timeout,
             deadline: OnceLock::new(),
-        })))
+        }))
     }
 
     /// The worker began a request.
@@ -133,14 +108,10 @@ mod tests {
         let ahead = Ahead::default();
         let in_flight = AtomicUsize::new(0);
         let timeout = Duration::from_secs(5);
-        let first = ahead
-            .admit(&in_flight, 1, timeout, Room::ThreadOrAhead)
-            .expect("a thread");
+        let first = ahead.admit(&in_flight, 1, timeout);
         assert!(!first.sent_ahead() && first.deadline().is_some());
         assert!(ahead.fresh());
-        let second = ahead
-            .admit(&in_flight, 1, timeout, Room::ThreadOrAhead)
-            .expect("room ahead");
+        let second = ahead.admit(&in_flight, 1, timeout);
         assert!(second.sent_ahead() && second.deadline().is_none());
         assert_eq!(in_flight.load(Ordering::Acquire), 2);
         second.begin();
@@ -148,19 +119,6 @@ mod tests {
         assert!(deadline > Instant::now() + timeout - Duration::from_secs(1));
         second.begin();
         assert_eq!(second.deadline(), Some(deadline), "set once");
-    }
-
-    #[test]
-    fn a_request_that_needs_a_thread_is_not_sent_ahead() {
-        let ahead = Ahead::default();
-        let in_flight = AtomicUsize::new(0);
-        let timeout = Duration::from_secs(5);
-        let first = ahead.admit(&in_flight, 2, timeout, Room::Thread);
-        assert!(first.is_some_and(|due| !due.sent_ahead()));
-        let second = ahead.admit(&in_flight, 2, timeout, Room::Thread);
-        assert!(second.is_some_and(|due| !due.sent_ahead()));
-        assert!(ahead.admit(&in_flight, 2, timeout, Room::Thread).is_none());
-        assert_eq!(in_flight.load(Ordering::Acquire), 2, "nothing counted");
     }
 
     #[test]

@@ -27,7 +27,6 @@ mod lane;
 mod stream;
 mod supervisor;
 
-use ahead::Room;
 use lane::{Event, Held, Worker};
 use stream::build_response;
 use supervisor::Supervisor;
@@ -86,9 +85,6 @@ pub enum PoolError {
     #[error("a worker did not start: {0}")]
     Start(String),
 }
-
-/// How many workers a request sent ahead may be given, each of which died before beginning it.
-const TRIES_NEVER_BEGUN: usize = 3;
 
 /// How one worker's try at a request ended.
 enum Attempt {
@@ -234,15 +230,25 @@ impl Pool {
     /// worker and returns the response head with a streaming body.
     pub async fn dispatch(&self, mut request: Vec<u8>) -> Result<Response<Body>, HttpError> {
         // A request sent ahead whose worker died before it began never reached the app: it goes
-        // to another worker. Each try costs a dead worker, so a few are plenty.
-        for tried in 0..TRIES_NEVER_BEGUN {
-            match self.attempt(request, tried > 0).await? {
+        // to another worker, and to another again if that one dies too, for `queue_timeout` from
+        // the first death. Not for a number of tries: a request not begun cannot have caused the
+        // deaths (other requests did: a crash, a hang past `timeout`), and under such faults a
+        // few in a row are not rare.
+        let mut give_up: Option<tokio::time::Instant> = None;
+        loop {
+            match self.attempt(request, give_up.is_some()).await? {
                 Attempt::Answered(response) => return Ok(response),
-                Attempt::NeverBegun(again) => request = again,
+                Attempt::NeverBegun(again) => {
+                    let now = tokio::time::Instant::now();
+                    let until = *give_up.get_or_insert(now + self.shared.config.queue_timeout);
+                    if now >= until {
+                        tracing::warn!(pool = %self.shared.config.name, queue_timeout = ?self.shared.config.queue_timeout, "workers kept dying before beginning a request: 503");
+                        return Err(HttpError::ServiceUnavailable);
+                    }
+                    request = again;
+                }
             }
         }
-        tracing::warn!(pool = %self.shared.config.name, tries = TRIES_NEVER_BEGUN, "a request's workers all died before beginning it: 503");
-        Err(HttpError::ServiceUnavailable)
     }
 
     /// One worker's try at a request (`retry`: after one whose worker died before beginning it).
@@ -264,39 +270,22 @@ impl Pool {
         // A request goes to a worker only when one of its threads is free (or as one sent ahead:
         // see `ahead`); until then it waits here, in arrival order, at most `queue_timeout`
         // (503). Almost always a thread is free and nobody waits: no timer then.
-        let config = &self.shared.config;
-        let timeout = config.timeout;
-        let threads = config.spec.threads.max(1);
-        let room = match retry {
-            true => Room::Thread,
-            false => Room::ThreadOrAhead,
+        let first_in_line = self.shared.waiting.load(Ordering::Acquire) == 0;
+        let worker = match self.try_pick().filter(|_| first_in_line) {
+            Some(worker) => worker,
+            None => tokio::time::timeout(self.shared.config.queue_timeout, self.pick())
+                .await
+                .map_err(|_| {
+                    tracing::warn!(pool = %self.shared.config.name, queue_timeout = ?self.shared.config.queue_timeout, "no thread free within queue_timeout: 503");
+                    HttpError::ServiceUnavailable
+                })?,
         };
-        let until = tokio::time::Instant::now() + config.queue_timeout;
-        let (worker, lane, due) = loop {
-            let first_in_line = self.shared.waiting.load(Ordering::Acquire) == 0;
-            let worker = match self.try_pick(room).filter(|_| first_in_line) {
-                Some(worker) => worker,
-                None => tokio::time::timeout_at(until, self.pick(room))
-                    .await
-                    .map_err(|_| {
-                        tracing::warn!(pool = %config.name, queue_timeout = ?config.queue_timeout, "no thread free within queue_timeout: 503");
-                        HttpError::ServiceUnavailable
-                    })?,
-            };
-            let lane = worker.lane()?;
-            // The app's time starts when a thread takes the request: now, or when the worker
-            // says it began one sent ahead. A retry finding the thread just taken looks again.
-            if let Some(due) = worker
-                .ahead
-                .admit(&worker.in_flight, threads, timeout, room)
-            {
-                break (worker, lane, due);
-            }
-        };
+        let lane = worker.lane()?;
         let served = worker.served.fetch_add(1, Ordering::AcqRel) + 1;
         if worker.max_requests > 0 && served == worker.max_requests {
             worker.retire.cancel();
         }
+        let config = &self.shared.config;
         let buffer = (config.response_buffer > 0 || config.response_spool > 0).then(|| {
             buffer::ResponseBuffer::new(
                 config.response_buffer,
@@ -304,6 +293,12 @@ impl Pool {
                 &config.budget,
             )
         });
+        // The app's time starts when a thread takes the request: now, or when the worker says
+        // it began one sent ahead.
+        let timeout = config.timeout;
+        let due = worker
+            .ahead
+            .admit(&worker.in_flight, config.spec.threads.max(1), timeout);
         let (id, mut events) = lane.open_stream(buffer.clone(), due.clone());
         lane.hold(
             id,
@@ -431,7 +426,7 @@ impl Pool {
     /// A worker with a thread free, waiting in the front's queue (in arrival order: tokio's
     /// `Notify` wakes its oldest waiter, and a waiter keeps its place while it waits) while
     /// every thread is busy or no worker is up.
-    async fn pick(&self, room: Room) -> Arc<Worker> {
+    async fn pick(&self) -> Arc<Worker> {
         // Behind others already in line, a newcomer does not look for a thread before it is
         // woken for one: the thread freed for the head of the line is not taken from under it
         // (that sent the oldest waiter to the back and gave the queue a long tail).
@@ -443,7 +438,7 @@ impl Pool {
         loop {
             let changed = self.shared.changed.notified();
             if !std::mem::take(&mut behind_others) {
-                if let Some(worker) = self.try_pick(room) {
+                if let Some(worker) = self.try_pick() {
                     waiting.picked = true;
                     return worker;
                 }
@@ -476,13 +471,10 @@ impl Pool {
     /// The live worker with the fewest requests in flight among those with a thread free, or
     /// else with room for one sent ahead (`prefetch`) and busy with fresh work (see [`ahead`]),
     /// if any. Ties go round-robin, so an idle pool spreads requests over all its workers.
-    fn try_pick(&self, room: Room) -> Option<Arc<Worker>> {
+    fn try_pick(&self) -> Option<Arc<Worker>> {
         let slots = &self.shared.slots;
         let threads = self.shared.config.spec.threads.max(1);
-        let room = match room {
-            Room::ThreadOrAhead => threads + self.shared.config.prefetch,
-            Room::Thread => threads,
-        };
+        let room = threads + self.shared.config.prefetch;
         let start = self.shared.cursor.fetch_add(1, Ordering::Relaxed);
         (0..slots.len())
             .filter_map(|i| {
