@@ -7,6 +7,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 
+use crate::sendfile::{FileSends, MarkedFile};
+
 /// Largest piece of a file read at once while streaming it: bigger pieces mean fewer syscalls per
 /// byte, but each response in flight holds one piece in memory, for as long as its client takes
 /// to read it (up to `send_timeout`): 500 clients that stop reading hold 500 pieces.
@@ -23,6 +25,8 @@ pub enum Body {
     File(FileChunks),
     /// A body a target produces as it goes (a WSGI worker's response).
     Stream(Box<dyn ChunkStream>),
+    /// A file the connection sends with `sendfile` (see [`crate::sendfile`]).
+    Marked(MarkedFile),
 }
 
 /// A response body produced piece by piece by a target; a target's own type, so this layer needs
@@ -33,6 +37,18 @@ pub trait ChunkStream: Send + Sync + std::fmt::Debug {
 }
 
 impl Body {
+    /// This body as the connection sends it: a file through `sends`, with `sendfile`, when the
+    /// connection can (`Some`); anything else as it is.
+    pub fn sent_through(self, sends: Option<&std::sync::Arc<FileSends>>) -> Body {
+        match (self, sends) {
+            (Body::File(chunks), Some(sends)) => {
+                let (file, left) = chunks.into_parts();
+                Body::Marked(MarkedFile::new(file, left, sends))
+            }
+            (body, _) => body,
+        }
+    }
+
     /// A body from anything that becomes [`Bytes`].
     pub fn full(bytes: impl Into<Bytes>) -> Body {
         let bytes = bytes.into();
@@ -106,6 +122,7 @@ impl http_body::Body for Body {
             Body::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Body::File(chunks) => Poll::Ready(chunks.read_next().map(|r| r.map(Frame::data))),
             Body::Stream(stream) => stream.poll_next(cx).map(|r| r.map(|r| r.map(Frame::data))),
+            Body::Marked(file) => Poll::Ready(file.next_frame().map(|b| Ok(Frame::data(b)))),
         }
     }
 
@@ -115,6 +132,7 @@ impl http_body::Body for Body {
             Body::Full(bytes) => bytes.is_none(),
             Body::File(chunks) => chunks.left == 0,
             Body::Stream(_) => false,
+            Body::Marked(file) => file.left() == 0,
         }
     }
 
@@ -124,11 +142,17 @@ impl http_body::Body for Body {
             Body::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Body::File(chunks) => SizeHint::with_exact(chunks.left),
             Body::Stream(_) => SizeHint::default(),
+            Body::Marked(file) => SizeHint::with_exact(file.left()),
         }
     }
 }
 
 impl FileChunks {
+    /// The file (positioned at the next byte to send) and how many bytes are left.
+    pub fn into_parts(self) -> (File, u64) {
+        (self.file, self.left)
+    }
+
     /// Bytes not yet read.
     pub fn left(&self) -> u64 {
         self.left

@@ -22,6 +22,7 @@ mod request_body;
 mod request_target;
 mod sandbox;
 mod scaffold;
+mod sendfile;
 mod server;
 mod static_files;
 mod store;

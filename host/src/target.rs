@@ -100,7 +100,9 @@ impl Target {
         mount: Option<&str>,
     ) -> Result<Response<Body>, HttpError> {
         match self {
-            Target::Static(files) => files.serve(req, mount),
+            Target::Static(files) => {
+                files.serve(req, mount, crate::sendfile::Delivery::of(peer, req.version))
+            }
             Target::Wsgi(app) => match body {
                 ServeBody::Read(body) => app.serve(req, body, peer, mount).await,
                 ServeBody::Unread(_) => {

@@ -125,6 +125,55 @@ fn ranges() {
     assert_eq!(r.bytes().expect("body").len(), 100_000);
 }
 
+/// Plain HTTP/1 sends files from disk with sendfile: requests pipelined on one connection (two
+/// files, a HEAD between them, a range) each get their own file's bytes, in order.
+#[test]
+fn pipelined_requests_get_each_files_bytes_in_order() {
+    let one = big(2 * 1024 * 1024 + 5);
+    let two: Vec<u8> = (0..100_000u32).map(|i| (i % 241) as u8).collect();
+    let (_dir, gh) = serve(&[("one.bin", &one), ("two.bin", &two)], "");
+    // (request line, more header lines, the body expected, its Content-Length)
+    let requests = [
+        ("GET /one.bin", "", &one[..], one.len()),
+        ("HEAD /one.bin", "", &[][..], one.len()),
+        ("GET /two.bin", "", &two[..], two.len()),
+        (
+            "GET /one.bin",
+            "Range: bytes=5-1048580\r\n",
+            &one[5..1_048_581],
+            1_048_576,
+        ),
+        ("GET /two.bin", "Connection: close\r\n", &two[..], two.len()),
+    ];
+    let wire: String = requests
+        .iter()
+        .map(|(line, extra, _, _)| format!("{line} HTTP/1.1\r\nHost: x\r\n{extra}\r\n"))
+        .collect();
+    let ex = gh.raw(wire.as_bytes(), Duration::from_secs(20));
+    assert!(ex.closed, "the last request closes the connection");
+    let mut rest = &ex.bytes[..];
+    for (line, _, expected, length) in requests {
+        let end = rest
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("{line}: no response head"));
+        let head = String::from_utf8_lossy(&rest[..end]).to_ascii_lowercase();
+        let declared: Option<usize> = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|v| v.trim().parse().ok());
+        assert_eq!(declared, Some(length), "{line}: {head}");
+        rest = &rest[end + 4..];
+        assert!(rest.len() >= expected.len(), "{line}: body cut short");
+        assert!(
+            &rest[..expected.len()] == expected,
+            "{line}: not the file's bytes"
+        );
+        rest = &rest[expected.len()..];
+    }
+    assert!(rest.is_empty(), "{} bytes more", rest.len());
+}
+
 #[test]
 fn large_file_streams_intact_over_http1_and_http2() {
     let body = big(3 * 1024 * 1024 + 17);

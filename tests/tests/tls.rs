@@ -50,7 +50,8 @@ fn s_client(addr: SocketAddr, args: &[&str]) -> String {
 }
 
 fn tls_site(extra_server: &str) -> (tempfile::TempDir, TestCa, String) {
-    let dir = site(&[("index.html", b"hello over tls\n")]);
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    let dir = site(&[("index.html", b"hello over tls\n"), ("big.bin", &big)]);
     let ca = TestCa::new("Gatehouse Test CA");
     ca.write(dir.path());
     ca.issue(&["a.test", "www.a.test"], false)
@@ -80,6 +81,16 @@ fn https_picks_the_certificate_by_name_speaks_h2_and_http1_and_refuses_tls_1_1()
         );
         assert!(ok, "{out}");
         assert_eq!(out, format!("hello over tls\n|{version}"));
+    }
+    // A file big enough to be sent from disk: over TLS as bytes (sendfile is for plain TCP).
+    let big = std::fs::read(dir.path().join("site/big.bin")).expect("big.bin");
+    for flag in ["--http2", "--http1.1"] {
+        let out_file = dir.path().join("got.bin");
+        let out_arg = out_file.display().to_string();
+        let (ok, out) = curl(&[flag, "-o", &out_arg], "a.test", tls, &ca_path, "/big.bin");
+        assert!(ok, "{out}");
+        let got = std::fs::read(&out_file).expect("got.bin");
+        assert!(got == big, "{flag}: {} bytes, not the file's", got.len());
     }
     let (ok, out) = curl(&["--http2"], "b.test", tls, &ca_path, "/");
     assert!(ok, "b.test's certificate is served for b.test: {out}");

@@ -77,6 +77,8 @@ pub struct ConnCtx {
     pub plain: Option<Arc<PlainListener>>,
     /// The tunnel this connection turns into after a 101 (a WebSocket), for it to run.
     pub tunnel: std::sync::Mutex<Option<Tunnel>>,
+    /// Files the connection sends with `sendfile` (plain HTTP/1 over TCP).
+    pub file_sends: Option<Arc<crate::sendfile::FileSends>>,
 }
 
 impl ConnCtx {
@@ -137,6 +139,12 @@ where
     };
     if tunnel::is_switch(&outcome.response) {
         tunnel::join(&mut outcome, &conn);
+    }
+    // The last step before hyper: nothing reads the body's bytes after this.
+    if conn.file_sends.is_some() {
+        outcome.response = outcome
+            .response
+            .map(|body| body.sent_through(conn.file_sends.as_ref()));
     }
     Ok(log::finish(gateway, outcome, access, started, guard))
 }

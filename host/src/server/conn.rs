@@ -27,6 +27,7 @@ use tokio::time::{Instant, Sleep};
 use crate::config::Limits;
 use crate::peer::Peer;
 use crate::pipeline::{self, Activity, ConnCtx, LoggedBody, PlainListener};
+use crate::sendfile::{FileSends, SendFile};
 use crate::server::SharedGateway;
 use crate::server::idle::{Connections, Registration};
 use crate::server::io::{Park, Prefixed, sniff};
@@ -59,6 +60,9 @@ pub fn builder(limits: &Limits) -> Builders {
         // hyper refuses buffers under 8 KiB; smaller head limits are enforced by the wire guard.
         .max_buf_size(limits.max_header_size.max(8192))
         .max_headers(limits.max_headers)
+        // Queued writes: hyper hands body frames to the stream uncopied, which sending files
+        // with sendfile relies on (`crate::sendfile`).
+        .writev(true)
         .keep_alive(true);
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     http2
@@ -139,7 +143,10 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Service {
 /// connection's place. Closing with its bytes unread would make the kernel send a reset, which
 /// can cost the client the response it has not read yet, or fail the write it is in. A client
 /// that already closed costs one read.
-async fn linger<IO: AsyncRead + AsyncWrite + Unpin>(mut stream: Stream<IO>, activity: &Activity) {
+async fn linger<IO: AsyncRead + AsyncWrite + SendFile + Unpin>(
+    mut stream: Stream<IO>,
+    activity: &Activity,
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // What comes now is not served: no heads are followed (nor verdicts kept for them).
     stream.inner_mut().discard();
@@ -236,7 +243,7 @@ impl<IO> Connection<IO> {
 
 impl<IO> Future for Connection<IO>
 where
-    IO: AsyncRead + AsyncWrite + Park + Lodge + Unpin + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Park + SendFile + Lodge + Unpin + Send + 'static,
 {
     type Output = ();
 
@@ -428,7 +435,7 @@ impl<IO> Held<IO> {
 
 impl<IO> Held<IO>
 where
-    IO: AsyncRead + AsyncWrite + Park + Unpin + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Park + SendFile + Unpin + Send + 'static,
 {
     /// Serves requests until the connection ends or idles long enough to park.
     async fn serve(self) -> Step<IO> {
@@ -481,7 +488,7 @@ pub async fn serve<I>(
     connections: Arc<Connections>,
 ) -> Step<I>
 where
-    I: AsyncRead + AsyncWrite + Park + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + Park + SendFile + Unpin + Send + 'static,
 {
     let (max_head, head_timeout, timers) = {
         let gateway = gateway.load();
@@ -510,18 +517,24 @@ where
             () = activity.close_requested() => return Step::Done,
         },
     };
-    let (guard, verdicts) = WireGuard::new(
+    // Plain HTTP/1 over TCP sends files with sendfile; HTTP/2 and TLS need the bytes.
+    let file_sends = (!http2 && io.sends_files()).then(|| Arc::new(FileSends::default()));
+    let (mut guard, verdicts) = WireGuard::new(
         Prefixed::new(sniffed, io),
         max_head,
         Some(head_timeout),
         Some(timers.send),
     );
+    if let Some(sends) = &file_sends {
+        guard.send_files(Arc::clone(sends));
+    }
     let ctx = Arc::new(ConnCtx {
         peer,
         verdicts,
         activity,
         plain,
         tunnel: std::sync::Mutex::new(None),
+        file_sends,
     });
     let conn = Conn {
         ctx,
@@ -664,7 +677,7 @@ impl Conn {
         service: Service,
     ) -> Cycle<Stream<IO>>
     where
-        IO: AsyncRead + AsyncWrite + Park + Unpin + Send + 'static,
+        IO: AsyncRead + AsyncWrite + Park + SendFile + Unpin + Send + 'static,
     {
         let mut hyper = builder.serve_connection(TokioIo::new(stream), service);
         let timer = tokio::time::sleep(PARK_AFTER.min(self.timers.keepalive));

@@ -9,6 +9,8 @@ use std::task::{Context, Poll};
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::sendfile::SendFile;
+
 /// A stream that can wait, holding nothing, until its peer sends more (or closes).
 pub trait Park {
     /// Ready when a read would find data (or the end of the stream); the waker is kept by the
@@ -21,6 +23,54 @@ impl Park for tokio::net::TcpStream {
         self.poll_read_ready(cx)
     }
 }
+
+impl SendFile for tokio::net::TcpStream {
+    fn sends_files(&self) -> bool {
+        true
+    }
+
+    fn poll_write_more(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let socket: &tokio::net::TcpStream = self;
+        loop {
+            std::task::ready!(socket.poll_write_ready(cx))?;
+            match socket.try_io(tokio::io::Interest::WRITABLE, || {
+                let mut control = rustix::net::SendAncillaryBuffer::default();
+                rustix::net::sendmsg(socket, bufs, &mut control, rustix::net::SendFlags::MORE)
+                    .map_err(io::Error::from)
+            }) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                sent => return Poll::Ready(sent),
+            }
+        }
+    }
+
+    fn poll_sendfile(
+        &mut self,
+        cx: &mut Context<'_>,
+        file: &std::fs::File,
+        len: usize,
+    ) -> Poll<io::Result<usize>> {
+        let socket: &tokio::net::TcpStream = self;
+        loop {
+            std::task::ready!(socket.poll_write_ready(cx))?;
+            match socket.try_io(tokio::io::Interest::WRITABLE, || {
+                rustix::fs::sendfile(socket, file, None, len).map_err(io::Error::from)
+            }) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                sent => return Poll::Ready(sent),
+            }
+        }
+    }
+}
+
+// Over a Unix socket or TLS, files are written as bytes.
+impl SendFile for tokio::net::UnixStream {}
+
+impl<IO> SendFile for tokio_rustls::server::TlsStream<IO> {}
 
 impl Park for tokio::net::UnixStream {
     fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -116,6 +166,29 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: SendFile> SendFile for Prefixed<IO> {
+    fn sends_files(&self) -> bool {
+        self.io.sends_files()
+    }
+
+    fn poll_write_more(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.io.poll_write_more(cx, bufs)
+    }
+
+    fn poll_sendfile(
+        &mut self,
+        cx: &mut Context<'_>,
+        file: &std::fs::File,
+        len: usize,
+    ) -> Poll<io::Result<usize>> {
+        self.io.poll_sendfile(cx, file, len)
     }
 }
 

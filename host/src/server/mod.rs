@@ -555,6 +555,7 @@ impl AcceptLoop {
         I: tokio::io::AsyncRead
             + tokio::io::AsyncWrite
             + io::Park
+            + crate::sendfile::SendFile
             + conn::Lodge
             + Unpin
             + Send

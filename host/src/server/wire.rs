@@ -14,6 +14,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::sendfile::{FileSends, SendFile};
+use std::sync::Arc;
 use tokio::time::{Instant, Sleep};
 
 pub use crate::pipeline::verdicts::{HeadVerdict, Verdicts};
@@ -74,6 +77,8 @@ pub struct WireGuard<T> {
     send_timeout: Option<Duration>,
     send_deadline: Option<Pin<Box<Sleep>>>,
     send_waiting: bool,
+    /// Files this connection's writes send with `sendfile` (plain HTTP/1 only).
+    sends: Option<Arc<FileSends>>,
 }
 
 impl<T> WireGuard<T> {
@@ -98,6 +103,7 @@ impl<T> WireGuard<T> {
             send_timeout,
             send_deadline: None,
             send_waiting: false,
+            sends: None,
         };
         guard.arm_head_timer();
         (guard, verdicts)
@@ -127,6 +133,7 @@ impl<T> WireGuard<T> {
             send_timeout: self.send_timeout,
             send_deadline: self.send_deadline,
             send_waiting: self.send_waiting,
+            sends: self.sends,
         })
     }
 
@@ -143,6 +150,11 @@ impl<T> WireGuard<T> {
             self.head = Vec::new();
         }
         self.verdicts.park();
+    }
+
+    /// Writes send marked bytes from the files queued in `sends` (see [`crate::sendfile`]).
+    pub fn send_files(&mut self, sends: Arc<FileSends>) {
+        self.sends = Some(sends);
     }
 
     /// What is read from here on is dropped unread (a closing connection draining its client):
@@ -493,13 +505,19 @@ impl<T: AsyncRead + Unpin> AsyncRead for WireGuard<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for WireGuard<T> {
+impl<T: AsyncWrite + SendFile + Unpin> AsyncWrite for WireGuard<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        let this = &mut *self;
+        let poll = match &this.sends {
+            Some(sends) => {
+                sends.poll_write(Pin::new(&mut this.inner), cx, &[io::IoSlice::new(buf)])
+            }
+            None => Pin::new(&mut this.inner).poll_write(cx, buf),
+        };
         self.send_progress(cx, poll)
     }
 
@@ -508,7 +526,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WireGuard<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        let this = &mut *self;
+        let poll = match &this.sends {
+            Some(sends) => sends.poll_write(Pin::new(&mut this.inner), cx, bufs),
+            None => Pin::new(&mut this.inner).poll_write_vectored(cx, bufs),
+        };
         self.send_progress(cx, poll)
     }
 

@@ -25,6 +25,7 @@ use rustix::fs::{Mode, OFlags, ResolveFlags};
 use crate::body::{Body, FileChunks};
 use crate::config::StaticConfig;
 use crate::error::HttpError;
+use crate::sendfile::Delivery;
 use cache::FileCache;
 use validators::{RangeRequest, Version};
 
@@ -111,8 +112,13 @@ impl StaticFiles {
         })
     }
 
-    /// Answers one request.
-    pub fn serve(&self, req: &Parts, mount: Option<&str>) -> Result<Response<Body>, HttpError> {
+    /// Answers one request, whose connection sends files as `delivery` says.
+    pub fn serve(
+        &self,
+        req: &Parts,
+        mount: Option<&str>,
+        delivery: Delivery,
+    ) -> Result<Response<Body>, HttpError> {
         if req.method != Method::GET && req.method != Method::HEAD {
             return Err(HttpError::MethodNotAllowed("GET, HEAD"));
         }
@@ -120,7 +126,13 @@ impl StaticFiles {
         let mount = mount.unwrap_or(&self.mount);
         let rest = crate::path::below_mount(url_path, mount).ok_or(HttpError::NotFound)?;
         let accepts = self.accepted_siblings(req);
-        if let Some(hit) = self.cache.as_ref().and_then(|c| c.get(rest, accepts)) {
+        let kept = |len: u64| delivery == Delivery::Bytes || len <= SENDFILE_ABOVE;
+        if let Some(hit) = self
+            .cache
+            .as_ref()
+            .and_then(|c| c.get(rest, accepts))
+            .filter(|hit| kept(hit.version.len))
+        {
             let content = Content::Memory(hit.bytes.clone());
             return self.respond(
                 req,
@@ -132,7 +144,11 @@ impl StaticFiles {
             );
         }
         let rel = path::relative_path(rest, self.show_hidden).map_err(|_| HttpError::NotFound)?;
-        let found = Found { rest, accepts };
+        let found = Found {
+            rest,
+            accepts,
+            delivery,
+        };
 
         let file = self.open_beneath(&self.root, &rel)?;
         let meta = file
@@ -187,20 +203,25 @@ impl StaticFiles {
         };
         let version = Version::of(&meta);
         let content = match &self.cache {
-            Some(cache) if cache.fits(version.len) => match read_whole(&mut file, version.len) {
-                Ok(Some(bytes)) => {
-                    let entry =
-                        cache.insert(found.rest, found.accepts, bytes, version, mime, encoding);
-                    Content::Memory(entry.bytes.clone())
+            Some(cache)
+                if cache.fits(version.len)
+                    && (found.delivery == Delivery::Bytes || version.len <= SENDFILE_ABOVE) =>
+            {
+                match read_whole(&mut file, version.len) {
+                    Ok(Some(bytes)) => {
+                        let entry =
+                            cache.insert(found.rest, found.accepts, bytes, version, mime, encoding);
+                        Content::Memory(entry.bytes.clone())
+                    }
+                    // Changed while being read: served from the file (which ends short if it shrank).
+                    Ok(None) => {
+                        file.rewind()
+                            .map_err(|e| internal(&self.root_path, rel, &e))?;
+                        Content::File(file)
+                    }
+                    Err(e) => return Err(internal(&self.root_path, rel, &e)),
                 }
-                // Changed while being read: served from the file (which ends short if it shrank).
-                Ok(None) => {
-                    file.rewind()
-                        .map_err(|e| internal(&self.root_path, rel, &e))?;
-                    Content::File(file)
-                }
-                Err(e) => return Err(internal(&self.root_path, rel, &e)),
-            },
+            }
             _ => Content::File(file),
         };
         self.respond(req, rel, version, mime, encoding, content)
@@ -338,12 +359,19 @@ impl StaticFiles {
     }
 }
 
+/// Files larger than this are not kept in memory for a connection that sends files with
+/// `sendfile`: past a few pages the kernel's send from its page cache costs less than our copy
+/// from memory, though it costs opening the file.
+const SENDFILE_ABOVE: u64 = 32 * 1024;
+
 /// What the cache needs to know of a request that missed it, to key the file it finds.
 struct Found<'a> {
     /// The URL path below the mount.
     rest: &'a str,
     /// [`SIBLINGS`] bits of the codings the client accepts.
     accepts: u8,
+    /// How its connection sends files.
+    delivery: Delivery,
 }
 
 /// All of a file of `len` bytes, or `None` when it changed length while being read.
