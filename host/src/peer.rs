@@ -16,6 +16,8 @@ pub struct Peer {
     pub client_subject: Option<Arc<str>>,
     /// The client as plugins, the access log and the app see it (see [`crate::forwarded`]).
     pub remote: Remote,
+    /// Whether the connection sends files with `sendfile` (plain HTTP/1 over TCP).
+    pub sends_files: bool,
 }
 
 /// The client of one request: the connection's peer, or the client a trusted proxy names.
@@ -42,6 +44,7 @@ impl Peer {
                 port: client.map(|a| a.port()),
                 https: tls,
             },
+            sends_files: false,
         }
     }
 }

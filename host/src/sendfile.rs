@@ -11,9 +11,10 @@
 //! Only where marks cannot leak: HTTP/1 over plain TCP (TLS encrypts the bytes it is given, HTTP/2
 //! copies them into frames), and only a body that goes to hyper untouched (the pipeline's last step
 //! converts it). Each frame starts at its own place in the mark (a tag, counted per connection),
-//! so the stream checks that the slice it is given is the one the next queued file stands for: a
-//! marked slice out of step, or with no file queued, fails the write and the connection closes.
-//! The mark's zeros are never sent as a file's bytes, nor one file's bytes for another's.
+//! and the stream checks that the slice it is given starts where the next queued file's next byte
+//! is and is no longer than what is left of it: a marked slice out of step, or with no file
+//! queued, fails the write and the connection closes, rather than sending the mark's zeros as a
+//! file's bytes or one file's for another's.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -25,15 +26,18 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use tokio::io::AsyncWrite;
 
-/// Largest frame of marked bytes (one per this many bytes of a file).
-const FRAME: usize = 1 << 20;
+/// Largest frame of marked bytes, and so of one `sendfile`: as the pieces files are read in
+/// otherwise. hyper asks for the next frame once the last is nearly sent, and a connection whose
+/// body is not asked for more within `send_timeout` counts as stalled; and a `sendfile` from a
+/// cold page cache reads the disk on the event loop's thread.
+const FRAME: usize = 128 * 1024;
 
 /// Distinct places a frame may start at, `TAG_STEP` apart.
 const TAGS: usize = 1024;
 const TAG_STEP: usize = FRAME / TAGS;
 
-/// Room for a frame at every tag. Zeroed static memory: it takes address space, not pages, as
-/// long as nothing reads it.
+/// Room for a frame at every tag. Zeroed read-only memory in the binary: never read, so never
+/// resident.
 const MARK_LEN: usize = 2 * FRAME;
 
 static MARK: [u8; MARK_LEN] = [0; MARK_LEN];
@@ -55,10 +59,9 @@ pub enum Delivery {
 }
 
 impl Delivery {
-    /// How a request's response will be sent, from its connection and version (the same choice
-    /// the connection makes when it sets up [`FileSends`]).
-    pub fn of(peer: &crate::peer::Peer, version: http::Version) -> Delivery {
-        if !peer.tls && peer.client.is_some() && version < http::Version::HTTP_2 {
+    /// How a request's response will be sent (the connection said when it set up [`FileSends`]).
+    pub fn of(peer: &crate::peer::Peer) -> Delivery {
+        if peer.sends_files {
             Delivery::Sendfile
         } else {
             Delivery::Bytes
@@ -158,7 +161,7 @@ impl FileSends {
                 let front = self.0.lock().ok().and_then(|q| {
                     q.pieces
                         .front()
-                        .filter(|p| p.next() == at)
+                        .filter(|p| p.next() == at && bufs[0].len() <= p.left)
                         .map(|p| (Arc::clone(&p.file), p.left))
                 });
                 let Some((file, left)) = front else {
@@ -338,7 +341,7 @@ mod tests {
                 frames.push(frame);
             }
         }
-        assert_eq!(frames.len(), 4, "3 MB in 1 MiB frames, then one");
+        assert_eq!(frames.len(), 24, "3 MB in 128 KiB frames, then one");
         let mut io = Recorder {
             most: 100_000,
             ..Recorder::default()

@@ -100,9 +100,7 @@ impl Target {
         mount: Option<&str>,
     ) -> Result<Response<Body>, HttpError> {
         match self {
-            Target::Static(files) => {
-                files.serve(req, mount, crate::sendfile::Delivery::of(peer, req.version))
-            }
+            Target::Static(files) => files.serve(req, mount, crate::sendfile::Delivery::of(peer)),
             Target::Wsgi(app) => match body {
                 ServeBody::Read(body) => app.serve(req, body, peer, mount).await,
                 ServeBody::Unread(_) => {

@@ -61,7 +61,8 @@ pub fn builder(limits: &Limits) -> Builders {
         .max_buf_size(limits.max_header_size.max(8192))
         .max_headers(limits.max_headers)
         // Queued writes: hyper hands body frames to the stream uncopied, which sending files
-        // with sendfile relies on (`crate::sendfile`).
+        // with sendfile relies on (`crate::sendfile`). For the same reason, never
+        // `pipeline_flush`: it makes hyper copy frames into its own buffer.
         .writev(true)
         .keep_alive(true);
     let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -528,6 +529,8 @@ where
     if let Some(sends) = &file_sends {
         guard.send_files(Arc::clone(sends));
     }
+    let mut peer = peer;
+    peer.sends_files = file_sends.is_some();
     let ctx = Arc::new(ConnCtx {
         peer,
         verdicts,
