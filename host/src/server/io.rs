@@ -35,17 +35,10 @@ impl SendFile for tokio::net::TcpStream {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let socket: &tokio::net::TcpStream = self;
-        loop {
-            std::task::ready!(socket.poll_write_ready(cx))?;
-            match socket.try_io(tokio::io::Interest::WRITABLE, || {
-                let mut control = rustix::net::SendAncillaryBuffer::default();
-                rustix::net::sendmsg(socket, bufs, &mut control, rustix::net::SendFlags::MORE)
-                    .map_err(io::Error::from)
-            }) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                sent => return Poll::Ready(sent),
-            }
-        }
+        poll_send(socket, cx, || {
+            let mut control = rustix::net::SendAncillaryBuffer::default();
+            rustix::net::sendmsg(socket, bufs, &mut control, rustix::net::SendFlags::MORE)
+        })
     }
 
     fn poll_sendfile(
@@ -55,14 +48,23 @@ impl SendFile for tokio::net::TcpStream {
         len: usize,
     ) -> Poll<io::Result<usize>> {
         let socket: &tokio::net::TcpStream = self;
-        loop {
-            std::task::ready!(socket.poll_write_ready(cx))?;
-            match socket.try_io(tokio::io::Interest::WRITABLE, || {
-                rustix::fs::sendfile(socket, file, None, len).map_err(io::Error::from)
-            }) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                sent => return Poll::Ready(sent),
-            }
+        poll_send(socket, cx, || rustix::fs::sendfile(socket, file, None, len))
+    }
+}
+
+/// Runs a non-blocking send on `socket` once it is writable, as tokio's own writes do.
+fn poll_send(
+    socket: &tokio::net::TcpStream,
+    cx: &mut Context<'_>,
+    mut send: impl FnMut() -> rustix::io::Result<usize>,
+) -> Poll<io::Result<usize>> {
+    loop {
+        std::task::ready!(socket.poll_write_ready(cx))?;
+        match socket.try_io(tokio::io::Interest::WRITABLE, || {
+            send().map_err(io::Error::from)
+        }) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            sent => return Poll::Ready(sent),
         }
     }
 }
