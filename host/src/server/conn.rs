@@ -43,6 +43,10 @@ pub const PARK_AFTER: Duration = Duration::from_millis(500);
 const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
 const LINGER_TIME: Duration = Duration::from_secs(10);
 
+/// Most bytes a lingering connection reads and drops: room for a client to finish a body it
+/// sends before it reads, without the server taking in a refused upload whole.
+const LINGER_BYTES: usize = 1 << 20;
+
 /// hyper's connection builders for a set of limits.
 #[derive(Debug)]
 pub struct Builders {
@@ -140,8 +144,8 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Service {
 /// Closes a connection whose client may still be sending (a body the server refused without
 /// reading it) the way nginx's `lingering_close` does: the response is followed by our end of
 /// the stream, and what the client still sends is read and dropped until it closes too, for at
-/// most [`LINGER_TIME`], [`LINGER_TIMEOUT`] between reads, or until the server needs the
-/// connection's place. Closing with its bytes unread would make the kernel send a reset, which
+/// most [`LINGER_TIME`] and [`LINGER_BYTES`], [`LINGER_TIMEOUT`] between reads, or until the
+/// server needs the connection's place. Closing with its bytes unread would make the kernel send a reset, which
 /// can cost the client the response it has not read yet, or fail the write it is in. A client
 /// that already closed costs one read.
 async fn linger<IO: AsyncRead + AsyncWrite + SendFile + Unpin>(
@@ -156,7 +160,12 @@ async fn linger<IO: AsyncRead + AsyncWrite + SendFile + Unpin>(
             return;
         }
         let mut sink = [0u8; 2048];
-        while let Ok(Ok(1..)) = tokio::time::timeout(LINGER_TIMEOUT, stream.read(&mut sink)).await {
+        let mut dropped = 0;
+        while dropped < LINGER_BYTES {
+            match tokio::time::timeout(LINGER_TIMEOUT, stream.read(&mut sink)).await {
+                Ok(Ok(n @ 1..)) => dropped += n,
+                _ => return,
+            }
         }
     };
     tokio::select! {
