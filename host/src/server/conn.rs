@@ -576,6 +576,31 @@ where
     .await
 }
 
+/// A response whose body has not been polled for a while, judged against `send_timeout`.
+#[derive(Debug, PartialEq, Eq)]
+enum Stall {
+    /// Not yet: look again after this long.
+    WaitFor(Duration),
+    /// The body was not polled, but a file frame went out by sendfile meanwhile: that is progress
+    /// (hyper polls the next frame only once the last is nearly sent, which takes a slow
+    /// client a while).
+    Progressed,
+    /// Nothing moved for `send_timeout`.
+    Stalled,
+}
+
+/// Whether a response body unpolled for `stalled` has stalled (`file_moved`: whether the kernel
+/// sent file bytes since the last look; asked only once `send_timeout` is reached).
+fn stall_check(stalled: Duration, send: Duration, file_moved: impl FnOnce() -> bool) -> Stall {
+    if stalled < send {
+        Stall::WaitFor(send - stalled)
+    } else if file_moved() {
+        Stall::Progressed
+    } else {
+        Stall::Stalled
+    }
+}
+
 /// Why the timers woke a connection.
 enum Tick {
     /// Go on.
@@ -608,11 +633,19 @@ impl Conn {
         // A response the client takes nothing of for send_timeout (an HTTP/2 stream whose window
         // stays shut, say) ends the connection: nothing holds its file or buffers.
         if let Some(stalled) = self.activity().send_stalled_for() {
-            if stalled >= send {
-                return Tick::Stalled;
-            }
-            timer.reset(now + (send - stalled));
-            return Tick::Wait;
+            let sends = self.ctx.file_sends.as_ref();
+            return match stall_check(stalled, send, || sends.is_some_and(|s| s.moved())) {
+                Stall::WaitFor(left) => {
+                    timer.reset(now + left);
+                    Tick::Wait
+                }
+                Stall::Progressed => {
+                    self.activity().progressed();
+                    timer.reset(now + send);
+                    Tick::Wait
+                }
+                Stall::Stalled => Tick::Stalled,
+            };
         }
         match self.activity().idle_for(now) {
             Some(idle) if idle >= keepalive => Tick::Drain,
@@ -772,6 +805,29 @@ where
 {
     fn graceful(self: std::pin::Pin<&mut Self>) {
         self.graceful_shutdown();
+    }
+}
+
+#[cfg(test)]
+mod stall_tests {
+    use super::*;
+
+    #[test]
+    fn a_body_unpolled_past_send_timeout_has_stalled_unless_a_file_moved() {
+        let send = Duration::from_secs(60);
+        let never = || -> bool { panic!("asked before send_timeout") };
+        assert_eq!(
+            stall_check(Duration::from_secs(20), send, never),
+            Stall::WaitFor(Duration::from_secs(40))
+        );
+        assert_eq!(
+            stall_check(Duration::from_secs(61), send, || true),
+            Stall::Progressed
+        );
+        assert_eq!(
+            stall_check(Duration::from_secs(61), send, || false),
+            Stall::Stalled
+        );
     }
 }
 
