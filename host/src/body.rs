@@ -37,15 +37,15 @@ pub trait ChunkStream: Send + Sync + std::fmt::Debug {
 }
 
 impl Body {
-    /// This body as the connection sends it: a file through `sends`, with `sendfile`, when the
-    /// connection can (`Some`); anything else as it is.
-    pub fn sent_through(self, sends: Option<&std::sync::Arc<FileSends>>) -> Body {
-        match (self, sends) {
-            (Body::File(chunks), Some(sends)) => {
+    /// This body as a connection that sends files with `sendfile` sends it: a file through
+    /// `sends`, anything else as it is.
+    pub fn sent_through(self, sends: &std::sync::Arc<FileSends>) -> Body {
+        match self {
+            Body::File(chunks) => {
                 let (file, left) = chunks.into_parts();
                 Body::Marked(MarkedFile::new(file, left, sends))
             }
-            (body, _) => body,
+            body => body,
         }
     }
 

@@ -85,10 +85,7 @@ pub trait SendFile {
         _cx: &mut Context<'_>,
         _bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Poll::Ready(Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "this stream cannot send files",
-        )))
+        cannot_send_files()
     }
 
     /// Sends up to `len` bytes of `file` from its current position (advancing it).
@@ -98,11 +95,16 @@ pub trait SendFile {
         _file: &File,
         _len: usize,
     ) -> Poll<io::Result<usize>> {
-        Poll::Ready(Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "this stream cannot send files",
-        )))
+        cannot_send_files()
     }
+}
+
+/// What [`SendFile`]'s sends answer on a stream that cannot send files.
+fn cannot_send_files() -> Poll<io::Result<usize>> {
+    Poll::Ready(Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "this stream cannot send files",
+    )))
 }
 
 /// One piece of a file that a frame of marked bytes stands for.

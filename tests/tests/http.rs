@@ -168,15 +168,21 @@ fn size_limits() {
     assert_eq!(ex_first(&ok), Some(405));
 }
 
+/// A server that takes bodies up to 16 KiB, and a connection to it that declared a 1 MiB one.
+fn refused_upload() -> (tempfile::TempDir, Gatehouse, TcpStream) {
+    let (dir, gh) = serve(&limits("max_body_size = \"16KiB\""));
+    let mut s = TcpStream::connect(gh.addr()).expect("connect");
+    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n")
+        .expect("head");
+    (dir, gh, s)
+}
+
 /// A client still sending a body the server refused (413 on its declared length) hears the
 /// refusal: closing with its bytes unread would make the kernel answer with a reset, which
 /// destroys the response before the client reads it (nginx's `lingering_close`).
 #[test]
 fn a_client_still_sending_a_refused_body_reads_the_refusal() {
-    let (_dir, gh) = serve(&limits("max_body_size = \"16KiB\""));
-    let mut s = TcpStream::connect(gh.addr()).expect("connect");
-    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n")
-        .expect("head");
+    let (_dir, _gh, mut s) = refused_upload();
     s.write_all(&[b'z'; 64 << 10]).expect("a part of the body");
     // The server has answered and closed its side by now; the client reads only afterwards.
     std::thread::sleep(Duration::from_millis(300));
@@ -197,10 +203,7 @@ fn a_client_still_sending_a_refused_body_reads_the_refusal() {
 /// are no longer served or even parsed) is cut off after about 10 s.
 #[test]
 fn a_client_that_keeps_sending_after_a_refusal_is_cut_off() {
-    let (_dir, gh) = serve(&limits("max_body_size = \"16KiB\""));
-    let mut s = TcpStream::connect(gh.addr()).expect("connect");
-    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n")
-        .expect("head");
+    let (_dir, _gh, mut s) = refused_upload();
     let started = Instant::now();
     let heads = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".repeat(64);
     let cut = loop {

@@ -129,13 +129,13 @@ impl Activity {
         }
     }
 
-    /// A response body that was waiting on the connection went away.
     /// A response made progress without its body being polled (a file sent by the kernel).
     pub fn progressed(&self) {
         self.last_poll_ms
             .store(self.elapsed_ms(), Ordering::Relaxed);
     }
 
+    /// A response body that was waiting on the connection went away.
     pub fn body_dropped(&self, was_waiting: bool) {
         if was_waiting {
             self.waiting_bodies.fetch_sub(1, Ordering::AcqRel);

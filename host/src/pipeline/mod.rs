@@ -141,10 +141,8 @@ where
         tunnel::join(&mut outcome, &conn);
     }
     // The last step before hyper: nothing reads the body's bytes after this.
-    if conn.file_sends.is_some() {
-        outcome.response = outcome
-            .response
-            .map(|body| body.sent_through(conn.file_sends.as_ref()));
+    if let Some(sends) = &conn.file_sends {
+        outcome.response = outcome.response.map(|body| body.sent_through(sends));
     }
     Ok(log::finish(gateway, outcome, access, started, guard))
 }

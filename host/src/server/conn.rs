@@ -145,9 +145,9 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Service {
 /// reading it) the way nginx's `lingering_close` does: the response is followed by our end of
 /// the stream, and what the client still sends is read and dropped until it closes too, for at
 /// most [`LINGER_TIME`] and [`LINGER_BYTES`], [`LINGER_TIMEOUT`] between reads, or until the
-/// server needs the connection's place. Closing with its bytes unread would make the kernel send a reset, which
-/// can cost the client the response it has not read yet, or fail the write it is in. A client
-/// that already closed costs one read.
+/// server needs the connection's place. Closing with its bytes unread would make the kernel send
+/// a reset, which can cost the client the response it has not read yet, or fail the write it is
+/// in. A client that already closed costs one read.
 async fn linger<IO: AsyncRead + AsyncWrite + SendFile + Unpin>(
     mut stream: Stream<IO>,
     activity: &Activity,

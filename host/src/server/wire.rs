@@ -13,11 +13,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
 
 use crate::sendfile::{FileSends, SendFile};
-use std::sync::Arc;
-use tokio::time::{Instant, Sleep};
 
 pub use crate::pipeline::verdicts::{HeadVerdict, Verdicts};
 

@@ -126,12 +126,11 @@ impl StaticFiles {
         let mount = mount.unwrap_or(&self.mount);
         let rest = crate::path::below_mount(url_path, mount).ok_or(HttpError::NotFound)?;
         let accepts = self.accepted_siblings(req);
-        let kept = |len: u64| delivery == Delivery::Bytes || len <= SENDFILE_ABOVE;
         if let Some(hit) = self
             .cache
             .as_ref()
             .and_then(|c| c.get(rest, accepts))
-            .filter(|hit| kept(hit.version.len))
+            .filter(|hit| kept_in_memory(delivery, hit.version.len))
         {
             let content = Content::Memory(hit.bytes.clone());
             return self.respond(
@@ -204,8 +203,7 @@ impl StaticFiles {
         let version = Version::of(&meta);
         let content = match &self.cache {
             Some(cache)
-                if cache.fits(version.len)
-                    && (found.delivery == Delivery::Bytes || version.len <= SENDFILE_ABOVE) =>
+                if cache.fits(version.len) && kept_in_memory(found.delivery, version.len) =>
             {
                 match read_whole(&mut file, version.len) {
                     Ok(Some(bytes)) => {
@@ -363,6 +361,12 @@ impl StaticFiles {
 /// `sendfile`: past a few pages the kernel's send from its page cache costs less than our copy
 /// from memory, though it costs opening the file.
 const SENDFILE_ABOVE: u64 = 32 * 1024;
+
+/// Whether a file of `len` bytes is answered from (and kept in) memory for a connection that
+/// sends files as `delivery` says.
+fn kept_in_memory(delivery: Delivery, len: u64) -> bool {
+    delivery == Delivery::Bytes || len <= SENDFILE_ABOVE
+}
 
 /// What the cache needs to know of a request that missed it, to key the file it finds.
 struct Found<'a> {
