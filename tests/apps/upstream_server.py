@@ -14,6 +14,9 @@ Prints `port=N` once listening. Routes:
   /upload              reads the body as it comes; answers its length and SHA-256
   /slowread?gap=S      reads the body in 64 KiB pieces, pausing S seconds after each
   /counts              how many requests each method+path got, as JSON
+  /port                the client's port (which connection the request came on)
+  /bye                 answers as if keeping the connection, then closes it 0.2 s later
+  /open                how many client connections are open, this one included
   /healthz             200, or 503 after /sick (until /well)
   /ws                  a WebSocket that echoes text frames
 """
@@ -35,6 +38,7 @@ NAME = sys.argv[1]
 COUNTS = {}
 COUNTS_LOCK = threading.Lock()
 SICK = threading.Event()
+OPEN = [0]
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -42,6 +46,16 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+    def setup(self):
+        super().setup()
+        with COUNTS_LOCK:
+            OPEN[0] += 1
+
+    def finish(self):
+        with COUNTS_LOCK:
+            OPEN[0] -= 1
+        super().finish()
 
     def count(self):
         key = f"{self.command} {urlsplit(self.path).path}"
@@ -158,6 +172,17 @@ class Handler(BaseHTTPRequestHandler):
                 left -= len(piece)
             self.wfile.write(b"0\r\n\r\n")
             return
+        if path == "/port":
+            return self.send(200, str(self.client_address[1]))
+        if path == "/bye":
+            self.send(200, "bye")
+            self.wfile.flush()
+            time.sleep(0.2)  # closed once the answer has been taken as a whole
+            self.close_connection = True
+            return
+        if path == "/open":
+            with COUNTS_LOCK:
+                return self.send(200, str(OPEN[0]))
         if path == "/counts":
             with COUNTS_LOCK:
                 return self.send(200, json.dumps(COUNTS), "application/json")

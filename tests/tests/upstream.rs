@@ -810,3 +810,41 @@ fn a_lone_server_is_never_left_out_for_one_clients_broken_requests() {
     assert_eq!(r.text().expect("body"), "a");
     assert!(!gh.stderr().contains("left out for fail_timeout"));
 }
+
+#[test]
+fn kept_connections_are_reused_one_the_server_closed_is_skipped_and_idle_ones_are_closed() {
+    let a = Backend::start("a", &[]);
+    let (_dir, gh) = start(&[a.url()], "keepalive_timeout = \"1s\"\n");
+    // One client connection, so one event loop (each keeps its own connections).
+    let client = client();
+    let port = |method: reqwest::Method| {
+        let r = client
+            .request(method, gh.url("/port"))
+            .body("x")
+            .send()
+            .expect("port");
+        assert_eq!(r.status(), StatusCode::OK);
+        r.text().expect("body")
+    };
+    // One request at a time: each goes on the connection the last one left.
+    let first = port(reqwest::Method::GET);
+    for _ in 0..4 {
+        assert_eq!(port(reqwest::Method::GET), first);
+    }
+
+    // The server closes the kept connection without saying so in its answer. A POST (never
+    // retried once it may have reached a server) then goes on a new connection, not the closed one.
+    let r = client.get(gh.url("/bye")).send().expect("bye");
+    assert_eq!(r.text().expect("body"), "bye");
+    std::thread::sleep(Duration::from_millis(600));
+    let second = port(reqwest::Method::POST);
+    assert_ne!(second, first);
+    assert_eq!(port(reqwest::Method::POST), second, "kept again");
+
+    // Idle past keepalive_timeout, the connection is closed by Gatehouse (not only left unused):
+    // the server sees no connection open but the one it is asked on. (hyper-util's pool looks
+    // for expired connections every keepalive_timeout, so one goes within twice that.)
+    std::thread::sleep(Duration::from_millis(2600));
+    assert_eq!(a.get("/open"), "1");
+    assert_ne!(port(reqwest::Method::GET), second);
+}
