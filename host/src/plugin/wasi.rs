@@ -23,22 +23,22 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
+use wasmtime_wasi::WasiView;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::bindings::sync::io::{poll, streams};
 use wasmtime_wasi::p2::{
     DynInputStream, DynOutputStream, DynPollable, OutputStream, Pollable, StreamError, StreamResult,
 };
 
-use super::host_impl::HostState;
 use crate::sandbox::{STDIO_LINE_MAX, STDIO_LINES_PER_SECOND};
 
 /// Links WASI p2 for plugins: wasmtime-wasi's, with `wasi:io` replaced by the non-blocking
 /// versions below.
-pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+pub fn add_to_linker<T: WasiView + 'static>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_sync(linker)?;
     linker.allow_shadowing(true);
-    poll::add_to_linker::<HostState, NonBlocking>(linker, |s| NonBlockingIo(s.table()))?;
-    streams::add_to_linker::<HostState, NonBlocking>(linker, |s| NonBlockingIo(s.table()))?;
+    poll::add_to_linker::<T, NonBlocking>(linker, |s| NonBlockingIo(s.ctx().table))?;
+    streams::add_to_linker::<T, NonBlocking>(linker, |s| NonBlockingIo(s.ctx().table))?;
     linker.allow_shadowing(false);
     Ok(())
 }

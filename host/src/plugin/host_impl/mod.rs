@@ -112,13 +112,6 @@ impl HostState {
     }
 }
 
-impl HostState {
-    /// The resource table WASI's streams and pollables live in.
-    pub fn table(&mut self) -> &mut ResourceTable {
-        &mut self.table
-    }
-}
-
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
