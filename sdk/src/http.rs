@@ -218,8 +218,8 @@ impl Request {
 
     /// Leaves `answer` with the host for later GET and HEAD requests with this request's scheme,
     /// host, path and query (as this filter sees them): the host gives it without calling the
-    /// filter, while it is fresh, no field of [`Answer::consult_if_present`] is on the request,
-    /// the request has not waited, and every key of [`Answer::depends_on`] holds the value this
+    /// filter, while it is fresh, no field of [`Answer::consult_if_present`](crate::Answer::consult_if_present) is on the request,
+    /// the request has not waited, and every key of [`Answer::depends_on`](crate::Answer::depends_on) holds the value this
     /// call read. None of the filter's hooks run for a request answered so. In
     /// [`Filter::on_request`](crate::Filter::on_request) only, kept once it returns
     /// [`Action::Respond`](crate::Action); false if the host refused it (a key not read in this

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use crate::__private::bindings::gatehouse::plugin::types as wit;
 use crate::error::Error;
 use crate::http::Message;
-use crate::testing::{TestRequest, TestResponse};
+use crate::testing::messages::{TestRequest, TestResponse};
 
 /// Most header fields a message may carry once plugins have set them (as the host bounds them).
 const MAX_HEADERS: usize = 1000;
