@@ -10,7 +10,6 @@ use toml::Spanned;
 
 use super::errors::{ConfigError, Doc};
 use super::trusted::Trusted;
-use super::types::ListenAddr;
 use super::units::Seconds;
 
 /// One listening socket and how it speaks.
@@ -478,5 +477,23 @@ impl RawAdmin {
             return None;
         }
         Some(addr)
+    }
+}
+
+/// One listening socket.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ListenAddr {
+    /// A TCP address, IPv4 or IPv6; port 0 picks a free port.
+    Tcp(SocketAddr),
+    /// A Unix-domain socket path (`unix:/run/gatehouse.sock`).
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddr::Tcp(addr) => write!(f, "{addr}"),
+            ListenAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
     }
 }

@@ -17,7 +17,8 @@ pub use gatehouse_units as units;
 mod upstream;
 
 pub use errors::{ConfigError, LoadError};
-pub use listeners::{AcmeChallenge, AcmeConfig, CertificateFiles, Listen, TlsListen};
+pub use listeners::{AcmeChallenge, AcmeConfig, CertificateFiles, Listen, ListenAddr, TlsListen};
+pub use raw::AccessLogFormat;
 #[cfg(test)]
 pub use trusted::Trusted;
 pub use trusted::{ForwardedHeader, Forwarding};

@@ -9,7 +9,6 @@ use toml::Spanned;
 use super::listeners;
 use super::plugins;
 use super::trusted::ForwardedHeader;
-use super::types::AccessLogFormat;
 use super::units::{Bytes, Seconds};
 
 #[derive(Deserialize)]
@@ -121,11 +120,35 @@ pub(super) struct RawTarget {
     pub(super) retry_budget: Option<Spanned<f64>>,
     pub(super) max_fails: Option<u32>,
     pub(super) fail_timeout: Option<Seconds>,
-    pub(super) health_check: Option<Spanned<super::upstream::RawHealthCheck>>,
+    pub(super) health_check: Option<Spanned<RawHealthCheck>>,
     pub(super) request_buffering: Option<bool>,
     pub(super) preserve_host: Option<bool>,
     pub(super) via: Option<bool>,
     pub(super) http2: Option<bool>,
     pub(super) tls_ca: Option<Spanned<String>>,
     pub(super) tls_verify: Option<bool>,
+}
+
+/// `health_check` of an upstream target.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHealthCheck {
+    pub(super) path: Option<String>,
+    pub(super) interval: Option<Seconds>,
+    pub(super) timeout: Option<Seconds>,
+    pub(super) expect: Option<String>,
+    pub(super) fails: Option<u32>,
+    pub(super) passes: Option<u32>,
+}
+
+/// Access-log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    /// Nginx's `combined` format plus request time and target.
+    Combined,
+    /// One JSON object per line.
+    Json,
+    /// No access log.
+    Off,
 }

@@ -8,9 +8,9 @@ use toml::Spanned;
 
 use super::errors::{ConfigError, Doc};
 use super::plugins::{MAX_CHAIN, PluginConfig};
-use super::raw::{RawConfig, RawLimits};
+use super::raw::{AccessLogFormat, RawConfig, RawLimits};
 use super::trusted::{Forwarding, Trusted};
-use super::types::{AccessLogFormat, Config, Limits, LogConfig, ServerConfig, TargetConfig};
+use super::types::{Config, Limits, LogConfig, ServerConfig, TargetConfig};
 use super::units::Bytes;
 
 /// The default `plugin_cache_dir`: `$XDG_CACHE_HOME/gatehouse` or `~/.cache/gatehouse`.

@@ -81,7 +81,9 @@ impl RawTarget {
         match (&self.static_root, &self.wsgi, &self.upstream) {
             (Some(root), _, _) => self.validate_static(root, mount, key, doc, base, errors),
             (_, Some(app), _) => self.validate_wsgi(app, mount, key, doc, base, errors),
-            (_, _, Some(servers)) => self.validate_upstream(servers, key, doc, base, errors),
+            (_, _, Some(servers)) => self
+                .validate_upstream(servers, key, doc, base, errors)
+                .map(TargetConfig::Upstream),
             (None, None, None) => {
                 errors.push(doc.error(
                     span,

@@ -1,14 +1,12 @@
 //! The validated configuration: typed values every other layer reads.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
-
-use super::listeners::{AcmeConfig, CertificateFiles, Listen};
+use super::listeners::{AcmeConfig, CertificateFiles, Listen, ListenAddr};
 use super::plugins::PluginConfig;
+use super::raw::AccessLogFormat;
 use super::trusted::Forwarding;
 
 /// A validated configuration, ready to serve.
@@ -50,24 +48,6 @@ pub struct ServerConfig {
     pub threads: usize,
     /// Whose proxy headers name the client and scheme, for plugins, the access log and the app.
     pub forwarding: Forwarding,
-}
-
-/// One listening socket.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum ListenAddr {
-    /// A TCP address, IPv4 or IPv6; port 0 picks a free port.
-    Tcp(SocketAddr),
-    /// A Unix-domain socket path (`unix:/run/gatehouse.sock`).
-    Unix(PathBuf),
-}
-
-impl std::fmt::Display for ListenAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ListenAddr::Tcp(addr) => write!(f, "{addr}"),
-            ListenAddr::Unix(path) => write!(f, "unix:{}", path.display()),
-        }
-    }
 }
 
 /// `[server.limits]`: what one client may ask of the server.
@@ -145,18 +125,6 @@ pub struct LogConfig {
     /// Lines the access log and the diagnostics each hold while their output is stalled; past it
     /// lines are dropped (and counted) rather than an event loop blocked.
     pub buffer_lines: usize,
-}
-
-/// Access-log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AccessLogFormat {
-    /// Nginx's `combined` format plus request time and target.
-    Combined,
-    /// One JSON object per line.
-    Json,
-    /// No access log.
-    Off,
 }
 
 /// A named target: where a routed request is finally answered.

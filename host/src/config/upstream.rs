@@ -4,12 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
 use toml::Spanned;
 
 use super::errors::{ConfigError, Doc};
 use super::raw::RawTarget;
-use super::types::TargetConfig;
 use super::units::Seconds;
 
 /// An upstream target, validated.
@@ -130,17 +128,6 @@ pub struct HealthCheck {
     pub passes: u32,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawHealthCheck {
-    path: Option<String>,
-    interval: Option<Seconds>,
-    timeout: Option<Seconds>,
-    expect: Option<String>,
-    fails: Option<u32>,
-    passes: Option<u32>,
-}
-
 impl RawTarget {
     /// The upstream-only settings this target sets.
     pub(super) fn upstream_settings_used(&self) -> Vec<&'static str> {
@@ -177,7 +164,7 @@ impl RawTarget {
         doc: &Doc<'_>,
         base: &Path,
         errors: &mut Vec<ConfigError>,
-    ) -> Option<TargetConfig> {
+    ) -> Option<UpstreamConfig> {
         let before = errors.len();
         let mut misplaced = self.wsgi_settings_used();
         let statics = self.static_settings().into_iter();
@@ -332,7 +319,7 @@ impl RawTarget {
         } else {
             self.max_fails.unwrap_or(3)
         };
-        Some(TargetConfig::Upstream(UpstreamConfig {
+        Some(UpstreamConfig {
             servers,
             balance: balance?,
             connect_timeout: secs(&self.connect_timeout, 5),
@@ -352,7 +339,7 @@ impl RawTarget {
             http2: self.http2.unwrap_or(false),
             tls_ca,
             tls_verify: self.tls_verify.unwrap_or(true),
-        }))
+        })
     }
 }
 
