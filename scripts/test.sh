@@ -39,6 +39,10 @@ rustup target add wasm32-wasip2
 # coverage-guided; a crash fails the run and saves its input in fuzz/artifacts/).
 scripts/fuzz.sh 20
 
+# The in-process plugin benchmark (bench/plugins.sh) is behind a feature: checked here so that it
+# keeps compiling.
+cargo check --locked --quiet -p gatehouse --features bench --benches
+
 # The black-box tests run the binary cargo builds here.
 cargo build --locked -p gatehouse
 cargo test --locked --workspace

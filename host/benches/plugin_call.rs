@@ -11,7 +11,7 @@ use std::sync::Arc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use gatehouse::bench::{
     Chain, Exchange, Isolation, MEMORY_LIMIT, Metrics, OnError, PluginConfig, PluginSource,
-    Progress, SharedStore, TIME_LIMIT,
+    Progress, SharedStore, StoreErrors, TIME_LIMIT,
 };
 
 fn plugin(name: &str, source: PluginSource, config_json: &str) -> PluginConfig {
@@ -22,6 +22,7 @@ fn plugin(name: &str, source: PluginSource, config_json: &str) -> PluginConfig {
         time_limit: TIME_LIMIT,
         memory_limit: MEMORY_LIMIT,
         on_error: OnError::Fail,
+        store_errors: StoreErrors::Open,
         isolation: Isolation::Pooled,
         hosts: Vec::new(),
         paths: Vec::new(),

@@ -74,7 +74,7 @@ pub mod fuzzing {
 #[doc(hidden)]
 pub mod bench {
     pub use crate::body::Body;
-    pub use crate::config::{Isolation, OnError, PluginConfig, PluginSource};
+    pub use crate::config::{Isolation, OnError, PluginConfig, PluginSource, StoreErrors};
     pub use crate::metrics::Metrics;
     pub use crate::plugin::{Chain, Exchange, Progress};
     pub use crate::sandbox::{MEMORY_LIMIT, TIME_LIMIT};

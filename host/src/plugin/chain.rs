@@ -122,7 +122,7 @@ impl Chain {
     }
 
     /// How many plugins the chain has.
-    pub fn len(&self) -> usize {
+    pub fn plugin_count(&self) -> usize {
         self.plugins.len()
     }
 
