@@ -56,7 +56,10 @@ fn answer<B>(req: &Request<B>, gateway: &Gateway) -> Response<Full<Bytes>> {
                 };
                 report.push_str(&format!("{name}: {mark} ({what})\n"));
             }
-            report.push_str(&format!("plugins: ok ({} loaded)\n", gateway.plugins.plugin_count()));
+            report.push_str(&format!(
+                "plugins: ok ({} loaded)\n",
+                gateway.plugins.plugin_count()
+            ));
             let status = if ready {
                 StatusCode::OK
             } else {

@@ -601,6 +601,45 @@ fn stall_check(stalled: Duration, send: Duration, file_moved: impl FnOnce() -> b
     }
 }
 
+/// What the timers decide for a connection with no stalled response.
+#[derive(Debug, PartialEq, Eq)]
+enum Idle {
+    /// Idle past keep-alive: close gracefully.
+    Drain,
+    /// Idle long enough after a response to park (HTTP/1.1).
+    Park,
+    /// Look again after this long.
+    LookIn(Duration),
+}
+
+/// The keep-alive and park checks: `idle` is how long the connection has had nothing in flight
+/// (`None`: a request runs), `parking` whether it may park, `has_served` whether it has answered a
+/// request.
+fn idle_check(
+    idle: Option<Duration>,
+    parking: bool,
+    has_served: bool,
+    keepalive: Duration,
+    send: Duration,
+) -> Idle {
+    match idle {
+        Some(idle) if idle >= keepalive => Idle::Drain,
+        Some(idle) if parking && idle >= PARK_AFTER && has_served => Idle::Park,
+        // It parks PARK_AFTER after its last response. One that has answered nothing yet (its
+        // first head still coming, say a line a second) is looked at every PARK_AFTER, as while a
+        // request runs, not in a loop of short sleeps.
+        Some(idle) if parking => {
+            let left = PARK_AFTER.saturating_sub(idle);
+            let next = if left.is_zero() { PARK_AFTER } else { left };
+            Idle::LookIn(next.min(keepalive - idle))
+        }
+        Some(idle) => Idle::LookIn((keepalive - idle).min(send)),
+        // A request runs: look again when a stall or the end of it could be noticed.
+        None if parking => Idle::LookIn(PARK_AFTER),
+        None => Idle::LookIn(keepalive.min(send)),
+    }
+}
+
 /// Why the timers woke a connection.
 enum Tick {
     /// Go on.
@@ -647,29 +686,12 @@ impl Conn {
                 Stall::Stalled => Tick::Stalled,
             };
         }
-        match self.activity().idle_for(now) {
-            Some(idle) if idle >= keepalive => Tick::Drain,
-            Some(idle) if parking && idle >= PARK_AFTER && self.activity().has_served() => {
-                Tick::Park
-            }
-            Some(idle) => {
-                let next = if parking {
-                    PARK_AFTER
-                        .saturating_sub(idle)
-                        .max(Duration::from_millis(10))
-                } else {
-                    (keepalive - idle).min(send)
-                };
-                timer.reset(now + next);
-                Tick::Wait
-            }
-            // A request runs: look again when a stall or the end of it could be noticed.
-            None => {
-                let next = if parking {
-                    PARK_AFTER
-                } else {
-                    keepalive.min(send)
-                };
+        let activity = self.activity();
+        let idle = activity.idle_for(now);
+        match idle_check(idle, parking, activity.has_served(), keepalive, send) {
+            Idle::Drain => Tick::Drain,
+            Idle::Park => Tick::Park,
+            Idle::LookIn(next) => {
                 timer.reset(now + next);
                 Tick::Wait
             }
@@ -811,6 +833,30 @@ where
 #[cfg(test)]
 mod stall_tests {
     use super::*;
+
+    #[test]
+    fn a_connection_is_looked_at_by_the_keepalive_and_park_deadlines_not_in_a_busy_loop() {
+        let (keepalive, send) = (Duration::from_secs(75), Duration::from_secs(60));
+        let ms = Duration::from_millis;
+        let check = |idle, parking, served| idle_check(idle, parking, served, keepalive, send);
+        assert_eq!(check(Some(keepalive), true, true), Idle::Drain);
+        assert_eq!(check(Some(PARK_AFTER), true, true), Idle::Park);
+        assert_eq!(
+            check(Some(ms(100)), true, true),
+            Idle::LookIn(PARK_AFTER - ms(100))
+        );
+        // Its first head still coming, a line a second: not parked (it has nothing to hand back
+        // but a half head), and not woken every few milliseconds either.
+        assert_eq!(check(Some(ms(3000)), true, false), Idle::LookIn(PARK_AFTER));
+        assert_eq!(
+            check(Some(keepalive - ms(100)), true, false),
+            Idle::LookIn(ms(100)),
+            "nor past its keep-alive"
+        );
+        assert_eq!(check(None, true, true), Idle::LookIn(PARK_AFTER));
+        assert_eq!(check(Some(ms(1000)), false, true), Idle::LookIn(send));
+        assert_eq!(check(None, false, true), Idle::LookIn(send));
+    }
 
     #[test]
     fn a_body_unpolled_past_send_timeout_has_stalled_unless_a_file_moved() {
