@@ -484,6 +484,69 @@ fn a_client_that_stops_reading_is_cut_after_send_timeout() {
     assert!(rest.bytes.len() < 32 << 20, "{} bytes", rest.bytes.len());
 }
 
+/// Bytes the kernel holds unsent or unacknowledged on the server's side of the connection from
+/// `client` to `server` (`tx_queue` in /proc/net/tcp), once it stops growing.
+fn server_send_queue(server: std::net::SocketAddr, client: std::net::SocketAddr) -> u64 {
+    let key = |a: std::net::SocketAddr| format!(":{:04X}", a.port());
+    let (local, remote) = (key(server), key(client));
+    let read = || -> Option<u64> {
+        let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+        table.lines().skip(1).find_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (f.get(1)?.ends_with(&local) && f.get(2)?.ends_with(&remote))
+                .then(|| u64::from_str_radix(f.get(4)?.split(':').next()?, 16).ok())
+                .flatten()
+        })
+    };
+    let mut last = None;
+    for _ in 0..40 {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = read();
+        if now.is_some() && now == last {
+            return now.unwrap_or(0);
+        }
+        last = now;
+    }
+    last.expect("the server's socket in /proc/net/tcp")
+}
+
+/// A client that asks for a large file with a 4 KiB receive buffer and reads nothing.
+fn queued_for_a_client_that_never_reads(extra_limits: &str) -> u64 {
+    let dir = site(&[("big.bin", &vec![7u8; 8 << 20])]);
+    let gh = Gatehouse::start(dir.path(), &static_config("", &limits(extra_limits)));
+    let server = gh.addr();
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    socket.connect(&server.into()).expect("connect");
+    let mut stalled: TcpStream = socket.into();
+    stalled
+        .write_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let client = stalled.local_addr().expect("client address");
+    server_send_queue(server, client)
+}
+
+#[test]
+fn a_client_that_never_reads_pins_at_most_send_queue_of_kernel_memory() {
+    let bounded = queued_for_a_client_that_never_reads("");
+    assert!(
+        bounded <= (512 + 128) << 10,
+        "{bounded} bytes queued with the default send_queue (512 KiB)"
+    );
+    let small = queued_for_a_client_that_never_reads("send_queue = \"64KiB\"");
+    assert!(
+        small <= 192 << 10,
+        "{small} bytes queued with send_queue = 64KiB"
+    );
+    // Left to the kernel, the socket queues up to its autotuned send buffer.
+    let unbounded = queued_for_a_client_that_never_reads("send_queue = 0");
+    assert!(
+        unbounded > 1 << 20,
+        "only {unbounded} bytes queued with send_queue = 0"
+    );
+}
+
 /// An HTTP/2 client (h2 crate, prior knowledge) that never opens its flow-control window: the
 /// server can send headers but no data.
 #[test]

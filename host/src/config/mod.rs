@@ -211,6 +211,23 @@ mount = "/static/"
     }
 
     #[test]
+    fn send_queue_is_bytes_below_4_gib_and_0_leaves_it_to_the_kernel() {
+        let with = |v: &str| {
+            format!(
+                "[server]\nlisten = [\"127.0.0.1:0\"]\n[server.limits]\nsend_queue = {v}\n[targets.a]\nstatic = \".\"\n"
+            )
+        };
+        let config: Config = with("\"64KiB\"").parse().expect("valid");
+        assert_eq!(config.server.limits.send_queue, 64 << 10);
+        let config: Config = with("0").parse().expect("valid");
+        assert_eq!(config.server.limits.send_queue, 0);
+        let e = errors(&with("\"5GiB\""));
+        assert_eq!((e.len(), e[0].line), (1, 4));
+        assert_eq!(e[0].key, "server.limits.send_queue");
+        assert!(e[0].message.contains("below 4 GiB"), "{}", e[0].message);
+    }
+
+    #[test]
     fn unknown_key_names_line_and_path() {
         let e = errors(
             "[server]\nlisten = [\"127.0.0.1:0\"]\n[server.limits]\nmax_body = \"1MiB\"\n[targets.a]\nstatic = \".\"\n",

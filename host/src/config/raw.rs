@@ -65,6 +65,7 @@ pub(super) struct RawLimits {
     pub(super) body_spool_budget: Option<Bytes>,
     pub(super) max_connections: Option<Spanned<u32>>,
     pub(super) max_concurrent_streams: Option<Spanned<u32>>,
+    pub(super) send_queue: Option<Spanned<Bytes>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -291,6 +291,17 @@ impl RawLimits {
                 "server.limits.max_concurrent_streams",
                 d.max_concurrent_streams,
             ),
+            send_queue: match &self.send_queue {
+                Some(v) => u32::try_from(v.get_ref().0).unwrap_or_else(|_| {
+                    errors.push(doc.error(
+                        v.span(),
+                        "server.limits.send_queue",
+                        "must be below 4 GiB",
+                    ));
+                    d.send_queue
+                }),
+                None => d.send_queue,
+            },
         }
     }
 }

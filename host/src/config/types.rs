@@ -86,6 +86,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// Most concurrent HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
+    /// Bytes of response data a client's TCP socket may hold not yet sent (`TCP_NOTSENT_LOWAT`;
+    /// 0: the kernel's own bound, its autotuned send buffer).
+    pub send_queue: u32,
 }
 
 impl Default for Limits {
@@ -109,6 +112,10 @@ impl Default for Limits {
             body_spool_budget: 4 << 30,
             max_connections: 10_000,
             max_concurrent_streams: 128,
+            // Left to the kernel, a client that reads slowly can pin its whole autotuned send
+            // buffer (4 MiB on loopback, tcp_wmem's maximum); 512 KiB still lets sendfile move a
+            // 1 MiB file in two calls.
+            send_queue: 512 << 10,
         }
     }
 }

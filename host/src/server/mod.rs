@@ -526,6 +526,13 @@ impl AcceptLoop {
             match accepted {
                 Ok(Accepted::Tcp(stream, client)) => {
                     let _ = stream.set_nodelay(true);
+                    let send_queue = self.gateway.load().limits.send_queue;
+                    if send_queue > 0 {
+                        // Bounds what a client that reads slowly pins in the kernel: without it
+                        // the socket queues up to its autotuned buffer, and a thousand such
+                        // clients can push every connection into TCP memory pressure.
+                        let _ = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(send_queue);
+                    }
                     let local = stream.local_addr().ok();
                     self.spawn_connection(stream, Some(client), local, permit);
                 }
