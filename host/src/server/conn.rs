@@ -601,6 +601,9 @@ fn stall_check(stalled: Duration, send: Duration, file_moved: impl FnOnce() -> b
     }
 }
 
+/// The shortest wait between two looks, so that a timeout set to 0 cannot make a loop.
+const MIN_LOOK: Duration = Duration::from_millis(100);
+
 /// What the timers decide for a connection with no stalled response.
 #[derive(Debug, PartialEq, Eq)]
 enum Idle {
@@ -633,10 +636,10 @@ fn idle_check(
             let next = if left.is_zero() { PARK_AFTER } else { left };
             Idle::LookIn(next.min(keepalive - idle))
         }
-        Some(idle) => Idle::LookIn((keepalive - idle).min(send)),
+        Some(idle) => Idle::LookIn((keepalive - idle).min(send).max(MIN_LOOK)),
         // A request runs: look again when a stall or the end of it could be noticed.
         None if parking => Idle::LookIn(PARK_AFTER),
-        None => Idle::LookIn(keepalive.min(send)),
+        None => Idle::LookIn(keepalive.min(send).max(MIN_LOOK)),
     }
 }
 
@@ -689,7 +692,13 @@ impl Conn {
         let activity = self.activity();
         let idle = activity.idle_for(now);
         match idle_check(idle, parking, activity.has_served(), keepalive, send) {
-            Idle::Drain => Tick::Drain,
+            Idle::Drain => {
+                // A graceful close may wait on the client (HTTP/2's GOAWAY and PING): it has
+                // send_timeout, then the connection is dropped, and the timer is not left expired
+                // (which would wake this task in a loop).
+                timer.reset(now + send);
+                Tick::Drain
+            }
             Idle::Park => Tick::Park,
             Idle::LookIn(next) => {
                 timer.reset(now + next);
@@ -729,6 +738,10 @@ impl Conn {
                         draining = true;
                         hyper.as_mut().graceful();
                     }
+                    Tick::Drain => {
+                        tracing::debug!("still open send_timeout after a graceful close: connection closed");
+                        return;
+                    }
                     _ => {}
                 },
             }
@@ -767,6 +780,10 @@ impl Conn {
                     Tick::Drain if !draining => {
                         draining = true;
                         std::pin::Pin::new(&mut hyper).graceful_shutdown();
+                    }
+                    Tick::Drain => {
+                        tracing::debug!("still open send_timeout after a graceful close: connection closed");
+                        return Cycle::Done;
                     }
                     Tick::Park => {
                         parking = true;
@@ -856,6 +873,9 @@ mod stall_tests {
         assert_eq!(check(None, true, true), Idle::LookIn(PARK_AFTER));
         assert_eq!(check(Some(ms(1000)), false, true), Idle::LookIn(send));
         assert_eq!(check(None, false, true), Idle::LookIn(send));
+        // keepalive_timeout = 0 (nginx's way to turn keep-alive off): no zero-length sleeps.
+        let zero = idle_check(None, false, true, Duration::ZERO, send);
+        assert_eq!(zero, Idle::LookIn(MIN_LOOK));
     }
 
     #[test]
