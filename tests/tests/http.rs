@@ -502,7 +502,9 @@ fn server_send_queue(server: std::net::SocketAddr, client: std::net::SocketAddr)
     for _ in 0..40 {
         std::thread::sleep(Duration::from_millis(100));
         let now = read();
-        if now.is_some() && now == last {
+        // Two equal readings of a queue the server has begun to fill: 0 would be a socket it has
+        // not written to yet, which proves nothing.
+        if now.is_some_and(|n| n > 0) && now == last {
             return now.unwrap_or(0);
         }
         last = now;
