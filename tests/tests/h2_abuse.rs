@@ -161,3 +161,53 @@ fn a_settings_flood_from_a_client_that_reads_nothing_stays_bounded() {
     drop(s);
     still_serving(&gh);
 }
+
+/// CPU time (user + system) the process has used so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // The fields after the command (which may hold spaces) start after its closing parenthesis.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the state.
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+#[test]
+fn a_client_that_never_answers_the_closing_ping_is_dropped_without_spinning() {
+    // A keep-alive close of an HTTP/2 connection sends GOAWAY and a PING, and waits for the PING's
+    // answer. A client that never gives it must neither hold the connection for ever nor keep the
+    // connection's task awake in a loop meanwhile.
+    let dir = site(&[("index.html", b"hello")]);
+    let gh = Gatehouse::start(
+        dir.path(),
+        &static_config(
+            "",
+            "[server.limits]\nkeepalive_timeout = \"1s\"\nsend_timeout = \"2s\"",
+        ),
+    );
+    let mut s = TcpStream::connect(gh.addr()).expect("connect");
+    s.write_all(PREFACE).expect("preface");
+    s.write_all(&frame(SETTINGS, 0, 0, &[])).expect("settings");
+    s.write_all(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &get_block()))
+        .expect("request");
+    let before = cpu_ticks(gh.pid());
+    let started = Instant::now();
+    // Reads everything (the response, GOAWAY, the PING) and answers nothing.
+    let closed = drain_until_closed(&mut s, Duration::from_secs(10));
+    let waited = started.elapsed();
+    assert!(closed, "the connection was still open after {waited:?}");
+    // The close is graceful: the client has send_timeout to answer after keepalive_timeout.
+    assert!(
+        waited >= Duration::from_millis(2800),
+        "closed after {waited:?}, before keepalive_timeout + send_timeout"
+    );
+    let used = cpu_ticks(gh.pid()) - before;
+    // A task woken in a loop for the whole wait would use about as many ticks as the wait has
+    // (100 a second); a parked one, next to none.
+    let budget = (waited.as_millis() / 10 / 4) as u64;
+    assert!(
+        used <= budget,
+        "{used} clock ticks of CPU in {waited:?} for one waiting client"
+    );
+    still_serving(&gh);
+}

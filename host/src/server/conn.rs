@@ -601,6 +601,9 @@ fn stall_check(stalled: Duration, send: Duration, file_moved: impl FnOnce() -> b
     }
 }
 
+/// Logged when a graceful close has waited `send_timeout` on the client and gives up.
+const GRACE_OVER: &str = "still open send_timeout after a graceful close: connection closed";
+
 /// The shortest wait between two looks, so that a timeout set to 0 cannot make a loop.
 const MIN_LOOK: Duration = Duration::from_millis(100);
 
@@ -739,7 +742,7 @@ impl Conn {
                         hyper.as_mut().graceful();
                     }
                     Tick::Drain => {
-                        tracing::debug!("still open send_timeout after a graceful close: connection closed");
+                        tracing::debug!("{GRACE_OVER}");
                         return;
                     }
                     _ => {}
@@ -782,7 +785,7 @@ impl Conn {
                         std::pin::Pin::new(&mut hyper).graceful_shutdown();
                     }
                     Tick::Drain => {
-                        tracing::debug!("still open send_timeout after a graceful close: connection closed");
+                        tracing::debug!("{GRACE_OVER}");
                         return Cycle::Done;
                     }
                     Tick::Park => {
