@@ -211,7 +211,7 @@ mount = "/static/"
     }
 
     #[test]
-    fn send_queue_is_bytes_below_4_gib_and_0_leaves_it_to_the_kernel() {
+    fn send_queue_is_0_for_the_kernel_or_16_kib_to_4_gib() {
         let with = |v: &str| {
             format!(
                 "[server]\nlisten = [\"127.0.0.1:0\"]\n[server.limits]\nsend_queue = {v}\n[targets.a]\nstatic = \".\"\n"
@@ -225,6 +225,11 @@ mount = "/static/"
         assert_eq!((e.len(), e[0].line), (1, 4));
         assert_eq!(e[0].key, "server.limits.send_queue");
         assert!(e[0].message.contains("below 4 GiB"), "{}", e[0].message);
+        let e = errors(&with("\"1KiB\""));
+        assert_eq!(e[0].key, "server.limits.send_queue");
+        assert!(e[0].message.contains("at least 16 KiB"), "{}", e[0].message);
+        let config: Config = with("\"16KiB\"").parse().expect("valid");
+        assert_eq!(config.server.limits.send_queue, 16 << 10);
     }
 
     #[test]

@@ -13,6 +13,10 @@ use super::trusted::{Forwarding, Trusted};
 use super::types::{Config, Limits, LogConfig, ServerConfig, TargetConfig};
 use super::units::Bytes;
 
+/// The smallest `server.limits.send_queue` besides 0: below it a response wakes its connection
+/// every few kilobytes.
+const MIN_SEND_QUEUE: u32 = 16 << 10;
+
 /// The default `plugin_cache_dir`: `$XDG_CACHE_HOME/gatehouse` or `~/.cache/gatehouse`.
 pub(super) fn default_plugin_cache_dir() -> Option<PathBuf> {
     std::env::var_os("XDG_CACHE_HOME")
@@ -292,14 +296,26 @@ impl RawLimits {
                 d.max_concurrent_streams,
             ),
             send_queue: match &self.send_queue {
-                Some(v) => u32::try_from(v.get_ref().0).unwrap_or_else(|_| {
-                    errors.push(doc.error(
-                        v.span(),
-                        "server.limits.send_queue",
-                        "must be below 4 GiB",
-                    ));
-                    d.send_queue
-                }),
+                Some(v) => match u32::try_from(v.get_ref().0) {
+                    Ok(n) if n == 0 || n >= MIN_SEND_QUEUE => n,
+                    Ok(_) => {
+                        errors.push(doc.error(
+                            v.span(),
+                            "server.limits.send_queue",
+                            "must be 0 (the kernel's) or at least 16 KiB: below that a response \
+                             wakes its connection every few kilobytes",
+                        ));
+                        d.send_queue
+                    }
+                    Err(_) => {
+                        errors.push(doc.error(
+                            v.span(),
+                            "server.limits.send_queue",
+                            "must be below 4 GiB",
+                        ));
+                        d.send_queue
+                    }
+                },
                 None => d.send_queue,
             },
         }
