@@ -34,6 +34,7 @@ pub fn build(packages: &[&str], target_dir: &Path) -> Vec<(String, PathBuf)> {
         "sdk/Cargo.toml",
         "sdk/src",
         "units",
+        "rate",
         "wit",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(path).display());

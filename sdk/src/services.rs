@@ -48,10 +48,61 @@ pub mod kv {
 }
 
 /// Rate limits by the generic cell rate algorithm (GCRA), kept in the store: exact across every
-/// thread of the server (and, with a Redis store, every instance), one host call per request.
+/// thread of the server (and, with a Redis store, every instance): a [`rate::Rule`] the host
+/// applies with no call into the plugin ([`rate::enforce`]), or one host call per request
+/// ([`rate::take`]) for a limit a rule cannot say.
 pub mod rate {
     use super::backend;
     use std::time::Duration;
+
+    pub use gatehouse_rate::{Fields, KeyPart, REFUSAL_TYPE, Rule};
+
+    /// Hands `rule` to the host; only from [`Filter::new`](crate::Filter::new). The host then
+    /// applies it to every request the plugin applies to, before the plugin's `on_request` (if it
+    /// has one) and with no call into the plugin: it joins the key's parts, takes from that key
+    /// as [`take`] would, and either answers the refusal (`status`, `Retry-After`, the fields) or
+    /// lets the request go on with the `RateLimit-Policy` and `RateLimit` fields set for its
+    /// response. A call into a plugin costs more than the whole limit, so a plugin that only
+    /// limits needs no `on_request` at all. The error says why the host cannot apply the rule.
+    /// The test harness applies it the same way in [`crate::testing::on_request`].
+    pub fn enforce(rule: Rule) -> Result<(), String> {
+        rule.check()?;
+        hand_over(rule)
+    }
+
+    #[cfg(target_arch = "wasm32")]
+    fn hand_over(rule: Rule) -> Result<(), String> {
+        use backend::KeyPart as Part;
+        let key: Vec<Part<'_>> = rule
+            .key
+            .iter()
+            .map(|part| match part {
+                KeyPart::ClientIp => Part::ClientIp,
+                KeyPart::Host => Part::Host,
+                KeyPart::Method => Part::Method,
+                KeyPart::Path => Part::Path,
+                KeyPart::PathSegments(n) => Part::PathSegments(*n),
+                KeyPart::Header(name) => Part::Header(name),
+            })
+            .collect();
+        backend::enforce_rate_rule(backend::RateRule {
+            key: &key,
+            interval_ns: rule.interval_ns,
+            tolerance_ns: rule.tolerance_ns,
+            status: rule.status,
+            fields: rule.fields.as_ref().map(|f| backend::RateFields {
+                name: &f.name,
+                policy: &f.policy,
+            }),
+            limited_metric: rule.limited_metric.as_deref(),
+        })
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    fn hand_over(rule: Rule) -> Result<(), String> {
+        backend::enforce_rate_rule(rule);
+        Ok(())
+    }
 
     /// What [`take`] decided.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -34,6 +34,7 @@ fn serve(plugins: &str, files: &[(&str, &str)]) -> (tempfile::TempDir, Gatehouse
     }
     let config = format!(
         "[server]\nlisten = [\"127.0.0.1:0\"]\nthreads = 2\ndefault_target = \"site\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\
          [targets.site]\nstatic = \"site\"\n\
          [targets.app]\nwsgi = \"echo:app\"\nchdir = \"{}\"\nworkers = 1\n{plugins}",
         dir.path().display()
@@ -113,6 +114,38 @@ fn rate_limit_is_exact_across_event_loops_and_says_when_to_retry() {
         header(&r, "ratelimit")
             .expect("ratelimit")
             .starts_with("\"site\";r=0;")
+    );
+    assert_eq!(
+        header(&r, "content-type").as_deref(),
+        Some("text/plain; charset=utf-8")
+    );
+    assert_eq!(r.text().expect("body"), "429 Too Many Requests\n");
+    // The host applied the plugin's rule: the plugin was never called for a request, and its
+    // counter of refusals counted each one.
+    let metrics = client()
+        .get(format!("http://{}/metrics", gh.addrs[1]))
+        .send()
+        .expect("metrics")
+        .text()
+        .expect("text");
+    let value = |series: &str| {
+        metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(series)?
+                    .strip_prefix(' ')?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("{series} in\n{metrics}"))
+    };
+    assert_eq!(
+        value("gatehouse_plugin_calls_total{plugin=\"rate-limit\",hook=\"on-request\"}"),
+        0.0
+    );
+    assert_eq!(
+        value("gatehouse_plugin_total{plugin=\"rate-limit\",name=\"limited\"}"),
+        15.0
     );
 }
 

@@ -9,6 +9,7 @@ use http::{HeaderValue, Response, StatusCode};
 
 use super::exchange::Exchange;
 use super::instance::{Failure, Hook, Plugin};
+use super::limit::Limit;
 use super::{LoadError, host_impl, wit};
 use crate::body::Body;
 use crate::config::PluginConfig;
@@ -49,6 +50,9 @@ pub struct Progress {
     pub(super) route: Option<Route>,
     /// How many times the request has waited (`request.wait-for`).
     pub(super) waits: u8,
+    /// The plugins whose rate rule has taken from this request (a plugin that waits is called
+    /// again, its rule is not applied again).
+    pub(super) limited: Ran,
 }
 
 /// What the chain decided for a request.
@@ -150,6 +154,19 @@ impl Chain {
                 return Ok(Decision::ReadBody);
             }
             progress.next += 1;
+            // The plugin's rate rule, applied by the host (once: not again after a wait).
+            if let Some(limit) = &plugin.limit
+                && !progress.limited.has(i)
+            {
+                progress.limited.set(i);
+                match limit.apply(ex, &plugin.info)? {
+                    Limit::Pass(mut fields) => ex.stage_response_fields(i, &mut fields),
+                    Limit::Refuse(response) => {
+                        progress.ran.set(i);
+                        return Ok(Decision::Respond(response));
+                    }
+                }
+            }
             if !plugin.caps.contains(wit::Capabilities::ON_REQUEST) {
                 progress.ran.set(i);
                 continue;

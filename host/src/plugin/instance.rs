@@ -10,6 +10,7 @@ use wasmtime::{Store, StoreLimitsBuilder};
 use super::answers::Answers;
 use super::exchange::Exchange;
 use super::host_impl::{HostState, PluginInfo};
+use super::limit::RateLimit;
 use super::{bindings, cache, runtime, wasi, wit};
 use crate::builtin;
 use crate::config::{Isolation, OnError, PluginConfig, PluginSource};
@@ -56,6 +57,8 @@ pub(super) struct Plugin {
     pub(super) pool: ThreadLocal<RefCell<Vec<Instance>>>,
     /// The hooks it has and what it needs, as its `init` said.
     pub(super) caps: wit::Capabilities,
+    /// The rate rule its `init` handed the host, applied before its `on-request`.
+    pub(super) limit: Option<RateLimit>,
     /// What its calls count into.
     calls: PluginCallMetrics,
 }
@@ -110,12 +113,17 @@ impl Plugin {
             ticks: sandbox::deadline_ticks(config.time_limit),
             pool: ThreadLocal::new(),
             caps: wit::Capabilities::empty(),
+            limit: None,
             calls: metrics.plugin_calls(&config.name),
         };
         // A first instance proves the config is good and tells what the plugin needs; it is not
         // kept, since instances live on the event-loop threads that use them.
-        let (_, caps) = plugin.instantiate()?;
+        let (mut first, caps) = plugin.instantiate()?;
         plugin.caps = caps;
+        // Every instance's `init` hands over the same rule; the first one's is kept.
+        if let Some(rule) = first.store.data_mut().rate_rule.take() {
+            plugin.limit = Some(RateLimit::new(rule, &plugin.info)?);
+        }
         Ok(plugin)
     }
 

@@ -15,6 +15,7 @@ mod engine;
 mod exchange;
 mod host_impl;
 mod instance;
+mod limit;
 mod wasi;
 
 use std::sync::OnceLock;

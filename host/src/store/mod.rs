@@ -17,6 +17,8 @@ pub use waits::{Waiter, Waits};
 
 use crate::config::{StoreBackend, StoreConfig};
 
+pub use gatehouse_rate::{Rate, gcra};
+
 /// The store could not be reached (a remote backend down or too slow); nothing was done.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("the shared store is unavailable")]
@@ -102,7 +104,7 @@ impl SharedStore {
         }
     }
 
-    /// GCRA on `key` ([`gcra`]), atomic across event loops and, with Redis, instances (one
+    /// GCRA on `key` ([`gcra`], from `gatehouse-rate`), atomic across event loops and, with Redis, instances (one
     /// script there, by Redis's clock).
     pub fn rate_take(&self, key: &str, interval: u64, tolerance: u64) -> Result<Rate, Unavailable> {
         match &self.backend {
@@ -170,34 +172,6 @@ impl SharedStore {
             Backend::Memory(m) => Ok(m.counter_get(name, window)),
             Backend::Redis(r) => r.counter_get(name, window),
         }
-    }
-}
-
-/// What the generic cell rate algorithm decided for one request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rate {
-    /// Counted: the theoretical arrival time is now this many nanoseconds ahead.
-    Allowed(u64),
-    /// Refused, not counted: a request would pass in this many nanoseconds.
-    Limited(u64),
-}
-
-/// GCRA (the generic cell rate algorithm): with the key's theoretical arrival time `stored` (ns
-/// since the epoch, absent for a new key), a request at `now` passes if that time moved on by
-/// `interval` is at most `interval + tolerance` ahead of now; then the new time to store. By hand:
-/// `governor` keeps its state in its own memory, where this one lives in the shared store (and
-/// with it, in Redis).
-pub fn gcra(stored: Option<u64>, now: u64, interval: u64, tolerance: u64) -> (Rate, Option<u64>) {
-    let room = interval.saturating_add(tolerance);
-    // A stored time further ahead than any take leaves it is from a clock that has since gone
-    // back: count from the furthest a take can leave, not from the jump.
-    let tat = stored.unwrap_or(now).clamp(now, now.saturating_add(room));
-    let new_tat = tat.saturating_add(interval);
-    let ahead = new_tat - now;
-    if ahead > room {
-        (Rate::Limited(ahead - room), None)
-    } else {
-        (Rate::Allowed(ahead), Some(new_tat))
     }
 }
 

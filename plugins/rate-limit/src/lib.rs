@@ -15,22 +15,23 @@
 //! ```
 //!
 //! One GCRA state per key: the theoretical arrival time of the next request, kept in the host's
-//! store and moved by the host's `rate-take` in one call (atomically under the store's lock, or by
-//! compare-and-swap in Redis), so the limit is exact across every event loop of the process (and
-//! across instances once the store is shared). The `RateLimit` fields are set for the response
-//! from `on-request`: the plugin is called once per request. A request over the limit gets 429
-//! with `Retry-After` before any body is read. Each key's state expires when its bucket is full
-//! again, and the store's byte budget (least recently used first) bounds the key space whatever
-//! clients send.
+//! store. The plugin hands the host a rule (`rate::enforce`) when it starts, and the host applies
+//! it to every request with no call into the plugin: it builds the key, moves the key's state in
+//! one take (atomically under the store's lock, or by one script in Redis), so the limit is exact
+//! across every event loop of the process (and across instances once the store is shared), and
+//! sets the `RateLimit` fields or answers the refusal (429 with `Retry-After`, before any body is
+//! read). Each key's state expires when its bucket is full again, and the store's byte budget
+//! (least recently used first) bounds the key space whatever clients send.
 //!
-//! Why GCRA rather than a crate: `governor` keeps its state in process memory; the point here is
-//! that the state lives in the host's store, shared by every loop and instance, so the few lines
-//! of the algorithm are written against it (in the host: `store::gcra`).
+//! Why the host applies it: a call into the plugin for each request cost more than the whole
+//! limit (`bench/results/profile.md`). The rule's wording (key, fields, refusal) is the
+//! `gatehouse-rate` crate's, which the SDK's test harness applies the same way, so the tests
+//! below exercise what the host does.
 
 use std::time::Duration;
 
-use gatehouse_sdk::rate::{self, Rate};
-use gatehouse_sdk::{Action, Filter, Hook, LocalResponse, Request, metrics, units};
+use gatehouse_sdk::rate::{self, Fields, KeyPart, Rule};
+use gatehouse_sdk::{Filter, Hook, units};
 use serde::Deserialize;
 
 /// The plugin's `config` table.
@@ -47,200 +48,72 @@ pub struct Config {
     status: Option<u16>,
 }
 
-/// One part of a key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Part {
-    Ip,
-    Host,
-    Method,
-    Path,
-    PathSegments(usize),
-    Header(String),
-}
-
-/// The limiter.
+/// The limiter: the rule lives in the host.
 #[derive(Debug)]
-pub struct RateLimit {
-    /// Nanoseconds between requests at the steady rate.
-    interval_ns: u64,
-    /// How far ahead of now the theoretical arrival time may run (the burst).
-    tolerance_ns: u64,
-    /// `RateLimit-Policy`.
-    policy: String,
-    key: Vec<Part>,
-    name: String,
-    headers: bool,
-    status: u16,
-}
-
-fn part(text: &str) -> Result<Part, String> {
-    Ok(match text {
-        "ip" => Part::Ip,
-        "host" => Part::Host,
-        "method" => Part::Method,
-        "path" => Part::Path,
-        other => {
-            if let Some(n) = other.strip_prefix("path:") {
-                let n: usize = n
-                    .parse()
-                    .map_err(|_| format!("key part {other:?}: expected path:N, N a number"))?;
-                Part::PathSegments(n)
-            } else if let Some(name) = other.strip_prefix("header:") {
-                if name.is_empty() {
-                    return Err("key part \"header:\" needs a header name".into());
-                }
-                Part::Header(name.to_ascii_lowercase())
-            } else {
-                return Err(format!(
-                    "unknown key part {other:?}: expected ip, host, method, path, path:N or header:NAME"
-                ));
-            }
-        }
-    })
-}
+pub struct RateLimit;
 
 impl Filter for RateLimit {
     type Config = Config;
-    // The `RateLimit` fields are set for the response in `on-request`: no call on the response.
-    const HOOKS: &'static [Hook] = &[Hook::OnRequest];
+    // The host applies the rule: no hook is called.
+    const HOOKS: &'static [Hook] = &[];
 
     fn new(config: Config) -> Result<Self, String> {
-        if config.rate == 0 {
-            return Err("rate must be at least 1".into());
-        }
-        let per = config.per.map_or(Duration::from_secs(1), |s| s.0);
-        let per_ns = u64::try_from(per.as_nanos()).unwrap_or(u64::MAX);
-        if per_ns == 0 {
-            return Err("per must be a positive duration".into());
-        }
-        let interval_ns = (per_ns / config.rate).max(1);
-        let key = config
-            .key
-            .unwrap_or_else(|| vec!["ip".into()])
-            .iter()
-            .map(|p| part(p))
-            .collect::<Result<Vec<_>, _>>()?;
-        if key.is_empty() {
-            return Err("key needs at least one part".into());
-        }
-        let status = config.status.unwrap_or(429);
-        if !(400..=599).contains(&status) {
-            return Err(format!("status must be 4xx or 5xx, not {status}"));
-        }
-        let name = config.name.unwrap_or_else(|| "default".into());
-        let per_s = per.as_secs().max(1);
-        let mut policy = format!("\"{name}\";q={};w={per_s}", config.rate);
-        if config.burst > 0 {
-            policy.push_str(&format!(";burst={}", config.burst));
-        }
-        Ok(RateLimit {
-            interval_ns,
-            tolerance_ns: interval_ns.saturating_mul(config.burst),
-            policy,
-            key,
-            name,
-            headers: config.headers.unwrap_or(true),
-            status,
-        })
-    }
-
-    fn on_request(&self, req: &mut Request) -> Action {
-        let key = self.key_of(req);
-        match self.take(&key) {
-            Verdict::Allowed { remaining, reset_s } => {
-                if self.headers {
-                    let _ = req.set_response_headers(&[
-                        ("ratelimit-policy", self.policy().as_bytes()),
-                        ("ratelimit", self.state(remaining, reset_s).as_bytes()),
-                    ]);
-                }
-                Action::Continue
-            }
-            Verdict::Limited { retry_after_s } => {
-                metrics::add("limited", 1);
-                let mut r = LocalResponse::new(self.status)
-                    .text(format!("{} Too Many Requests\n", self.status))
-                    .header("retry-after", retry_after_s.to_string());
-                if self.headers {
-                    r = r
-                        .header("ratelimit-policy", self.policy())
-                        .header("ratelimit", self.state(0, retry_after_s));
-                }
-                r.into()
-            }
-        }
+        rate::enforce(rule(config)?)?;
+        Ok(RateLimit)
     }
 }
 
 gatehouse_sdk::export_filter!(RateLimit);
 
-/// What GCRA decided.
-#[derive(Debug, PartialEq, Eq)]
-enum Verdict {
-    Allowed { remaining: u64, reset_s: u64 },
-    Limited { retry_after_s: u64 },
-}
-
-impl RateLimit {
-    fn key_of(&self, req: &Request) -> String {
-        let mut key = String::new();
-        for (i, part) in self.key.iter().enumerate() {
-            if i > 0 {
-                key.push('\u{1f}');
-            }
-            match part {
-                Part::Ip => key.push_str(&req.client_ip().unwrap_or_else(|| "unix".into())),
-                Part::Host => key.push_str(req.host_name().unwrap_or("")),
-                Part::Method => key.push_str(req.method()),
-                Part::Path => key.push_str(req.path()),
-                Part::PathSegments(n) => {
-                    let path = req.path();
-                    let end = path
-                        .match_indices('/')
-                        .nth(*n)
-                        .map_or(path.len(), |(i, _)| i);
-                    key.push_str(&path[..end]);
-                }
-                Part::Header(name) => key.push_str(&req.header(name).unwrap_or_default()),
-            }
-        }
-        key
+/// The rule a config asks for.
+fn rule(config: Config) -> Result<Rule, String> {
+    if config.rate == 0 {
+        return Err("rate must be at least 1".into());
     }
-
-    /// GCRA in the store, one host call: allowed if the theoretical arrival time is no further
-    /// ahead of now than the burst allows; then it moves one interval on.
-    fn take(&self, key: &str) -> Verdict {
-        let interval = Duration::from_nanos(self.interval_ns);
-        match rate::take(key, interval, Duration::from_nanos(self.tolerance_ns)) {
-            Rate::Allowed { ahead } => {
-                let ahead = u64::try_from(ahead.as_nanos()).unwrap_or(u64::MAX);
-                let room = (self.tolerance_ns + self.interval_ns).saturating_sub(ahead);
-                Verdict::Allowed {
-                    remaining: room / self.interval_ns,
-                    reset_s: ahead.div_ceil(1_000_000_000),
-                }
-            }
-            Rate::Limited { retry_in } => Verdict::Limited {
-                retry_after_s: retry_in.as_nanos().div_ceil(1_000_000_000).max(1) as u64,
-            },
-        }
+    let per = config.per.map_or(Duration::from_secs(1), |s| s.0);
+    let per_ns = u64::try_from(per.as_nanos()).unwrap_or(u64::MAX);
+    if per_ns == 0 {
+        return Err("per must be a positive duration".into());
     }
-
-    /// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers): quota and window; the same
-    /// for every response, so made once.
-    fn policy(&self) -> &str {
-        &self.policy
+    let interval_ns = (per_ns / config.rate).max(1);
+    let key = config
+        .key
+        .unwrap_or_else(|| vec!["ip".into()])
+        .iter()
+        .map(|p| KeyPart::parse(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    if key.is_empty() {
+        return Err("key needs at least one part".into());
     }
-
-    /// `RateLimit`: what is left and when the key is whole again.
-    fn state(&self, remaining: u64, reset_s: u64) -> String {
-        format!("\"{}\";r={remaining};t={reset_s}", self.name)
+    let status = config.status.unwrap_or(429);
+    if !(400..=599).contains(&status) {
+        return Err(format!("status must be 4xx or 5xx, not {status}"));
     }
+    let name = config.name.unwrap_or_else(|| "default".into());
+    // `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers): quota and window, the same for
+    // every response.
+    let per_s = per.as_secs().max(1);
+    let mut policy = format!("\"{name}\";q={};w={per_s}", config.rate);
+    if config.burst > 0 {
+        policy.push_str(&format!(";burst={}", config.burst));
+    }
+    Ok(Rule {
+        key,
+        interval_ns,
+        tolerance_ns: interval_ns.saturating_mul(config.burst),
+        status,
+        fields: config
+            .headers
+            .unwrap_or(true)
+            .then_some(Fields { name, policy }),
+        limited_metric: Some("limited".into()),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gatehouse_sdk::Action;
     use gatehouse_sdk::testing::{self, TestRequest};
 
     fn limiter(config: &str) -> RateLimit {

@@ -41,6 +41,8 @@ pub fn init<F: Filter>(config_json: &str) -> Result<F, String> {
 pub fn init_with_targets<F: Filter>(config_json: &str, targets: &[&str]) -> Result<F, String> {
     crate::glue::TARGETS
         .with(|t| *t.borrow_mut() = targets.iter().map(|s| s.to_string()).collect());
+    // The rule in force is the one this filter hands over, if any.
+    backend::STATE.with(|s| s.borrow_mut().rate_rule = None);
     crate::glue::build::<F>(config_json)
 }
 
@@ -71,6 +73,13 @@ pub fn on_request<F: Filter>(filter: &F, req: &mut TestRequest) -> Action {
     req.waiting = None;
     req.offered = None;
     req.response_headers.clear();
+    // The rule the filter handed over, applied first, as the host applies it.
+    let rule = backend::STATE.with(|s| s.borrow().rate_rule.clone());
+    if let Some(rule) = rule
+        && let Some(refusal) = apply_rate_rule(&rule, req)
+    {
+        return Action::Respond(refusal);
+    }
     if filter.hooks().contains(&Hook::OnRequest) {
         run(req, None, F::REQUEST_BODY, || {
             action = filter.on_request(&mut Request::new(None, None));
@@ -84,6 +93,67 @@ pub fn on_request<F: Filter>(filter: &F, req: &mut TestRequest) -> Action {
         }
     }
     action
+}
+
+/// Takes one request from `rule`'s key for `req`: the refusal, or `None` with the rule's fields
+/// left for the response.
+fn apply_rate_rule(
+    rule: &gatehouse_rate::Rule,
+    req: &mut TestRequest,
+) -> Option<crate::LocalResponse> {
+    let mut key = String::new();
+    rule.key_of(&*req, &mut key);
+    let rate = match backend::rate_take(&key, rule.interval_ns, rule.tolerance_ns) {
+        backend::RateVerdict::Allowed(ahead) => gatehouse_rate::Rate::Allowed(ahead),
+        backend::RateVerdict::Limited(wait) => gatehouse_rate::Rate::Limited(wait),
+    };
+    let verdict = rule.verdict(rate);
+    let mut fields = Vec::new();
+    if let (Some(f), Some(state)) = (&rule.fields, rule.state(verdict)) {
+        fields.push((
+            "ratelimit-policy".to_string(),
+            f.policy.clone().into_bytes(),
+        ));
+        fields.push(("ratelimit".to_string(), state.into_bytes()));
+    }
+    let gatehouse_rate::Verdict::Limited { retry_after_s } = verdict else {
+        req.response_headers.extend(fields);
+        return None;
+    };
+    if let Some(name) = &rule.limited_metric {
+        backend::metric_add(name, 1);
+    }
+    let mut refusal = crate::LocalResponse::new(rule.status)
+        .header("content-type", gatehouse_rate::REFUSAL_TYPE)
+        .header("retry-after", retry_after_s.to_string())
+        .body(rule.refusal_body());
+    refusal.headers.extend(fields);
+    Some(refusal)
+}
+
+impl gatehouse_rate::RequestView for TestRequest {
+    fn push_client_ip(&self, out: &mut String) {
+        out.push_str(self.client_ip.as_deref().unwrap_or("unix"));
+    }
+
+    fn host(&self) -> Option<&str> {
+        self.host_name()
+    }
+
+    fn method(&self) -> &str {
+        &self.method
+    }
+
+    fn path(&self) -> &str {
+        &self.path
+    }
+
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
+    }
 }
 
 /// Sets the fields the filter left for the response in `on_request`, then runs
@@ -169,6 +239,8 @@ pub mod backend {
         pub(crate) logs: Vec<(String, String)>,
         pub(crate) clock_offset_ms: u64,
         pub(crate) notified: Vec<String>,
+        /// The rate rule the filter handed over in `new` ([`crate::rate::enforce`]).
+        pub(crate) rate_rule: Option<gatehouse_rate::Rule>,
     }
 
     thread_local! {
@@ -274,18 +346,20 @@ pub mod backend {
             + offset.saturating_mul(1_000_000);
         let tat = kv_get(key)
             .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
-            .map_or(now, u64::from_le_bytes);
-        let room = interval_ns.saturating_add(tolerance_ns);
-        let new_tat = tat
-            .clamp(now, now.saturating_add(room))
-            .saturating_add(interval_ns);
-        let ahead = new_tat - now;
-        if ahead > room {
-            return RateVerdict::Limited(ahead - room);
+            .map(u64::from_le_bytes);
+        match gatehouse_rate::gcra(tat, now, interval_ns, tolerance_ns) {
+            (gatehouse_rate::Rate::Allowed(ahead), Some(new_tat)) => {
+                kv_set(key, &new_tat.to_le_bytes(), Some(ahead.div_ceil(1_000_000)));
+                RateVerdict::Allowed(ahead)
+            }
+            (gatehouse_rate::Rate::Allowed(ahead), None) => RateVerdict::Allowed(ahead),
+            (gatehouse_rate::Rate::Limited(wait), _) => RateVerdict::Limited(wait),
         }
-        let ttl_ms = ahead.div_ceil(1_000_000);
-        kv_set(key, &new_tat.to_le_bytes(), Some(ttl_ms));
-        RateVerdict::Allowed(ahead)
+    }
+
+    /// See [`crate::rate::enforce`].
+    pub fn enforce_rate_rule(rule: gatehouse_rate::Rule) {
+        with(|s| s.rate_rule = Some(rule));
     }
 
     /// See [`crate::counter::get`].

@@ -63,6 +63,8 @@ pub struct HostState {
     pub offered: Option<(String, super::answers::Answer)>,
     /// The response `on-request` answers with, set by `request.respond`.
     pub local: Option<wit::LocalResponse>,
+    /// The rate rule `init` handed the host (`host.enforce-rate-rule`).
+    pub rate_rule: Option<gatehouse_rate::Rule>,
     /// Where [`scoped`] builds keys.
     scratch: String,
     /// Handles of the plugin's own counters this instance has counted into, so a `metric-add`
@@ -88,6 +90,7 @@ impl HostState {
             offered: None,
             staged: http::HeaderMap::new(),
             local: None,
+            rate_rule: None,
             scratch: String::new(),
             counters: std::collections::HashMap::new(),
             limits,

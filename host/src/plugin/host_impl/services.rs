@@ -122,6 +122,16 @@ impl host::Host for HostState {
         )
     }
 
+    fn enforce_rate_rule(&mut self, rule: host::RateRule) -> Result<Result<(), String>> {
+        if self.in_hook {
+            return Ok(Err(
+                "a rate rule is handed over in init, not in a hook".into()
+            ));
+        }
+        let rule = rate_rule(rule);
+        Ok(rule.check().map(|()| self.rate_rule = Some(rule)))
+    }
+
     fn metric_add(&mut self, name: String, delta: u64) -> Result<()> {
         if let Some(counter) = self.metric(name) {
             counter.inc_by(delta);
@@ -182,4 +192,31 @@ fn monotonic_ns() -> u64 {
         .get_or_init(std::time::Instant::now)
         .elapsed()
         .as_nanos() as u64
+}
+
+/// The contract's rate rule as the shared crate words it.
+fn rate_rule(rule: host::RateRule) -> gatehouse_rate::Rule {
+    use gatehouse_rate::KeyPart;
+    gatehouse_rate::Rule {
+        key: rule
+            .key
+            .into_iter()
+            .map(|part| match part {
+                host::KeyPart::ClientIp => KeyPart::ClientIp,
+                host::KeyPart::Host => KeyPart::Host,
+                host::KeyPart::Method => KeyPart::Method,
+                host::KeyPart::Path => KeyPart::Path,
+                host::KeyPart::PathSegments(n) => KeyPart::PathSegments(n),
+                host::KeyPart::Header(name) => KeyPart::Header(name),
+            })
+            .collect(),
+        interval_ns: rule.interval_ns,
+        tolerance_ns: rule.tolerance_ns,
+        status: rule.status,
+        fields: rule.fields.map(|f| gatehouse_rate::Fields {
+            name: f.name,
+            policy: f.policy,
+        }),
+        limited_metric: rule.limited_metric,
+    }
 }
