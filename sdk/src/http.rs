@@ -227,6 +227,17 @@ impl Request {
     pub fn offer_answer(&mut self, answer: &crate::Answer) -> bool {
         backend::offer_answer(answer)
     }
+
+    /// Says that the [`Action::Continue`](crate::Action) this [`Filter::on_request`](crate::Filter::on_request)
+    /// returns holds for every request from the same client address (this filter's, where it
+    /// applies) for `ttl`: the host lets them go on without calling the filter. For a decision
+    /// that depends on nothing but [`Request::client_addr`] and changes nothing (an address
+    /// filter): kept only if the call returns `Continue` and sets no response fields; at most
+    /// 1,024 addresses per event loop, none across a reload.
+    pub fn continue_for_client(&mut self, ttl: std::time::Duration) {
+        let ms = ttl.as_millis().min(u128::from(u32::MAX)) as u32;
+        backend::continue_for_client(ms);
+    }
 }
 
 /// The response on its way back to the client, in [`Filter::on_response`](crate::Filter::on_response) (a [`LocalResponse`](crate::LocalResponse) is

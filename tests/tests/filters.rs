@@ -75,6 +75,55 @@ fn ip_filter_guards_the_paths_it_is_scoped_to() {
     );
 }
 
+/// A series' value in the admin listener's `/metrics`.
+fn metric(gh: &Gatehouse, series: &str) -> f64 {
+    let text = client()
+        .get(format!("http://{}/metrics", gh.addrs[1]))
+        .send()
+        .expect("metrics")
+        .text()
+        .expect("text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{series} in\n{text}"))
+}
+
+#[test]
+fn ip_filter_is_called_once_per_allowed_client_and_event_loop_and_for_every_refusal() {
+    let (_dir, gh) = serve(
+        "[[plugins]]\nuse = \"ip-filter\"\npaths = [\"/admin\"]\n[plugins.config]\nallow = [\"127.0.0.0/8\"]\n\
+         [[plugins]]\nuse = \"ip-filter\"\nname = \"strict\"\npaths = [\"/strict\"]\n[plugins.config]\ndeny = [\"127.0.0.1\"]\n",
+        &[],
+    );
+    let calls = |plugin: &str| {
+        metric(
+            &gh,
+            &format!("gatehouse_plugin_calls_total{{plugin=\"{plugin}\",hook=\"on-request\"}}"),
+        )
+    };
+    // New connections spread over both event loops.
+    for _ in 0..20 {
+        let c = reqwest::blocking::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .expect("client");
+        let admin = c.get(gh.url("/admin/")).send().expect("get");
+        assert_eq!(admin.status(), StatusCode::OK);
+        let strict = c.get(gh.url("/strict")).send().expect("get");
+        assert_eq!(strict.status(), StatusCode::FORBIDDEN);
+    }
+    let allowed = calls("ip-filter");
+    assert!(
+        (1.0..=2.0).contains(&allowed),
+        "{allowed} calls for one client"
+    );
+    assert_eq!(
+        calls("strict"),
+        20.0,
+        "a refusal is decided by the plugin each time"
+    );
+}
+
 #[test]
 fn rate_limit_is_exact_across_event_loops_and_says_when_to_retry() {
     let (_dir, gh) = serve(
@@ -144,7 +193,10 @@ fn rate_limit_is_exact_across_event_loops_and_says_when_to_retry() {
         0.0
     );
     assert_eq!(
-        value("gatehouse_plugin_total{plugin=\"rate-limit\",name=\"limited\"}"),
+        metric(
+            &gh,
+            "gatehouse_plugin_total{plugin=\"rate-limit\",name=\"limited\"}"
+        ),
         15.0
     );
 }

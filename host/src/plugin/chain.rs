@@ -182,6 +182,10 @@ impl Chain {
                 return Ok(Decision::Respond(response));
             }
             progress.ran.set(i);
+            // A `continue` the plugin said holds for this client.
+            if plugin.clients.holds(ex.client, std::time::Instant::now) {
+                continue;
+            }
             let head = plugin
                 .caps
                 .contains(wit::Capabilities::REQUEST_HEAD)
@@ -191,6 +195,7 @@ impl Chain {
                 store.data_mut().local = None;
                 store.data_mut().offered = None;
                 store.data_mut().staged.clear();
+                store.data_mut().continue_for_client = None;
                 let action = b.call_on_request(
                     &mut *store,
                     head.as_ref().map(host_impl::lent_head),
@@ -198,11 +203,30 @@ impl Chain {
                 )?;
                 let data = store.data_mut();
                 let staged = std::mem::take(&mut data.staged);
-                Ok((action, data.local.take(), data.offered.take(), staged))
+                let holds = data.continue_for_client.take();
+                Ok((
+                    action,
+                    data.local.take(),
+                    data.offered.take(),
+                    staged,
+                    holds,
+                ))
             });
             // Fields for the response count only from a call that succeeded (below).
             let (action, mut staged) = match action {
-                Ok((action, local, offered, staged)) => (Ok((action, local, offered)), staged),
+                Ok((action, local, offered, staged, holds)) => {
+                    // Kept only for a plain `continue`: no fields, no wait.
+                    if let (wit::Action::Continue, Some(ms)) = (&action, holds)
+                        && staged.is_empty()
+                        && ex.wait.is_none()
+                    {
+                        let ttl = Duration::from_millis(u64::from(ms));
+                        plugin
+                            .clients
+                            .keep(ex.client, std::time::Instant::now(), ttl);
+                    }
+                    (Ok((action, local, offered)), staged)
+                }
                 Err(failure) => (Err(failure), http::HeaderMap::new()),
             };
             // A wait counts only with `continue`, and only so many times per request.

@@ -11,6 +11,7 @@ use super::answers::Answers;
 use super::exchange::Exchange;
 use super::host_impl::{HostState, PluginInfo};
 use super::limit::RateLimit;
+use super::memo::ClientMemo;
 use super::{bindings, cache, runtime, wasi, wit};
 use crate::builtin;
 use crate::config::{Isolation, OnError, PluginConfig, PluginSource};
@@ -59,6 +60,8 @@ pub(super) struct Plugin {
     pub(super) caps: wit::Capabilities,
     /// The rate rule its `init` handed the host, applied before its `on-request`.
     pub(super) limit: Option<RateLimit>,
+    /// Clients whose `continue` holds (`request.continue-for-client`).
+    pub(super) clients: ClientMemo,
     /// What its calls count into.
     calls: PluginCallMetrics,
 }
@@ -114,6 +117,7 @@ impl Plugin {
             pool: ThreadLocal::new(),
             caps: wit::Capabilities::empty(),
             limit: None,
+            clients: ClientMemo::default(),
             calls: metrics.plugin_calls(&config.name),
         };
         // A first instance proves the config is good and tells what the plugin needs; it is not

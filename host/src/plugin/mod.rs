@@ -16,6 +16,7 @@ mod exchange;
 mod host_impl;
 mod instance;
 mod limit;
+mod memo;
 mod wasi;
 
 use std::sync::OnceLock;

@@ -16,13 +16,19 @@
 //! deny list) and refused if it is not (an allow list). Refused requests get 403 before any body
 //! is read. The address is the client's as the server resolved it (`forwarded_allow_ips`),
 //! IPv4-mapped IPv6 addresses counting as IPv4; a Unix-socket client has none and is refused
-//! by an allow list.
+//! by an allow list. The decision is the address's alone: once a client is let through, the host
+//! lets its next requests through without calling the plugin (`continue_for_client`).
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use gatehouse_sdk::{Action, Filter, Hook, LocalResponse, Request, metrics};
 use ipnet::IpNet;
 use serde::Deserialize;
+
+/// How long an allowed client's `Continue` holds without a call: the lists change only with the
+/// config, and a reload starts afresh.
+const CLIENT_HOLDS: Duration = Duration::from_secs(3600);
 
 /// The plugin's `config` table.
 #[derive(Debug, Deserialize)]
@@ -83,6 +89,9 @@ impl Filter for IpFilter {
 
     fn on_request(&self, req: &mut Request) -> Action {
         if self.allows(req.client_addr()) {
+            // The decision is the address's alone: the host lets this client's next requests
+            // through without a call (a reload starts afresh with the new lists).
+            req.continue_for_client(CLIENT_HOLDS);
             return Action::Continue;
         }
         metrics::add("refused", 1);
@@ -115,7 +124,15 @@ mod tests {
     fn decide(config: &str, ip: &str) -> bool {
         let f: IpFilter = testing::init(config).expect("config");
         let mut req = TestRequest::get("/").with_client_ip(ip);
-        testing::on_request(&f, &mut req) == Action::Continue
+        let allowed = testing::on_request(&f, &mut req) == Action::Continue;
+        // Only a client let through is let through again without a call.
+        assert_eq!(
+            req.continue_for_client.is_some(),
+            allowed,
+            "{ip}: {:?}",
+            req.continue_for_client
+        );
+        allowed
     }
 
     #[test]

@@ -92,6 +92,10 @@ pub(crate) fn wait_for(key: &str, timeout_ms: u32) {
     request::wait_for(key, timeout_ms);
 }
 
+pub(crate) fn continue_for_client(ttl_ms: u32) {
+    request::continue_for_client(ttl_ms);
+}
+
 pub(crate) fn set_response_headers(headers: &[(&str, &[u8])]) -> Result<(), Error> {
     let headers: Vec<wit::HeaderFieldParam<'_>> = headers
         .iter()

@@ -227,6 +227,12 @@ pub(crate) fn set_response_headers(headers: &[(&str, &[u8])]) -> Result<(), Erro
     Ok(())
 }
 
+pub(crate) fn continue_for_client(ttl_ms: u32) {
+    with(|ex| {
+        ex.req.continue_for_client = Some(std::time::Duration::from_millis(u64::from(ttl_ms)))
+    });
+}
+
 pub(crate) fn offer_answer(answer: &crate::Answer) -> bool {
     with(|ex| ex.req.offered = Some(answer.clone()));
     true

@@ -33,6 +33,10 @@ pub struct TestRequest {
     /// The answer the filter offered in its last `on_request` ([`Request::offer_answer`](crate::Request::offer_answer)); the
     /// harness accepts every offer, where the host may refuse one (see the method).
     pub offered: Option<crate::Answer>,
+    /// How long the `Continue` of the filter's last `on_request` holds for its client
+    /// ([`Request::continue_for_client`](crate::Request::continue_for_client)); the host keeps it
+    /// only for a `Continue` that set no response fields.
+    pub continue_for_client: Option<std::time::Duration>,
 }
 
 impl TestRequest {
@@ -54,6 +58,7 @@ impl TestRequest {
             context: HashMap::new(),
             waiting: None,
             offered: None,
+            continue_for_client: None,
             response_headers: Vec::new(),
         }
     }

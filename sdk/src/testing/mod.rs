@@ -72,6 +72,7 @@ pub fn on_request<F: Filter>(filter: &F, req: &mut TestRequest) -> Action {
     let mut action = Action::Continue;
     req.waiting = None;
     req.offered = None;
+    req.continue_for_client = None;
     req.response_headers.clear();
     // The rule the filter handed over, applied first, as the host applies it.
     let rule = backend::STATE.with(|s| s.borrow().rate_rule.clone());

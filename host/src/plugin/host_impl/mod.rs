@@ -63,6 +63,9 @@ pub struct HostState {
     pub offered: Option<(String, super::answers::Answer)>,
     /// The response `on-request` answers with, set by `request.respond`.
     pub local: Option<wit::LocalResponse>,
+    /// How long the running `on-request`'s `continue` holds for its client
+    /// (`request.continue-for-client`), in milliseconds.
+    pub continue_for_client: Option<u32>,
     /// The rate rule `init` handed the host (`host.enforce-rate-rule`).
     pub rate_rule: Option<gatehouse_rate::Rule>,
     /// Where [`scoped`] builds keys.
@@ -90,6 +93,7 @@ impl HostState {
             offered: None,
             staged: http::HeaderMap::new(),
             local: None,
+            continue_for_client: None,
             rate_rule: None,
             scratch: String::new(),
             counters: std::collections::HashMap::new(),

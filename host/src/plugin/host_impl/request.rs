@@ -254,6 +254,14 @@ impl request::Host for HostState {
         self.set_response_fields(headers)
     }
 
+    fn continue_for_client(&mut self, ttl_ms: u32) -> Result<()> {
+        self.ex()?;
+        if self.in_on_request {
+            self.continue_for_client = Some(ttl_ms);
+        }
+        Ok(())
+    }
+
     fn respond(&mut self, response: wit::LocalResponse) -> Result<()> {
         // Like every request call, an error outside a hook.
         self.ex()?;
