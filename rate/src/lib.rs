@@ -156,6 +156,32 @@ impl Rule {
         {
             return Err(format!("{name:?} is not a lower-case header name"));
         }
+        let long = |what: &str, text: &str, max: usize| {
+            (text.len() > max).then(|| format!("a rate rule's {what} is at most {max} bytes"))
+        };
+        let texts = self
+            .key
+            .iter()
+            .filter_map(|p| match p {
+                KeyPart::Header(name) => Some(("header name", name.as_str(), 256)),
+                _ => None,
+            })
+            .chain(self.fields.iter().flat_map(|f| {
+                [
+                    ("name", f.name.as_str(), 128),
+                    ("policy", f.policy.as_str(), 1024),
+                ]
+            }))
+            .chain(
+                self.limited_metric
+                    .iter()
+                    .map(|m| ("metric", m.as_str(), 128)),
+            );
+        for (what, text, max) in texts {
+            if let Some(e) = long(what, text, max) {
+                return Err(e);
+            }
+        }
         if self.interval_ns == 0 {
             return Err("a rate rule's interval is at least 1 ns".into());
         }
@@ -356,6 +382,21 @@ mod tests {
         assert!(KeyPart::parse("header:").is_err());
         assert!(KeyPart::parse("path:x").is_err());
         let bad = [
+            Rule {
+                fields: Some(Fields {
+                    name: "a".into(),
+                    policy: "q".repeat(1025),
+                }),
+                ..rule(&["ip"])
+            },
+            Rule {
+                limited_metric: Some("m".repeat(129)),
+                ..rule(&["ip"])
+            },
+            Rule {
+                key: vec![KeyPart::Header("h".repeat(257))],
+                ..rule(&["ip"])
+            },
             Rule {
                 key: vec![],
                 ..rule(&["ip"])

@@ -64,7 +64,8 @@ pub mod rate {
     /// lets the request go on with the `RateLimit-Policy` and `RateLimit` fields set for its
     /// response. A call into a plugin costs more than the whole limit, so a plugin that only
     /// limits needs no `on_request` at all. The error says why the host cannot apply the rule.
-    /// The test harness applies it the same way in [`crate::testing::on_request`].
+    /// The test harness applies it the same way in [`crate::testing::on_request`] (the rule of
+    /// the filter built last on the test thread).
     pub fn enforce(rule: Rule) -> Result<(), String> {
         rule.check()?;
         hand_over(rule)

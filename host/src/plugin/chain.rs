@@ -150,35 +150,35 @@ impl Chain {
                 progress.next += 1;
                 continue;
             }
-            if plugin.caps.contains(wit::Capabilities::REQUEST_BODY) && ex.body.is_none() {
-                return Ok(Decision::ReadBody);
-            }
-            progress.next += 1;
-            // The plugin's rate rule, applied by the host (once: not again after a wait).
+            // The plugin's rate rule, applied by the host before any body is read, once (not again
+            // after a wait or the body). A refusal runs none of the plugin's hooks.
             if let Some(limit) = &plugin.limit
                 && !progress.limited.has(i)
             {
                 progress.limited.set(i);
                 match limit.apply(ex, &plugin.info)? {
                     Limit::Pass(mut fields) => ex.stage_response_fields(i, &mut fields),
-                    Limit::Refuse(response) => {
-                        progress.ran.set(i);
-                        return Ok(Decision::Respond(response));
-                    }
+                    Limit::Refuse(response) => return Ok(Decision::Respond(response)),
                 }
             }
+            if plugin.caps.contains(wit::Capabilities::REQUEST_BODY) && ex.body.is_none() {
+                return Ok(Decision::ReadBody);
+            }
+            progress.next += 1;
             if !plugin.caps.contains(wit::Capabilities::ON_REQUEST) {
                 progress.ran.set(i);
                 continue;
             }
             // An answer the plugin left with the host: none of its hooks run for this request.
             if progress.waits == 0
-                && let Some(response) =
+                && let Some(mut response) =
                     plugin
                         .info
                         .answers
                         .answer(ex, &self.store, crate::store::now_ms)
             {
+                // Its rate rule's fields, as on every response the rule lets through.
+                ex.response_fields_onto(i, response.headers_mut());
                 return Ok(Decision::Respond(response));
             }
             progress.ran.set(i);

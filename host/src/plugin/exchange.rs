@@ -106,12 +106,12 @@ impl Exchange {
         let Some(response) = self.response.as_mut() else {
             return;
         };
-        let headers = response.headers_mut();
-        for (at, name, value) in &self.response_fields {
-            if *at == position {
-                headers.insert(name.clone(), value.clone());
-            }
-        }
+        fields_onto(&self.response_fields, position, response.headers_mut());
+    }
+
+    /// Sets on `headers` the fields the plugin at `position` left for the response.
+    pub fn response_fields_onto(&self, position: usize, headers: &mut http::HeaderMap) {
+        fields_onto(&self.response_fields, position, headers);
     }
 
     /// Replaces the request body, keeping the framing headers true to it.
@@ -211,5 +211,18 @@ mod tests {
         assert_eq!(strip_port("example.com"), "example.com");
         assert_eq!(strip_port("[::1]:80"), "[::1]");
         assert_eq!(strip_port("[::1]"), "[::1]");
+    }
+}
+
+/// Sets the fields staged for `position` on `headers`, each replacing its values.
+fn fields_onto(
+    fields: &[(usize, http::HeaderName, HeaderValue)],
+    position: usize,
+    headers: &mut http::HeaderMap,
+) {
+    for (at, name, value) in fields {
+        if *at == position {
+            headers.insert(name.clone(), value.clone());
+        }
     }
 }

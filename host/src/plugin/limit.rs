@@ -3,8 +3,6 @@
 //! with no call into the plugin (which costs more than the whole limit). The rule's wording (key,
 //! fields, refusal) is `gatehouse-rate`'s, which the SDK's test harness applies the same way.
 
-use std::fmt::Write as _;
-
 use bytes::Bytes;
 use gatehouse_rate::{Rate, RequestView, Rule, Verdict};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
@@ -116,11 +114,9 @@ struct View<'a>(&'a Exchange);
 
 impl RequestView for View<'_> {
     fn push_client_ip(&self, out: &mut String) {
+        // As `request.client-addr` gives it: an IPv4-mapped address is IPv4.
         match self.0.client {
-            // Writing into a String cannot fail.
-            Some(ip) => {
-                let _ = write!(out, "{ip}");
-            }
+            Some(ip) => out.push_str(&crate::peer::ip_text(ip.to_canonical())),
             None => out.push_str("unix"),
         }
     }
@@ -139,5 +135,35 @@ impl RequestView for View<'_> {
 
     fn header(&self, name: &str) -> Option<&[u8]> {
         self.0.request.headers.get(name).map(HeaderValue::as_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gatehouse_rate::KeyPart;
+
+    #[test]
+    fn clients_are_keyed_as_request_client_addr_gives_them() {
+        let rule = Rule {
+            key: vec![KeyPart::ClientIp],
+            interval_ns: 1,
+            tolerance_ns: 0,
+            status: 429,
+            fields: None,
+            limited_metric: None,
+        };
+        let mut ex = Exchange::placeholder();
+        let key = |ex: &Exchange| {
+            let mut out = String::new();
+            rule.key_of(&View(ex), &mut out);
+            out
+        };
+        ex.client = "::ffff:192.0.2.1".parse().ok();
+        assert_eq!(key(&ex), "192.0.2.1", "an IPv4-mapped address is IPv4");
+        ex.client = "2001:db8::1".parse().ok();
+        assert_eq!(key(&ex), "2001:db8::1");
+        ex.client = None;
+        assert_eq!(key(&ex), "unix");
     }
 }
