@@ -201,19 +201,6 @@ fn strip_port(host: &str) -> &str {
     host.rsplit_once(':').map_or(host, |(h, _)| h)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::strip_port;
-
-    #[test]
-    fn ports_are_stripped() {
-        assert_eq!(strip_port("example.com:8080"), "example.com");
-        assert_eq!(strip_port("example.com"), "example.com");
-        assert_eq!(strip_port("[::1]:80"), "[::1]");
-        assert_eq!(strip_port("[::1]"), "[::1]");
-    }
-}
-
 /// Sets the fields staged for `position` on `headers`, each replacing its values.
 fn fields_onto(
     fields: &[(usize, http::HeaderName, HeaderValue)],
@@ -224,5 +211,18 @@ fn fields_onto(
         if *at == position {
             headers.insert(name.clone(), value.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_port;
+
+    #[test]
+    fn ports_are_stripped() {
+        assert_eq!(strip_port("example.com:8080"), "example.com");
+        assert_eq!(strip_port("example.com"), "example.com");
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
     }
 }
