@@ -230,10 +230,11 @@ impl Request {
 
     /// Says that the [`Action::Continue`](crate::Action) this [`Filter::on_request`](crate::Filter::on_request)
     /// returns holds for every request from the same client address (this filter's, where it
-    /// applies) for `ttl`: the host lets them go on without calling the filter. For a decision
-    /// that depends on nothing but [`Request::client_addr`] and changes nothing (an address
-    /// filter): kept only if the call returns `Continue` and sets no response fields; at most
-    /// 1,024 addresses per event loop, none across a reload.
+    /// applies) for `ttl`: the host lets them go on without calling its `on_request` (its other
+    /// hooks still run). For a decision that depends on nothing but [`Request::client_addr`] and
+    /// changes nothing (an address filter): kept only if the call returns `Continue`, changes
+    /// nothing of the request, sets no response fields and asks no wait; at most 1,024 addresses
+    /// per thread that runs the chain, none across a reload.
     pub fn continue_for_client(&mut self, ttl: std::time::Duration) {
         let ms = ttl.as_millis().min(u128::from(u32::MAX)) as u32;
         backend::continue_for_client(ms);

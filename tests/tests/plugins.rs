@@ -45,6 +45,27 @@ fn probe(label: &str, extra: &str) -> String {
 }
 
 #[test]
+fn a_continue_for_the_client_from_a_call_that_changed_the_request_is_not_kept() {
+    let plugins = [
+        probe("a", ", continue_for_client = true"),
+        probe("b", ", echo = true"),
+    ]
+    .concat();
+    let (_dir, gh) = start(&plugins);
+    // One connection: one event loop, whose memo would hold after the first request.
+    let c = client();
+    for i in 0..5 {
+        let body = c
+            .get(gh.url("/"))
+            .send()
+            .expect("request")
+            .text()
+            .expect("body");
+        assert!(body.contains("chain=a,b\n"), "request {i}: {body}");
+    }
+}
+
+#[test]
 fn chain_runs_in_order_and_back_in_reverse() {
     let plugins = [
         probe("a", ", context = { user = \"alice\" }"),

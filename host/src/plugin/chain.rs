@@ -53,6 +53,8 @@ pub struct Progress {
     /// The plugins whose rate rule has taken from this request (a plugin that waits is called
     /// again, its rule is not applied again).
     pub(super) limited: Ran,
+    /// The plugins that asked this request to wait (their next call is owed, not memoized).
+    pub(super) waited: Ran,
 }
 
 /// What the chain decided for a request.
@@ -161,6 +163,12 @@ impl Chain {
                     Limit::Refuse(response) => return Ok(Decision::Respond(response)),
                 }
             }
+            // A `continue` the plugin said holds for this client (not for the call a wait owes).
+            if !progress.waited.has(i) && plugin.clients.holds(ex.client, std::time::Instant::now) {
+                progress.ran.set(i);
+                progress.next += 1;
+                continue;
+            }
             if plugin.caps.contains(wit::Capabilities::REQUEST_BODY) && ex.body.is_none() {
                 return Ok(Decision::ReadBody);
             }
@@ -182,10 +190,6 @@ impl Chain {
                 return Ok(Decision::Respond(response));
             }
             progress.ran.set(i);
-            // A `continue` the plugin said holds for this client.
-            if plugin.clients.holds(ex.client, std::time::Instant::now) {
-                continue;
-            }
             let head = plugin
                 .caps
                 .contains(wit::Capabilities::REQUEST_HEAD)
@@ -196,6 +200,7 @@ impl Chain {
                 store.data_mut().offered = None;
                 store.data_mut().staged.clear();
                 store.data_mut().continue_for_client = None;
+                store.data_mut().changed_request = false;
                 let action = b.call_on_request(
                     &mut *store,
                     head.as_ref().map(host_impl::lent_head),
@@ -203,7 +208,11 @@ impl Chain {
                 )?;
                 let data = store.data_mut();
                 let staged = std::mem::take(&mut data.staged);
-                let holds = data.continue_for_client.take();
+                // A call that changed the request decides more than the client's `continue`.
+                let holds = data
+                    .continue_for_client
+                    .take()
+                    .filter(|_| !data.changed_request);
                 Ok((
                     action,
                     data.local.take(),
@@ -235,6 +244,7 @@ impl Chain {
                 && progress.waits < sandbox::MAX_WAITS
             {
                 progress.waits += 1;
+                progress.waited.set(i);
                 progress.next = i;
                 return Ok(Decision::Wait(waiter));
             }
@@ -288,10 +298,11 @@ impl Chain {
     /// Runs `on-response` in reverse order over the plugins whose `on-request` ran.
     pub fn on_response(&self, ex: &mut Box<Exchange>, ran: Ran) -> Result<(), HttpError> {
         for (i, plugin) in self.plugins.iter().enumerate().rev() {
+            // Also a plugin whose own call failed: its rate rule's fields still hold.
+            ex.set_response_fields(i);
             if !ran.has(i) {
                 continue;
             }
-            ex.set_response_fields(i);
             let outcome = plugin.hook(Hook::Response, ex, |b, store| {
                 b.call_on_response(&mut *store)
             });

@@ -134,7 +134,14 @@ fn apply_rate_rule(
 
 impl gatehouse_rate::RequestView for TestRequest {
     fn push_client_ip(&self, out: &mut String) {
-        out.push_str(self.client_ip.as_deref().unwrap_or("unix"));
+        // As the host keys it: an IPv4-mapped address is IPv4.
+        match self.client_ip.as_deref() {
+            Some(text) => match text.parse::<std::net::IpAddr>() {
+                Ok(ip) => out.push_str(&ip.to_canonical().to_string()),
+                Err(_) => out.push_str(text),
+            },
+            None => out.push_str("unix"),
+        }
     }
 
     fn host(&self) -> Option<&str> {

@@ -81,6 +81,9 @@ impl HostState {
         if let Err(e) = self.charge_header_bytes(bytes)? {
             return Ok(Err(e));
         }
+        if matches!(message, Message::Request) {
+            self.changed_request = true;
+        }
         let ex = &mut self.exchange;
         Ok(match message {
             Message::Request => Ok(&mut ex.request.headers),
@@ -184,6 +187,9 @@ impl fields::Host for HostState {
     }
 
     fn remove_header(&mut self, message: Message, name: String) -> Result<()> {
+        if matches!(message, Message::Request) {
+            self.changed_request = true;
+        }
         self.headers_of(message)?.remove(name.as_str());
         Ok(())
     }
@@ -210,6 +216,9 @@ impl fields::Host for HostState {
     fn set_body(&mut self, message: Message, body: Vec<u8>) -> Result<Result<(), ErrorCode>> {
         if body.len() > MAX_PLUGIN_BODY {
             return Ok(Err(ErrorCode::BodyTooLarge));
+        }
+        if matches!(message, Message::Request) {
+            self.changed_request = true;
         }
         let ex = self.ex()?;
         Ok(match message {

@@ -66,6 +66,9 @@ pub struct HostState {
     /// How long the running `on-request`'s `continue` holds for its client
     /// (`request.continue-for-client`), in milliseconds.
     pub continue_for_client: Option<u32>,
+    /// Whether the running call changed the request (method, path, query, fields, body,
+    /// context): such a `continue` does not hold for the client's next requests.
+    pub changed_request: bool,
     /// The rate rule `init` handed the host (`host.enforce-rate-rule`).
     pub rate_rule: Option<gatehouse_rate::Rule>,
     /// Where [`scoped`] builds keys.
@@ -94,6 +97,7 @@ impl HostState {
             staged: http::HeaderMap::new(),
             local: None,
             continue_for_client: None,
+            changed_request: false,
             rate_rule: None,
             scratch: String::new(),
             counters: std::collections::HashMap::new(),
@@ -109,6 +113,12 @@ impl HostState {
             wasmtime::bail!("request handle used outside a hook call");
         }
         Ok(&mut self.exchange)
+    }
+
+    /// The request, for a call that changes it (noted: see `changed_request`).
+    pub(super) fn changing_request(&mut self) -> Result<&mut Exchange> {
+        self.changed_request = true;
+        self.ex()
     }
 
     pub(super) fn response(&mut self) -> Result<&mut http::Response<Body>> {

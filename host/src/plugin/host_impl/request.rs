@@ -96,7 +96,7 @@ impl request::Host for HostState {
     fn set_method(&mut self, method: wit::MethodResult) -> Result<Result<(), ErrorCode>> {
         Ok(match http_method(method) {
             Ok(m) => {
-                self.ex()?.request.method = m;
+                self.changing_request()?.request.method = m;
                 Ok(())
             }
             Err(_) => Err(ErrorCode::InvalidMethod),
@@ -104,7 +104,7 @@ impl request::Host for HostState {
     }
 
     fn set_path(&mut self, path: String) -> Result<Result<(), ErrorCode>> {
-        let ex = self.ex()?;
+        let ex = self.changing_request()?;
         if !path.starts_with('/') {
             return Ok(Err(ErrorCode::InvalidPath));
         }
@@ -122,7 +122,7 @@ impl request::Host for HostState {
     }
 
     fn set_query(&mut self, query: Option<String>) -> Result<Result<(), ErrorCode>> {
-        let ex = self.ex()?;
+        let ex = self.changing_request()?;
         let path = ex.request.uri.path().to_string();
         Ok(
             replace_path_and_query(&mut ex.request.uri, &path, query.as_deref())
@@ -148,7 +148,7 @@ impl request::Host for HostState {
 
     fn context_set(&mut self, key: String, value: String) -> Result<()> {
         // No error code in the contract for this: the plugin's call fails (500, or skipped).
-        self.ex()?
+        self.changing_request()?
             .context_set(key, value)
             .map_err(wasmtime::Error::msg)
     }
