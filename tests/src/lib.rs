@@ -388,6 +388,24 @@ pub fn resident(pid: u32) -> u64 {
     kib * 1024
 }
 
+/// The value of the sample line `series` (name and labels) in an OpenMetrics text.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// The value of the sample line `series` of `/metrics` on the admin listener, the second address
+/// of `gh` (`[admin] listen` after one server listener).
+pub fn admin_metric(gh: &Gatehouse, series: &str) -> f64 {
+    let text = client()
+        .get(format!("http://{}/metrics", gh.addrs[1]))
+        .send()
+        .expect("metrics")
+        .text()
+        .expect("text");
+    sample(&text, series).unwrap_or_else(|| panic!("{series} in\n{text}"))
+}
+
 /// A blocking HTTP client that neither follows redirects nor decompresses.
 pub fn client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()

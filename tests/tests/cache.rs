@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use gatehouse_tests::{Gatehouse, client};
+use gatehouse_tests::{Gatehouse, admin_metric as metric, client};
 
 const APP: &str = r#"
 import itertools, time
@@ -92,19 +92,6 @@ fn hits_are_answered_on_the_head_without_python_and_unsafe_methods_invalidate() 
     assert_eq!(r.status(), 200, "{:?}", r.text());
     assert_eq!(get(&gh, "/a"), ("MISS".into(), "3".into(), 4));
     assert_eq!(get(&gh, "/a").0, "HIT");
-}
-
-/// The value of the sample line `series` of the admin listener's `/metrics`.
-fn metric(gh: &Gatehouse, series: &str) -> f64 {
-    let text = client()
-        .get(format!("http://{}/metrics", gh.addrs[1]))
-        .send()
-        .expect("metrics")
-        .text()
-        .expect("text");
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{series} in\n{text}"))
 }
 
 fn age(r: &reqwest::blocking::Response) -> u64 {

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use gatehouse_tests::{Gatehouse, client};
+use gatehouse_tests::{Gatehouse, admin_metric as metric, client};
 use reqwest::StatusCode;
 
 const ECHO_APP: &str = r#"
@@ -73,19 +73,6 @@ fn ip_filter_guards_the_paths_it_is_scoped_to() {
         StatusCode::FORBIDDEN,
         "the more specific deny wins"
     );
-}
-
-/// A series' value in the admin listener's `/metrics`.
-fn metric(gh: &Gatehouse, series: &str) -> f64 {
-    let text = client()
-        .get(format!("http://{}/metrics", gh.addrs[1]))
-        .send()
-        .expect("metrics")
-        .text()
-        .expect("text");
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{series} in\n{text}"))
 }
 
 #[test]
@@ -171,25 +158,11 @@ fn rate_limit_is_exact_across_event_loops_and_says_when_to_retry() {
     assert_eq!(r.text().expect("body"), "429 Too Many Requests\n");
     // The host applied the plugin's rule: the plugin was never called for a request, and its
     // counter of refusals counted each one.
-    let metrics = client()
-        .get(format!("http://{}/metrics", gh.addrs[1]))
-        .send()
-        .expect("metrics")
-        .text()
-        .expect("text");
-    let value = |series: &str| {
-        metrics
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(series)?
-                    .strip_prefix(' ')?
-                    .parse::<f64>()
-                    .ok()
-            })
-            .unwrap_or_else(|| panic!("{series} in\n{metrics}"))
-    };
     assert_eq!(
-        value("gatehouse_plugin_calls_total{plugin=\"rate-limit\",hook=\"on-request\"}"),
+        metric(
+            &gh,
+            "gatehouse_plugin_calls_total{plugin=\"rate-limit\",hook=\"on-request\"}"
+        ),
         0.0
     );
     assert_eq!(

@@ -6,7 +6,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gatehouse_tests::{Gatehouse, apps_dir, client};
+use gatehouse_tests::{Gatehouse, apps_dir, client, sample};
 use reqwest::StatusCode;
 
 /// A test server process, killed on drop.
@@ -612,12 +612,6 @@ fn the_router_sends_a_prefix_to_an_upstream_which_sees_the_path_below_it() {
             .expect("site"),
         "site\n"
     );
-}
-
-/// The value of the sample line `series` in an OpenMetrics text.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 #[test]

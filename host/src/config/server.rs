@@ -297,25 +297,15 @@ impl RawLimits {
             ),
             send_queue: match &self.send_queue {
                 Some(v) => match u32::try_from(v.get_ref().0) {
-                    Ok(n) if n == 0 || n >= MIN_SEND_QUEUE => n,
-                    Ok(_) => {
-                        errors.push(doc.error(
-                            v.span(),
-                            "server.limits.send_queue",
-                            "must be 0 (the kernel's) or at least 16 KiB: below that a response \
-                             wakes its connection every few kilobytes",
-                        ));
-                        d.send_queue
-                    }
-                    Err(_) => {
-                        errors.push(doc.error(
-                            v.span(),
-                            "server.limits.send_queue",
-                            "must be below 4 GiB",
-                        ));
-                        d.send_queue
-                    }
-                },
+                    Ok(n) if n == 0 || n >= MIN_SEND_QUEUE => Ok(n),
+                    Ok(_) => Err("must be 0 (the kernel's) or at least 16 KiB: below that a \
+                                  response wakes its connection every few kilobytes"),
+                    Err(_) => Err("must be below 4 GiB"),
+                }
+                .unwrap_or_else(|why| {
+                    errors.push(doc.error(v.span(), "server.limits.send_queue", why));
+                    d.send_queue
+                }),
                 None => d.send_queue,
             },
         }

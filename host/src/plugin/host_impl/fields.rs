@@ -21,6 +21,13 @@ impl HostState {
         })
     }
 
+    /// Notes a change to `message` (see `changed_request`).
+    fn note_change(&mut self, message: Message) {
+        if matches!(message, Message::Request) {
+            self.changed_request = true;
+        }
+    }
+
     /// Sets `fields` on the response, or before there is one, on the fields that wait for it
     /// (`request.set-response-headers`); bounded as any fields a plugin sets.
     pub(super) fn set_response_fields(
@@ -81,9 +88,7 @@ impl HostState {
         if let Err(e) = self.charge_header_bytes(bytes)? {
             return Ok(Err(e));
         }
-        if matches!(message, Message::Request) {
-            self.changed_request = true;
-        }
+        self.note_change(message);
         let ex = &mut self.exchange;
         Ok(match message {
             Message::Request => Ok(&mut ex.request.headers),
@@ -187,9 +192,7 @@ impl fields::Host for HostState {
     }
 
     fn remove_header(&mut self, message: Message, name: String) -> Result<()> {
-        if matches!(message, Message::Request) {
-            self.changed_request = true;
-        }
+        self.note_change(message);
         self.headers_of(message)?.remove(name.as_str());
         Ok(())
     }
@@ -217,9 +220,7 @@ impl fields::Host for HostState {
         if body.len() > MAX_PLUGIN_BODY {
             return Ok(Err(ErrorCode::BodyTooLarge));
         }
-        if matches!(message, Message::Request) {
-            self.changed_request = true;
-        }
+        self.note_change(message);
         let ex = self.ex()?;
         Ok(match message {
             Message::Request => {
